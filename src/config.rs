@@ -1,0 +1,426 @@
+//! The daemon configuration (`/etc/posthaste/posthaste.toml`).
+//!
+//! Loading is two steps: serde turns the TOML into typed structs (syntax and type errors,
+//! with line numbers from the toml crate), then [`Config::validate`] checks the values and
+//! reports every problem at once, so a user fixes the file in one pass instead of one error
+//! per restart.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/posthaste/posthaste.toml";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// EHLO name and TLS name of this server.
+    pub hostname: String,
+    /// Directory DB, queue, mail and keys live below this directory.
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub listen: Listen,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    #[serde(default)]
+    pub dns: DnsConfig,
+    #[serde(default)]
+    pub directory: DirectoryConfig,
+    #[serde(default)]
+    pub smtp: SmtpConfig,
+    #[serde(default)]
+    pub queue: QueueConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Parsed now so a config written for a later feature set is not rejected; the spam
+    /// checks use it.
+    #[serde(default)]
+    pub antispam: Option<toml::Table>,
+    #[serde(default)]
+    pub antivirus: Option<toml::Table>,
+    #[serde(default)]
+    pub guard: Option<toml::Table>,
+}
+
+/// Every listener is a list of addresses; a missing key means that listener is off.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    #[serde(default)]
+    pub smtp: Vec<SocketAddr>,
+    #[serde(default)]
+    pub submission: Vec<SocketAddr>,
+    #[serde(default)]
+    pub submissions: Vec<SocketAddr>,
+    #[serde(default)]
+    pub imap: Vec<SocketAddr>,
+    #[serde(default)]
+    pub imaps: Vec<SocketAddr>,
+    #[serde(default)]
+    pub pop3: Vec<SocketAddr>,
+    #[serde(default)]
+    pub pop3s: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// `host:port` of recursive resolvers; empty = the system resolver (/etc/resolv.conf).
+    #[serde(default)]
+    pub nameservers: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryConfig {
+    /// `sqlite:///path/db` or `postgres://user@host/db`; default `sqlite://{data_dir}/directory.db`.
+    #[serde(default)]
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpConfig {
+    /// Largest message accepted, in bytes (advertised as SIZE, RFC 1870).
+    pub max_message_size: u64,
+    /// Recipients per transaction; RFC 5321 §4.5.3.1.8 requires at least 100.
+    pub max_recipients: usize,
+    /// Simultaneous connections from one client IP.
+    pub max_connections_per_ip: usize,
+    /// Simultaneous SMTP connections in all.
+    pub max_connections: usize,
+    /// Error replies in one session before we close it.
+    pub max_errors: usize,
+    /// Waiting for a command (RFC 5321 §4.5.3.2.7 asks for at least 5 minutes).
+    #[serde(with = "duration_str")]
+    pub command_timeout: Duration,
+    /// Waiting for the next chunk of message data (RFC 5321 §4.5.3.2.6: 3 minutes at least).
+    #[serde(with = "duration_str")]
+    pub data_timeout: Duration,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        SmtpConfig {
+            max_message_size: 50 * 1024 * 1024,
+            max_recipients: 100,
+            max_connections_per_ip: 20,
+            max_connections: 1000,
+            max_errors: 10,
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Delay after the first failed attempt; it doubles after each failure.
+    #[serde(with = "duration_str")]
+    pub retry_initial: Duration,
+    /// The delay between attempts never grows past this.
+    #[serde(with = "duration_str")]
+    pub retry_max: Duration,
+    /// A message still undelivered this long after it was queued bounces.
+    #[serde(with = "duration_str")]
+    pub expire: Duration,
+    /// Remote deliveries running at once.
+    pub concurrency: usize,
+    /// TCP port of remote MX hosts. 25 everywhere on the Internet; tests change it.
+    pub remote_port: u16,
+    /// Timeout for connecting and for each reply of a remote server.
+    #[serde(with = "duration_str")]
+    pub remote_timeout: Duration,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            retry_initial: Duration::from_secs(5 * 60),
+            retry_max: Duration::from_secs(4 * 3600),
+            expire: Duration::from_secs(5 * 86400),
+            concurrency: 16,
+            remote_port: 25,
+            remote_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `json` (one object per line) or `text`.
+    pub format: String,
+    /// A tracing filter such as `info` or `posthaste=debug`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: "json".into(), level: "info".into() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// When started as root, drop to this user after binding the listeners.
+    pub user: String,
+    /// Write the daemon's PID here (direct mode without systemd).
+    pub pidfile: Option<PathBuf>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig { user: "posthaste".into(), pidfile: None }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}\nhelp: pass --config FILE or set POSTHASTE_CONFIG")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path} has {} problem(s):\n{}", .problems.len(), .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid { path: PathBuf, problems: Vec<String> },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
+        let problems = config.validate();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid { path: path.to_owned(), problems })
+        }
+    }
+
+    /// Every problem with the values, each with what to do about it.
+    pub fn validate(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if !is_valid_hostname(&self.hostname) || !self.hostname.contains('.') {
+            p.push(format!(
+                "hostname {:?} is not a fully qualified domain name (help: use the name your MX record points to, e.g. mail.example.org)",
+                self.hostname
+            ));
+        }
+        if !self.data_dir.is_absolute() {
+            p.push(format!("data_dir {:?} must be an absolute path", self.data_dir));
+        }
+        let l = &self.listen;
+        let tls_needed = !(l.submission.is_empty()
+            && l.submissions.is_empty()
+            && l.imap.is_empty()
+            && l.imaps.is_empty()
+            && l.pop3.is_empty()
+            && l.pop3s.is_empty());
+        if tls_needed && self.tls.is_none() {
+            p.push("listeners for submission/IMAP/POP3 need TLS: add a [tls] section with cert and key (help: `posthaste install` creates a self-signed pair)".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (name, addrs) in self.listeners() {
+            for a in addrs {
+                if !seen.insert(*a) {
+                    p.push(format!("listen.{name}: {a} is used by more than one listener"));
+                }
+            }
+        }
+        if let Some(url) = &self.directory.url {
+            if !(url.starts_with("sqlite:")
+                || url.starts_with("postgres://")
+                || url.starts_with("postgresql://"))
+            {
+                p.push(format!("directory.url {url:?} must start with sqlite: or postgres://"));
+            }
+        }
+        if self.smtp.max_message_size < 1024 {
+            p.push("smtp.max_message_size must be at least 1024 bytes".into());
+        }
+        if self.smtp.max_recipients == 0 {
+            p.push("smtp.max_recipients must be at least 1 (RFC 5321 recommends 100)".into());
+        }
+        if self.smtp.max_connections_per_ip == 0 || self.smtp.max_connections == 0 {
+            p.push("smtp.max_connections and smtp.max_connections_per_ip must be at least 1".into());
+        }
+        if self.queue.retry_initial.is_zero() || self.queue.retry_max < self.queue.retry_initial {
+            p.push("queue.retry_initial must be > 0 and not larger than queue.retry_max".into());
+        }
+        if self.queue.expire < self.queue.retry_initial {
+            p.push("queue.expire must be longer than queue.retry_initial".into());
+        }
+        if self.queue.concurrency == 0 {
+            p.push("queue.concurrency must be at least 1".into());
+        }
+        if !matches!(self.log.format.as_str(), "json" | "text") {
+            p.push(format!("log.format {:?} must be \"json\" or \"text\"", self.log.format));
+        }
+        p
+    }
+
+    pub fn listeners(&self) -> [(&'static str, &Vec<SocketAddr>); 7] {
+        let l = &self.listen;
+        [
+            ("smtp", &l.smtp),
+            ("submission", &l.submission),
+            ("submissions", &l.submissions),
+            ("imap", &l.imap),
+            ("imaps", &l.imaps),
+            ("pop3", &l.pop3),
+            ("pop3s", &l.pop3s),
+        ]
+    }
+
+    pub fn directory_url(&self) -> String {
+        match &self.directory.url {
+            Some(u) => u.clone(),
+            None => format!("sqlite://{}", self.data_dir.join("directory.db").display()),
+        }
+    }
+    pub fn mail_dir(&self) -> PathBuf {
+        self.data_dir.join("mail")
+    }
+    pub fn queue_dir(&self) -> PathBuf {
+        self.data_dir.join("queue")
+    }
+}
+
+/// RFC 1035 §2.3.1 / RFC 1123 §2.1 host name syntax (labels of letters, digits, hyphens).
+pub fn is_valid_hostname(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// Durations as `30s`, `5m`, `4h`, `5d` (or a bare number of seconds).
+pub mod duration_str {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn parse(s: &str) -> Result<Duration, String> {
+        let s = s.trim();
+        let (num, mult) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+            None => (s, 1),
+            Some((i, _)) => {
+                let mult = match &s[i..] {
+                    "s" => 1,
+                    "m" => 60,
+                    "h" => 3600,
+                    "d" => 86400,
+                    other => {
+                        return Err(format!("unknown unit {other:?} in duration {s:?} (use s, m, h or d)"))
+                    }
+                };
+                (&s[..i], mult)
+            }
+        };
+        let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 30s, 5m, 4h or 5d"))?;
+        Ok(Duration::from_secs(n * mult))
+    }
+
+    pub fn format(d: &Duration) -> String {
+        let s = d.as_secs();
+        for (unit, m) in [("d", 86400), ("h", 3600), ("m", 60)] {
+            if s > 0 && s % m == 0 {
+                return format!("{}{unit}", s / m);
+            }
+        }
+        format!("{s}s")
+    }
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Num(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Num(n) => Ok(Duration::from_secs(n)),
+            Raw::Str(s) => parse(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::parse(
+            "hostname = \"mail.example.test\"\ndata_dir = \"/var/lib/posthaste\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.smtp.max_message_size, 50 * 1024 * 1024);
+        assert_eq!(c.queue.retry_initial, Duration::from_secs(300));
+        assert!(c.listen.smtp.is_empty());
+        assert_eq!(c.directory_url(), "sqlite:///var/lib/posthaste/directory.db");
+    }
+
+    #[test]
+    fn all_problems_reported_at_once() {
+        let text = r#"
+hostname = "not a host"
+data_dir = "relative"
+[listen]
+smtp = ["127.0.0.1:25"]
+submission = ["127.0.0.1:25"]
+[queue]
+retry_initial = "0s"
+"#;
+        let err = Config::parse(text, Path::new("t.toml")).unwrap_err().to_string();
+        for needle in ["hostname", "data_dir", "need TLS", "more than one listener", "retry_initial"] {
+            assert!(err.contains(needle), "{needle} missing from {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_with_a_line() {
+        let err = Config::parse("hostname = \"a.b\"\ndata_dir = \"/x\"\nbogus = 1\n", Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bogus") && err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration_str::parse("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(duration_str::parse("5d").unwrap(), Duration::from_secs(432000));
+        assert_eq!(duration_str::parse("42").unwrap(), Duration::from_secs(42));
+        assert!(duration_str::parse("5 weeks").is_err());
+        assert_eq!(duration_str::format(&Duration::from_secs(14400)), "4h");
+    }
+}
