@@ -1,7 +1,11 @@
 //! posthaste: a turnkey mail server. The binary in `main.rs` is a thin CLI over these modules.
 
 pub mod address;
+pub mod cli;
 pub mod config;
 pub mod directory;
 pub mod queue;
+pub mod serve;
+pub mod smtp;
 pub mod store;
+pub mod tls;

@@ -53,6 +53,11 @@ impl Queue {
         todo!()
     }
 
+    /// Retry deferred messages now (SIGUSR1, `queue flush`).
+    pub fn wake(&self) {
+        todo!()
+    }
+
     /// Run deliveries until `shutdown` resolves. Picks up everything left in the spool.
     pub async fn run(&self, _shutdown: tokio::sync::watch::Receiver<bool>) {
         todo!()

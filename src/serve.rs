@@ -1,0 +1,160 @@
+//! `posthaste serve`: bind every configured listener, drop privileges, run the queue and the
+//! protocol servers until SIGTERM/SIGINT.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _};
+use tokio::net::TcpListener;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::directory::Directory;
+use crate::queue::Queue;
+use crate::smtp::{self, Profile};
+use crate::store::Store;
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let tls = match &config.tls {
+        Some(t) => Some(crate::tls::load_acceptor(t)?),
+        None => None,
+    };
+
+    // Bind while we still may use ports below 1024; then give up root.
+    let mut listeners: Vec<(Profile, TcpListener)> = Vec::new();
+    for (profile, addrs) in [
+        (Profile::Mx, &config.listen.smtp),
+        (Profile::Submission, &config.listen.submission),
+        (Profile::Submissions, &config.listen.submissions),
+    ] {
+        for addr in addrs {
+            listeners.push((profile, bind(*addr, profile.name()).await?));
+        }
+    }
+    for (name, addrs) in [
+        ("imap", &config.listen.imap),
+        ("imaps", &config.listen.imaps),
+        ("pop3", &config.listen.pop3),
+        ("pop3s", &config.listen.pop3s),
+    ] {
+        if !addrs.is_empty() {
+            // Nothing listens that we cannot serve properly.
+            warn!(listener = name, "this version has no {name} server yet; listen.{name} is ignored");
+        }
+    }
+    if listeners.is_empty() {
+        bail!("no SMTP listener is configured\nhelp: add e.g. smtp = [\"0.0.0.0:25\"] under [listen]");
+    }
+
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+    drop_privileges(&config.server.user, &config.data_dir)?;
+
+    let directory =
+        Directory::open(&config.directory_url()).await.context("cannot open the account directory")?;
+    let store = Store::new(config.mail_dir());
+    let queue = Queue::open(&config, store, directory.clone()).context("cannot open the queue")?;
+
+    let pidfile = config.server.pidfile.clone().unwrap_or_else(|| pidfile_path(&config));
+    std::fs::write(&pidfile, format!("{}\n", std::process::id()))
+        .with_context(|| format!("cannot write pidfile {}", pidfile.display()))?;
+
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let ctx = Arc::new(smtp::Context::new(config.clone(), directory, queue.clone(), tls));
+    let mut tasks = Vec::new();
+    for (profile, listener) in listeners {
+        tasks.push(tokio::spawn(smtp::serve(ctx.clone(), profile, listener, shutdown_rx.clone())));
+    }
+    let queue_task = {
+        let q = queue.clone();
+        let rx = shutdown_rx.clone();
+        tokio::spawn(async move { q.run(rx).await })
+    };
+    info!(event = "started", pid = std::process::id(), hostname = %config.hostname, "posthaste is running");
+
+    wait_for_signals(&queue).await;
+    info!(event = "stopping", "shutting down");
+    let _ = shutdown_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    // Deliveries in flight finish or are retried after the restart: the spool is durable.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), queue_task).await;
+    let _ = std::fs::remove_file(&pidfile);
+    Ok(())
+}
+
+pub fn pidfile_path(config: &Config) -> PathBuf {
+    config.server.pidfile.clone().unwrap_or_else(|| config.data_dir.join("posthaste.pid"))
+}
+
+async fn bind(addr: SocketAddr, name: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr} for {name}\nhelp: another mail server may hold the port (`ss -ltnp 'sport = :{}'`), or change listen.{name}", addr.port())
+    })
+}
+
+async fn wait_for_signals(queue: &Queue) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut usr1)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::user_defined1()),
+    ) else {
+        error!("cannot install signal handlers");
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            // `posthaste queue flush` sends SIGUSR1: retry deferred mail now.
+            _ = usr1.recv() => queue.wake(),
+        }
+    }
+}
+
+/// When started as root, continue as `user` (the data directory must be theirs).
+pub fn drop_privileges(user: &str, data_dir: &Path) -> anyhow::Result<()> {
+    use nix::unistd::{getuid, setgid, setgroups, setuid, User};
+    if !getuid().is_root() || user == "root" {
+        return Ok(());
+    }
+    let Some(u) = User::from_name(user).context("cannot look up the server user")? else {
+        bail!("server.user {user:?} does not exist\nhelp: create it (`useradd --system --home-dir {} {user}`) or set [server] user in the config", data_dir.display());
+    };
+    setgroups(&[u.gid]).context("setgroups")?;
+    setgid(u.gid).context("setgid")?;
+    setuid(u.uid).context("setuid")?;
+    let probe = data_dir.join(".posthaste-write-test");
+    if std::fs::write(&probe, b"").is_err() {
+        bail!(
+            "data_dir {} is not writable by {user}\nhelp: chown -R {user}: {}",
+            data_dir.display(),
+            data_dir.display()
+        );
+    }
+    let _ = std::fs::remove_file(probe);
+    info!(user, uid = u.uid.as_raw(), "dropped root privileges");
+    Ok(())
+}
+
+/// Admin commands run as root write files the daemon must own later: act as the owner of
+/// the data directory so everything we create is theirs.
+pub fn become_data_owner(data_dir: &Path) -> anyhow::Result<()> {
+    use nix::unistd::{getuid, setgid, setgroups, setuid, Gid, Uid};
+    use std::os::unix::fs::MetadataExt;
+    if !getuid().is_root() {
+        return Ok(());
+    }
+    let Ok(meta) = std::fs::metadata(data_dir) else { return Ok(()) };
+    if meta.uid() == 0 {
+        return Ok(());
+    }
+    setgroups(&[Gid::from_raw(meta.gid())]).context("setgroups")?;
+    setgid(Gid::from_raw(meta.gid())).context("setgid")?;
+    setuid(Uid::from_raw(meta.uid())).context("setuid")?;
+    Ok(())
+}

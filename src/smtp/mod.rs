@@ -1,0 +1,158 @@
+//! The SMTP server: MX (port 25) and submission (587 with STARTTLS, 465 with implicit TLS).
+
+pub mod command;
+pub mod message;
+pub mod session;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::directory::Directory;
+use crate::queue::Queue;
+
+/// Any byte stream a session can run on: TCP, TLS over TCP, or an in-memory pipe in tests.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Stream for T {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// Port 25: mail for our domains from anyone; no AUTH.
+    Mx,
+    /// Port 587: STARTTLS, then AUTH required (RFC 6409).
+    Submission,
+    /// Port 465: TLS from the first byte, AUTH required (RFC 8314 §3.3).
+    Submissions,
+}
+
+impl Profile {
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Mx => "smtp",
+            Profile::Submission => "submission",
+            Profile::Submissions => "submissions",
+        }
+    }
+}
+
+/// What every session shares.
+pub struct Context {
+    pub config: Arc<Config>,
+    pub directory: Directory,
+    pub queue: Queue,
+    pub tls: Option<TlsAcceptor>,
+    connections: Mutex<Connections>,
+}
+
+#[derive(Default)]
+struct Connections {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+impl Context {
+    pub fn new(config: Arc<Config>, directory: Directory, queue: Queue, tls: Option<TlsAcceptor>) -> Context {
+        Context { config, directory, queue, tls, connections: Mutex::new(Connections::default()) }
+    }
+
+    /// Count a new connection, or say why it is refused.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionSlot, &'static str> {
+        let mut c = self.connections.lock().unwrap();
+        if c.total >= self.config.smtp.max_connections {
+            return Err("4.3.2 Too many connections, try again later");
+        }
+        let n = c.per_ip.entry(ip).or_insert(0);
+        if *n >= self.config.smtp.max_connections_per_ip {
+            return Err("4.7.0 Too many connections from your address, try again later");
+        }
+        *n += 1;
+        c.total += 1;
+        Ok(ConnectionSlot { ctx: self.clone(), ip })
+    }
+}
+
+/// Releases the connection count when the session ends, however it ends.
+struct ConnectionSlot {
+    ctx: Arc<Context>,
+    ip: IpAddr,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut c = self.ctx.connections.lock().unwrap();
+        c.total -= 1;
+        if let Some(n) = c.per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                c.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Accept connections on `listener` until `shutdown` turns true.
+pub async fn serve(
+    ctx: Arc<Context>,
+    profile: Profile,
+    listener: TcpListener,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let local = listener.local_addr().ok();
+    info!(listener = profile.name(), addr = ?local, "listening");
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => return,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                warn!(error = %e, "smtp: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let ctx = ctx.clone();
+        tokio::spawn(async move { handle_connection(ctx, profile, tcp, peer).await });
+    }
+}
+
+async fn handle_connection(
+    ctx: Arc<Context>,
+    profile: Profile,
+    mut tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+) {
+    let _slot = match ctx.admit(peer.ip()) {
+        Ok(slot) => slot,
+        Err(reason) => {
+            debug!(client = %peer.ip(), reason, "smtp: connection refused");
+            let _ = tcp.write_all(format!("421 {reason}\r\n").as_bytes()).await;
+            return;
+        }
+    };
+    let stream: Box<dyn Stream> = if profile == Profile::Submissions {
+        let Some(acceptor) = ctx.tls.clone() else { return };
+        match tokio::time::timeout(Duration::from_secs(30), acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => Box::new(tls),
+            Ok(Err(e)) => {
+                debug!(client = %peer.ip(), error = %e, "smtp: TLS handshake failed");
+                return;
+            }
+            Err(_) => return,
+        }
+    } else {
+        Box::new(tcp)
+    };
+    let tls = profile == Profile::Submissions;
+    session::Session::new(ctx, profile, stream, peer, tls).run().await;
+}
