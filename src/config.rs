@@ -424,3 +424,13 @@ retry_initial = "0s"
         assert_eq!(duration_str::format(&Duration::from_secs(14400)), "4h");
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    /// The documented example must always load: it is what users copy.
+    #[test]
+    fn example_config_is_valid() {
+        let path = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/posthaste.toml"));
+        super::Config::load(path).unwrap();
+    }
+}

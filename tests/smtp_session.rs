@@ -1,0 +1,370 @@
+//! The SMTP session driven in memory over a duplex pipe, with the real directory (SQLite),
+//! the real store and the real queue in a temp dir: one case per protocol edge.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use base64::Engine;
+use posthaste::address::Address;
+use posthaste::config::{Config, TlsConfig};
+use posthaste::directory::{password, Directory};
+use posthaste::queue::Queue;
+use posthaste::smtp::{session::Session, Context, Profile, Stream};
+use posthaste::store::Store;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+
+struct Env {
+    _dir: tempfile::TempDir,
+    data: std::path::PathBuf,
+    ctx: Arc<Context>,
+    ca: rustls::pki_types::CertificateDer<'static>,
+}
+
+const PASSWORD: &str = "correct horse battery";
+
+async fn env_with(tweak: impl FnOnce(&mut Config)) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    posthaste::tls::generate_self_signed("mail.example.test", &[], &cert, &key).unwrap();
+    let text = format!("hostname = \"mail.example.test\"\ndata_dir = \"{}\"\n", data.display());
+    let mut config = Config::parse(&text, Path::new("test.toml")).unwrap();
+    config.tls = Some(TlsConfig { cert: cert.clone(), key });
+    tweak(&mut config);
+    let directory = Directory::open(&config.directory_url()).await.unwrap();
+    directory.add_domain("example.test").await.unwrap();
+    let hash = password::hash(PASSWORD);
+    for a in ["alice@example.test", "bob@example.test", "postmaster@example.test"] {
+        directory.add_account(&Address::parse(a).unwrap(), &hash, 0).await.unwrap();
+    }
+    directory.add_alias("info@example.test", &Address::parse("alice@example.test").unwrap()).await.unwrap();
+    let store = Store::new(config.mail_dir());
+    let queue = Queue::open(&config, store, directory.clone()).unwrap();
+    let tls = posthaste::tls::load_acceptor(config.tls.as_ref().unwrap()).unwrap();
+    let ca = rustls_pemfile::certs(&mut std::fs::read(&cert).unwrap().as_slice()).next().unwrap().unwrap();
+    let ctx = Arc::new(Context::new(Arc::new(config), directory, queue, Some(tls)));
+    Env { _dir: dir, data, ctx, ca }
+}
+
+async fn env() -> Env {
+    env_with(|_| {}).await
+}
+
+struct Client {
+    io: BufReader<Box<dyn Stream>>,
+    ca: rustls::pki_types::CertificateDer<'static>,
+}
+
+impl Client {
+    async fn connect(env: &Env, profile: Profile) -> Client {
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let tls = profile == Profile::Submissions;
+        let session = Session::new(env.ctx.clone(), profile, Box::new(server), "192.0.2.7:40000".parse().unwrap(), tls);
+        tokio::spawn(session.run());
+        let mut c = Client { io: BufReader::new(Box::new(client)), ca: env.ca.clone() };
+        let (code, _) = c.reply().await;
+        assert_eq!(code, 220);
+        c
+    }
+
+    async fn send(&mut self, raw: &str) {
+        self.io.get_mut().write_all(raw.as_bytes()).await.unwrap();
+        self.io.get_mut().flush().await.unwrap();
+    }
+
+    /// One complete (possibly multi-line) reply: its code and all its text.
+    async fn reply(&mut self) -> (u16, String) {
+        let mut text = String::new();
+        loop {
+            let mut line = String::new();
+            if self.io.read_line(&mut line).await.unwrap() == 0 {
+                return (0, text);
+            }
+            let code: u16 = line[..3].parse().unwrap_or_else(|_| panic!("bad reply line {line:?}"));
+            text.push_str(&line);
+            if line.as_bytes().get(3) == Some(&b' ') {
+                return (code, text);
+            }
+        }
+    }
+
+    /// Send a command and check the reply starts with `expect` (e.g. "250" or "550 5.1.1").
+    async fn cmd(&mut self, line: &str, expect: &str) -> String {
+        self.send(&format!("{line}\r\n")).await;
+        let (_, text) = self.reply().await;
+        assert!(text.starts_with(expect), "{line:?}: expected {expect:?}, got {text:?}");
+        text
+    }
+
+    async fn starttls(self) -> Client {
+        let mut c = self;
+        c.cmd("STARTTLS", "220 2.0.0").await;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(c.ca.clone()).unwrap();
+        let cfg = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+        let name = rustls::pki_types::ServerName::try_from("mail.example.test").unwrap();
+        let inner = c.io.into_inner();
+        let tls = connector.connect(name, inner).await.unwrap();
+        Client { io: BufReader::new(Box::new(tls)), ca: c.ca }
+    }
+
+    async fn closed(&mut self) -> bool {
+        let mut line = String::new();
+        matches!(self.io.read_line(&mut line).await, Ok(0) | Err(_))
+    }
+}
+
+fn plain(user: &str, pass: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{pass}"))
+}
+
+/// The messages in an account's INBOX new/ (or cur/) directory.
+fn inbox(env: &Env, addr: &str) -> Vec<String> {
+    let a = Address::parse(addr).unwrap();
+    let base = env.data.join("mail").join(a.domain()).join(a.local());
+    let mut out = Vec::new();
+    for sub in ["new", "cur"] {
+        if let Ok(rd) = std::fs::read_dir(base.join(sub)) {
+            for e in rd {
+                out.push(std::fs::read_to_string(e.unwrap().path()).unwrap());
+            }
+        }
+    }
+    out
+}
+
+async fn submission_client(env: &Env) -> Client {
+    let mut c = Client::connect(env, Profile::Submission).await;
+    c.cmd("EHLO client.test", "250").await;
+    let mut c = c.starttls().await;
+    c.cmd("EHLO client.test", "250").await;
+    c.cmd(&format!("AUTH PLAIN {}", plain("alice@example.test", PASSWORD)), "235 2.7.0").await;
+    c
+}
+
+#[tokio::test]
+async fn mx_ehlo_offers_extensions_but_no_auth() {
+    let env = env().await;
+    let mut c = Client::connect(&env, Profile::Mx).await;
+    let text = c.cmd("EHLO client.test", "250").await;
+    for ext in ["PIPELINING", "SIZE 52428800", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "CHUNKING", "STARTTLS"] {
+        assert!(text.contains(ext), "{ext} missing in {text}");
+    }
+    assert!(!text.contains("AUTH"), "AUTH must not be offered on the MX port: {text}");
+    c.cmd("AUTH PLAIN AGFAYgBj", "502 5.5.1").await;
+    c.cmd("QUIT", "221").await;
+}
+
+#[tokio::test]
+async fn mx_delivers_to_local_mailbox_with_received_header() {
+    let env = env().await;
+    let mut c = Client::connect(&env, Profile::Mx).await;
+    c.cmd("EHLO client.test", "250").await;
+    c.cmd("MAIL FROM:<sender@remote.test>", "250 2.1.0").await;
+    c.cmd("RCPT TO:<Alice@Example.TEST>", "250 2.1.5").await;
+    c.cmd("DATA", "354").await;
+    c.cmd("Subject: hello\r\nMessage-ID: <m1@remote.test>\r\n\r\nline one\r\n..dotted\r\n.", "250 2.0.0").await;
+    let msgs = inbox(&env, "alice@example.test");
+    assert_eq!(msgs.len(), 1);
+    let m = &msgs[0];
+    assert!(m.starts_with("Received: from client.test ([192.0.2.7])"), "{m}");
+    assert!(m.contains("by mail.example.test (posthaste) with ESMTP"), "{m}");
+    assert!(m.contains("\r\n.dotted\r\n"), "dot-stuffing not undone: {m}");
+    assert!(!m.contains("..dotted"));
+}
+
+#[tokio::test]
+async fn mx_alias_and_plus_address_reach_the_account() {
+    let env = env().await;
+    let mut c = Client::connect(&env, Profile::Mx).await;
+    c.cmd("EHLO client.test", "250").await;
+    c.cmd("MAIL FROM:<>", "250").await;
+    c.cmd("RCPT TO:<info@example.test>", "250").await;
+    c.cmd("RCPT TO:<alice+news@example.test>", "250").await;
+    c.cmd("RCPT TO:<postmaster>", "250").await;
+    c.cmd("DATA", "354").await;
+    c.cmd("Subject: x\r\n\r\nbody\r\n.", "250").await;
+    assert_eq!(inbox(&env, "alice@example.test").len(), 1, "alias and +tag go to one mailbox once");
+    assert_eq!(inbox(&env, "postmaster@example.test").len(), 1);
+}
+
+#[tokio::test]
+async fn mx_refuses_unknown_users_and_relaying() {
+    let env = env().await;
+    let mut c = Client::connect(&env, Profile::Mx).await;
+    c.cmd("EHLO client.test", "250").await;
+    c.cmd("MAIL FROM:<sender@remote.test>", "250").await;
+    c.cmd("RCPT TO:<nobody@example.test>", "550 5.1.1").await;
+    c.cmd("RCPT TO:<victim@remote.test>", "554 5.7.1").await;
+    c.cmd("RCPT TO:<victim%remote.test@example.test>", "554 5.7.1").await;
+    c.cmd("RCPT TO:<@example.test:victim@remote.test>", "554 5.7.1").await;
+    c.cmd("RCPT TO:<remote.test!victim@example.test>", "554 5.7.1").await;
+    c.cmd("RCPT TO:<\"victim@remote.test\"@example.test>", "554 5.7.1").await;
+    c.cmd("DATA", "554 5.5.1").await;
+}
+
+#[tokio::test]
+async fn sequence_and_syntax_errors() {
+    let env = env().await;
+    let mut c = Client::connect(&env, Profile::Mx).await;
+    c.cmd("MAIL FROM:<a@remote.test>", "503 5.5.1").await;
+    c.cmd("HELO", "501").await;
+    c.cmd("FOO bar", "500 5.5.2").await;
+    c.cmd("EHLO client.test", "250").await;
+    c.cmd("RCPT TO:<alice@example.test>", "503 5.5.1").await;
+    c.cmd("DATA", "503 5.5.1").await;
+    c.cmd("MAIL FROM:<a@remote.test> FOO=bar", "555 5.5.4").await;
+    c.cmd("MAIL FROM:<a@remote.test>", "250").await;
+    c.cmd("MAIL FROM:<a@remote.test>", "503 5.5.1").await;
+    c.cmd("RCPT TO:<alice@example.test> NOTIFY=NEVER", "555 5.5.4").await;
+    c.cmd("RSET", "250").await;
+    c.cmd("VRFY alice", "252").await;
+    c.cmd("NOOP", "250").await;
+    c.send(&format!("NOOP {}\r\n", "x".repeat(10_000))).await;
+    assert!(c.reply().await.1.starts_with("500 5.5.6"));
+    c.cmd("NOOP", "250").await;
+}
+
+#[tokio::test]
+async fn too_many_errors_close_the_session() {
+    let env = env_with(|c| c.smtp.max_errors = 3).await;
+    let mut c = Client::connect(&env, Profile::Mx).await;
+    c.cmd("BAD1", "500").await;
+    c.cmd("BAD2", "500").await;
+    c.send("BAD3\r\n").await;
+    assert!(c.reply().await.1.starts_with("500"));
+    assert!(c.reply().await.1.starts_with("421 4.7.0"));
+    assert!(c.closed().await);
+}
+
+#[tokio::test]
+async fn pipelined_commands_get_replies_in_order() {
+    let env = env().await;
+    let mut c = Client::connect(&env, Profile::Mx).await;
+    c.cmd("EHLO client.test", "250").await;
+    c.send("MAIL FROM:<a@remote.test>\r\nRCPT TO:<alice@example.test>\r\nRCPT TO:<nobody@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n").await;
+    let codes: Vec<u16> = [(); 5].iter().map(|_| 0).collect();
+    let mut got = Vec::new();
+    for _ in codes {
+        got.push(c.reply().await.0);
+    }
+    assert_eq!(got, vec![250, 250, 550, 250, 354]);
+    c.cmd("Subject: p\r\n\r\nx\r\n.", "250").await;
+    assert_eq!(inbox(&env, "bob@example.test").len(), 1);
+}
+
+#[tokio::test]
+async fn oversize_messages_get_552() {
+    let env = env_with(|c| c.smtp.max_message_size = 2000).await;
+    let mut c = Client::connect(&env, Profile::Mx).await;
+    c.cmd("EHLO client.test", "250").await;
+    c.cmd("MAIL FROM:<a@remote.test> SIZE=5000", "552 5.3.4").await;
+    c.cmd("MAIL FROM:<a@remote.test> SIZE=100", "250").await;
+    c.cmd("RCPT TO:<alice@example.test>", "250").await;
+    c.cmd("DATA", "354").await;
+    let big = "x".repeat(100) + "\r\n";
+    c.cmd(&format!("Subject: big\r\n\r\n{}.", big.repeat(50)), "552 5.3.4").await;
+    // The session goes on after the refusal.
+    c.cmd("MAIL FROM:<a@remote.test>", "250").await;
+    assert!(inbox(&env, "alice@example.test").is_empty());
+}
+
+#[tokio::test]
+async fn chunking_with_bdat() {
+    let env = env().await;
+    let mut c = Client::connect(&env, Profile::Mx).await;
+    c.cmd("EHLO client.test", "250").await;
+    c.cmd("MAIL FROM:<a@remote.test>", "250").await;
+    c.cmd("RCPT TO:<alice@example.test>", "250").await;
+    let part1 = "Subject: chunks\r\n\r\n";
+    let part2 = ".not stuffed\r\n";
+    c.send(&format!("BDAT {}\r\n{part1}", part1.len())).await;
+    assert!(c.reply().await.1.starts_with("250"));
+    c.send(&format!("BDAT {} LAST\r\n{part2}", part2.len())).await;
+    assert!(c.reply().await.1.starts_with("250 2.0.0"));
+    let m = &inbox(&env, "alice@example.test")[0];
+    assert!(m.ends_with("Subject: chunks\r\n\r\n.not stuffed\r\n"), "{m}");
+}
+
+#[tokio::test]
+async fn submission_requires_tls_before_auth() {
+    let env = env().await;
+    let mut c = Client::connect(&env, Profile::Submission).await;
+    let text = c.cmd("EHLO client.test", "250").await;
+    assert!(text.contains("STARTTLS") && !text.contains("AUTH"), "{text}");
+    c.cmd(&format!("AUTH PLAIN {}", plain("alice@example.test", PASSWORD)), "538 5.7.11").await;
+    c.cmd("MAIL FROM:<alice@example.test>", "530 5.7.0").await;
+    let mut c = c.starttls().await;
+    c.cmd("MAIL FROM:<alice@example.test>", "503").await; // EHLO again after TLS (RFC 3207)
+    let text = c.cmd("EHLO client.test", "250").await;
+    assert!(text.contains("AUTH PLAIN LOGIN") && !text.contains("STARTTLS"), "{text}");
+    c.cmd("MAIL FROM:<alice@example.test>", "530 5.7.0").await;
+    c.cmd(&format!("AUTH PLAIN {}", plain("alice@example.test", "wrong password")), "535 5.7.8").await;
+    c.cmd(&format!("AUTH PLAIN {}", plain("nobody@example.test", PASSWORD)), "535 5.7.8").await;
+    c.cmd("AUTH LOGIN", "334 VXNlcm5hbWU6").await;
+    c.cmd(&base64::engine::general_purpose::STANDARD.encode("alice@example.test"), "334 UGFzc3dvcmQ6").await;
+    c.cmd(&base64::engine::general_purpose::STANDARD.encode(PASSWORD), "235 2.7.0").await;
+    c.cmd(&format!("AUTH PLAIN {}", plain("alice@example.test", PASSWORD)), "503 5.5.1").await;
+}
+
+#[tokio::test]
+async fn submission_enforces_sender_ownership() {
+    let env = env().await;
+    let mut c = submission_client(&env).await;
+    c.cmd("MAIL FROM:<bob@example.test>", "553 5.7.1").await;
+    c.cmd("MAIL FROM:<>", "553 5.7.1").await;
+    c.cmd("MAIL FROM:<info@example.test>", "250").await; // an alias that delivers to alice
+    c.cmd("RCPT TO:<bob@example.test>", "250").await;
+    c.cmd("DATA", "354").await;
+    c.cmd("From: Bob <bob@example.test>\r\nSubject: spoof\r\n\r\nx\r\n.", "553 5.7.1").await;
+    c.cmd("MAIL FROM:<alice+x@example.test>", "250").await;
+    c.cmd("RCPT TO:<bob@example.test>", "250").await;
+    c.cmd("DATA", "354").await;
+    c.cmd("From: Alice <alice@example.test>\r\nSubject: ok\r\n\r\nhi\r\n.", "250 2.0.0").await;
+    let msgs = inbox(&env, "bob@example.test");
+    assert_eq!(msgs.len(), 1);
+    let m = &msgs[0];
+    assert!(m.contains("with ESMTPSA"), "{m}");
+    assert!(m.contains("\r\nDate: ") && m.contains("\r\nMessage-ID: <"), "Date/Message-ID not added: {m}");
+}
+
+#[tokio::test]
+async fn submissions_port_is_tls_from_the_start() {
+    let env = env().await;
+    let (client, server) = tokio::io::duplex(1 << 16);
+    // Port 465 sessions are handed over after the TLS handshake; here we hand the session
+    // the plain pipe marked as TLS, which is what the listener does after the handshake.
+    let session = Session::new(env.ctx.clone(), Profile::Submissions, Box::new(server), "192.0.2.7:1".parse().unwrap(), true);
+    tokio::spawn(session.run());
+    let mut c = Client { io: BufReader::new(Box::new(client)), ca: env.ca.clone() };
+    assert_eq!(c.reply().await.0, 220);
+    let text = c.cmd("EHLO client.test", "250").await;
+    assert!(text.contains("AUTH PLAIN LOGIN") && !text.contains("STARTTLS"), "{text}");
+}
+
+#[tokio::test]
+async fn data_pipelined_after_starttls_is_not_executed() {
+    let env = env().await;
+    let mut c = Client::connect(&env, Profile::Submission).await;
+    c.cmd("EHLO client.test", "250").await;
+    c.send("STARTTLS\r\nMAIL FROM:<alice@example.test>\r\n").await;
+    assert!(c.reply().await.1.starts_with("220"));
+    assert!(c.closed().await, "the injected plaintext command must end the session");
+}
+
+#[tokio::test]
+async fn too_many_recipients_get_452() {
+    let env = env_with(|c| c.smtp.max_recipients = 2).await;
+    let mut c = Client::connect(&env, Profile::Mx).await;
+    c.cmd("EHLO client.test", "250").await;
+    c.cmd("MAIL FROM:<a@remote.test>", "250").await;
+    c.cmd("RCPT TO:<alice@example.test>", "250").await;
+    c.cmd("RCPT TO:<bob@example.test>", "250").await;
+    c.cmd("RCPT TO:<postmaster@example.test>", "452 4.5.3").await;
+}
+
+// Keep the trait-object helpers honest: the client side is any stream, like the server's.
+#[allow(dead_code)]
+fn assert_stream<T: AsyncRead + AsyncWrite + Unpin + Send + Sync>() {}
