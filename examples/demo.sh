@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# The main job until the installer lands: build posthaste, start `posthaste serve` on loopback
+# with an example configuration (SQLite directory, self-signed TLS), add a domain and a user,
+# and prove that mail comes in through the MX and goes out through submission.
+#
+# Safe to rerun: it stops the demo server it started before and keeps the demo data.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEMO=${POSTHASTE_DEMO_DIR:-/var/tmp/posthaste-demo}
+BIN=target/release/posthaste
+CONF=$DEMO/posthaste.toml
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need openssl || ! need python3; then
+    echo "== installing openssl and python3"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssl python3
+fi
+need cargo || { echo "error: cargo is missing (help: install the Rust toolchain, 1.95 or newer)"; exit 1; }
+
+echo "== building posthaste (release)"
+cargo build --release --locked
+
+mkdir -p "$DEMO/tls" "$DEMO/data"
+if [ -f "$DEMO/data/posthaste.pid" ] && kill -0 "$(cat "$DEMO/data/posthaste.pid")" 2>/dev/null; then
+    echo "== stopping the previous demo server"
+    kill "$(cat "$DEMO/data/posthaste.pid")"
+    for _ in $(seq 50); do kill -0 "$(cat "$DEMO/data/posthaste.pid" 2>/dev/null)" 2>/dev/null || break; sleep 0.1; done
+fi
+
+# The daemon drops root after binding; it runs as the system user posthaste.
+if ! id posthaste >/dev/null 2>&1; then
+    useradd --system --home-dir "$DEMO/data" --no-create-home --shell /usr/sbin/nologin posthaste
+fi
+
+if [ ! -f "$DEMO/tls/cert.pem" ]; then
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN=mail.example.test \
+        -addext "subjectAltName=DNS:mail.example.test,IP:127.0.0.1" \
+        -keyout "$DEMO/tls/key.pem" -out "$DEMO/tls/cert.pem" 2>/dev/null
+    chmod 600 "$DEMO/tls/key.pem"
+fi
+chown -R posthaste: "$DEMO/data" "$DEMO/tls"
+chmod 750 "$DEMO/data"
+
+cat > "$CONF" <<TOML
+# Demo configuration: loopback only, high ports so no system MTA is disturbed.
+hostname = "mail.example.test"
+data_dir = "$DEMO/data"
+
+[listen]
+smtp        = ["127.0.0.1:2525"]
+submission  = ["127.0.0.1:2587"]
+submissions = ["127.0.0.1:2465"]
+
+[tls]
+cert = "$DEMO/tls/cert.pem"
+key  = "$DEMO/tls/key.pem"
+
+[log]
+format = "json"
+TOML
+
+echo "== domain and postmaster account"
+$BIN --config "$CONF" domain list | grep -qx example.test || $BIN --config "$CONF" domain add example.test
+if [ ! -f "$DEMO/postmaster.pass" ]; then
+    (umask 077; openssl rand -base64 18 > "$DEMO/postmaster.pass")
+fi
+if ! $BIN --config "$CONF" user list example.test | grep -q '^postmaster@example.test'; then
+    $BIN --config "$CONF" user add postmaster@example.test --password-file "$DEMO/postmaster.pass"
+fi
+
+echo "== starting posthaste serve (log: $DEMO/serve.log)"
+setsid nohup "$BIN" --config "$CONF" serve >"$DEMO/serve.log" 2>&1 </dev/null &
+for _ in $(seq 100); do
+    python3 -c 'import socket; socket.create_connection(("127.0.0.1", 2525), 0.2)' 2>/dev/null && break
+    sleep 0.1
+done
+
+echo "== round trip: in through the MX, out through submission (STARTTLS + AUTH)"
+python3 - "$DEMO" <<'PY'
+import smtplib, ssl, sys, os, time
+demo = sys.argv[1]
+pw = open(os.path.join(demo, "postmaster.pass")).read().strip()
+inbox = os.path.join(demo, "data/mail/example.test/postmaster")
+def count():
+    return sum(len(os.listdir(os.path.join(inbox, d))) for d in ("new", "cur") if os.path.isdir(os.path.join(inbox, d)))
+before = count()
+with smtplib.SMTP("127.0.0.1", 2525) as s:
+    s.sendmail("someone@remote.example", ["postmaster@example.test"],
+               b"From: someone@remote.example\r\nSubject: demo via MX\r\n\r\nhello\r\n")
+ctx = ssl.create_default_context(cafile=os.path.join(demo, "tls/cert.pem"))
+with smtplib.SMTP("127.0.0.1", 2587) as s:
+    s.starttls(context=ctx)
+    s.login("postmaster@example.test", pw)
+    s.sendmail("postmaster@example.test", ["postmaster@example.test"],
+               b"From: postmaster@example.test\r\nTo: postmaster@example.test\r\nSubject: demo via submission\r\n\r\nhello\r\n")
+after = count()
+print(f"postmaster@example.test INBOX: {before} -> {after} messages ({inbox})")
+sys.exit(0 if after == before + 2 else 1)
+PY
+
+cat <<TXT
+== posthaste is running (pid $(cat "$DEMO/data/posthaste.pid"))
+   MX          127.0.0.1:2525
+   submission  127.0.0.1:2587 (STARTTLS)   submissions 127.0.0.1:2465 (TLS)
+   account     postmaster@example.test, password in $DEMO/postmaster.pass
+   config      $CONF
+   admin       $BIN --config $CONF user add alice@example.test
+   stop        kill \$(cat $DEMO/data/posthaste.pid)
+TXT
