@@ -1,0 +1,695 @@
+//! The UID index of one Maildir folder: `posthaste-uidlist`, beside `cur/ new/ tmp/`.
+//!
+//! # Format (version 1)
+//!
+//! A UTF-8 text file, one record per line, fields separated by one space. The first line is
+//! the header; the rest is an append-only log of changes, replayed in order:
+//!
+//! ```text
+//! posthaste-uidlist 1 <uidvalidity> <next-uid> <highest-modseq>
+//! + <uid> <modseq> <internal-date> <size> <n|c> <nkw> [<keyword> ...] :<file name>
+//! = <uid> <modseq> <internal-date> <size> <n|c> <nkw> [<keyword> ...] :<file name>
+//! - <uid> <modseq>
+//! R <first-recent-uid>
+//! D <new/ mtime ns> <cur/ mtime ns>
+//! ```
+//!
+//! - `+` adds a message, `=` replaces what is known about it (new flags, keywords, name or
+//!   place). `<n|c>` says whether the file is in new/ or cur/; `<file name>` is the whole
+//!   current name, so the base (before `:`) identifies the message for its whole life and the
+//!   flag letters after `:2,` are the Maildir flags last seen. `<internal-date>` (Unix
+//!   seconds, the file's mtime as Dovecot uses it) and `<size>` are cached so a sync never
+//!   stats or reads known messages. Keywords are IMAP atoms (RFC 3501 §9 `flag-keyword`), so
+//!   they contain no space; the count in front of them lets the file name hold anything but
+//!   a line break.
+//! - `-` expunges a UID. Its MODSEQ is a new value, because RFC 7162 §3.2 needs
+//!   HIGHESTMODSEQ to grow when messages are expunged.
+//! - `R` moves the first UID still \Recent (RFC 3501 §2.3.2): the first session that sees a
+//!   message claims it by writing `R <next-uid>`.
+//! - `D` records the mtimes of new/ and cur/ at a scan that found the index complete; while
+//!   both are unchanged a sync need not read the directories (`0 0` = unknown).
+//!
+//! The next UID and HIGHESTMODSEQ are the maximum of the header and of every record, so a
+//! UID once written is never handed out again, even after the message is expunged.
+//!
+//! # Concurrency and crash safety
+//!
+//! Writers (delivery, IMAP, POP3, in any task or process) hold an exclusive `flock` on
+//! `posthaste-uidlist.lock`, a file that is never replaced (locking the index itself would
+//! not work, because compaction replaces it). Under the lock a writer first reads the log to
+//! its end, then appends its records in one write and fdatasyncs. Readers take no lock: they
+//! only consume complete lines, and a line without its newline (a writer that crashed
+//! mid-append) is ignored and cut off by the next writer. When the log holds many more
+//! records than messages it is compacted: the state is written to `posthaste-uidlist.tmp`,
+//! fsynced, renamed over the index and the directory fsynced, so a reader sees the old or
+//! the new file, never a mix. A reader notices the replacement because the path no longer
+//! names the inode it holds open (which, being open, cannot have been reused).
+//!
+//! The index always describes files that already exist durably: a message is written and
+//! renamed into the Maildir before its `+` record, a flag rename happens before its `=`
+//! record, an unlink before its `-`. A crash in between only means the next scan sees a
+//! difference between the directories and the index and records it then.
+//!
+//! If the index is missing or unreadable it is rebuilt from the directories with a new
+//! UIDVALIDITY (RFC 3501 §2.3.1.1), UIDs given in order of delivery time. The last
+//! UIDVALIDITY is also kept in the lock file, so a rebuild within the same second as the
+//! previous one still gets a different value.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::name;
+
+pub const INDEX_FILE: &str = "posthaste-uidlist";
+pub const LOCK_FILE: &str = "posthaste-uidlist.lock";
+const TMP_FILE: &str = "posthaste-uidlist.tmp";
+const CORRUPT_FILE: &str = "posthaste-uidlist.corrupt";
+const MAGIC: &str = "posthaste-uidlist";
+const VERSION: &str = "1";
+
+/// A directory mtime must be this much older than the moment we look at it before we trust
+/// "unchanged mtime" to mean "unchanged directory": file times come from a coarse kernel
+/// clock, so a change in the same tick as our stat would otherwise go unnoticed.
+const STAMP_QUIET_NS: i128 = 2_000_000_000;
+
+/// What the index knows about one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub uid: u32,
+    pub modseq: u64,
+    /// Internal date (RFC 3501 §2.3.3), Unix seconds.
+    pub date: i64,
+    pub size: u64,
+    pub in_new: bool,
+    pub keywords: BTreeSet<String>,
+    /// The whole current file name (base plus `:2,<letters>` in cur/).
+    pub filename: String,
+}
+
+impl Entry {
+    pub fn base(&self) -> &str {
+        name::base(&self.filename)
+    }
+    pub fn letters(&self) -> &str {
+        name::split(&self.filename).1
+    }
+    pub fn path(&self, folder_dir: &Path) -> PathBuf {
+        folder_dir.join(if self.in_new { "new" } else { "cur" }).join(&self.filename)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Record {
+    Add(Entry),
+    Update(Entry),
+    Expunge { uid: u32, modseq: u64 },
+    Recent(u32),
+    Stamp(i128, i128),
+}
+
+/// What changed in the state since the caller last drained it, for IMAP untagged responses
+/// (EXISTS, EXPUNGE, FETCH FLAGS).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Changes {
+    /// The index was replaced with a different UIDVALIDITY: every UID the client holds is
+    /// void, the IMAP session must end (RFC 3501 §2.3.1.1).
+    pub uidvalidity_changed: bool,
+    pub added: BTreeSet<u32>,
+    /// Flags or keywords changed (a new MODSEQ).
+    pub changed: BTreeSet<u32>,
+    pub expunged: BTreeSet<u32>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        !self.uidvalidity_changed
+            && self.added.is_empty()
+            && self.changed.is_empty()
+            && self.expunged.is_empty()
+    }
+    fn expunge(&mut self, uid: u32) {
+        self.added.remove(&uid);
+        self.changed.remove(&uid);
+        self.expunged.insert(uid);
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct State {
+    pub uidvalidity: u32,
+    pub next_uid: u32,
+    pub highest_modseq: u64,
+    pub first_recent: u32,
+    pub stamp: Option<(i128, i128)>,
+    pub entries: BTreeMap<u32, Entry>,
+    pub by_base: HashMap<String, u32>,
+    /// Lines in the log, to decide when to compact.
+    records: usize,
+}
+
+impl State {
+    fn new(uidvalidity: u32, next_uid: u32, highest_modseq: u64) -> State {
+        State {
+            uidvalidity,
+            next_uid: next_uid.max(1),
+            highest_modseq,
+            first_recent: 1,
+            stamp: None,
+            entries: BTreeMap::new(),
+            by_base: HashMap::new(),
+            records: 0,
+        }
+    }
+
+    fn apply(&mut self, rec: Record, ch: &mut Changes) {
+        self.records += 1;
+        match rec {
+            Record::Add(e) | Record::Update(e) => {
+                self.next_uid = self.next_uid.max(e.uid.saturating_add(1));
+                self.highest_modseq = self.highest_modseq.max(e.modseq);
+                let uid = e.uid;
+                let modseq = e.modseq;
+                self.by_base.insert(e.base().to_owned(), uid);
+                match self.entries.insert(uid, e) {
+                    Some(old) => {
+                        if old.base() != self.entries[&uid].base() {
+                            self.by_base.remove(old.base());
+                        }
+                        if old.modseq != modseq {
+                            ch.changed.insert(uid);
+                        }
+                    }
+                    None => {
+                        ch.added.insert(uid);
+                    }
+                }
+            }
+            Record::Expunge { uid, modseq } => {
+                self.highest_modseq = self.highest_modseq.max(modseq);
+                self.next_uid = self.next_uid.max(uid.saturating_add(1));
+                if let Some(old) = self.entries.remove(&uid) {
+                    self.by_base.remove(old.base());
+                    ch.expunge(uid);
+                }
+            }
+            Record::Recent(uid) => self.first_recent = self.first_recent.max(uid),
+            Record::Stamp(n, c) => self.stamp = if n == 0 && c == 0 { None } else { Some((n, c)) },
+        }
+    }
+
+    /// The changes between an old and a new state (after the index file was replaced).
+    fn diff(old: &State, new: &State, ch: &mut Changes) {
+        if old.uidvalidity != new.uidvalidity {
+            ch.uidvalidity_changed = true;
+        }
+        for (uid, e) in &old.entries {
+            match new.entries.get(uid) {
+                None => ch.expunge(*uid),
+                Some(n) if n.modseq != e.modseq => {
+                    ch.changed.insert(*uid);
+                }
+                Some(_) => {}
+            }
+        }
+        for uid in new.entries.keys() {
+            if !old.entries.contains_key(uid) {
+                ch.added.insert(*uid);
+            }
+        }
+    }
+}
+
+fn format_record(rec: &Record, out: &mut String) {
+    use std::fmt::Write as _;
+    match rec {
+        Record::Add(e) | Record::Update(e) => {
+            let op = if matches!(rec, Record::Add(_)) { '+' } else { '=' };
+            let place = if e.in_new { 'n' } else { 'c' };
+            let _ =
+                write!(out, "{op} {} {} {} {} {place} {}", e.uid, e.modseq, e.date, e.size, e.keywords.len());
+            for k in &e.keywords {
+                let _ = write!(out, " {k}");
+            }
+            let _ = writeln!(out, " :{}", e.filename);
+        }
+        Record::Expunge { uid, modseq } => {
+            let _ = writeln!(out, "- {uid} {modseq}");
+        }
+        Record::Recent(uid) => {
+            let _ = writeln!(out, "R {uid}");
+        }
+        Record::Stamp(n, c) => {
+            let _ = writeln!(out, "D {n} {c}");
+        }
+    }
+}
+
+fn parse_record(line: &str) -> Option<Record> {
+    let mut rest = line;
+    let mut tok = || -> Option<&str> {
+        let (t, r) = rest.split_once(' ').unwrap_or((rest, ""));
+        rest = r;
+        Some(t).filter(|t| !t.is_empty())
+    };
+    let op = tok()?;
+    match op {
+        "+" | "=" => {
+            let uid: u32 = tok()?.parse().ok().filter(|u| *u > 0)?;
+            let modseq = tok()?.parse().ok()?;
+            let date = tok()?.parse().ok()?;
+            let size = tok()?.parse().ok()?;
+            let in_new = match tok()? {
+                "n" => true,
+                "c" => false,
+                _ => return None,
+            };
+            let nkw: usize = tok()?.parse().ok()?;
+            let mut keywords = BTreeSet::new();
+            for _ in 0..nkw {
+                keywords.insert(tok()?.to_owned());
+            }
+            let filename = rest.strip_prefix(':').filter(|f| !f.is_empty())?.to_owned();
+            let e = Entry { uid, modseq, date, size, in_new, keywords, filename };
+            Some(if op == "+" { Record::Add(e) } else { Record::Update(e) })
+        }
+        "-" => {
+            let uid = tok()?.parse().ok()?;
+            let modseq = tok()?.parse().ok()?;
+            Some(Record::Expunge { uid, modseq })
+        }
+        "R" => Some(Record::Recent(tok()?.parse().ok()?)),
+        "D" => Some(Record::Stamp(tok()?.parse().ok()?, tok()?.parse().ok()?)),
+        _ => None,
+    }
+}
+
+fn parse_header(line: &str) -> Option<State> {
+    let f: Vec<&str> = line.split(' ').collect();
+    if f.len() != 5 || f[0] != MAGIC || f[1] != VERSION {
+        return None;
+    }
+    let uv: u32 = f[2].parse().ok().filter(|v| *v > 0)?;
+    Some(State::new(uv, f[3].parse().ok()?, f[4].parse().ok()?))
+}
+
+/// The exclusive index lock of one folder; released when dropped (the fd is closed).
+pub struct IndexLock {
+    file: File,
+}
+
+impl IndexLock {
+    pub fn acquire(folder_dir: &Path) -> io::Result<IndexLock> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(folder_dir.join(LOCK_FILE))?;
+        file.lock()?;
+        Ok(IndexLock { file })
+    }
+
+    /// The last UIDVALIDITY given in this folder, kept in the lock file (see module docs).
+    fn last_uidvalidity(&self) -> u32 {
+        let mut s = String::new();
+        let _ = (&self.file).read_to_string(&mut s);
+        s.trim().parse().unwrap_or(0)
+    }
+
+    fn set_last_uidvalidity(&self, uv: u32) -> io::Result<()> {
+        self.file.set_len(0)?;
+        self.file.write_all_at(format!("{uv}\n").as_bytes(), 0)
+    }
+}
+
+struct LogHandle {
+    file: File,
+    dev: u64,
+    ino: u64,
+    /// Bytes consumed: the end of the last complete line.
+    offset: u64,
+}
+
+/// The in-memory state of one folder's index plus the open log it was read from.
+pub struct Index {
+    dir: PathBuf,
+    pub state: State,
+    log: Option<LogHandle>,
+}
+
+pub enum Loaded {
+    Ok,
+    /// Missing or unreadable: a writer must rebuild it (under the lock).
+    NeedsRebuild,
+}
+
+fn mtime_ns(m: &std::fs::Metadata) -> i128 {
+    m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128
+}
+
+fn now_ns() -> i128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0)
+}
+
+fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl Index {
+    pub fn new(folder_dir: PathBuf) -> Index {
+        Index { dir: folder_dir, state: State::new(1, 1, 0), log: None }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Catch up with the index file (no lock needed): read what was appended since last
+    /// time, or the whole file if it was replaced.
+    pub fn refresh(&mut self, ch: &mut Changes) -> io::Result<Loaded> {
+        let path = self.dir.join(INDEX_FILE);
+        let meta = match std::fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Loaded::NeedsRebuild),
+            Err(e) => return Err(e),
+        };
+        if let Some(log) = &mut self.log {
+            if log.dev == meta.dev() && log.ino == meta.ino() {
+                let mut buf = Vec::new();
+                log.file.seek(SeekFrom::Start(log.offset))?;
+                (&log.file).read_to_end(&mut buf)?;
+                let complete = buf.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
+                let Ok(text) = std::str::from_utf8(&buf[..complete]) else { return Ok(Loaded::NeedsRebuild) };
+                let mut recs = Vec::new();
+                for line in text.lines() {
+                    match parse_record(line) {
+                        Some(r) => recs.push(r),
+                        None => return Ok(Loaded::NeedsRebuild),
+                    }
+                }
+                for r in recs {
+                    self.state.apply(r, ch);
+                }
+                log.offset += complete as u64;
+                return Ok(Loaded::Ok);
+            }
+        }
+        let file = match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Loaded::NeedsRebuild),
+            Err(e) => return Err(e),
+        };
+        let meta = file.metadata()?;
+        let mut buf = Vec::new();
+        (&file).read_to_end(&mut buf)?;
+        let complete = buf.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
+        let Ok(text) = std::str::from_utf8(&buf[..complete]) else { return Ok(Loaded::NeedsRebuild) };
+        let mut lines = text.lines();
+        let Some(mut state) = lines.next().and_then(parse_header) else { return Ok(Loaded::NeedsRebuild) };
+        let mut scratch = Changes::default();
+        for line in lines {
+            match parse_record(line) {
+                Some(r) => state.apply(r, &mut scratch),
+                None => return Ok(Loaded::NeedsRebuild),
+            }
+        }
+        if self.log.is_some() {
+            State::diff(&self.state, &state, ch);
+        } else {
+            ch.added.extend(state.entries.keys());
+        }
+        self.state = state;
+        self.log = Some(LogHandle { file, dev: meta.dev(), ino: meta.ino(), offset: complete as u64 });
+        Ok(Loaded::Ok)
+    }
+
+    /// Under the lock: bring the state up to date, rebuilding the index if it is missing or
+    /// unreadable. After this the state is the truth of the index file.
+    pub fn refresh_locked(&mut self, lock: &IndexLock, ch: &mut Changes) -> io::Result<()> {
+        if let Loaded::NeedsRebuild = self.refresh(ch)? {
+            self.rebuild(lock, ch)?;
+        }
+        Ok(())
+    }
+
+    /// Build a new index from the directories alone, with a new UIDVALIDITY.
+    fn rebuild(&mut self, lock: &IndexLock, ch: &mut Changes) -> io::Result<()> {
+        let path = self.dir.join(INDEX_FILE);
+        if path.exists() {
+            // Keep the unreadable file for whoever investigates, out of the way.
+            std::fs::rename(&path, self.dir.join(CORRUPT_FILE))?;
+        }
+        let now = (now_ns() / 1_000_000_000) as u32;
+        let uv =
+            now.max(lock.last_uidvalidity().saturating_add(1)).max(self.state.uidvalidity.saturating_add(1));
+        lock.set_last_uidvalidity(uv)?;
+        let old = std::mem::replace(&mut self.state, State::new(uv, 1, 0));
+        let had_state = self.log.is_some();
+        self.log = None;
+        // The scan must not move new/ → cur/ here: a rebuild can happen inside a delivery.
+        let mut scratch = Changes::default();
+        let recs = self.scan_records(false)?;
+        for r in recs {
+            self.state.apply(r, &mut scratch);
+        }
+        self.compact()?;
+        if had_state {
+            State::diff(&old, &self.state, ch);
+        } else {
+            ch.added.extend(self.state.entries.keys());
+        }
+        Ok(())
+    }
+
+    /// Under the lock, after `refresh_locked`: append records durably and apply them.
+    pub fn commit(&mut self, _lock: &IndexLock, recs: Vec<Record>, ch: &mut Changes) -> io::Result<()> {
+        if recs.is_empty() {
+            return Ok(());
+        }
+        let log = self.log.as_mut().expect("commit needs a loaded index");
+        let mut text = String::new();
+        for r in &recs {
+            format_record(r, &mut text);
+        }
+        // Whatever lies past the last complete line is a torn append of a writer that
+        // crashed; it must not be glued to the front of our first line.
+        if log.file.metadata()?.len() != log.offset {
+            log.file.set_len(log.offset)?;
+        }
+        log.file.write_all_at(text.as_bytes(), log.offset)?;
+        log.file.sync_data()?;
+        log.offset += text.len() as u64;
+        for r in recs {
+            self.state.apply(r, ch);
+        }
+        if self.state.records > 2 * self.state.entries.len() + 256 {
+            self.compact()?;
+        }
+        Ok(())
+    }
+
+    /// Rewrite the index as header + one `+` per message, atomically (tmp, fsync, rename,
+    /// fsync of the directory).
+    fn compact(&mut self) -> io::Result<()> {
+        let s = &self.state;
+        let mut text = format!("{MAGIC} {VERSION} {} {} {}\n", s.uidvalidity, s.next_uid, s.highest_modseq);
+        let mut n = 0;
+        for e in s.entries.values() {
+            format_record(&Record::Add(e.clone()), &mut text);
+            n += 1;
+        }
+        if s.first_recent > 1 {
+            format_record(&Record::Recent(s.first_recent), &mut text);
+            n += 1;
+        }
+        if let Some((a, b)) = s.stamp {
+            format_record(&Record::Stamp(a, b), &mut text);
+            n += 1;
+        }
+        let tmp = self.dir.join(TMP_FILE);
+        {
+            let mut f = File::create(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+        }
+        let path = self.dir.join(INDEX_FILE);
+        std::fs::rename(&tmp, &path)?;
+        fsync_dir(&self.dir)?;
+        let file = OpenOptions::new().read(true).write(true).open(&path)?;
+        let meta = file.metadata()?;
+        self.state.records = n;
+        self.log = Some(LogHandle { file, dev: meta.dev(), ino: meta.ino(), offset: text.len() as u64 });
+        Ok(())
+    }
+
+    /// Whether new/ and cur/ are unchanged since a scan that left the index complete, so a
+    /// sync may skip reading them.
+    pub fn dirs_unchanged(&self) -> bool {
+        let Some((n, c)) = self.state.stamp else { return false };
+        let m = |d: &str| std::fs::metadata(self.dir.join(d)).map(|m| mtime_ns(&m)).ok();
+        m("new") == Some(n) && m("cur") == Some(c)
+    }
+
+    /// Under the lock: compare new/ and cur/ with the index and record the differences.
+    /// `move_new`: move files from new/ to cur/, as an IMAP server does when it has seen
+    /// them (they stop being "new" for other Maildir readers).
+    pub fn scan(&mut self, lock: &IndexLock, move_new: bool, ch: &mut Changes) -> io::Result<()> {
+        let recs = self.scan_records(move_new)?;
+        self.commit(lock, recs, ch)
+    }
+
+    fn scan_records(&self, move_new: bool) -> io::Result<Vec<Record>> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.scan_once(move_new)? {
+                Some(recs) => return Ok(recs),
+                // Another Maildir client renamed a file while we moved it; read again.
+                None if attempt < 5 => continue,
+                None => return Err(io::Error::other("the Maildir keeps changing under the scan; try again")),
+            }
+        }
+    }
+
+    fn scan_once(&self, move_new: bool) -> io::Result<Option<Vec<Record>>> {
+        let t0 = now_ns();
+        let m_new = mtime_ns(&std::fs::metadata(self.dir.join("new"))?);
+        let m_cur = mtime_ns(&std::fs::metadata(self.dir.join("cur"))?);
+        // base → (in_new, file name); a base in both places (a crashed foreign rename) is
+        // taken from cur/.
+        let mut found: HashMap<String, (bool, String)> = HashMap::new();
+        for (sub, in_new) in [("cur", false), ("new", true)] {
+            for de in std::fs::read_dir(self.dir.join(sub))? {
+                let de = de?;
+                if de.file_type()?.is_dir() {
+                    continue;
+                }
+                let Ok(fname) = de.file_name().into_string() else { continue };
+                // Hidden files are other programs' temporaries; a line break cannot be
+                // represented in the index (and no sane writer makes one).
+                if fname.starts_with('.') || fname.contains(['\n', '\r']) || name::base(&fname).is_empty() {
+                    continue;
+                }
+                found.entry(name::base(&fname).to_owned()).or_insert((in_new, fname));
+            }
+        }
+        let mut moved = false;
+        if move_new {
+            for (base, (in_new, fname)) in found.iter_mut() {
+                if !*in_new {
+                    continue;
+                }
+                let target = if fname.contains(':') { fname.clone() } else { name::with_flags(base, "") };
+                match std::fs::rename(self.dir.join("new").join(&*fname), self.dir.join("cur").join(&target))
+                {
+                    Ok(()) => {
+                        *in_new = false;
+                        *fname = target;
+                        moved = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(e),
+                }
+            }
+            if moved {
+                fsync_dir(&self.dir.join("new"))?;
+                fsync_dir(&self.dir.join("cur"))?;
+            }
+        }
+
+        let mut recs = Vec::new();
+        let mut modseq = self.state.highest_modseq;
+        for (uid, e) in &self.state.entries {
+            match found.remove(e.base()) {
+                None => {
+                    modseq += 1;
+                    recs.push(Record::Expunge { uid: *uid, modseq });
+                }
+                Some((in_new, fname)) if in_new != e.in_new || fname != e.filename => {
+                    let mut n = e.clone();
+                    if name::sort_letters(name::split(&fname).1) != name::sort_letters(e.letters()) {
+                        // Another Maildir client changed the flags: a new MODSEQ (RFC 7162 §3.1).
+                        modseq += 1;
+                        n.modseq = modseq;
+                    }
+                    n.in_new = in_new;
+                    n.filename = fname;
+                    recs.push(Record::Update(n));
+                }
+                Some(_) => {}
+            }
+        }
+
+        // Files the index does not know: deliveries by other programs, or ours that crashed
+        // before the index update. UIDs go in order of delivery time (RFC 3501 §2.3.1.1
+        // requires only ascending order of assignment; delivery order is what users expect).
+        let mut fresh = Vec::new();
+        for (base, (in_new, fname)) in found {
+            let path = self.dir.join(if in_new { "new" } else { "cur" }).join(&fname);
+            let meta = match std::fs::metadata(&path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let key =
+                name::time_from_base(&base).unwrap_or((meta.mtime(), (meta.mtime_nsec() / 1000) as u32));
+            let size = name::size_from_base(&base).unwrap_or(meta.len());
+            fresh.push((key, base, in_new, fname, meta.mtime(), size));
+        }
+        fresh.sort();
+        let mut uid = self.state.next_uid;
+        for (_, _, in_new, filename, date, size) in fresh {
+            modseq += 1;
+            recs.push(Record::Add(Entry {
+                uid,
+                modseq,
+                date,
+                size,
+                in_new,
+                keywords: BTreeSet::new(),
+                filename,
+            }));
+            uid += 1;
+        }
+
+        let quiet = |m: i128| t0 - m >= STAMP_QUIET_NS;
+        let stamp = (!moved && quiet(m_new) && quiet(m_cur)).then_some((m_new, m_cur));
+        if stamp != self.state.stamp {
+            let (a, b) = stamp.unwrap_or((0, 0));
+            recs.push(Record::Stamp(a, b));
+        }
+        Ok(Some(recs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_round_trip() {
+        let e = Entry {
+            uid: 7,
+            modseq: 12,
+            date: 1_700_000_000,
+            size: 42,
+            in_new: false,
+            keywords: ["$Junk".to_owned(), "work".to_owned()].into(),
+            filename: "1.M2P3Q4.host name,S=42:2,FS".to_owned(),
+        };
+        let mut s = String::new();
+        format_record(&Record::Update(e.clone()), &mut s);
+        assert_eq!(s, "= 7 12 1700000000 42 c 2 $Junk work :1.M2P3Q4.host name,S=42:2,FS\n");
+        match parse_record(s.trim_end()) {
+            Some(Record::Update(p)) => assert_eq!(p, e),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse_record("+ 0 1 1 1 c 0 :x").is_none(), "uid 0 is invalid");
+        assert!(parse_record("+ 1 1 1 1 c 2 a :x").is_none(), "keyword count too big");
+        assert!(parse_record("garbage").is_none());
+    }
+}

@@ -1,0 +1,502 @@
+//! An open folder: the view IMAP and POP3 sessions work on.
+//!
+//! A `Mailbox` keeps the folder's index in memory and brings it up to date on `sync`:
+//! it reads what other writers appended to the index, and reads the directories only when
+//! their mtimes say something changed (or not long ago enough to trust that). Every change
+//! it sees — its own or others' — is collected and handed out by `sync`, so the IMAP layer
+//! can send EXISTS, EXPUNGE and FETCH FLAGS at the moments RFC 3501 §7 allows.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::index::{Changes, Entry, Index, IndexLock, Record};
+use super::{name, Flag, Store};
+use crate::address::Address;
+
+/// A message as a session sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub uid: u32,
+    /// RFC 7162 MODSEQ of the last change of the message's flags.
+    pub modseq: u64,
+    /// System flags and keywords, sorted.
+    pub flags: Vec<Flag>,
+    /// RFC 822 size in bytes (the file size: messages are stored with CRLF or LF as
+    /// received; the IMAP layer reports what it sends).
+    pub size: u64,
+    /// Internal date (RFC 3501 §2.3.3), Unix seconds.
+    pub internal_date: i64,
+    /// Where the message is now. Another client may rename it at any time; read it with
+    /// `Mailbox::open_message`, which follows such renames.
+    pub path: PathBuf,
+    /// \Recent for this session (RFC 3501 §2.3.2).
+    pub recent: bool,
+    /// The Maildir base name: stable for the life of the message, even across index rebuilds.
+    pub base: String,
+}
+
+impl Message {
+    /// A POP3 UIDL (RFC 1939 §7: 1–70 characters 0x21–0x7E, unique and stable). The base
+    /// name survives a rebuild of our index (a UID-based UIDL would not, and every POP3
+    /// client would download everything again); base names that do not fit become a hash.
+    pub fn uidl(&self) -> String {
+        if !self.base.is_empty()
+            && self.base.len() <= 70
+            && self.base.bytes().all(|b| (0x21..0x7f).contains(&b))
+        {
+            self.base.clone()
+        } else {
+            // FNV-1a, 128 bits: stable across versions of Rust (unlike std's hasher).
+            let mut h: u128 = 0x6c62272e07bb014262b821756295c58d;
+            for b in self.base.bytes() {
+                h ^= b as u128;
+                h = h.wrapping_mul(0x0000000001000000000000000000013B);
+            }
+            format!("{h:032x}")
+        }
+    }
+}
+
+/// How STORE changes flags (RFC 3501 §6.4.6: FLAGS, +FLAGS, -FLAGS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlagOp {
+    Replace,
+    Add,
+    Remove,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreResult {
+    /// UIDs whose flags changed (each got a new MODSEQ).
+    pub updated: Vec<u32>,
+    /// UIDs not changed because their MODSEQ was above UNCHANGEDSINCE (RFC 7162 §3.1.3:
+    /// the MODIFIED response code).
+    pub modified: Vec<u32>,
+}
+
+/// The outcome of COPY/MOVE, for the COPYUID response code (RFC 4315 §3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyResult {
+    pub uidvalidity: u32,
+    /// (source UID, destination UID), in source UID order. Messages expunged meanwhile are
+    /// missing.
+    pub mapping: Vec<(u32, u32)>,
+}
+
+pub struct Mailbox {
+    store: Store,
+    account: Address,
+    folder: String,
+    index: Index,
+    claim_recent: bool,
+    recent: BTreeSet<u32>,
+    pending: Changes,
+}
+
+impl Mailbox {
+    pub(super) fn open(
+        store: Store,
+        account: Address,
+        folder: String,
+        dir: PathBuf,
+        claim_recent: bool,
+    ) -> io::Result<Mailbox> {
+        let mut mb = Mailbox {
+            store,
+            account,
+            folder,
+            index: Index::new(dir),
+            claim_recent,
+            recent: BTreeSet::new(),
+            pending: Changes::default(),
+        };
+        mb.sync()?;
+        Ok(mb)
+    }
+
+    pub fn folder(&self) -> &str {
+        &self.folder
+    }
+    pub fn account(&self) -> &Address {
+        &self.account
+    }
+    pub fn uidvalidity(&self) -> u32 {
+        self.index.state.uidvalidity
+    }
+    /// UIDNEXT (RFC 3501 §2.3.1.1).
+    pub fn uid_next(&self) -> u32 {
+        self.index.state.next_uid
+    }
+    /// HIGHESTMODSEQ (RFC 7162 §3.1.1).
+    pub fn highest_modseq(&self) -> u64 {
+        self.index.state.highest_modseq
+    }
+    pub fn len(&self) -> usize {
+        self.index.state.entries.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.index.state.entries.is_empty()
+    }
+    /// All UIDs, ascending (the IMAP sequence order).
+    pub fn uids(&self) -> Vec<u32> {
+        self.index.state.entries.keys().copied().collect()
+    }
+
+    pub fn messages(&self) -> Vec<Message> {
+        self.index.state.entries.values().map(|e| self.view(e)).collect()
+    }
+
+    pub fn message(&self, uid: u32) -> Option<Message> {
+        self.index.state.entries.get(&uid).map(|e| self.view(e))
+    }
+
+    fn view(&self, e: &Entry) -> Message {
+        let mut flags: Vec<Flag> = e.letters().chars().filter_map(Flag::from_letter).collect();
+        flags.extend(e.keywords.iter().map(|k| Flag::Keyword(k.clone())));
+        flags.sort();
+        flags.dedup();
+        Message {
+            uid: e.uid,
+            modseq: e.modseq,
+            flags,
+            size: e.size,
+            internal_date: e.date,
+            path: e.path(self.index.dir()),
+            recent: self.recent.contains(&e.uid),
+            base: e.base().to_owned(),
+        }
+    }
+
+    /// Bring the view up to date with the disk and return everything that changed since the
+    /// last call (including this session's own changes). Cheap when nothing happened: one
+    /// stat of the index, a read of its new bytes, two stats of new/ and cur/.
+    pub fn sync(&mut self) -> io::Result<Changes> {
+        let loaded = self.index.refresh(&mut self.pending)?;
+        let fresh = matches!(loaded, super::index::Loaded::Ok) && self.index.dirs_unchanged();
+        let unclaimed = self.claim_recent && self.index.state.first_recent < self.index.state.next_uid;
+        if !fresh || unclaimed {
+            let lock = IndexLock::acquire(self.index.dir())?;
+            self.index.refresh_locked(&lock, &mut self.pending)?;
+            if !self.index.dirs_unchanged() {
+                self.index.scan(&lock, true, &mut self.pending)?;
+            }
+            let st = &self.index.state;
+            if self.claim_recent && st.first_recent < st.next_uid {
+                let first = st.first_recent;
+                let next = st.next_uid;
+                self.recent.extend(st.entries.range(first..).map(|(u, _)| *u));
+                self.index.commit(&lock, vec![Record::Recent(next)], &mut self.pending)?;
+            }
+        }
+        let ch = std::mem::take(&mut self.pending);
+        if ch.uidvalidity_changed {
+            self.recent.clear();
+        }
+        for uid in &ch.expunged {
+            self.recent.remove(uid);
+        }
+        Ok(ch)
+    }
+
+    /// Open a message's file for reading, following a rename by another client (a flag
+    /// change elsewhere) if needed.
+    pub fn open_message(&mut self, uid: u32) -> io::Result<File> {
+        let e = self.entry(uid)?;
+        match File::open(e.path(self.index.dir())) {
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                match find_file(self.index.dir(), e.base())? {
+                    Some(p) => File::open(p),
+                    None => Err(io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!("message UID {uid} was expunged"),
+                    )),
+                }
+            }
+            other => other,
+        }
+    }
+
+    fn entry(&self, uid: u32) -> io::Result<Entry> {
+        self.index
+            .state
+            .entries
+            .get(&uid)
+            .cloned()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no message with UID {uid}")))
+    }
+
+    /// STORE (RFC 3501 §6.4.6, with RFC 7162 §3.1.3 UNCHANGEDSINCE). Maildir letters change
+    /// by renaming the file (so other Maildir clients see them), keywords in the index. Each
+    /// message that really changes gets a new MODSEQ; UIDs not in the folder are ignored.
+    pub fn store_flags(
+        &mut self,
+        uids: &[u32],
+        op: FlagOp,
+        flags: &[Flag],
+        unchanged_since: Option<u64>,
+    ) -> io::Result<StoreResult> {
+        let lock = IndexLock::acquire(self.index.dir())?;
+        self.index.refresh_locked(&lock, &mut self.pending)?;
+        let dir = self.index.dir().to_path_buf();
+        let mut result = StoreResult::default();
+        let mut recs = Vec::new();
+        let mut modseq = self.index.state.highest_modseq;
+        for uid in sorted(uids) {
+            let Some(e) = self.index.state.entries.get(&uid) else { continue };
+            if unchanged_since.is_some_and(|us| e.modseq > us) {
+                result.modified.push(uid);
+                continue;
+            }
+            let old_letters = e.letters();
+            // Letters we do not interpret (Dovecot's a–z keyword letters) are kept as they are.
+            let foreign: String = old_letters.chars().filter(|c| !name::KNOWN_LETTERS.contains(*c)).collect();
+            let mut letters: BTreeSet<char> =
+                old_letters.chars().filter(|c| name::KNOWN_LETTERS.contains(*c)).collect();
+            let mut keywords = e.keywords.clone();
+            if op == FlagOp::Replace {
+                letters.clear();
+                keywords.clear();
+            }
+            for f in flags {
+                match (f.letter(), op) {
+                    (Some(l), FlagOp::Remove) => {
+                        letters.remove(&l);
+                    }
+                    (Some(l), _) => {
+                        letters.insert(l);
+                    }
+                    (None, FlagOp::Remove) => {
+                        keywords.remove(f.as_imap());
+                    }
+                    (None, _) => {
+                        keywords.insert(f.as_imap().to_owned());
+                    }
+                }
+            }
+            let new_letters = name::sort_letters(&(letters.iter().collect::<String>() + &foreign));
+            let letters_changed = e.in_new || new_letters != name::sort_letters(old_letters);
+            if !letters_changed && keywords == e.keywords {
+                continue;
+            }
+            let mut n = e.clone();
+            if letters_changed {
+                let new_name = name::with_flags(e.base(), &new_letters);
+                let dest = dir.join("cur").join(&new_name);
+                if !rename_following(&dir, e, &dest)? {
+                    continue; // gone: the next sync reports the expunge
+                }
+                n.filename = new_name;
+                n.in_new = false;
+            }
+            n.keywords = keywords;
+            if name::sort_letters(n.letters()) != name::sort_letters(e.letters()) || n.keywords != e.keywords
+            {
+                modseq += 1;
+                n.modseq = modseq;
+                result.updated.push(uid);
+            }
+            recs.push(Record::Update(n));
+        }
+        self.index.commit(&lock, recs, &mut self.pending)?;
+        Ok(result)
+    }
+
+    /// Expunge the given UIDs (UID EXPUNGE, RFC 4315 §2.1; POP3 QUIT). Returns the UIDs that
+    /// were removed.
+    pub fn expunge(&mut self, uids: &[u32]) -> io::Result<Vec<u32>> {
+        let lock = IndexLock::acquire(self.index.dir())?;
+        self.index.refresh_locked(&lock, &mut self.pending)?;
+        let dir = self.index.dir().to_path_buf();
+        let mut recs = Vec::new();
+        let mut done = Vec::new();
+        let mut modseq = self.index.state.highest_modseq;
+        for uid in sorted(uids) {
+            let Some(e) = self.index.state.entries.get(&uid) else { continue };
+            match std::fs::remove_file(e.path(&dir)) {
+                Ok(()) => {}
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                    if let Some(p) = find_file(&dir, e.base())? {
+                        remove_if_exists(&p)?;
+                    }
+                }
+                Err(err) => return Err(err),
+            }
+            // RFC 7162 §3.2: expunges raise HIGHESTMODSEQ.
+            modseq += 1;
+            recs.push(Record::Expunge { uid, modseq });
+            done.push(uid);
+        }
+        if !done.is_empty() {
+            // The unlinks must be durable before the index says so (see index docs).
+            super::fsync_dir(&dir.join("cur"))?;
+            super::fsync_dir(&dir.join("new"))?;
+        }
+        self.index.commit(&lock, recs, &mut self.pending)?;
+        Ok(done)
+    }
+
+    /// IMAP EXPUNGE/CLOSE (RFC 3501 §6.4.3): remove every message flagged \Deleted.
+    pub fn expunge_deleted(&mut self) -> io::Result<Vec<u32>> {
+        self.sync_for_write()?;
+        let uids: Vec<u32> =
+            self.index.state.entries.values().filter(|e| e.letters().contains('T')).map(|e| e.uid).collect();
+        self.expunge(&uids)
+    }
+
+    #[cfg(test)]
+    pub(super) fn index_dirs_unchanged_for_test(&self) -> bool {
+        self.index.dirs_unchanged()
+    }
+
+    fn sync_for_write(&mut self) -> io::Result<()> {
+        let mut ch = std::mem::take(&mut self.pending);
+        let lock = IndexLock::acquire(self.index.dir())?;
+        self.index.refresh_locked(&lock, &mut ch)?;
+        if !self.index.dirs_unchanged() {
+            self.index.scan(&lock, true, &mut ch)?;
+        }
+        self.pending = ch;
+        Ok(())
+    }
+
+    /// COPY (RFC 3501 §6.4.7) into `dest` of the same account: the files are hard-linked
+    /// under new names (same internal date, no extra space), flags and keywords carried
+    /// over, new UIDs assigned in the destination. A missing destination is NotFound (the
+    /// IMAP layer answers [TRYCREATE]).
+    pub fn copy_to(&mut self, uids: &[u32], dest: &str) -> io::Result<CopyResult> {
+        let dest_dir = self.store.folder_dir(&self.account, dest)?;
+        if !dest_dir.join("cur").is_dir() {
+            return Err(io::Error::new(io::ErrorKind::NotFound, format!("folder {dest:?} does not exist")));
+        }
+        let src_dir = self.index.dir().to_path_buf();
+        let sources: Vec<Entry> =
+            sorted(uids).into_iter().filter_map(|u| self.index.state.entries.get(&u).cloned()).collect();
+        // Only the destination is locked: we read the source files (following renames), and
+        // holding one lock at a time keeps two opposite copies from deadlocking.
+        let lock = IndexLock::acquire(&dest_dir)?;
+        let mut didx = Index::new(dest_dir.clone());
+        let mut scratch = Changes::default();
+        didx.refresh_locked(&lock, &mut scratch)?;
+        let mut uid = didx.state.next_uid;
+        let mut modseq = didx.state.highest_modseq;
+        let mut recs = Vec::new();
+        let mut mapping = Vec::new();
+        for e in &sources {
+            // Dovecot's a–z letters index the source folder's keyword list; they would mean
+            // something else in the destination, so only our letters are copied.
+            let letters: String = e.letters().chars().filter(|c| name::KNOWN_LETTERS.contains(*c)).collect();
+            let Some(filename) = link_or_copy(&src_dir, e, &dest_dir, &letters)? else { continue };
+            modseq += 1;
+            recs.push(Record::Add(Entry {
+                uid,
+                modseq,
+                date: e.date,
+                size: e.size,
+                in_new: false,
+                keywords: e.keywords.clone(),
+                filename,
+            }));
+            mapping.push((e.uid, uid));
+            uid += 1;
+        }
+        if !recs.is_empty() {
+            super::fsync_dir(&dest_dir.join("cur"))?;
+        }
+        didx.commit(&lock, recs, &mut scratch)?;
+        Ok(CopyResult { uidvalidity: didx.state.uidvalidity, mapping })
+    }
+
+    /// MOVE (RFC 6851): copy, then expunge the originals. A crash in between leaves the
+    /// message in both folders, never in none.
+    pub fn move_to(&mut self, uids: &[u32], dest: &str) -> io::Result<CopyResult> {
+        let res = self.copy_to(uids, dest)?;
+        let moved: Vec<u32> = res.mapping.iter().map(|(s, _)| *s).collect();
+        self.expunge(&moved)?;
+        Ok(res)
+    }
+}
+
+fn sorted(uids: &[u32]) -> Vec<u32> {
+    let mut v = uids.to_vec();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+fn remove_if_exists(p: &Path) -> io::Result<()> {
+    match std::fs::remove_file(p) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// The current path of the message with this base, looked up in the directories (after
+/// another client renamed it).
+fn find_file(dir: &Path, base: &str) -> io::Result<Option<PathBuf>> {
+    for sub in ["cur", "new"] {
+        for de in std::fs::read_dir(dir.join(sub))? {
+            let de = de?;
+            if let Some(f) = de.file_name().to_str() {
+                if name::base(f) == base {
+                    return Ok(Some(de.path()));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Rename the message's file to `dest`, looking it up again if another client renamed it.
+/// Ok(false): the message is gone.
+fn rename_following(dir: &Path, e: &Entry, dest: &Path) -> io::Result<bool> {
+    match std::fs::rename(e.path(dir), dest) {
+        Ok(()) => Ok(true),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => match find_file(dir, e.base())? {
+            Some(p) => match std::fs::rename(p, dest) {
+                Ok(()) => Ok(true),
+                Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(false),
+                Err(err) => Err(err),
+            },
+            None => Ok(false),
+        },
+        Err(err) => Err(err),
+    }
+}
+
+/// Put a copy of the message into `dest_dir/cur/` under a new unique name; a hard link
+/// where possible, else a real copy through tmp/. Ok(None): the source is gone.
+fn link_or_copy(src_dir: &Path, e: &Entry, dest_dir: &Path, letters: &str) -> io::Result<Option<String>> {
+    for _ in 0..100 {
+        let filename = name::with_flags(&name::new_base(e.size), letters);
+        let dest = dest_dir.join("cur").join(&filename);
+        let mut src = e.path(src_dir);
+        let mut res = std::fs::hard_link(&src, &dest);
+        if matches!(&res, Err(err) if err.kind() == io::ErrorKind::NotFound) {
+            match find_file(src_dir, e.base())? {
+                Some(p) => {
+                    src = p;
+                    res = std::fs::hard_link(&src, &dest);
+                }
+                None => return Ok(None),
+            }
+        }
+        match res {
+            Ok(()) => return Ok(Some(filename)),
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(_) => {
+                // No hard links here (another filesystem, a link limit): copy the bytes.
+                let tmp = dest_dir.join("tmp").join(name::base(&filename));
+                std::fs::copy(&src, &tmp)?;
+                let f = std::fs::OpenOptions::new().write(true).open(&tmp)?;
+                f.set_modified(std::fs::metadata(&src)?.modified()?)?;
+                f.sync_all()?;
+                std::fs::rename(&tmp, &dest)?;
+                return Ok(Some(filename));
+            }
+        }
+    }
+    Err(io::Error::other("could not find a unique Maildir file name"))
+}
