@@ -94,8 +94,12 @@ async fn rescan(inner: &Arc<Inner>) {
 fn start_due(inner: &Arc<Inner>, tasks: &mut JoinSet<()>) -> Duration {
     let now = now_ms();
     let mut sched = inner.sched.lock().unwrap();
-    let mut due: Vec<(i64, String)> =
-        sched.due.iter().filter(|(id, _)| !sched.running.contains(*id)).map(|(id, t)| (*t, id.clone())).collect();
+    let mut due: Vec<(i64, String)> = sched
+        .due
+        .iter()
+        .filter(|(id, _)| !sched.running.contains(*id))
+        .map(|(id, t)| (*t, id.clone()))
+        .collect();
     due.sort();
     for (at, id) in &due {
         if *at > now {

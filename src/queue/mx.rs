@@ -48,13 +48,12 @@ impl Resolver {
             for ns in &config.dns.nameservers {
                 group.merge(NameServerConfigGroup::from_ips_clear(&[ns.ip()], ns.port(), true));
             }
-            TokioAsyncResolver::tokio(ResolverConfig::from_parts(None, vec![], group), ResolverOpts::default())
+            TokioAsyncResolver::tokio(
+                ResolverConfig::from_parts(None, vec![], group),
+                ResolverOpts::default(),
+            )
         };
-        Ok(Resolver {
-            dns,
-            hostname: normalize(&config.hostname),
-            own_addrs: config.listen.smtp.clone(),
-        })
+        Ok(Resolver { dns, hostname: normalize(&config.hostname), own_addrs: config.listen.smtp.clone() })
     }
 
     /// The host names to try, best first. RFC 5321 §5.1: MX records sorted by preference
@@ -117,6 +116,8 @@ fn no_records(e: &ResolveError) -> Option<ResponseCode> {
 fn dns_error(name: &str, e: &ResolveError) -> RouteError {
     if no_records(e) == Some(ResponseCode::NXDomain) {
         RouteError::permanent(format!("5.1.2 domain {name} does not exist"))
+    } else if let Some(rcode) = no_records(e) {
+        RouteError::temporary(format!("4.4.3 DNS lookup for {name} failed: {rcode}"))
     } else {
         RouteError::temporary(format!("4.4.3 DNS lookup for {name} failed: {e}"))
     }

@@ -214,8 +214,8 @@ async fn starttls(
     if !session.io.buffer().is_empty() {
         return Err("data after the STARTTLS reply".into());
     }
-    let server_name = rustls::pki_types::ServerName::try_from(host_name.to_owned())
-        .map_err(|e| e.to_string())?;
+    let server_name =
+        rustls::pki_types::ServerName::try_from(host_name.to_owned()).map_err(|e| e.to_string())?;
     let connector = tokio_rustls::TlsConnector::from(config);
     let tcp = session.io.into_inner();
     let tls = timeout(timeout_d, connector.connect(server_name, tcp))
@@ -292,7 +292,9 @@ fn mail_from<S>(session: &Session<S>, job: &Job<'_>) -> Result<String, String> {
         let size = job.message.len() as u64;
         if let Ok(limit) = limit.trim().parse::<u64>() {
             if limit > 0 && size > limit {
-                return Err(format!("5.3.4 message size {size} exceeds the limit {limit} of the remote server"));
+                return Err(format!(
+                    "5.3.4 message size {size} exceeds the limit {limit} of the remote server"
+                ));
             }
         }
         cmd.push_str(&format!(" SIZE={size}"));
