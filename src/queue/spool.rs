@@ -1,0 +1,269 @@
+//! The on-disk spool: one immutable message file and one JSON envelope per queued message.
+//! See the module documentation of [`crate::queue`] for the layout and the crash-safety
+//! argument. Everything here is synchronous file I/O: async callers use `spawn_blocking`,
+//! the admin CLI calls it directly.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::net::IpAddr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::address::Address;
+use crate::directory::Target;
+
+/// Where one recipient (one resolved target) stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RcptStatus {
+    /// Not tried yet.
+    Queued,
+    /// Tried, temporary failure; tried again at `next_attempt`.
+    Deferred,
+    Delivered,
+    /// Permanent failure (or expired); a DSN has been queued if the sender allows it.
+    Failed,
+}
+
+impl RcptStatus {
+    pub fn is_pending(self) -> bool {
+        matches!(self, RcptStatus::Queued | RcptStatus::Deferred)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Recipient {
+    /// The address given in RCPT TO.
+    pub rcpt: Address,
+    /// Where the directory resolved it to.
+    pub target: Target,
+    pub status: RcptStatus,
+    /// The last reply (remote SMTP reply, or our own diagnostic with an enhanced status code).
+    #[serde(default)]
+    pub reply: Option<String>,
+    /// The host that gave `reply`, when it came from a remote server.
+    #[serde(default)]
+    pub remote_mta: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Envelope {
+    pub id: String,
+    /// None: the null reverse-path `<>`.
+    pub sender: Option<Address>,
+    #[serde(default)]
+    pub message_id: Option<String>,
+    #[serde(default)]
+    pub client_ip: Option<IpAddr>,
+    #[serde(default)]
+    pub helo: Option<String>,
+    #[serde(default)]
+    pub auth_user: Option<String>,
+    pub size: u64,
+    /// Unix time in milliseconds when the message was accepted.
+    pub created: i64,
+    /// Delivery attempts made so far.
+    pub attempts: u32,
+    /// Unix time in milliseconds of the next attempt.
+    pub next_attempt: i64,
+    pub recipients: Vec<Recipient>,
+}
+
+impl Envelope {
+    pub fn is_done(&self) -> bool {
+        self.recipients.iter().all(|r| !r.status.is_pending())
+    }
+}
+
+/// What an [`Spool::update`] closure wants done with the envelope.
+pub enum Update {
+    Write,
+    Remove,
+    Keep,
+}
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// A new queue id: 13 hex digits of milliseconds (sortable by arrival) + 8 random hex digits.
+pub fn new_id() -> String {
+    format!("{:013x}{:08x}", now_ms(), rand::thread_rng().gen::<u32>())
+}
+
+/// Queue ids are what [`new_id`] makes; anything else (e.g. `../x` from the CLI) is refused.
+pub fn valid_id(id: &str) -> bool {
+    id.len() == 21 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+#[derive(Debug, Clone)]
+pub struct Spool {
+    root: PathBuf,
+}
+
+impl Spool {
+    /// Create the spool directories (mode 0700) if needed.
+    pub fn open(root: &Path) -> io::Result<Spool> {
+        let spool = Spool { root: root.to_owned() };
+        for dir in [spool.root.clone(), spool.tmp_dir(), spool.msg_dir(), spool.env_dir()] {
+            fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+        }
+        Ok(spool)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+    fn msg_dir(&self) -> PathBuf {
+        self.root.join("msg")
+    }
+    fn env_dir(&self) -> PathBuf {
+        self.root.join("env")
+    }
+    fn msg_path(&self, id: &str) -> PathBuf {
+        self.msg_dir().join(id)
+    }
+    fn env_path(&self, id: &str) -> PathBuf {
+        self.env_dir().join(format!("{id}.json"))
+    }
+
+    /// Remove what a crash left behind: everything in `tmp/` (half-written files) and message
+    /// files whose envelope was never committed (the client was never told 250). Call once at
+    /// daemon start, before anything is accepted. Returns the number of files removed.
+    pub fn recover(&self) -> io::Result<usize> {
+        let mut removed = 0;
+        for entry in fs::read_dir(self.tmp_dir())? {
+            fs::remove_file(entry?.path())?;
+            removed += 1;
+        }
+        for entry in fs::read_dir(self.msg_dir())? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !self.env_path(&name).exists() {
+                fs::remove_file(entry.path())?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            sync_dir(&self.tmp_dir())?;
+            sync_dir(&self.msg_dir())?;
+        }
+        Ok(removed)
+    }
+
+    /// Durably store a new message: message file first, envelope last (the commit point).
+    pub fn store(&self, env: &Envelope, message: &[u8]) -> io::Result<()> {
+        self.write_atomic(&self.msg_path(&env.id), message)?;
+        self.write_envelope(env)
+    }
+
+    /// Ids of all committed messages, oldest first.
+    pub fn ids(&self) -> io::Result<Vec<String>> {
+        let mut ids = Vec::new();
+        for entry in fs::read_dir(self.env_dir())? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if let Some(id) = name.strip_suffix(".json") {
+                if valid_id(id) {
+                    ids.push(id.to_owned());
+                }
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// The envelope, or None when the message is not (or no longer) in the spool.
+    pub fn load_envelope(&self, id: &str) -> io::Result<Option<Envelope>> {
+        match fs::read(self.env_path(id)) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(io::Error::other),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn load_message(&self, id: &str) -> io::Result<Vec<u8>> {
+        fs::read(self.msg_path(id))
+    }
+
+    /// Read-modify-write of one envelope under its lock (shared with the admin CLI, another
+    /// process). Returns None without calling `f` when the message is gone (deleted by an
+    /// admin or finished), so a delivery ending late never resurrects it.
+    pub fn update<F>(&self, id: &str, f: F) -> io::Result<Option<Envelope>>
+    where
+        F: FnOnce(&mut Envelope) -> Update,
+    {
+        let Some(_lock) = self.lock(id)? else { return Ok(None) };
+        let Some(mut env) = self.load_envelope(id)? else { return Ok(None) };
+        match f(&mut env) {
+            Update::Write => self.write_envelope(&env)?,
+            Update::Remove => self.remove_locked(id)?,
+            Update::Keep => {}
+        }
+        Ok(Some(env))
+    }
+
+    /// Remove a message; false if it was not there.
+    pub fn remove(&self, id: &str) -> io::Result<bool> {
+        let Some(_lock) = self.lock(id)? else { return Ok(false) };
+        if !self.env_path(id).exists() {
+            return Ok(false);
+        }
+        self.remove_locked(id)?;
+        Ok(true)
+    }
+
+    /// Unlink the envelope first: from that moment the message no longer exists for anyone.
+    fn remove_locked(&self, id: &str) -> io::Result<()> {
+        fs::remove_file(self.env_path(id))?;
+        sync_dir(&self.env_dir())?;
+        match fs::remove_file(self.msg_path(id)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        sync_dir(&self.msg_dir())
+    }
+
+    /// An exclusive flock on the message file, which is never replaced while the message
+    /// exists (the envelope is, by rename, so it cannot carry the lock).
+    fn lock(&self, id: &str) -> io::Result<Option<Flock<File>>> {
+        let file = match File::open(self.msg_path(id)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Flock::lock(file, FlockArg::LockExclusive).map(Some).map_err(|(_, errno)| errno.into())
+    }
+
+    fn write_envelope(&self, env: &Envelope) -> io::Result<()> {
+        let json = serde_json::to_vec_pretty(env).map_err(io::Error::other)?;
+        self.write_atomic(&self.env_path(&env.id), &json)
+    }
+
+    /// Write to `tmp/`, fsync, rename over `dest`, fsync the directory of `dest`.
+    fn write_atomic(&self, dest: &Path, bytes: &[u8]) -> io::Result<()> {
+        let name = dest.file_name().unwrap_or_default().to_string_lossy();
+        let tmp = self.tmp_dir().join(format!("{name}.{:08x}", rand::thread_rng().gen::<u32>()));
+        let result = (|| {
+            let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            fs::rename(&tmp, dest)?;
+            sync_dir(dest.parent().expect("spool paths have a parent"))
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}

@@ -1,0 +1,611 @@
+//! The outbound queue against real peers: dnsmasq serves MX/A records, Postfix's smtp-sink
+//! plays the remote MTA. Each test has its own 127.0.1.x addresses, ports and temp dir, so
+//! the tests run in parallel.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mail_parser::MimeHeaders;
+use posthaste::address::Address;
+use posthaste::config::Config;
+use posthaste::directory::Target;
+use posthaste::queue::spool::{RcptStatus, Spool};
+use posthaste::queue::{admin, DsnRouter, Incoming, Queue, QueueError, RemoteDsn};
+use posthaste::store::Store;
+
+/// A child process killed (by its own pid) when the test ends.
+struct Peer(Child);
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn tracing_init() {
+    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("posthaste=debug").try_init();
+}
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn free_tcp_port(ip: Ipv4Addr) -> u16 {
+    TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
+}
+
+/// dnsmasq on 127.0.0.1 with the given record options (`--mx-host=…`, `--host-record=…`).
+fn dnsmasq(dir: &Path, records: &[String]) -> (Peer, SocketAddr) {
+    let port = free_udp_port();
+    let child = Command::new("/usr/sbin/dnsmasq")
+        .args(["--no-daemon", "--no-resolv", "--no-hosts", "--listen-address=127.0.0.1", "--bind-interfaces"])
+        .arg(format!("--port={port}"))
+        .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()))
+        .args(records)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("dnsmasq (apt install dnsmasq)");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // Ready when it answers on TCP (it listens on both).
+    wait_until(Duration::from_secs(5), || std::net::TcpStream::connect(addr).is_ok());
+    (Peer(child), addr)
+}
+
+/// smtp-sink on ip:port dumping every transaction into `dump_dir`.
+fn smtp_sink(ip: Ipv4Addr, port: u16, dump_dir: &Path, extra: &[&str]) -> Peer {
+    std::fs::create_dir_all(dump_dir).unwrap();
+    let child = Command::new("/usr/sbin/smtp-sink")
+        .args(["-u", "root", "-h", "sink.test"])
+        .arg("-d")
+        .arg(format!("{}/msg.", dump_dir.display()))
+        .args(extra)
+        .arg(format!("{ip}:{port}"))
+        .arg("10")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("smtp-sink (from postfix)");
+    wait_until(Duration::from_secs(5), || std::net::TcpStream::connect((ip, port)).is_ok());
+    Peer(child)
+}
+
+fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+async fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+fn dumps(dir: &Path) -> Vec<String> {
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd.map(|e| e.unwrap().path()).collect(),
+        Err(_) => return Vec::new(),
+    };
+    files.sort();
+    files.iter().map(|p| String::from_utf8_lossy(&std::fs::read(p).unwrap()).into_owned()).collect()
+}
+
+/// A config for `data_dir` using the dnsmasq at `dns`; `queue_extra` adds `[queue]` keys
+/// (retry 1 s doubling to 2 s unless it sets them).
+fn config(data_dir: &Path, dns: SocketAddr, port: u16, queue_extra: &str) -> Config {
+    let retry =
+        if queue_extra.contains("retry_") { "" } else { "retry_initial = \"1s\"\nretry_max = \"2s\"" };
+    let text = format!(
+        "hostname = \"mail.local.test\"\ndata_dir = \"{}\"\n[dns]\nnameservers = [\"{dns}\"]\n\
+         [queue]\nremote_port = {port}\nremote_timeout = \"5s\"\n{retry}\n{queue_extra}\n",
+        data_dir.display()
+    );
+    Config::parse(&text, Path::new("test.toml")).unwrap()
+}
+
+fn addr(s: &str) -> Address {
+    Address::parse(s).unwrap()
+}
+
+fn incoming(sender: Option<&str>, rcpts: &[&str]) -> Incoming {
+    Incoming {
+        sender: sender.map(addr),
+        recipients: rcpts.iter().map(|r| (addr(r), vec![Target::Remote(addr(r))])).collect(),
+        message_id: Some("<test@local.test>".into()),
+        client_ip: None,
+        helo: None,
+        auth_user: None,
+    }
+}
+
+const MESSAGE: &str = "Received: from client.test by mail.local.test\r\n\
+    From: Sender <sender@sender.test>\r\n\
+    To: rcpt@remote.test\r\n\
+    Subject: queue test\r\n\
+    Message-ID: <test@local.test>\r\n\
+    \r\n\
+    Hello.\r\n\
+    .a line starting with a dot\r\n\
+    Bye.\r\n";
+
+struct Daemon {
+    queue: Queue,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Daemon {
+    fn start(queue: &Queue) -> Daemon {
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let q = queue.clone();
+        let task = tokio::spawn(async move { q.run(rx).await });
+        Daemon { queue: queue.clone(), stop, task }
+    }
+    async fn stop(self) {
+        self.stop.send(true).unwrap();
+        self.task.await.unwrap();
+    }
+}
+
+fn open(config: &Config) -> Queue {
+    Queue::open_with(config, Store::new(config.mail_dir()), Arc::new(RemoteDsn)).unwrap()
+}
+
+fn spool_ids(config: &Config) -> Vec<String> {
+    Spool::open(&config.queue_dir()).unwrap().ids().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mx_lookup_and_delivery() {
+    tracing_init();
+    let tmp = tempfile::tempdir().unwrap();
+    let ip = Ipv4Addr::new(127, 0, 1, 1);
+    let port = free_tcp_port(ip);
+    let (_dns, dns) = dnsmasq(
+        tmp.path(),
+        &["--mx-host=remote.test,mx.remote.test,10".into(), format!("--address=/mx.remote.test/{ip}")],
+    );
+    let _sink = smtp_sink(ip, port, &tmp.path().join("sink"), &[]);
+    let config = config(&tmp.path().join("data"), dns, port, "");
+    let queue = open(&config);
+    let id = queue
+        .accept(incoming(Some("sender@sender.test"), &["a@remote.test", "b@remote.test"]), MESSAGE.into())
+        .await
+        .unwrap();
+    assert_eq!(spool_ids(&config), vec![id]);
+    let daemon = Daemon::start(&queue);
+    assert!(eventually(Duration::from_secs(10), || spool_ids(&config).is_empty()).await, "still queued");
+    daemon.stop().await;
+    let dumps = dumps(&tmp.path().join("sink"));
+    assert_eq!(dumps.len(), 1, "one transaction for the domain: {dumps:?}");
+    let d = &dumps[0];
+    assert!(d.contains("X-Mail-Args: <sender@sender.test>"), "{d}");
+    assert!(d.contains("X-Rcpt-Args: <a@remote.test>") && d.contains("X-Rcpt-Args: <b@remote.test>"), "{d}");
+    assert!(d.contains("X-Helo-Args: mail.local.test"), "{d}");
+    assert!(d.contains("Subject: queue test"), "{d}");
+    // Dot-stuffed on the wire, unstuffed by the receiver (RFC 5321 §4.5.2).
+    assert!(d.contains("\n.a line starting with a dot") && !d.contains("..a line"), "{d}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_fallback_without_mx() {
+    tracing_init();
+    let tmp = tempfile::tempdir().unwrap();
+    let ip = Ipv4Addr::new(127, 0, 1, 2);
+    let port = free_tcp_port(ip);
+    // --local makes dnsmasq answer "no MX" (NOERROR, no data) instead of REFUSED.
+    let (_dns, dns) =
+        dnsmasq(tmp.path(), &[format!("--host-record=arec.test,{ip}"), "--local=/arec.test/".into()]);
+    let _sink = smtp_sink(ip, port, &tmp.path().join("sink"), &[]);
+    let config = config(&tmp.path().join("data"), dns, port, "");
+    let queue = open(&config);
+    queue.accept(incoming(Some("sender@sender.test"), &["x@arec.test"]), MESSAGE.into()).await.unwrap();
+    let daemon = Daemon::start(&queue);
+    assert!(eventually(Duration::from_secs(10), || spool_ids(&config).is_empty()).await, "still queued");
+    daemon.stop().await;
+    let dumps = dumps(&tmp.path().join("sink"));
+    assert!(dumps.len() == 1 && dumps[0].contains("X-Rcpt-Args: <x@arec.test>"), "{dumps:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_down_then_up_is_deferred_then_delivered() {
+    tracing_init();
+    let tmp = tempfile::tempdir().unwrap();
+    let ip = Ipv4Addr::new(127, 0, 1, 3);
+    let port = free_tcp_port(ip);
+    let (_dns, dns) = dnsmasq(
+        tmp.path(),
+        &["--mx-host=remote.test,mx.remote.test,10".into(), format!("--address=/mx.remote.test/{ip}")],
+    );
+    let config = config(&tmp.path().join("data"), dns, port, "");
+    let queue = open(&config);
+    let id =
+        queue.accept(incoming(Some("sender@sender.test"), &["a@remote.test"]), MESSAGE.into()).await.unwrap();
+    let daemon = Daemon::start(&queue);
+    let deferred = eventually(Duration::from_secs(10), || {
+        let list = admin::list(&config.queue_dir()).unwrap();
+        list.len() == 1 && list[0].attempts >= 1 && list[0].recipients[0].status == RcptStatus::Deferred
+    })
+    .await;
+    let list = admin::list(&config.queue_dir()).unwrap();
+    assert!(deferred, "{list:?}");
+    assert_eq!(list[0].id, id);
+    assert!(
+        list[0].recipients[0].reply.as_deref().unwrap().contains("connect to mx.remote.test"),
+        "{list:?}"
+    );
+    let _sink = smtp_sink(ip, port, &tmp.path().join("sink"), &[]);
+    assert!(eventually(Duration::from_secs(10), || spool_ids(&config).is_empty()).await, "never retried");
+    daemon.stop().await;
+    assert_eq!(dumps(&tmp.path().join("sink")).len(), 1);
+}
+
+/// The sink on `bad` rejects every RCPT with 5xx; the sender's domain has its MX on `good`.
+fn bounce_setup(tmp: &Path, bad: Ipv4Addr, good: Ipv4Addr) -> (Vec<Peer>, Config) {
+    let port = free_tcp_port(bad);
+    let (dns_peer, dns) = dnsmasq(
+        tmp,
+        &[
+            "--mx-host=remote.test,mx.remote.test,10".into(),
+            format!("--address=/mx.remote.test/{bad}"),
+            "--mx-host=sender.test,mx.sender.test,10".into(),
+            format!("--address=/mx.sender.test/{good}"),
+        ],
+    );
+    let bad_sink = smtp_sink(bad, port, &tmp.join("bad"), &["-f", "RCPT"]);
+    let good_sink = smtp_sink(good, port, &tmp.join("good"), &[]);
+    let config = config(&tmp.join("data"), dns, port, "");
+    (vec![dns_peer, bad_sink, good_sink], config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rcpt_5xx_fails_and_bounces_to_the_sender_by_mx() {
+    tracing_init();
+    let tmp = tempfile::tempdir().unwrap();
+    let (_peers, config) = bounce_setup(tmp.path(), Ipv4Addr::new(127, 0, 1, 4), Ipv4Addr::new(127, 0, 1, 5));
+    let queue = open(&config);
+    let id = queue
+        .accept(incoming(Some("sender@sender.test"), &["a@remote.test", "b@remote.test"]), MESSAGE.into())
+        .await
+        .unwrap();
+    let daemon = Daemon::start(&queue);
+    let good = tmp.path().join("good");
+    assert!(eventually(Duration::from_secs(10), || !dumps(&good).is_empty()).await, "no DSN");
+    assert!(eventually(Duration::from_secs(10), || spool_ids(&config).is_empty()).await, "still queued");
+    daemon.stop().await;
+    let dumps = dumps(&good);
+    assert_eq!(dumps.len(), 1, "one DSN for both recipients: {dumps:?}");
+    let dsn = &dumps[0];
+    // RFC 5321 §4.5.5: the DSN has the null reverse-path.
+    assert!(dsn.contains("X-Mail-Args: <>"), "{dsn}");
+    assert!(dsn.contains("X-Rcpt-Args: <sender@sender.test>"), "{dsn}");
+    let raw = dsn.split_once("\nReceived: ").unwrap().1; // skip smtp-sink's own lines
+    let raw = raw.split_once("\nFrom: ").map(|(_, r)| format!("From: {r}")).unwrap();
+    let msg = mail_parser::MessageParser::default().parse(raw.as_bytes()).expect("DSN parses");
+    let ct = msg.content_type().unwrap();
+    assert_eq!((ct.ctype(), ct.subtype()), ("multipart", Some("report")));
+    assert_eq!(ct.attribute("report-type"), Some("delivery-status"));
+    assert!(msg
+        .from()
+        .unwrap()
+        .first()
+        .unwrap()
+        .address()
+        .unwrap()
+        .eq_ignore_ascii_case("MAILER-DAEMON@mail.local.test"));
+    assert_eq!(msg.parts.len(), 4, "multipart + text + delivery-status + headers");
+    let status = String::from_utf8_lossy(msg.parts[2].contents());
+    assert!(status.contains("Reporting-MTA: dns; mail.local.test"), "{status}");
+    assert!(status.contains(&format!("X-Posthaste-Queue-ID: {id}")), "{status}");
+    assert!(status.contains("Final-Recipient: rfc822; a@remote.test"), "{status}");
+    assert!(status.contains("Final-Recipient: rfc822; b@remote.test"), "{status}");
+    assert!(status.contains("Action: failed") && status.contains("Status: 5.3.0"), "{status}");
+    assert!(status.contains("Remote-MTA: dns; mx.remote.test"), "{status}");
+    assert!(status.contains("Diagnostic-Code: smtp; 500 5.3.0"), "{status}");
+    let headers = String::from_utf8_lossy(msg.parts[3].contents());
+    assert!(headers.contains("Subject: queue test") && !headers.contains("Hello."), "{headers}");
+    assert!(!raw.contains("base64"), "{raw}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn null_sender_is_never_bounced() {
+    tracing_init();
+    let tmp = tempfile::tempdir().unwrap();
+    let (_peers, config) = bounce_setup(tmp.path(), Ipv4Addr::new(127, 0, 1, 6), Ipv4Addr::new(127, 0, 1, 7));
+    let queue = open(&config);
+    queue.accept(incoming(None, &["a@remote.test"]), MESSAGE.into()).await.unwrap();
+    let daemon = Daemon::start(&queue);
+    assert!(eventually(Duration::from_secs(10), || spool_ids(&config).is_empty()).await, "still queued");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    daemon.stop().await;
+    assert!(spool_ids(&config).is_empty(), "a DSN was queued for a <> sender");
+    assert!(dumps(&tmp.path().join("good")).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undeliverable_mail_expires_and_bounces() {
+    tracing_init();
+    let tmp = tempfile::tempdir().unwrap();
+    let down = Ipv4Addr::new(127, 0, 1, 8);
+    let good = Ipv4Addr::new(127, 0, 1, 9);
+    let port = free_tcp_port(good);
+    let (_dns, dns) = dnsmasq(
+        tmp.path(),
+        &[
+            "--mx-host=remote.test,mx.remote.test,10".into(),
+            format!("--address=/mx.remote.test/{down}"),
+            "--mx-host=sender.test,mx.sender.test,10".into(),
+            format!("--address=/mx.sender.test/{good}"),
+        ],
+    );
+    let _sink = smtp_sink(good, port, &tmp.path().join("good"), &[]);
+    let config = config(&tmp.path().join("data"), dns, port, "expire = \"3s\"");
+    let queue = open(&config);
+    queue.accept(incoming(Some("sender@sender.test"), &["a@remote.test"]), MESSAGE.into()).await.unwrap();
+    let daemon = Daemon::start(&queue);
+    let good_dir = tmp.path().join("good");
+    assert!(eventually(Duration::from_secs(15), || !dumps(&good_dir).is_empty()).await, "no DSN");
+    assert!(eventually(Duration::from_secs(5), || spool_ids(&config).is_empty()).await, "still queued");
+    daemon.stop().await;
+    let dsn = &dumps(&good_dir)[0];
+    assert!(dsn.contains("Status: 4.4.7") && dsn.contains("delivery time expired"), "{dsn}");
+    assert!(dsn.contains("connect to mx.remote.test"), "{dsn}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn null_mx_and_mx_loop_fail_at_once_in_one_dsn() {
+    tracing_init();
+    let tmp = tempfile::tempdir().unwrap();
+    let good = Ipv4Addr::new(127, 0, 1, 10);
+    let port = free_tcp_port(good);
+    let (_dns, dns) = dnsmasq(
+        tmp.path(),
+        &[
+            "--mx-host=nullmx.test,.,0".into(),
+            "--mx-host=loop.test,mail.local.test,10".into(),
+            "--host-record=mail.local.test,127.0.1.11".into(),
+            "--mx-host=sender.test,mx.sender.test,10".into(),
+            format!("--address=/mx.sender.test/{good}"),
+        ],
+    );
+    let _sink = smtp_sink(good, port, &tmp.path().join("good"), &[]);
+    let config = config(&tmp.path().join("data"), dns, port, "");
+    let queue = open(&config);
+    queue
+        .accept(incoming(Some("sender@sender.test"), &["a@nullmx.test", "b@loop.test"]), MESSAGE.into())
+        .await
+        .unwrap();
+    let daemon = Daemon::start(&queue);
+    let good_dir = tmp.path().join("good");
+    assert!(eventually(Duration::from_secs(10), || !dumps(&good_dir).is_empty()).await, "no DSN");
+    assert!(eventually(Duration::from_secs(5), || spool_ids(&config).is_empty()).await, "still queued");
+    daemon.stop().await;
+    let d = dumps(&good_dir);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert!(d[0].contains("Status: 5.1.10") && d[0].contains("null MX"), "{}", d[0]);
+    assert!(d[0].contains("Status: 5.4.6") && d[0].contains("loops back to myself"), "{}", d[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_recovery_delivers_what_was_accepted_and_cleans_temp_files() {
+    tracing_init();
+    let tmp = tempfile::tempdir().unwrap();
+    let ip = Ipv4Addr::new(127, 0, 1, 12);
+    let port = free_tcp_port(ip);
+    let (_dns, dns) = dnsmasq(
+        tmp.path(),
+        &["--mx-host=remote.test,mx.remote.test,10".into(), format!("--address=/mx.remote.test/{ip}")],
+    );
+    let _sink = smtp_sink(ip, port, &tmp.path().join("sink"), &[]);
+    let config = config(&tmp.path().join("data"), dns, port, "");
+    // "Before the crash": accepted, never delivered (no manager ran), process gone.
+    let id = {
+        let queue = open(&config);
+        queue.accept(incoming(Some("sender@sender.test"), &["a@remote.test"]), MESSAGE.into()).await.unwrap()
+    };
+    // What a crash in the middle of writing leaves: a temp file and an uncommitted message.
+    let qdir = config.queue_dir();
+    std::fs::write(qdir.join("tmp/0123456789abc01234567.json.deadbeef"), b"{\"half").unwrap();
+    std::fs::write(qdir.join("msg/0123456789abc01234567"), b"never acknowledged").unwrap();
+    let queue = open(&config);
+    let daemon = Daemon::start(&queue);
+    assert!(eventually(Duration::from_secs(10), || spool_ids(&config).is_empty()).await, "not delivered");
+    daemon.stop().await;
+    assert_eq!(std::fs::read_dir(qdir.join("tmp")).unwrap().count(), 0, "temp file left");
+    assert_eq!(std::fs::read_dir(qdir.join("msg")).unwrap().count(), 0, "orphan message left");
+    let dumps = dumps(&tmp.path().join("sink"));
+    assert_eq!(dumps.len(), 1, "delivered once: {dumps:?}");
+    assert!(!id.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivered_recipients_are_not_delivered_again_after_restart() {
+    tracing_init();
+    let tmp = tempfile::tempdir().unwrap();
+    let ip = Ipv4Addr::new(127, 0, 1, 13);
+    let down = Ipv4Addr::new(127, 0, 1, 14);
+    let port = free_tcp_port(ip);
+    let (_dns, dns) = dnsmasq(
+        tmp.path(),
+        &[
+            "--mx-host=remote.test,mx.remote.test,10".into(),
+            format!("--address=/mx.remote.test/{ip}"),
+            "--mx-host=down.test,mx.down.test,10".into(),
+            format!("--address=/mx.down.test/{down}"),
+        ],
+    );
+    let _sink = smtp_sink(ip, port, &tmp.path().join("sink"), &[]);
+    let config = config(&tmp.path().join("data"), dns, port, "retry_initial = \"1h\"\nretry_max = \"1h\"");
+    let queue = open(&config);
+    let id = queue
+        .accept(incoming(Some("sender@sender.test"), &["a@remote.test", "b@down.test"]), MESSAGE.into())
+        .await
+        .unwrap();
+    let daemon = Daemon::start(&queue);
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            admin::list(&config.queue_dir()).unwrap().first().is_some_and(|e| e.attempts == 1)
+        })
+        .await
+    );
+    daemon.stop().await;
+    let entry = &admin::list(&config.queue_dir()).unwrap()[0];
+    assert_eq!(entry.recipients[0].status, RcptStatus::Delivered);
+    assert_eq!(entry.recipients[1].status, RcptStatus::Deferred);
+    // Restart and force a retry: only b@down.test is tried again.
+    assert_eq!(admin::flush(&config.queue_dir(), Some(&id)).unwrap(), 1);
+    let queue = open(&config);
+    let daemon = Daemon::start(&queue);
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            admin::list(&config.queue_dir()).unwrap().first().is_some_and(|e| e.attempts == 2)
+        })
+        .await
+    );
+    daemon.stop().await;
+    assert_eq!(dumps(&tmp.path().join("sink")).len(), 1, "a@remote.test got it twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_list_flush_delete() {
+    tracing_init();
+    let tmp = tempfile::tempdir().unwrap();
+    let down = Ipv4Addr::new(127, 0, 1, 15);
+    let port = free_tcp_port(down);
+    let (_dns, dns) = dnsmasq(
+        tmp.path(),
+        &["--mx-host=remote.test,mx.remote.test,10".into(), format!("--address=/mx.remote.test/{down}")],
+    );
+    let config = config(&tmp.path().join("data"), dns, port, "retry_initial = \"1h\"\nretry_max = \"1h\"");
+    let qdir = config.queue_dir();
+    let queue = open(&config);
+    let id1 =
+        queue.accept(incoming(Some("sender@sender.test"), &["a@remote.test"]), MESSAGE.into()).await.unwrap();
+    let id2 = queue.accept(incoming(None, &["b@remote.test"]), MESSAGE.into()).await.unwrap();
+    let daemon = Daemon::start(&queue);
+    assert!(
+        eventually(Duration::from_secs(10), || admin::list(&qdir).unwrap().iter().all(|e| e.attempts == 1))
+            .await
+    );
+    let list = admin::list(&qdir).unwrap();
+    assert_eq!(list.iter().map(|e| e.id.clone()).collect::<Vec<_>>(), vec![id1.clone(), id2.clone()]);
+    assert_eq!(list[0].sender, "sender@sender.test");
+    assert_eq!(list[1].sender, "");
+    assert_eq!(list[0].size, MESSAGE.len() as u64);
+    assert_eq!(list[0].recipients[0].rcpt, "a@remote.test");
+    let json = serde_json::to_value(&list).unwrap();
+    assert_eq!(json[0]["recipients"][0]["status"], "deferred");
+    let next_before = list[0].next_attempt.clone();
+
+    // flush makes it due now; the daemon picks it up when woken (the CLI signals it).
+    assert_eq!(admin::flush(&qdir, None).unwrap(), 2);
+    daemon.queue.wake();
+    assert!(
+        eventually(Duration::from_secs(10), || admin::list(&qdir).unwrap().iter().all(|e| e.attempts == 2))
+            .await,
+        "flush not picked up"
+    );
+    assert_ne!(admin::list(&qdir).unwrap()[0].next_attempt, next_before);
+
+    // delete while the daemon holds it in its schedule: gone, and not resurrected.
+    admin::delete(&qdir, &id1).unwrap();
+    assert!(matches!(admin::delete(&qdir, &id1), Err(QueueError::UnknownId(_))));
+    assert!(matches!(admin::delete(&qdir, "../../etc/passwd"), Err(QueueError::UnknownId(_))));
+    assert!(matches!(admin::flush(&qdir, Some(&id1)), Err(QueueError::UnknownId(_))));
+    admin::flush(&qdir, None).unwrap();
+    daemon.queue.wake();
+    assert!(eventually(Duration::from_secs(10), || admin::list(&qdir).unwrap()[0].attempts == 3).await);
+    daemon.stop().await;
+    let ids = spool_ids(&config);
+    assert_eq!(ids, vec![id2]);
+}
+
+/// A router that sends every DSN to the sender's local mailbox.
+struct LocalDsn;
+
+impl DsnRouter for LocalDsn {
+    fn dsn_targets<'a>(
+        &'a self,
+        sender: &'a Address,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<Target>, String>> + Send + 'a>> {
+        Box::pin(async move { Ok(vec![Target::Local(sender.clone())]) })
+    }
+}
+
+fn maildir_new(config: &Config, account: &str) -> Vec<String> {
+    let a = addr(account);
+    dumps(&config.mail_dir().join(a.domain()).join(a.local()).join("new"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_only_message_goes_straight_to_the_maildir() {
+    tracing_init();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config(&tmp.path().join("data"), "127.0.0.1:9".parse().unwrap(), 25, "");
+    let queue = open(&config);
+    let mut inc = incoming(Some("sender@sender.test"), &[]);
+    inc.recipients = vec![
+        (addr("alice@local.test"), vec![Target::Local(addr("alice@local.test"))]),
+        // An alias that expands to alice too: one copy.
+        (
+            addr("info@local.test"),
+            vec![Target::Local(addr("alice@local.test")), Target::Local(addr("bob@local.test"))],
+        ),
+    ];
+    queue.accept(inc, MESSAGE.into()).await.unwrap();
+    // No manager runs: accept itself delivered.
+    let alice = maildir_new(&config, "alice@local.test");
+    assert_eq!(alice.len(), 1);
+    assert!(
+        alice[0].starts_with("Return-Path: <sender@sender.test>\r\n")
+            && alice[0].contains("Subject: queue test")
+    );
+    assert_eq!(maildir_new(&config, "bob@local.test").len(), 1);
+    assert!(spool_ids(&config).is_empty());
+    assert_eq!(std::fs::read_dir(config.queue_dir().join("msg")).unwrap().count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_message_local_part_from_spool_and_local_sender_bounce_to_mailbox() {
+    tracing_init();
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = Ipv4Addr::new(127, 0, 1, 16);
+    let port = free_tcp_port(bad);
+    let (_dns, dns) = dnsmasq(
+        tmp.path(),
+        &["--mx-host=remote.test,mx.remote.test,10".into(), format!("--address=/mx.remote.test/{bad}")],
+    );
+    let _sink = smtp_sink(bad, port, &tmp.path().join("bad"), &["-f", "RCPT"]);
+    let config = config(&tmp.path().join("data"), dns, port, "");
+    let queue = Queue::open_with(&config, Store::new(config.mail_dir()), Arc::new(LocalDsn)).unwrap();
+    let mut inc = incoming(Some("carol@local.test"), &["x@remote.test"]);
+    inc.recipients.push((addr("alice@local.test"), vec![Target::Local(addr("alice@local.test"))]));
+    queue.accept(inc, MESSAGE.into()).await.unwrap();
+    assert!(maildir_new(&config, "alice@local.test").is_empty(), "mixed: the manager delivers locally");
+    assert_eq!(spool_ids(&config).len(), 1);
+    let daemon = Daemon::start(&queue);
+    assert!(eventually(Duration::from_secs(10), || spool_ids(&config).is_empty()).await, "still queued");
+    daemon.stop().await;
+    assert_eq!(maildir_new(&config, "alice@local.test").len(), 1);
+    let bounces = maildir_new(&config, "carol@local.test");
+    assert_eq!(bounces.len(), 1, "the DSN is in the local sender's mailbox");
+    assert!(bounces[0].starts_with("Return-Path: <>\r\n"), "{}", bounces[0]);
+    assert!(
+        bounces[0].contains("Final-Recipient: rfc822; x@remote.test") && bounces[0].contains("Status: 5.3.0")
+    );
+}
