@@ -169,7 +169,8 @@ async fn mx_delivers_to_local_mailbox_with_received_header() {
     let msgs = inbox(&env, "alice@example.test");
     assert_eq!(msgs.len(), 1);
     let m = &msgs[0];
-    assert!(m.starts_with("Received: from client.test ([192.0.2.7])"), "{m}");
+    // RFC 5321 §4.4: Return-Path is added at final delivery, above our Received: line.
+    assert!(m.starts_with("Return-Path: <sender@remote.test>\r\nReceived: from client.test ([192.0.2.7])"), "{m}");
     assert!(m.contains("by mail.example.test (posthaste) with ESMTP"), "{m}");
     assert!(m.contains("\r\n.dotted\r\n"), "dot-stuffing not undone: {m}");
     assert!(!m.contains("..dotted"));
