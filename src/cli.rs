@@ -222,8 +222,8 @@ async fn domain_cmd(dir: &Directory, cmd: DomainCmd) -> anyhow::Result<()> {
 /// The password the user chose, or a generated one (printed once by the caller).
 fn read_password(src: &PasswordSource) -> anyhow::Result<(String, Option<String>)> {
     if let Some(hash) = &src.password_hash {
-        if !hash.starts_with('{') || !hash.contains('}') {
-            bail!("--password-hash must look like {{SCHEME}}hash, e.g. {{SHA512-CRYPT}}$6$…");
+        if !password::is_supported(hash) {
+            bail!("--password-hash is not a supported hash\nhelp: use Dovecot's {{SCHEME}} form with one of {}, e.g. from `doveadm pw -s SHA512-CRYPT`", password::SCHEMES.join(", "));
         }
         return Ok((hash.clone(), None));
     }
@@ -345,6 +345,52 @@ async fn alias_cmd(dir: &Directory, cmd: AliasCmd) -> anyhow::Result<()> {
 }
 
 fn queue_cmd(config: &Config, cmd: QueueCmd) -> anyhow::Result<()> {
-    let _ = (config, cmd);
-    bail!("queue commands are not available yet")
+    use crate::queue::admin;
+    let dir = config.queue_dir();
+    match cmd {
+        QueueCmd::List { json } => {
+            let entries = admin::list(&dir)?;
+            if json {
+                return print_json(&entries);
+            }
+            if entries.is_empty() {
+                println!("the queue is empty");
+            }
+            for e in entries {
+                let sender = if e.sender.is_empty() { "<>" } else { &e.sender };
+                println!(
+                    "{}  {} bytes  from {sender}  queued {}  attempts {}  next {}",
+                    e.id, e.size, e.created, e.attempts, e.next_attempt
+                );
+                for r in e.recipients {
+                    let reply = r.reply.map(|r| format!("  ({r})")).unwrap_or_default();
+                    println!("    {} -> {}  {:?}{reply}", r.rcpt, r.target, r.status);
+                }
+            }
+        }
+        QueueCmd::Flush { id } => {
+            let n = admin::flush(&dir, id.as_deref())?;
+            let woke = signal_daemon(config);
+            println!(
+                "{n} message(s) due now{}",
+                if woke {
+                    "; the daemon was told to retry at once"
+                } else {
+                    "; the daemon (not running?) retries them at its next scan"
+                }
+            );
+        }
+        QueueCmd::Delete { id } => {
+            admin::delete(&dir, &id)?;
+            println!("deleted {id} from the queue (not delivered, no bounce sent)");
+        }
+    }
+    Ok(())
+}
+
+/// SIGUSR1 to the running daemon (its pid from the pidfile): retry the queue now.
+fn signal_daemon(config: &Config) -> bool {
+    let Ok(text) = std::fs::read_to_string(crate::serve::pidfile_path(config)) else { return false };
+    let Ok(pid) = text.trim().parse::<i32>() else { return false };
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGUSR1).is_ok()
 }

@@ -60,7 +60,8 @@ impl Client {
     async fn connect(env: &Env, profile: Profile) -> Client {
         let (client, server) = tokio::io::duplex(1 << 20);
         let tls = profile == Profile::Submissions;
-        let session = Session::new(env.ctx.clone(), profile, Box::new(server), "192.0.2.7:40000".parse().unwrap(), tls);
+        let session =
+            Session::new(env.ctx.clone(), profile, Box::new(server), "192.0.2.7:40000".parse().unwrap(), tls);
         tokio::spawn(session.run());
         let mut c = Client { io: BufReader::new(Box::new(client)), ca: env.ca.clone() };
         let (code, _) = c.reply().await;
@@ -149,7 +150,9 @@ async fn mx_ehlo_offers_extensions_but_no_auth() {
     let env = env().await;
     let mut c = Client::connect(&env, Profile::Mx).await;
     let text = c.cmd("EHLO client.test", "250").await;
-    for ext in ["PIPELINING", "SIZE 52428800", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "CHUNKING", "STARTTLS"] {
+    for ext in
+        ["PIPELINING", "SIZE 52428800", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "CHUNKING", "STARTTLS"]
+    {
         assert!(text.contains(ext), "{ext} missing in {text}");
     }
     assert!(!text.contains("AUTH"), "AUTH must not be offered on the MX port: {text}");
@@ -165,12 +168,16 @@ async fn mx_delivers_to_local_mailbox_with_received_header() {
     c.cmd("MAIL FROM:<sender@remote.test>", "250 2.1.0").await;
     c.cmd("RCPT TO:<Alice@Example.TEST>", "250 2.1.5").await;
     c.cmd("DATA", "354").await;
-    c.cmd("Subject: hello\r\nMessage-ID: <m1@remote.test>\r\n\r\nline one\r\n..dotted\r\n.", "250 2.0.0").await;
+    c.cmd("Subject: hello\r\nMessage-ID: <m1@remote.test>\r\n\r\nline one\r\n..dotted\r\n.", "250 2.0.0")
+        .await;
     let msgs = inbox(&env, "alice@example.test");
     assert_eq!(msgs.len(), 1);
     let m = &msgs[0];
     // RFC 5321 §4.4: Return-Path is added at final delivery, above our Received: line.
-    assert!(m.starts_with("Return-Path: <sender@remote.test>\r\nReceived: from client.test ([192.0.2.7])"), "{m}");
+    assert!(
+        m.starts_with("Return-Path: <sender@remote.test>\r\nReceived: from client.test ([192.0.2.7])"),
+        "{m}"
+    );
     assert!(m.contains("by mail.example.test (posthaste) with ESMTP"), "{m}");
     assert!(m.contains("\r\n.dotted\r\n"), "dot-stuffing not undone: {m}");
     assert!(!m.contains("..dotted"));
@@ -337,7 +344,13 @@ async fn submissions_port_is_tls_from_the_start() {
     let (client, server) = tokio::io::duplex(1 << 16);
     // Port 465 sessions are handed over after the TLS handshake; here we hand the session
     // the plain pipe marked as TLS, which is what the listener does after the handshake.
-    let session = Session::new(env.ctx.clone(), Profile::Submissions, Box::new(server), "192.0.2.7:1".parse().unwrap(), true);
+    let session = Session::new(
+        env.ctx.clone(),
+        Profile::Submissions,
+        Box::new(server),
+        "192.0.2.7:1".parse().unwrap(),
+        true,
+    );
     tokio::spawn(session.run());
     let mut c = Client { io: BufReader::new(Box::new(client)), ca: env.ca.clone() };
     assert_eq!(c.reply().await.0, 220);
