@@ -183,7 +183,8 @@ fn postfix_peer_delivers_to_maildir_and_rejects_chosen_recipient() {
 #[test]
 fn postfix_peer_offers_starttls_to_python_client() {
     let dir = TestDir::new("postfix-tls");
-    let peer = PostfixPeer::start(&dir, remote_mx_addr());
+    let smtps = SocketAddr::new(loopback_ip().into(), 465);
+    let peer = PostfixPeer::builder(remote_mx_addr()).smtps(smtps).start(&dir);
     let ca = peer.cert().expect("TLS is on by default").ca().to_owned();
     let t = SmtpClient::new(peer.addr)
         .starttls(&ca)
@@ -206,6 +207,43 @@ fn postfix_peer_offers_starttls_to_python_client() {
     assert!(m.text().contains("over TLS"));
     // "with ESMTPS": Postfix saw the message over TLS (RFC 3848).
     assert!(m.header("Received").unwrap_or_default().contains("with ESMTPS"), "{}", m.text());
+
+    // Implicit TLS (port 465) through the same client.
+    let t = SmtpClient::new(smtps)
+        .implicit_tls(&ca)
+        .tls_name("mx.remote.test")
+        .from("alice@example.test")
+        .to("frank@remote.test")
+        .send();
+    assert_eq!(t.error, None, "{}", t.raw);
+    assert!(t.tls.is_some() && t.reply("starttls").is_none() && t.accepted(), "{}", t.raw);
+    peer.wait_for_message(|m| m.recipient == "frank@remote.test", T);
+
+    // AUTH against a server that offers none is reported, not a crash.
+    let t = SmtpClient::new(peer.addr)
+        .starttls(&ca)
+        .tls_name("mx.remote.test")
+        .login("u", "p")
+        .to("x@remote.test")
+        .send();
+    assert!(t.error.as_deref().unwrap_or("").contains("AUTH not offered"), "{}", t.raw);
+
+    // swaks with TLS (needs the Perl TLS modules run.sh installs): replies after TLS are `<~`.
+    let out = swaks(&[
+        "--server",
+        &peer.addr.to_string(),
+        "--tls",
+        "--tls-verify",
+        "--tls-ca-path",
+        ca.to_str().unwrap(),
+        "--from",
+        "alice@example.test",
+        "--to",
+        "grace@remote.test",
+    ]);
+    out.assert_success();
+    assert!(out.stdout.contains("<~  250 2.0.0 Ok: queued"), "{}", out.stdout);
+    peer.wait_for_message(|m| m.recipient == "grace@remote.test", T);
 
     // A wrong name must fail verification: the client really verifies.
     let bad = SmtpClient::new(peer.addr).starttls(&ca).tls_name("wrong.test").to("carol@remote.test").send();

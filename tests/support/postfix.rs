@@ -24,6 +24,7 @@ pub struct PostfixPeerBuilder {
     reject: Vec<String>,
     relay: Vec<(String, SocketAddr)>,
     tls: bool,
+    smtps: Option<SocketAddr>,
     extra: BTreeMap<String, String>,
 }
 
@@ -55,6 +56,12 @@ impl PostfixPeerBuilder {
     /// real MX hosts do).
     pub fn tls(mut self, on: bool) -> Self {
         self.tls = on;
+        self
+    }
+    /// Also listen with implicit TLS (RFC 8314, "smtps") on `addr`; implies `tls(true)`.
+    pub fn smtps(mut self, addr: SocketAddr) -> Self {
+        self.smtps = Some(addr);
+        self.tls = true;
         self
     }
     /// Any main.cf parameter, overriding the harness's value.
@@ -159,10 +166,19 @@ impl PostfixPeerBuilder {
         }
         let main_cf: String = main.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
         fs::write(conf.join("main.cf"), main_cf).unwrap();
-        fs::write(conf.join("master.cf"), master_cf(self.listen)).unwrap();
+        let mut master = master_cf(self.listen);
+        if let Some(a) = self.smtps {
+            master.push_str(&format!(
+                "{}:{} inet n - n - - smtpd -o smtpd_tls_wrappermode=yes\n",
+                a.ip(),
+                a.port()
+            ));
+        }
+        fs::write(conf.join("master.cf"), master).unwrap();
 
         let peer = PostfixPeer {
             addr: self.listen,
+            smtps: self.smtps,
             hostname,
             domains: self.domains.clone(),
             root,
@@ -185,7 +201,7 @@ impl PostfixPeerBuilder {
             );
         }
         let start = Instant::now();
-        while !port_is_open(peer.addr) {
+        while !(port_is_open(peer.addr) && peer.smtps.map(port_is_open).unwrap_or(true)) {
             if start.elapsed() > Duration::from_secs(15) {
                 panic!(
                     "Postfix not listening on {} after 15 s; last lines of {}:\n{}",
@@ -292,6 +308,8 @@ pub fn header_value(msg: &str, name: &str) -> Option<String> {
 /// does not go away).
 pub struct PostfixPeer {
     pub addr: SocketAddr,
+    /// The implicit-TLS listener, if the builder asked for one.
+    pub smtps: Option<SocketAddr>,
     pub hostname: String,
     pub domains: Vec<String>,
     root: PathBuf,
@@ -317,6 +335,7 @@ impl PostfixPeer {
             reject: vec![],
             relay: vec![],
             tls: true,
+            smtps: None,
             extra: BTreeMap::new(),
         }
     }
