@@ -14,6 +14,8 @@
 # Prints messages/s for each, the ratio posthaste/baseline, and the resident memory of
 # `posthaste serve` when idle after start and after the run (VmRSS). Not a test: numbers
 # depend on the machine and on whatever else runs; see docs/benchmarks.md.
+#
+# POSTHASTE_BIN=path uses that binary instead of building target/release/posthaste.
 set -euo pipefail
 
 MESSAGES=5000
@@ -26,7 +28,7 @@ while getopts "m:s:l:o:h" opt; do
         s) SESSIONS=$OPTARG ;;
         l) SIZE=$OPTARG ;;
         o) ONLY=$OPTARG ;;
-        *) sed -n '2,17p' "$0"; exit 2 ;;
+        *) sed -n '2,19p' "$0"; exit 2 ;;
     esac
 done
 case $ONLY in posthaste|baseline|both) ;; *) echo "-o must be posthaste, baseline or both" >&2; exit 2 ;; esac
@@ -166,11 +168,14 @@ echo "work dir $WORK"
 # posthaste
 # ----------------------------------------------------------------------------------------
 bench_posthaste() {
-    command -v cargo >/dev/null || { [ -r "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"; }
-    command -v cargo >/dev/null || die "cargo not found (install Rust, see README)"
-    echo "-- building posthaste (release)"
-    cargo build --release --locked --quiet
-    local bin=$REPO/target/release/posthaste dir=$WORK/posthaste port conf pid
+    local bin=${POSTHASTE_BIN:-} dir=$WORK/posthaste port conf pid
+    if [ -z "$bin" ]; then
+        command -v cargo >/dev/null || { [ -r "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"; }
+        command -v cargo >/dev/null || die "cargo not found (install Rust, see README)"
+        echo "-- building posthaste (release)"
+        cargo build --release --locked --quiet
+        bin=$REPO/target/release/posthaste
+    fi
     mkdir -p "$dir/data"
     port=$(free_port)
     conf=$dir/posthaste.toml
