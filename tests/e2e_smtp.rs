@@ -320,3 +320,29 @@ fn serve_drops_root_privileges() {
     assert_ne!(owner, 0, "mail must belong to the server user");
     let _ = text;
 }
+
+#[test]
+fn connections_per_ip_are_limited() {
+    let dir = TestDir::new("conn-limit");
+    let p = server_with(&dir, |b| b.set("smtp.max_connections_per_ip", 2i64));
+    use std::io::{BufRead, BufReader};
+    let greet = |s: &std::net::TcpStream| {
+        let mut line = String::new();
+        BufReader::new(s.try_clone().unwrap()).read_line(&mut line).unwrap();
+        line
+    };
+    let a = std::net::TcpStream::connect(p.smtp()).unwrap();
+    let b = std::net::TcpStream::connect(p.smtp()).unwrap();
+    assert!(greet(&a).starts_with("220") && greet(&b).starts_with("220"));
+    let c = std::net::TcpStream::connect(p.smtp()).unwrap();
+    let refused = greet(&c);
+    assert!(refused.starts_with("421 4.7.0"), "{refused}");
+    drop(a);
+    // The slot is released when a session ends.
+    let ok = wait_for("a free connection slot", T, || {
+        let d = std::net::TcpStream::connect(p.smtp()).ok()?;
+        let l = greet(&d);
+        l.starts_with("220").then_some(l)
+    });
+    assert!(ok.starts_with("220"));
+}

@@ -382,3 +382,55 @@ async fn too_many_recipients_get_452() {
 // Keep the trait-object helpers honest: the client side is any stream, like the server's.
 #[allow(dead_code)]
 fn assert_stream<T: AsyncRead + AsyncWrite + Unpin + Send + Sync>() {}
+
+#[tokio::test]
+async fn idle_client_gets_421_after_the_command_timeout() {
+    let env = env_with(|c| c.smtp.command_timeout = std::time::Duration::from_secs(1)).await;
+    let mut c = Client::connect(&env, Profile::Mx).await;
+    c.cmd("EHLO client.test", "250").await;
+    let started = std::time::Instant::now();
+    let (code, text) = c.reply().await;
+    assert_eq!(code, 421, "{text}");
+    assert!(text.contains("4.4.2"), "{text}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert!(c.closed().await);
+}
+
+/// Random bytes and random command-like lines: every line gets a well-formed reply and the
+/// session neither panics nor hangs (each read below has a deadline).
+#[tokio::test]
+async fn garbage_input_gets_replies_never_a_crash_or_hang() {
+    use rand::{Rng, SeedableRng};
+    let env = env_with(|c| c.smtp.max_errors = 1_000_000).await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+    let verbs = ["MAIL FROM:", "RCPT TO:", "EHLO", "HELO", "BDAT", "AUTH", "DATA", "RSET", "VRFY", "NOOP", "STARTTLS"];
+    for round in 0..20 {
+        let mut c = Client::connect(&env, Profile::Mx).await;
+        for _ in 0..50 {
+            let mut line: Vec<u8> = Vec::new();
+            if rng.gen_bool(0.5) {
+                line.extend_from_slice(verbs[rng.gen_range(0..verbs.len())].as_bytes());
+            }
+            let n = rng.gen_range(0..40);
+            for _ in 0..n {
+                // Anything but CR/LF (which would split the line) and NUL-free ASCII most of the time.
+                let b: u8 = if rng.gen_bool(0.8) { rng.gen_range(0x20..0x7f) } else { rng.gen() };
+                if b != b'\r' && b != b'\n' {
+                    line.push(b);
+                }
+            }
+            // Never start a DATA/BDAT/STARTTLS/AUTH exchange by accident: those change the
+            // framing and are covered by their own tests.
+            let upper = String::from_utf8_lossy(&line).to_ascii_uppercase();
+            if ["DATA", "BDAT", "STARTTLS", "AUTH"].iter().any(|v| upper.trim_start().starts_with(v)) {
+                continue;
+            }
+            line.extend_from_slice(b"\r\n");
+            c.io.get_mut().write_all(&line).await.unwrap();
+            let reply = tokio::time::timeout(std::time::Duration::from_secs(5), c.reply()).await;
+            let (code, text) = reply.unwrap_or_else(|_| panic!("round {round}: no reply to {line:?}"));
+            assert!((200..600).contains(&code), "round {round}: {line:?} -> {text:?}");
+        }
+        c.cmd("QUIT", "221").await;
+    }
+}

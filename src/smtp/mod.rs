@@ -104,8 +104,8 @@ pub async fn serve(
     listener: TcpListener,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let local = listener.local_addr().ok();
-    info!(listener = profile.name(), addr = ?local, "listening");
+    let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    info!(listener = profile.name(), addr = %local, "listening");
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
