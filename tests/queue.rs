@@ -745,3 +745,24 @@ async fn starttls_is_used_when_offered_and_a_failed_handshake_falls_back_to_plai
     assert_eq!(plain.len(), 1, "retried in plaintext after the TLS failure");
     assert!(plain[0].starts_with("tls=False\n"), "{}", plain[0]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_edits_as_root_keep_the_spool_owner() {
+    use std::os::unix::fs::MetadataExt;
+    tracing_init();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config(&tmp.path().join("data"), "127.0.0.1:9".parse().unwrap(), 25, "");
+    let qdir = config.queue_dir();
+    // Before the daemon ever ran: nothing to list, and the CLI creates no root-owned spool.
+    assert!(admin::list(&qdir).unwrap().is_empty());
+    assert_eq!(admin::flush(&qdir, None).unwrap(), 0);
+    assert!(!qdir.exists());
+    let queue = open(&config);
+    let id =
+        queue.accept(incoming(Some("sender@sender.test"), &["a@remote.test"]), MESSAGE.into()).await.unwrap();
+    // The daemon's user owns the spool (here: nobody); root's CLI rewrites keep that owner.
+    std::os::unix::fs::chown(&qdir, Some(65534), Some(65534)).unwrap();
+    admin::flush(&qdir, Some(&id)).unwrap();
+    let meta = std::fs::metadata(qdir.join(format!("env/{id}.json"))).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
+}
