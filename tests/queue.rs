@@ -609,3 +609,160 @@ async fn mixed_message_local_part_from_spool_and_local_sender_bounce_to_mailbox(
         bounces[0].contains("Final-Recipient: rfc822; x@remote.test") && bounces[0].contains("Status: 5.3.0")
     );
 }
+
+/// A minimal SMTP server with real STARTTLS (Python's ssl module, i.e. OpenSSL, with the
+/// system's snakeoil certificate): smtp-sink has no TLS. Kept inline so this test file is
+/// self-contained; it is written to the test's temp dir and run with python3.
+const TLS_PEER: &str = r#""""A minimal SMTP server with real STARTTLS (Python's ssl = OpenSSL), for the queue tests.
+
+usage: tls_peer.py IP PORT OUTDIR MODE
+MODE "good": STARTTLS works. MODE "badtls": after "220 ready" it sends garbage instead of a
+TLS handshake. Each received message is written to OUTDIR/msg.N with a first line
+"tls=True|False" (whether the transaction ran inside TLS).
+"""
+import socket, ssl, sys, os
+
+ip, port, outdir, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain("/etc/ssl/certs/ssl-cert-snakeoil.pem", "/etc/ssl/private/ssl-cert-snakeoil.key")
+srv = socket.create_server((ip, port))
+count = 0
+
+def session(conn):
+    global count
+    tls = False
+    f = conn.makefile("rwb")
+    def send(line):
+        f.write(line.encode() + b"\r\n"); f.flush()
+    send("220 peer.test ESMTP")
+    mail, rcpts = None, []
+    while True:
+        line = f.readline()
+        if not line:
+            return
+        cmd = line.decode().strip()
+        verb = cmd.split(" ")[0].upper()
+        if verb == "EHLO":
+            send("250-peer.test"); send("250-8BITMIME")
+            if not tls: send("250-STARTTLS")
+            send("250 SIZE 1000000")
+        elif verb == "STARTTLS":
+            send("220 2.0.0 ready")
+            if mode == "badtls":
+                conn.sendall(b"this is not a TLS server hello\r\n"); conn.close(); return
+            conn = ctx.wrap_socket(conn, server_side=True)
+            f = conn.makefile("rwb"); tls = True
+        elif verb == "MAIL":
+            mail = cmd; send("250 2.1.0 ok")
+        elif verb == "RCPT":
+            rcpts.append(cmd); send("250 2.1.5 ok")
+        elif verb == "DATA":
+            send("354 go ahead")
+            data = b""
+            while True:
+                l = f.readline()
+                if l in (b".\r\n", b""):
+                    break
+                data += l
+            count += 1
+            with open(os.path.join(outdir, "msg.%d" % count), "wb") as out:
+                out.write(("tls=%s\n%s\n%s\n" % (tls, mail, "\n".join(rcpts))).encode() + data)
+            send("250 2.0.0 queued")
+        elif verb == "QUIT":
+            send("221 bye"); return
+        else:
+            send("250 ok")
+
+while True:
+    c, _ = srv.accept()
+    try:
+        session(c)
+    except Exception as e:
+        print("session error:", e, flush=True)
+    finally:
+        try: c.close()
+        except Exception: pass
+"#;
+
+fn tls_peer(dir: &Path, ip: Ipv4Addr, port: u16, mode: &str) -> Peer {
+    let script = dir.join("tls_peer.py");
+    std::fs::write(&script, TLS_PEER).unwrap();
+    let out = dir.join(format!("tls-{mode}"));
+    std::fs::create_dir_all(&out).unwrap();
+    let child = Command::new("python3")
+        .arg(&script)
+        .arg(ip.to_string())
+        .arg(port.to_string())
+        .arg(&out)
+        .arg(mode)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3");
+    assert!(wait_until(Duration::from_secs(5), || std::net::TcpStream::connect((ip, port)).is_ok()));
+    Peer(child)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starttls_is_used_when_offered_and_a_failed_handshake_falls_back_to_plaintext() {
+    tracing_init();
+    let tmp = tempfile::tempdir().unwrap();
+    let good = Ipv4Addr::new(127, 0, 1, 17);
+    let bad = Ipv4Addr::new(127, 0, 1, 18);
+    let port = free_tcp_port(good);
+    let (_dns, dns) = dnsmasq(
+        tmp.path(),
+        &[
+            "--mx-host=tls.test,mx.tls.test,10".into(),
+            format!("--address=/mx.tls.test/{good}"),
+            "--mx-host=badtls.test,mx.badtls.test,10".into(),
+            format!("--address=/mx.badtls.test/{bad}"),
+        ],
+    );
+    let _good = tls_peer(tmp.path(), good, port, "good");
+    let _bad = tls_peer(tmp.path(), bad, port, "badtls");
+    let config = config(&tmp.path().join("data"), dns, port, "");
+    let queue = open(&config);
+    let mut message = MESSAGE.replace("Bye.", "Tsch\u{fc}ss.").into_bytes();
+    message.extend_from_slice(b"..two dots\r\n");
+    let size = message.len();
+    queue
+        .accept(incoming(Some("sender@sender.test"), &["a@tls.test", "b@badtls.test"]), message)
+        .await
+        .unwrap();
+    let daemon = Daemon::start(&queue);
+    assert!(eventually(Duration::from_secs(10), || spool_ids(&config).is_empty()).await, "still queued");
+    daemon.stop().await;
+    let over_tls = dumps(&tmp.path().join("tls-good"));
+    assert_eq!(over_tls.len(), 1);
+    let d = &over_tls[0];
+    assert!(d.starts_with("tls=True\n"), "{d}");
+    // RFC 1870 SIZE and RFC 6152 BODY=8BITMIME, both offered by the peer and needed.
+    assert!(d.contains(&format!("MAIL FROM:<sender@sender.test> SIZE={} BODY=8BITMIME", size)), "{d}");
+    // On the wire the dot-stuffing is visible (RFC 5321 §4.5.2).
+    assert!(d.contains("\r\n..a line starting with a dot\r\n") && d.contains("\r\n...two dots\r\n"), "{d}");
+    let plain = dumps(&tmp.path().join("tls-badtls"));
+    assert_eq!(plain.len(), 1, "retried in plaintext after the TLS failure");
+    assert!(plain[0].starts_with("tls=False\n"), "{}", plain[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_edits_as_root_keep_the_spool_owner() {
+    use std::os::unix::fs::MetadataExt;
+    tracing_init();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config(&tmp.path().join("data"), "127.0.0.1:9".parse().unwrap(), 25, "");
+    let qdir = config.queue_dir();
+    // Before the daemon ever ran: nothing to list, and the CLI creates no root-owned spool.
+    assert!(admin::list(&qdir).unwrap().is_empty());
+    assert_eq!(admin::flush(&qdir, None).unwrap(), 0);
+    assert!(!qdir.exists());
+    let queue = open(&config);
+    let id =
+        queue.accept(incoming(Some("sender@sender.test"), &["a@remote.test"]), MESSAGE.into()).await.unwrap();
+    // The daemon's user owns the spool (here: nobody); root's CLI rewrites keep that owner.
+    std::os::unix::fs::chown(&qdir, Some(65534), Some(65534)).unwrap();
+    admin::flush(&qdir, Some(&id)).unwrap();
+    let meta = std::fs::metadata(qdir.join(format!("env/{id}.json"))).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
+}

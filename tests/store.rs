@@ -459,3 +459,70 @@ fn concurrent_deliveries_from_two_processes_never_lose_or_duplicate_a_uid() {
     assert_eq!(all, (1..=120).collect::<Vec<u32>>());
     check_consistent(&store, &a, 120);
 }
+
+/// Dovecot reads our Maildir++ (layout, names, flags, subscriptions, UTF-8 folders) and we
+/// see its changes. Runs only where `doveadm` is installed and we are root (Dovecot refuses
+/// mail access as root, so the Maildir is handed to `nobody`); otherwise it passes silently.
+#[test]
+fn dovecot_reads_our_maildir_and_we_see_its_changes() {
+    if std::process::Command::new("doveadm").arg("-V").output().is_err() || !nix::unistd::geteuid().is_root()
+    {
+        eprintln!("doveadm not installed or not root: skipping the Dovecot interop test");
+        return;
+    }
+    let (t, store, a) = setup();
+    for i in 0..3 {
+        store.deliver(&a, "INBOX", format!("Subject: {i}\r\n\r\nbody {i}\r\n").as_bytes()).unwrap();
+    }
+    store.create_folder(&a, "Projekte.Entwürfe").unwrap();
+    store.subscribe(&a, "Projekte.Entwürfe").unwrap();
+    let mut mb = store.open_mailbox(&a, "INBOX", false).unwrap();
+    mb.store_flags(&[1], FlagOp::Add, &[Flag::Seen], None).unwrap();
+
+    let home = t.path().to_path_buf();
+    let conf = home.join("dovecot.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "mail_location = maildir:{}:UTF-8\nssl = no\nlog_path = {h}/dovecot.log\nbase_dir = {h}/run\n\
+             state_dir = {h}/state\nmail_uid = 65534\nmail_gid = 65534\n\
+             namespace inbox {{\n  inbox = yes\n  separator = .\n}}\n",
+            store.account_dir(&a).display(),
+            h = home.display()
+        ),
+    )
+    .unwrap();
+    let st = std::process::Command::new("chown").args(["-R", "65534:65534"]).arg(&home).status().unwrap();
+    assert!(st.success());
+    let dove = |args: &[&str]| {
+        let out = std::process::Command::new("doveadm")
+            .arg("-c")
+            .arg(&conf)
+            .args(args)
+            .env("USER", "nobody")
+            .env("HOME", &home)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "doveadm {args:?}: {}{text}", String::from_utf8_lossy(&out.stderr));
+        text
+    };
+    let list: BTreeSet<String> = dove(&["mailbox", "list"]).lines().map(str::to_owned).collect();
+    for f in ["INBOX", "Sent", "Drafts", "Junk", "Trash", "Archive", "Projekte", "Projekte.Entwürfe"] {
+        assert!(list.contains(f), "{f} missing from {list:?}");
+    }
+    let subs: BTreeSet<String> = dove(&["mailbox", "list", "-s"]).lines().map(str::to_owned).collect();
+    assert!(subs.contains("Projekte.Entwürfe") && subs.contains("Junk"), "{subs:?}");
+    let fetched = dove(&["fetch", "flags body", "mailbox", "INBOX", "all"]);
+    assert!(fetched.contains("body 2"), "{fetched}");
+    assert_eq!(fetched.matches("\\Seen").count(), 1, "{fetched}");
+
+    // Dovecot flags everything and expunges the last message; we see both.
+    dove(&["flags", "add", "\\Flagged", "mailbox", "INBOX", "all"]);
+    dove(&["expunge", "mailbox", "INBOX", "body", "body 2"]);
+    let ch = mb.sync().unwrap();
+    assert_eq!(ch.expunged, BTreeSet::from([3]));
+    assert_eq!(ch.changed, BTreeSet::from([1, 2]));
+    assert_eq!(mb.message(1).unwrap().flags, vec![Flag::Seen, Flag::Flagged]);
+    assert_eq!(mb.message(2).unwrap().flags, vec![Flag::Flagged]);
+}

@@ -37,12 +37,13 @@ fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339()
 }
 
-/// Every message in the queue, oldest first. A `queue_dir` that does not exist is empty.
+/// Every message in the queue, oldest first. A spool that does not exist yet is empty.
+/// The admin functions never create the spool (they run as root; the daemon does not).
 pub fn list(queue_dir: &Path) -> Result<Vec<QueueEntry>, QueueError> {
-    if !queue_dir.exists() {
+    let spool = Spool::at(queue_dir);
+    if !spool.exists() {
         return Ok(Vec::new());
     }
-    let spool = Spool::open(queue_dir)?;
     let mut entries = Vec::new();
     for id in spool.ids()? {
         // A message may finish between listing and reading: skip it.
@@ -75,10 +76,11 @@ pub fn list(queue_dir: &Path) -> Result<Vec<QueueEntry>, QueueError> {
 /// Make one message (or all) due now. The daemon notices at its next spool rescan (at most
 /// a minute), or at once when signalled (`Queue::wake`). Returns how many were flushed.
 pub fn flush(queue_dir: &Path, id: Option<&str>) -> Result<usize, QueueError> {
-    let spool = Spool::open(queue_dir)?;
+    let spool = Spool::at(queue_dir);
     let id_given = id.is_some();
     let ids = match id {
         Some(id) => vec![checked(id)?],
+        None if !spool.exists() => return Ok(0),
         None => spool.ids()?,
     };
     let now = now_ms();
@@ -100,8 +102,7 @@ pub fn flush(queue_dir: &Path, id: Option<&str>) -> Result<usize, QueueError> {
 /// Remove a message from the queue without bouncing it.
 pub fn delete(queue_dir: &Path, id: &str) -> Result<(), QueueError> {
     let id = checked(id)?;
-    let spool = Spool::open(queue_dir)?;
-    if spool.remove(&id)? {
+    if Spool::at(queue_dir).remove(&id)? {
         Ok(())
     } else {
         Err(QueueError::UnknownId(id))

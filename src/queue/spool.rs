@@ -6,7 +6,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::net::IpAddr;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -106,6 +106,16 @@ pub struct Spool {
 }
 
 impl Spool {
+    /// The spool at `root` without creating anything (for the admin CLI, which runs as root
+    /// and must not create a root-owned spool the daemon cannot write).
+    pub fn at(root: &Path) -> Spool {
+        Spool { root: root.to_owned() }
+    }
+
+    pub fn exists(&self) -> bool {
+        self.env_dir().is_dir()
+    }
+
     /// Create the spool directories (mode 0700) if needed.
     pub fn open(root: &Path) -> io::Result<Spool> {
         let spool = Spool { root: root.to_owned() };
@@ -246,12 +256,23 @@ impl Spool {
         self.write_atomic(&self.env_path(&env.id), &json)
     }
 
+    /// Files written by root (the admin CLI) get the owner of the spool (the daemon's user),
+    /// or the daemon could no longer read the envelopes the CLI rewrote.
+    fn match_owner(&self, file: &File) -> io::Result<()> {
+        if !nix::unistd::geteuid().is_root() {
+            return Ok(());
+        }
+        let meta = fs::metadata(&self.root)?;
+        std::os::unix::fs::fchown(file, Some(meta.uid()), Some(meta.gid()))
+    }
+
     /// Write to `tmp/`, fsync, rename over `dest`, fsync the directory of `dest`.
     fn write_atomic(&self, dest: &Path, bytes: &[u8]) -> io::Result<()> {
         let name = dest.file_name().unwrap_or_default().to_string_lossy();
         let tmp = self.tmp_dir().join(format!("{name}.{:08x}", rand::thread_rng().gen::<u32>()));
         let result = (|| {
             let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+            self.match_owner(&f)?;
             f.write_all(bytes)?;
             f.sync_all()?;
             fs::rename(&tmp, dest)?;

@@ -641,8 +641,7 @@ impl Index {
             fresh.push((key, base, in_new, fname, meta.mtime(), size));
         }
         fresh.sort();
-        let mut uid = self.state.next_uid;
-        for (_, _, in_new, filename, date, size) in fresh {
+        for (uid, (_, _, in_new, filename, date, size)) in (self.state.next_uid..).zip(fresh) {
             modseq += 1;
             recs.push(Record::Add(Entry {
                 uid,
@@ -653,7 +652,6 @@ impl Index {
                 keywords: BTreeSet::new(),
                 filename,
             }));
-            uid += 1;
         }
 
         let quiet = |m: i128| t0 - m >= STAMP_QUIET_NS;

@@ -638,7 +638,12 @@ fn write_message(
                 continue;
             }
             // Filesystems without hard links: rename (the name is unique enough).
-            Err(_) => std::fs::rename(&tmp, &dest)?,
+            Err(_) => {
+                if let Err(e) = std::fs::rename(&tmp, &dest) {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(e);
+                }
+            }
         }
         fsync_dir(&dir.join(sub))?;
         let _ = std::fs::remove_file(&tmp);
