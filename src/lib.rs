@@ -5,6 +5,7 @@ pub mod cli;
 pub mod config;
 pub mod directory;
 pub mod queue;
+pub mod sasl;
 pub mod serve;
 pub mod smtp;
 pub mod store;

@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tracing::{info, warn};
 
@@ -17,6 +16,7 @@ use super::{Context, Profile, Stream};
 use crate::address::Address;
 use crate::directory::Target;
 use crate::queue::Incoming;
+use crate::sasl::{decode_b64, parse_plain, sanitize};
 
 /// RFC 5321 §4.5.3.1.4 sets 512 octets for a command line; AUTH initial responses and
 /// ESMTP parameters make real lines longer, so we allow more before answering 500.
@@ -843,46 +843,5 @@ impl Session {
                 return Ok(complete);
             }
         }
-    }
-}
-
-fn decode_b64(s: &str) -> Option<Vec<u8>> {
-    base64::engine::general_purpose::STANDARD.decode(s.trim()).ok()
-}
-
-/// RFC 4616 §2: `[authzid] NUL authcid NUL passwd`. We only let users act as themselves.
-fn parse_plain(raw: &[u8]) -> Option<(String, String)> {
-    let mut parts = raw.split(|&b| b == 0);
-    let authzid = parts.next()?;
-    let authcid = std::str::from_utf8(parts.next()?).ok()?;
-    let passwd = std::str::from_utf8(parts.next()?).ok()?;
-    if parts.next().is_some() || authcid.is_empty() {
-        return None;
-    }
-    if !authzid.is_empty() && !authzid.eq_ignore_ascii_case(authcid.as_bytes()) {
-        return None;
-    }
-    Some((authcid.to_owned(), passwd.to_owned()))
-}
-
-/// Client-supplied text made safe for a header or a log line.
-fn sanitize(s: &str) -> String {
-    s.chars().filter(|c| !c.is_control()).take(200).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn plain_parsing() {
-        assert_eq!(parse_plain(b"\0alice@x.test\0pw"), Some(("alice@x.test".into(), "pw".into())));
-        assert_eq!(
-            parse_plain(b"alice@x.test\0alice@x.test\0pw"),
-            Some(("alice@x.test".into(), "pw".into()))
-        );
-        assert_eq!(parse_plain(b"bob@x.test\0alice@x.test\0pw"), None);
-        assert_eq!(parse_plain(b"\0\0pw"), None);
-        assert_eq!(parse_plain(b"nonul"), None);
     }
 }
