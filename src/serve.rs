@@ -98,10 +98,11 @@ async fn bind(addr: SocketAddr, name: &str) -> anyhow::Result<TcpListener> {
 
 async fn wait_for_signals(queue: &Queue) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut usr1)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut usr1), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::user_defined1()),
+        signal(SignalKind::hangup()),
     ) else {
         error!("cannot install signal handlers");
         return std::future::pending().await;
@@ -112,6 +113,8 @@ async fn wait_for_signals(queue: &Queue) {
             _ = int.recv() => return,
             // `posthaste queue flush` sends SIGUSR1: retry deferred mail now.
             _ = usr1.recv() => queue.wake(),
+            // SIGHUP's default action would kill the server (log rotation tools send it).
+            _ = hup.recv() => tracing::warn!("SIGHUP received: configuration reload is not supported yet; restart to apply changes"),
         }
     }
 }

@@ -403,7 +403,19 @@ async fn garbage_input_gets_replies_never_a_crash_or_hang() {
     use rand::{Rng, SeedableRng};
     let env = env_with(|c| c.smtp.max_errors = 1_000_000).await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
-    let verbs = ["MAIL FROM:", "RCPT TO:", "EHLO", "HELO", "BDAT", "AUTH", "DATA", "RSET", "VRFY", "NOOP", "STARTTLS"];
+    let verbs = [
+        "MAIL FROM:",
+        "RCPT TO:",
+        "EHLO",
+        "HELO",
+        "BDAT",
+        "AUTH",
+        "DATA",
+        "RSET",
+        "VRFY",
+        "NOOP",
+        "STARTTLS",
+    ];
     for round in 0..20 {
         let mut c = Client::connect(&env, Profile::Mx).await;
         for _ in 0..50 {
@@ -433,4 +445,20 @@ async fn garbage_input_gets_replies_never_a_crash_or_hang() {
         }
         c.cmd("QUIT", "221").await;
     }
+}
+
+#[tokio::test]
+async fn auth_login_with_initial_response_and_cancel() {
+    let env = env().await;
+    let mut c = Client::connect(&env, Profile::Submission).await;
+    c.cmd("EHLO client.test", "250").await;
+    let mut c = c.starttls().await;
+    c.cmd("EHLO client.test", "250").await;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    // RFC 4954 §4: "*" cancels the exchange.
+    c.cmd("AUTH LOGIN", "334").await;
+    c.cmd("*", "501").await;
+    c.cmd("AUTH LOGIN not-base64!", "501").await;
+    c.cmd(&format!("AUTH LOGIN {}", b64("alice@example.test")), "334 UGFzc3dvcmQ6").await;
+    c.cmd(&b64(PASSWORD), "235").await;
 }

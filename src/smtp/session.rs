@@ -293,11 +293,8 @@ impl Session {
                 parse_plain(&resp)
             }
             "LOGIN" => {
-                let user = match initial {
-                    Some(i) => decode_b64(&i),
-                    None => self.sasl_response(None, "VXNlcm5hbWU6").await?, // "Username:"
-                };
-                let Some(user) = user else { return Ok(()) };
+                // RFC 4954 §4: an initial response, if any, is the user name.
+                let Some(user) = self.sasl_response(initial, "VXNlcm5hbWU6").await? else { return Ok(()) }; // "Username:"
                 let Some(pass) = self.sasl_response(None, "UGFzc3dvcmQ6").await? else { return Ok(()) }; // "Password:"
                 match (String::from_utf8(user), String::from_utf8(pass)) {
                     (Ok(u), Ok(p)) => Some((u, p)),
