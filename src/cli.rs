@@ -1,15 +1,17 @@
 //! The command line: arguments (clap) → one of the commands below. Errors become exit code
 //! 1 with a message and `help:` lines; clap's usage errors exit with 2.
 
-use std::io::Read;
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context as _};
+use anyhow::{anyhow, bail, Context as _};
 use clap::{Args, Parser, Subcommand};
 
-use crate::address::{normalize_domain, Address};
-use crate::config::{Config, DEFAULT_CONFIG_PATH};
-use crate::directory::{password, Directory};
+use crate::address::{normalize_domain, Address, AddressError};
+use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
+use crate::directory::{password, Directory, DirectoryError};
+use crate::queue::spool::RcptStatus;
+use crate::queue::QueueError;
 use crate::store::Store;
 
 #[derive(Parser, Debug)]
@@ -79,9 +81,9 @@ pub enum UserCmd {
         address: String,
         #[command(flatten)]
         password: PasswordSource,
-        /// Mailbox quota, e.g. 2G or 500M (0 = unlimited).
-        #[arg(long, default_value = "0")]
-        quota: String,
+        /// Mailbox quota, e.g. 2G, 500M or 1.5G (binary units; 0 = unlimited).
+        #[arg(long, value_name = "SIZE", default_value = "0", value_parser = parse_quota)]
+        quota: u64,
     },
     /// List accounts, optionally of one domain.
     List {
@@ -130,8 +132,25 @@ pub enum QueueCmd {
     Delete { id: String },
 }
 
+/// The config, or an error that says which file and what to do. The message is flat (no
+/// `caused by:` chain): `ConfigError` already names the cause.
 pub fn load_config(path: &Path) -> anyhow::Result<Config> {
-    Ok(Config::load(path)?)
+    Config::load(path).map_err(|e| match e {
+        ConfigError::Read { path, source } => {
+            let from_env = std::env::var_os("POSTHASTE_CONFIG").is_some_and(|v| Path::new(&v) == path);
+            let origin = if from_env { " (from POSTHASTE_CONFIG)" } else { "" };
+            let problem = if source.kind() == std::io::ErrorKind::NotFound {
+                "does not exist".to_owned()
+            } else {
+                format!("cannot be read: {source}")
+            };
+            anyhow!(
+                "the config file {}{origin} {problem}\nhelp: pass --config FILE or set POSTHASTE_CONFIG (the default is {DEFAULT_CONFIG_PATH})",
+                path.display()
+            )
+        }
+        other => anyhow!("{other}"),
+    })
 }
 
 pub fn init_logging(config: &Config) {
@@ -154,7 +173,41 @@ fn init_admin_logging() {
         .try_init();
 }
 
+/// Runs the command; the error, if any, is worded for the terminal (see [`friendly`]).
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    run_command(cli).map_err(friendly)
+}
+
+/// Errors from the directory and the queue carry their advice as a trailing
+/// `(help: …)`; on the terminal it goes on a `help:` line of its own. An invalid address
+/// gets an example of a valid one.
+fn friendly(e: anyhow::Error) -> anyhow::Error {
+    let address_error =
+        e.downcast_ref::<AddressError>().or_else(|| match e.downcast_ref::<DirectoryError>() {
+            Some(DirectoryError::InvalidAddress(a)) => Some(a),
+            _ => None,
+        });
+    if let Some(a) = address_error {
+        return anyhow!("{a}\nhelp: an address looks like alice@example.org");
+    }
+    if let Some(DirectoryError::NotFound(what)) = e.downcast_ref::<DirectoryError>() {
+        let list = match what.split(' ').next() {
+            Some("domain") => "domain list",
+            Some("account") => "user list",
+            _ => "alias list",
+        };
+        return anyhow!("{what} does not exist\nhelp: `posthaste {list}` shows what there is");
+    }
+    if e.downcast_ref::<DirectoryError>().is_some() || e.downcast_ref::<QueueError>().is_some() {
+        let message = e.to_string();
+        if let Some((head, help)) = message.strip_suffix(')').and_then(|m| m.split_once(" (help: ")) {
+            return anyhow!("{head}\nhelp: {help}");
+        }
+    }
+    e
+}
+
+fn run_command(cli: Cli) -> anyhow::Result<()> {
     let config = load_config(&cli.config)?;
     let rt = || {
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")
@@ -180,7 +233,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     .context("cannot open the account directory")?;
                 let store = Store::new(config.mail_dir());
                 match cmd {
-                    Command::Domain(c) => domain_cmd(&dir, c).await,
+                    Command::Domain(c) => domain_cmd(&dir, &store, c).await,
                     Command::User(c) => user_cmd(&dir, &store, c).await,
                     Command::Alias(c) => alias_cmd(&dir, c).await,
                     Command::Serve | Command::Queue(_) => unreachable!(),
@@ -195,7 +248,7 @@ fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn domain_cmd(dir: &Directory, cmd: DomainCmd) -> anyhow::Result<()> {
+async fn domain_cmd(dir: &Directory, store: &Store, cmd: DomainCmd) -> anyhow::Result<()> {
     match cmd {
         DomainCmd::Add { name } => {
             let d = dir.add_domain(&name).await?;
@@ -205,6 +258,8 @@ async fn domain_cmd(dir: &Directory, cmd: DomainCmd) -> anyhow::Result<()> {
             let domains = dir.list_domains().await?;
             if json {
                 print_json(&domains)?;
+            } else if domains.is_empty() {
+                eprintln!("no domains yet (add one with `posthaste domain add NAME`)");
             } else {
                 for d in domains {
                     println!("{}", d.name);
@@ -212,62 +267,206 @@ async fn domain_cmd(dir: &Directory, cmd: DomainCmd) -> anyhow::Result<()> {
             }
         }
         DomainCmd::Remove { name, force } => {
-            dir.remove_domain(&name, force).await?;
-            println!("removed domain {name}");
+            // What goes with it, for the report (or the refusal) below.
+            let (accounts, aliases) = domain_contents(dir, &name).await?;
+            match dir.remove_domain(&name, force).await {
+                Err(DirectoryError::DomainNotEmpty { domain, accounts: n_accounts, aliases: n_aliases }) => {
+                    // The counts come from the refusal itself; the names, read just before,
+                    // may miss one added in between.
+                    let names: Vec<&str> = accounts.iter().chain(&aliases).map(String::as_str).collect();
+                    bail!(
+                        "domain {domain} still has {} and {}: {}\nhelp: remove them first (`posthaste user remove`, `posthaste alias remove`), or pass --force to remove them with the domain (their mail stays on disk)",
+                        count(n_accounts as usize, "account", "accounts"),
+                        count(n_aliases as usize, "alias", "aliases"),
+                        short_list(&names, 10)
+                    );
+                }
+                r => r?,
+            }
+            let name = normalize_domain(&name).unwrap_or(name);
+            let mut with = Vec::new();
+            if !accounts.is_empty() {
+                with.push(count(accounts.len(), "account", "accounts"));
+            }
+            if !aliases.is_empty() {
+                with.push(count(aliases.len(), "alias", "aliases"));
+            }
+            let with =
+                if with.is_empty() { String::new() } else { format!(" with its {}", with.join(" and ")) };
+            let mail = if accounts.is_empty() {
+                String::new()
+            } else {
+                format!("; the mail stays in {}", store.root().join(&name).display())
+            };
+            println!("removed domain {name}{with}{mail}");
         }
     }
     Ok(())
 }
 
-/// The password the user chose, or a generated one (printed once by the caller).
+/// The addresses of the accounts and the sources of the aliases of a domain; empty lists
+/// when the domain does not exist (removing it reports that).
+async fn domain_contents(dir: &Directory, name: &str) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    let accounts = match dir.list_accounts(Some(name)).await {
+        Ok(a) => a.into_iter().map(|a| a.address).collect(),
+        Err(DirectoryError::UnknownDomain(_) | DirectoryError::InvalidDomain(_)) => {
+            return Ok(Default::default())
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let aliases = dir.list_aliases(Some(name)).await?.into_iter().map(|a| a.source).collect();
+    Ok((accounts, aliases))
+}
+
+/// `1 account`, `2 accounts`.
+fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// `a, b, c` or `a, b and 5 more`.
+fn short_list(items: &[&str], max: usize) -> String {
+    let mut s = items.iter().take(max).copied().collect::<Vec<_>>().join(", ");
+    if items.len() > max {
+        s.push_str(&format!(" and {} more", items.len() - max));
+    }
+    s
+}
+
+/// The password hash to store, and the generated password if the user chose none (the
+/// caller prints it once).
 fn read_password(src: &PasswordSource) -> anyhow::Result<(String, Option<String>)> {
     if let Some(hash) = &src.password_hash {
-        if !password::is_supported(hash) {
-            bail!("--password-hash is not a supported hash\nhelp: use Dovecot's {{SCHEME}} form with one of {}, e.g. from `doveadm pw -s SHA512-CRYPT`", password::SCHEMES.join(", "));
-        }
+        check_password_hash(hash)?;
         return Ok((hash.clone(), None));
     }
     let plain = if src.password_stdin {
-        let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).context("cannot read the password from stdin")?;
-        first_line(&s)
+        // One line, so this works from a pipe and from a terminal (Enter, no Ctrl-D).
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("cannot read the password from standard input")?;
+        first_line(&line)
     } else if let Some(f) = &src.password_file {
         first_line(
             &std::fs::read_to_string(f)
-                .with_context(|| format!("cannot read password file {}", f.display()))?,
+                .with_context(|| format!("cannot read the password file {}", f.display()))?,
         )
     } else {
         let p = password::generate();
         return Ok((password::hash(&p), Some(p)));
     };
+    if plain.is_empty() {
+        let from = if src.password_stdin { "standard input" } else { "the password file" };
+        bail!("no password on {from} (an empty first line)\nhelp: put the password on the first line, or omit the password options to get a generated one");
+    }
     if plain.chars().count() < 8 {
         bail!("the password is shorter than 8 characters\nhelp: choose a longer one, or omit the password options to get a generated one");
     }
     Ok((password::hash(&plain), None))
 }
 
+/// A `--password-hash` must be in Dovecot's `{SCHEME}` form with a scheme we verify, and
+/// the part after it must look like that scheme's hashes: a hash nobody can log in with is
+/// better refused now than discovered at the first login.
+fn check_password_hash(hash: &str) -> anyhow::Result<()> {
+    let help = format!(
+        "help: use Dovecot's {{SCHEME}} form with one of {}, e.g. from `doveadm pw -s SHA512-CRYPT`",
+        password::SCHEMES.join(", ")
+    );
+    if !hash.starts_with('{') {
+        // `openssl passwd -6`, `mkpasswd` and /etc/shadow give the crypt(3) string alone.
+        if let Some(scheme) = crypt_scheme(hash) {
+            bail!("--password-hash has no {{SCHEME}} prefix\nhelp: this looks like a {scheme} hash; pass it as '{{{scheme}}}{hash}'");
+        }
+    }
+    if !password::is_supported(hash) {
+        bail!("--password-hash is not a supported hash\n{help}");
+    }
+    let (scheme, rest) = hash[1..].split_once('}').expect("is_supported checked the {SCHEME} form");
+    let scheme = scheme.to_ascii_uppercase();
+    let fits = match scheme.as_str() {
+        "ARGON2ID" => rest.starts_with("$argon2id$"),
+        "ARGON2I" => rest.starts_with("$argon2i$"),
+        "CRYPT" => crypt_scheme(rest).is_some(),
+        other => crypt_scheme(rest) == Some(other),
+    };
+    if !fits {
+        bail!("--password-hash says {{{scheme}}} but what follows is not a {scheme} hash\n{help}");
+    }
+    Ok(())
+}
+
+/// The Dovecot scheme of a bare crypt(3) string (`$6$…` → SHA512-CRYPT).
+fn crypt_scheme(s: &str) -> Option<&'static str> {
+    if s.starts_with("$6$") {
+        Some("SHA512-CRYPT")
+    } else if s.starts_with("$5$") {
+        Some("SHA256-CRYPT")
+    } else if ["$2y$", "$2b$", "$2a$"].iter().any(|p| s.starts_with(p)) {
+        Some("BLF-CRYPT")
+    } else {
+        None
+    }
+}
+
 fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or("").to_owned()
 }
 
-fn parse_quota(s: &str) -> anyhow::Result<u64> {
-    let s = s.trim();
-    let (num, mult) = match s.chars().last() {
-        Some('K' | 'k') => (&s[..s.len() - 1], 1u64 << 10),
-        Some('M' | 'm') => (&s[..s.len() - 1], 1 << 20),
-        Some('G' | 'g') => (&s[..s.len() - 1], 1 << 30),
-        Some('T' | 't') => (&s[..s.len() - 1], 1 << 40),
-        _ => (s, 1),
+/// `2G`, `500M`, `1.5G`, `2GiB`, `2gb`, `1048576` (bytes): binary units. For clap.
+fn parse_quota(s: &str) -> Result<u64, String> {
+    let bad = || format!("{s:?} is not a size like 500M, 2G or 1.5G (0 = unlimited)");
+    let t = s.trim();
+    let t = t.strip_suffix(['B', 'b']).unwrap_or(t);
+    let t = t.strip_suffix(['I', 'i']).unwrap_or(t);
+    let (num, mult) = match t.chars().last() {
+        Some('K' | 'k') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M' | 'm') => (&t[..t.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&t[..t.len() - 1], 1 << 30),
+        Some('T' | 't') => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1),
     };
-    let n: u64 = num.parse().with_context(|| format!("quota {s:?} is not a size like 500M or 2G"))?;
-    Ok(n * mult)
+    let num = num.trim();
+    if num.is_empty() || !num.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return Err(bad());
+    }
+    let too_large = || format!("{s:?} is too large for a quota");
+    let bytes = if num.contains('.') {
+        let n: f64 = num.parse().map_err(|_| bad())?;
+        let b = (n * mult as f64).round();
+        if b >= i64::MAX as f64 {
+            return Err(too_large());
+        }
+        b as u64
+    } else {
+        num.parse::<u64>().ok().and_then(|n| n.checked_mul(mult)).ok_or_else(too_large)?
+    };
+    if bytes > i64::MAX as u64 {
+        return Err(too_large());
+    }
+    Ok(bytes)
+}
+
+/// `512 B`, `1.5 KiB`, `2.0 GiB`.
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut v = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
 }
 
 async fn user_cmd(dir: &Directory, store: &Store, cmd: UserCmd) -> anyhow::Result<()> {
     match cmd {
         UserCmd::Add { address, password, quota } => {
             let addr = Address::parse(&address)?;
-            let quota = parse_quota(&quota)?;
             let (hash, generated) = read_password(&password)?;
             let account = dir.add_account(&addr, &hash, quota).await?;
             store.create_account(&addr).with_context(|| {
@@ -276,25 +475,25 @@ async fn user_cmd(dir: &Directory, store: &Store, cmd: UserCmd) -> anyhow::Resul
                     store.root().display()
                 )
             })?;
-            println!("added account {}", account.address);
+            let quota = if quota == 0 { String::new() } else { format!(" (quota {})", human_size(quota)) };
+            println!("added account {}{quota}", account.address);
             if let Some(p) = generated {
                 // Shown once; we only keep the hash.
                 println!("password: {p}");
             }
         }
         UserCmd::List { domain, json } => {
-            let domain = domain
-                .map(|d| normalize_domain(&d).ok_or_else(|| anyhow::anyhow!("{d:?} is not a valid domain")))
-                .transpose()?;
             let accounts = dir.list_accounts(domain.as_deref()).await?;
             if json {
                 print_json(&accounts)?;
+            } else if accounts.is_empty() {
+                eprintln!("no accounts yet (add one with `posthaste user add ADDRESS`)");
             } else {
+                let width = accounts.iter().map(|a| a.address.chars().count()).max().unwrap_or(0);
                 for a in accounts {
-                    let quota =
-                        if a.quota == 0 { "unlimited".to_owned() } else { format!("{} bytes", a.quota) };
-                    let state = if a.enabled { "" } else { " (disabled)" };
-                    println!("{}\tquota {quota}{state}", a.address);
+                    let quota = if a.quota == 0 { "unlimited".to_owned() } else { human_size(a.quota) };
+                    let state = if a.enabled { "" } else { "  disabled" };
+                    println!("{:width$}  quota {quota}{state}", a.address);
                 }
             }
         }
@@ -311,34 +510,103 @@ async fn user_cmd(dir: &Directory, store: &Store, cmd: UserCmd) -> anyhow::Resul
             let addr = Address::parse(&address)?;
             dir.remove_account(&addr).await?;
             println!("removed account {addr}; its mail stays in {}", store.account_dir(&addr).display());
+            // Aliases to it stay (they may be meant for a successor) and skip it meanwhile.
+            let me = addr.to_string();
+            let pointing: Vec<String> = dir
+                .list_aliases(None)
+                .await?
+                .into_iter()
+                .filter(|a| a.destinations.contains(&me))
+                .map(|a| a.source)
+                .collect();
+            if !pointing.is_empty() {
+                let names: Vec<&str> = pointing.iter().map(String::as_str).collect();
+                let (what, verb) = if names.len() == 1 { ("alias", "points") } else { ("aliases", "point") };
+                println!(
+                    "note: {what} {} still {verb} to it (`posthaste alias remove SOURCE {me}` to change that)",
+                    short_list(&names, 10)
+                );
+            }
         }
     }
     Ok(())
 }
 
+/// The normalised form of an alias source (`Info@Example.org`, `@Example.org`), for output.
+fn alias_source(source: &str) -> anyhow::Result<String> {
+    match source.strip_prefix('@') {
+        Some(domain) => Ok(format!(
+            "@{}",
+            normalize_domain(domain).ok_or_else(|| DirectoryError::InvalidDomain(domain.to_owned()))?
+        )),
+        None => Ok(Address::parse(source)?.to_string()),
+    }
+}
+
 async fn alias_cmd(dir: &Directory, cmd: AliasCmd) -> anyhow::Result<()> {
     match cmd {
         AliasCmd::Add { source, destinations } => {
-            let dests = destinations.iter().map(|d| Address::parse(d)).collect::<Result<Vec<_>, _>>()?;
-            for d in &dests {
-                dir.add_alias(&source, d).await?;
+            let key = alias_source(&source)?;
+            let mut dests: Vec<Address> = Vec::new();
+            for d in &destinations {
+                let d = Address::parse(d)?;
+                if d.to_string() == key {
+                    bail!("alias {key} cannot point to itself");
+                }
+                if !dests.contains(&d) {
+                    dests.push(d);
+                }
             }
-            println!("alias {source} → {}", destinations.join(", "));
+            // A destination the alias already has is reported, not fatal, so that adding
+            // one more destination can be retried; only nothing new at all is an error.
+            let mut added = Vec::new();
+            let mut present = Vec::new();
+            for d in dests {
+                match dir.add_alias(&key, &d).await {
+                    Ok(()) => added.push(d.to_string()),
+                    Err(DirectoryError::Duplicate(what)) if what.starts_with("alias ") => {
+                        present.push(d.to_string())
+                    }
+                    Err(e) => {
+                        if !added.is_empty() {
+                            eprintln!("note: {key} → {} was added before this error", added.join(", "));
+                        }
+                        return Err(e.into());
+                    }
+                }
+            }
+            if added.is_empty() {
+                bail!(
+                    "alias {key} → {} already exists\nhelp: `posthaste alias list` shows the aliases",
+                    present.join(", ")
+                );
+            }
+            println!("alias {key} → {}", added.join(", "));
+            if !present.is_empty() {
+                println!("note: {key} → {} was already there", present.join(", "));
+            }
         }
         AliasCmd::List { domain, json } => {
             let aliases = dir.list_aliases(domain.as_deref()).await?;
             if json {
                 print_json(&aliases)?;
+            } else if aliases.is_empty() {
+                eprintln!("no aliases yet (add one with `posthaste alias add SOURCE DESTINATION`)");
             } else {
+                let width = aliases.iter().map(|a| a.source.chars().count()).max().unwrap_or(0);
                 for a in aliases {
-                    println!("{}\t{}", a.source, a.destinations.join(", "));
+                    println!("{:width$}  → {}", a.source, a.destinations.join(", "));
                 }
             }
         }
         AliasCmd::Remove { source, destination } => {
+            let key = alias_source(&source)?;
             let dest = destination.as_deref().map(Address::parse).transpose()?;
-            dir.remove_alias(&source, dest.as_ref()).await?;
-            println!("removed alias {source}{}", destination.map(|d| format!(" → {d}")).unwrap_or_default());
+            dir.remove_alias(&key, dest.as_ref()).await?;
+            match dest {
+                Some(d) => println!("removed {d} from alias {key}"),
+                None => println!("removed alias {key}"),
+            }
         }
     }
     Ok(())
@@ -359,26 +627,32 @@ fn queue_cmd(config: &Config, cmd: QueueCmd) -> anyhow::Result<()> {
             for e in entries {
                 let sender = if e.sender.is_empty() { "<>" } else { &e.sender };
                 println!(
-                    "{}  {} bytes  from {sender}  queued {}  attempts {}  next {}",
-                    e.id, e.size, e.created, e.attempts, e.next_attempt
+                    "{}  {}  from {sender}  queued {}  attempts {}  next {}",
+                    e.id,
+                    human_size(e.size),
+                    e.created,
+                    e.attempts,
+                    e.next_attempt
                 );
                 for r in e.recipients {
                     let reply = r.reply.map(|r| format!("  ({r})")).unwrap_or_default();
-                    println!("    {} -> {}  {:?}{reply}", r.rcpt, r.target, r.status);
+                    println!("    {} -> {}  {}{reply}", r.rcpt, r.target, status_name(r.status));
                 }
             }
         }
         QueueCmd::Flush { id } => {
+            if id.is_none() && admin::list(&dir)?.is_empty() {
+                println!("the queue is empty: nothing to flush");
+                return Ok(());
+            }
             let n = admin::flush(&dir, id.as_deref())?;
-            let woke = signal_daemon(config);
-            println!(
-                "{n} message(s) due now{}",
-                if woke {
-                    "; the daemon was told to retry at once"
-                } else {
-                    "; the daemon (not running?) retries them at its next scan"
-                }
-            );
+            let what = count(n, "message", "messages");
+            if signal_daemon(config) {
+                println!("{what} due now; the daemon was told to retry at once");
+            } else {
+                println!("{what} due now, but the daemon is not running: they are retried when it starts");
+                eprintln!("help: start it (`systemctl start posthaste`, or `posthaste serve`)");
+            }
         }
         QueueCmd::Delete { id } => {
             admin::delete(&dir, &id)?;
@@ -388,9 +662,79 @@ fn queue_cmd(config: &Config, cmd: QueueCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGUSR1 to the running daemon (its pid from the pidfile): retry the queue now.
+/// As in `--json` (and the log): lowercase.
+fn status_name(s: RcptStatus) -> &'static str {
+    match s {
+        RcptStatus::Queued => "queued",
+        RcptStatus::Deferred => "deferred",
+        RcptStatus::Delivered => "delivered",
+        RcptStatus::Failed => "failed",
+    }
+}
+
+/// SIGUSR1 to the running daemon (its pid from the pidfile): retry the queue now. False if
+/// there is none. A pidfile left by a crash may name a pid that now belongs to another
+/// program, for which SIGUSR1 would be fatal: only a `posthaste … serve` process is signalled.
 fn signal_daemon(config: &Config) -> bool {
     let Ok(text) = std::fs::read_to_string(crate::serve::pidfile_path(config)) else { return false };
     let Ok(pid) = text.trim().parse::<i32>() else { return false };
+    if pid <= 0 || !is_posthaste_serve(pid) {
+        return false;
+    }
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGUSR1).is_ok()
+}
+
+/// Is process `pid` a `posthaste … serve`? (From /proc/PID/cmdline.)
+fn is_posthaste_serve(pid: i32) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let mut args = cmdline.split(|&b| b == 0).map(String::from_utf8_lossy);
+    let Some(argv0) = args.next() else { return false };
+    let name = Path::new(argv0.as_ref()).file_name().map(|n| n.to_string_lossy().into_owned());
+    name.is_some_and(|n| n.contains("posthaste")) && args.any(|a| a == "serve")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotas() {
+        assert_eq!(parse_quota("0"), Ok(0));
+        assert_eq!(parse_quota("1024"), Ok(1024));
+        assert_eq!(parse_quota("500M"), Ok(500 << 20));
+        assert_eq!(parse_quota("2G"), Ok(2 << 30));
+        assert_eq!(parse_quota("2g"), Ok(2 << 30));
+        assert_eq!(parse_quota("2GB"), Ok(2 << 30));
+        assert_eq!(parse_quota("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_quota("1.5G"), Ok(3 << 29));
+        assert_eq!(parse_quota("1T"), Ok(1 << 40));
+        for bad in ["", "G", "2X", "-1G", "1.2.3G", "two", "2 G B", "99999999999999999999"] {
+            assert!(parse_quota(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_quota("9999999T").is_err());
+        assert!(parse_quota("99999999999T").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(human_size(0), "0 B");
+        assert_eq!(human_size(1023), "1023 B");
+        assert_eq!(human_size(1536), "1.5 KiB");
+        assert_eq!(human_size(500 << 20), "500.0 MiB");
+        assert_eq!(human_size(2 << 30), "2.0 GiB");
+    }
+
+    #[test]
+    fn hashes() {
+        let sha512 = "{SHA512-CRYPT}$6$salt$abc";
+        assert!(check_password_hash(sha512).is_ok());
+        assert!(check_password_hash("{sha512-crypt}$6$salt$abc").is_ok());
+        assert!(check_password_hash("{CRYPT}$5$salt$abc").is_ok());
+        assert!(check_password_hash("{ARGON2ID}$argon2id$v=19$m=1,t=1,p=1$a$b").is_ok());
+        assert!(check_password_hash("{MD5}abc").is_err());
+        assert!(check_password_hash("{SHA512-CRYPT}$5$salt$abc").is_err());
+        assert!(check_password_hash("{ARGON2I}$argon2id$v=19$a$b").is_err());
+        let bare = check_password_hash("$6$salt$abc").unwrap_err().to_string();
+        assert!(bare.contains("'{SHA512-CRYPT}$6$salt$abc'"), "{bare}");
+    }
 }
