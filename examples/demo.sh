@@ -66,7 +66,7 @@ if [ ! -f "$DEMO/postmaster.pass" ]; then
     (umask 077; openssl rand -base64 18 > "$DEMO/postmaster.pass")
 fi
 if ! $BIN --config "$CONF" user list example.test | grep -q '^postmaster@example.test'; then
-    $BIN --config "$CONF" user add postmaster@example.test --password-stdin < "$DEMO/postmaster.pass"
+    $BIN --config "$CONF" user add postmaster@example.test --password-file "$DEMO/postmaster.pass"
 fi
 
 echo "== starting posthaste serve (log: $DEMO/serve.log)"

@@ -72,6 +72,9 @@ pub struct PasswordSource {
     /// Use an existing hash in Dovecot's {SCHEME} form (ARGON2ID, ARGON2I, SHA512-CRYPT, SHA256-CRYPT, BLF-CRYPT).
     #[arg(long, value_name = "HASH")]
     pub password_hash: Option<String>,
+    /// The password file's contents, read while we are still root (see `preload_secrets`).
+    #[arg(skip)]
+    pub file_contents: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -222,10 +225,11 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
             crate::serve::become_data_owner(&config.data_dir)?;
             queue_cmd(&config, cmd)
         }
-        cmd => {
+        mut cmd => {
             init_admin_logging();
             std::fs::create_dir_all(&config.data_dir)
                 .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+            preload_secrets(&mut cmd)?;
             crate::serve::become_data_owner(&config.data_dir)?;
             rt()?.block_on(async move {
                 let dir = Directory::open(&config.directory_url())
@@ -332,6 +336,23 @@ fn short_list(items: &[&str], max: usize) -> String {
     s
 }
 
+/// Read a `--password-file` before we switch to the data directory's owner: the file is
+/// typically root's and mode 0600 (`posthaste user add … --password-file /root/pw`).
+fn preload_secrets(cmd: &mut Command) -> anyhow::Result<()> {
+    let src = match cmd {
+        Command::User(UserCmd::Add { password, .. }) | Command::User(UserCmd::Passwd { password, .. }) => {
+            password
+        }
+        _ => return Ok(()),
+    };
+    if let Some(f) = &src.password_file {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read the password file {}", f.display()))?;
+        src.file_contents = Some(text);
+    }
+    Ok(())
+}
+
 /// The password hash to store, and the generated password if the user chose none (the
 /// caller prints it once).
 fn read_password(src: &PasswordSource) -> anyhow::Result<(String, Option<String>)> {
@@ -348,10 +369,13 @@ fn read_password(src: &PasswordSource) -> anyhow::Result<(String, Option<String>
             .context("cannot read the password from standard input")?;
         first_line(&line)
     } else if let Some(f) = &src.password_file {
-        first_line(
-            &std::fs::read_to_string(f)
-                .with_context(|| format!("cannot read the password file {}", f.display()))?,
-        )
+        match &src.file_contents {
+            Some(text) => first_line(text),
+            None => first_line(
+                &std::fs::read_to_string(f)
+                    .with_context(|| format!("cannot read the password file {}", f.display()))?,
+            ),
+        }
     } else {
         let p = password::generate();
         return Ok((password::hash(&p), Some(p)));

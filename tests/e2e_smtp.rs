@@ -40,10 +40,6 @@ fn submit(p: &Posthaste, to: &str) -> SmtpTranscript {
         .send()
 }
 
-fn text(path: &std::path::Path) -> String {
-    String::from_utf8_lossy(&std::fs::read(path).unwrap()).into_owned()
-}
-
 #[test]
 fn swaks_through_submission_with_starttls_and_auth() {
     let dir = TestDir::new("swaks-submission");
@@ -308,6 +304,11 @@ fn serve_drops_root_privileges() {
     // Admin commands run as root act as the data directory's owner.
     p.add_domain("example.test");
     p.add_user("alice@example.test", PW);
+    // A root-only password file is read before the command becomes the data owner.
+    let pwfile = dir.join("bob.pass");
+    std::fs::write(&pwfile, format!("{PW}\n")).unwrap();
+    std::fs::set_permissions(&pwfile, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    p.cmd_ok(&["user", "add", "bob@example.test", "--password-file", &pwfile.display().to_string()]);
     p.start();
     let status = std::fs::read_to_string(format!("/proc/{}/status", p.pid().unwrap())).unwrap();
     let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
@@ -318,7 +319,14 @@ fn serve_drops_root_privileges() {
     use std::os::unix::fs::MetadataExt;
     let owner = std::fs::metadata(&msg[0]).unwrap().uid();
     assert_ne!(owner, 0, "mail must belong to the server user");
-    let _ = text;
+    let t = SmtpClient::new(p.submission())
+        .starttls(p.ca())
+        .tls_name(HOSTNAME)
+        .login("bob@example.test", PW)
+        .from("bob@example.test")
+        .to("alice@example.test")
+        .send();
+    assert!(t.accepted(), "{}", t.raw);
 }
 
 #[test]
