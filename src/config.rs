@@ -348,7 +348,7 @@ pub mod duration_str {
     pub fn format(d: &Duration) -> String {
         let s = d.as_secs();
         for (unit, m) in [("d", 86400), ("h", 3600), ("m", 60)] {
-            if s > 0 && s % m == 0 {
+            if s > 0 && s.is_multiple_of(m) {
                 return format!("{}{unit}", s / m);
             }
         }
