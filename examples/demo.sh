@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job until the installer lands: build posthaste, start `posthaste serve` on loopback
 # with an example configuration (SQLite directory, self-signed TLS), add a domain and a user,
-# and prove that mail comes in through the MX and goes out through submission.
+# and prove that mail comes in through the MX and goes out through submission to a remote MX
+# found in DNS. The "remote" side is examples/demo_peer.py: a tiny DNS server for
+# remote.example and an SMTP receiver on 127.0.0.2, so nothing leaves this machine.
 #
 # Safe to rerun: it stops the demo server it started before and keeps the demo data.
 set -euo pipefail
@@ -22,6 +24,14 @@ echo "== building posthaste (release)"
 cargo build --release --locked
 
 mkdir -p "$DEMO/tls" "$DEMO/data"
+stop_pidfile() {
+    local f=$1
+    if [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; then
+        kill "$(cat "$f")"
+        for _ in $(seq 50); do kill -0 "$(cat "$f" 2>/dev/null)" 2>/dev/null || break; sleep 0.1; done
+    fi
+}
+stop_pidfile "$DEMO/peer.pid"
 if [ -f "$DEMO/data/posthaste.pid" ] && kill -0 "$(cat "$DEMO/data/posthaste.pid")" 2>/dev/null; then
     echo "== stopping the previous demo server"
     kill "$(cat "$DEMO/data/posthaste.pid")"
@@ -58,6 +68,16 @@ key  = "$DEMO/tls/key.pem"
 
 [log]
 format = "json"
+
+# Demo only: resolve through examples/demo_peer.py and deliver to port 2526, so the
+# outbound path runs without the Internet. Remove both for real use.
+[dns]
+nameservers = ["127.0.0.1:5354"]
+
+[queue]
+remote_port = 2526
+retry_initial = "10s"
+retry_max = "1m"
 TOML
 
 echo "== domain and postmaster account"
@@ -69,6 +89,10 @@ if ! $BIN --config "$CONF" user list example.test | grep -q '^postmaster@example
     $BIN --config "$CONF" user add postmaster@example.test --password-file "$DEMO/postmaster.pass"
 fi
 
+echo "== starting the demo remote MX (DNS 127.0.0.1:5354, SMTP 127.0.0.2:2526, mail in $DEMO/remote-mx)"
+setsid nohup python3 examples/demo_peer.py 5354 2526 "$DEMO/remote-mx" >"$DEMO/peer.log" 2>&1 </dev/null &
+echo $! > "$DEMO/peer.pid"
+
 echo "== starting posthaste serve (log: $DEMO/serve.log)"
 setsid nohup "$BIN" --config "$CONF" serve >"$DEMO/serve.log" 2>&1 </dev/null &
 for _ in $(seq 100); do
@@ -76,7 +100,7 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 
-echo "== round trip: in through the MX, out through submission (STARTTLS + AUTH)"
+echo "== round trip: in through the MX; out through submission (STARTTLS + AUTH) to the remote MX"
 python3 - "$DEMO" <<'PY'
 import smtplib, ssl, sys, os, time
 demo = sys.argv[1]
@@ -94,17 +118,27 @@ with smtplib.SMTP("127.0.0.1", 2587) as s:
     s.login("postmaster@example.test", pw)
     s.sendmail("postmaster@example.test", ["postmaster@example.test"],
                b"From: postmaster@example.test\r\nTo: postmaster@example.test\r\nSubject: demo via submission\r\n\r\nhello\r\n")
+    s.sendmail("postmaster@example.test", ["friend@remote.example"],
+               b"From: postmaster@example.test\r\nTo: friend@remote.example\r\nSubject: demo outbound\r\n\r\nhello out there\r\n")
 after = count()
 print(f"postmaster@example.test INBOX: {before} -> {after} messages ({inbox})")
-sys.exit(0 if after == before + 2 else 1)
+remote = os.path.join(demo, "remote-mx")
+for _ in range(100):
+    new = [f for f in os.listdir(remote) if "friend@remote.example" in f] if os.path.isdir(remote) else []
+    if new:
+        break
+    time.sleep(0.1)
+print(f"remote MX received: {sorted(new)[-1] if new else 'nothing (see the queue: posthaste queue list)'}")
+sys.exit(0 if after == before + 2 and new else 1)
 PY
 
 cat <<TXT
 == posthaste is running (pid $(cat "$DEMO/data/posthaste.pid"))
    MX          127.0.0.1:2525
    submission  127.0.0.1:2587 (STARTTLS)   submissions 127.0.0.1:2465 (TLS)
+   remote MX   127.0.0.2:2526 (demo), received mail in $DEMO/remote-mx
    account     postmaster@example.test, password in $DEMO/postmaster.pass
    config      $CONF
    admin       $BIN --config $CONF user add alice@example.test
-   stop        kill \$(cat $DEMO/data/posthaste.pid)
+   stop        kill \$(cat $DEMO/data/posthaste.pid) \$(cat $DEMO/peer.pid)
 TXT
