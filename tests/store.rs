@@ -526,3 +526,37 @@ fn dovecot_reads_our_maildir_and_we_see_its_changes() {
     assert_eq!(mb.message(1).unwrap().flags, vec![Flag::Seen, Flag::Flagged]);
     assert_eq!(mb.message(2).unwrap().flags, vec![Flag::Flagged]);
 }
+
+/// A Store keeps folder indexes between deliveries. Another Store (standing for another
+/// process) that appends, expunges, compacts or deletes the index must never make the
+/// first one hand out a UID twice or point at a stale file.
+#[test]
+fn cached_indexes_follow_changes_made_by_another_store() {
+    let (t, a_store, a) = setup();
+    let b_store = Store::new(t.path().join("mail"));
+    let msg = b"Subject: x\r\n\r\nbody\r\n";
+    let mut uids = BTreeSet::new();
+    for round in 0..2 {
+        for _ in 0..100 {
+            assert!(uids.insert(a_store.deliver(&a, "INBOX", msg).unwrap().uid), "round {round}: UID reused");
+            assert!(uids.insert(b_store.deliver(&a, "INBOX", msg).unwrap().uid), "round {round}: UID reused");
+        }
+        // Expunging many messages through B makes its log long enough to be compacted
+        // (replaced by rename): A must notice the new file.
+        let mut mb = b_store.open_mailbox(&a, "INBOX", false).unwrap();
+        let victims: Vec<u32> = mb.uids().into_iter().take(200).collect();
+        mb.expunge(&victims).unwrap();
+        let d = a_store.deliver(&a, "INBOX", msg).unwrap();
+        assert!(uids.insert(d.uid), "round {round}: UID {} reused after compaction", d.uid);
+        assert!(d.path.exists(), "round {round}: delivered path {} missing", d.path.display());
+    }
+    // The index deleted under A's feet: rebuilt, new UIDVALIDITY, deliveries go on.
+    let before = a_store.deliver(&a, "INBOX", msg).unwrap();
+    std::fs::remove_file(a_store.account_dir(&a).join("posthaste-uidlist")).unwrap();
+    let after = a_store.deliver(&a, "INBOX", msg).unwrap();
+    assert_ne!(before.uidvalidity, after.uidvalidity);
+    let mb = a_store.open_mailbox(&a, "INBOX", false).unwrap();
+    let on_disk =
+        files(&a_store.account_dir(&a).join("new")).len() + files(&a_store.account_dir(&a).join("cur")).len();
+    assert_eq!(mb.messages().len(), on_disk, "the index and the Maildir disagree");
+}

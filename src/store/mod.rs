@@ -38,6 +38,41 @@ pub use mailbox::{CopyResult, FlagOp, Mailbox, Message, StoreResult};
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    /// Indexes of folders we delivered to recently. Keeping them means a delivery reads
+    /// only the index lines appended since the last one instead of parsing the whole file:
+    /// without it, delivery cost grew with the mailbox size (docs/benchmarks.md).
+    indexes: std::sync::Arc<IndexCache>,
+}
+
+/// Folder indexes kept between deliveries, at most [`IndexCache::CAPACITY`] of them.
+#[derive(Default)]
+struct IndexCache {
+    map: std::sync::Mutex<std::collections::HashMap<PathBuf, std::sync::Arc<std::sync::Mutex<index::Index>>>>,
+}
+
+impl std::fmt::Debug for IndexCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IndexCache").field("folders", &self.map.lock().map(|m| m.len()).unwrap_or(0)).finish()
+    }
+}
+
+impl IndexCache {
+    /// A few hundred busy folders fit; beyond that the cache starts over (a cold entry
+    /// costs one full index read, as before the cache existed).
+    const CAPACITY: usize = 256;
+
+    fn get(&self, dir: &Path) -> std::sync::Arc<std::sync::Mutex<index::Index>> {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = map.get(dir) {
+            return i.clone();
+        }
+        if map.len() >= Self::CAPACITY {
+            map.clear();
+        }
+        let i = std::sync::Arc::new(std::sync::Mutex::new(index::Index::new(dir.to_path_buf())));
+        map.insert(dir.to_path_buf(), i.clone());
+        i
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -227,7 +262,7 @@ enum Target<'a> {
 impl Store {
     /// `root` is `{data_dir}/mail`.
     pub fn new(root: impl Into<PathBuf>) -> Store {
-        Store { root: root.into() }
+        Store { root: root.into(), indexes: Default::default() }
     }
     pub fn root(&self) -> &Path {
         &self.root
@@ -284,7 +319,55 @@ impl Store {
             }
         }
         let (filename, in_new, date) = write_message(&dir, message, None, Target::New)?;
-        index_new_message(&dir, filename, in_new, date, message.len() as u64, BTreeSet::new())
+        self.index_new_message(&dir, filename, in_new, date, message.len() as u64, BTreeSet::new())
+    }
+
+    /// Give the message just written its UID (or find the one a concurrent sync or a rebuild
+    /// already gave it), under the folder's index lock.
+    fn index_new_message(
+        &self,
+        dir: &Path,
+        filename: String,
+        in_new: bool,
+        date: i64,
+        size: u64,
+        keywords: BTreeSet<String>,
+    ) -> io::Result<Delivered> {
+        let cached = self.indexes.get(dir);
+        // In-process deliveries to one folder queue here; other processes on the flock below.
+        let mut idx = cached.lock().unwrap_or_else(|e| e.into_inner());
+        let lock = index::IndexLock::acquire(dir)?;
+        let mut ch = Changes::default();
+        idx.refresh_locked(&lock, &mut ch)?;
+        let base = name::base(&filename).to_owned();
+        let uid = match idx.state.by_base.get(&base).copied() {
+            Some(uid) => {
+                let e = &idx.state.entries[&uid];
+                if e.keywords != keywords && !keywords.is_empty() {
+                    let mut n = e.clone();
+                    n.keywords = keywords;
+                    n.modseq = idx.state.highest_modseq + 1;
+                    idx.commit(&lock, vec![index::Record::Update(n)], &mut ch)?;
+                }
+                uid
+            }
+            None => {
+                let uid = idx.state.next_uid;
+                let e = index::Entry {
+                    uid,
+                    modseq: idx.state.highest_modseq + 1,
+                    date,
+                    size,
+                    in_new,
+                    keywords,
+                    filename,
+                };
+                idx.commit(&lock, vec![index::Record::Add(e)], &mut ch)?;
+                uid
+            }
+        };
+        let path = idx.state.entries[&uid].path(dir);
+        Ok(Delivered { uid, uidvalidity: idx.state.uidvalidity, path })
     }
 
     /// IMAP APPEND (RFC 3501 §6.3.11): store `message` in `folder` with `flags` and the
@@ -309,7 +392,7 @@ impl Store {
             .map(|f| f.as_imap().to_owned())
             .collect::<BTreeSet<_>>();
         let (filename, in_new, mtime) = write_message(&dir, message, date, Target::Cur(&letters))?;
-        index_new_message(&dir, filename, in_new, mtime, message.len() as u64, keywords)
+        self.index_new_message(&dir, filename, in_new, mtime, message.len() as u64, keywords)
     }
 
     /// Open a folder for reading and changing (IMAP SELECT/EXAMINE, a POP3 session). It is
@@ -650,51 +733,6 @@ fn write_message(
         return Ok((filename, in_new, meta.mtime()));
     }
     Err(io::Error::other("could not find a unique Maildir file name"))
-}
-
-/// Give the message just written its UID (or find the one a concurrent sync or a rebuild
-/// already gave it), under the folder's index lock.
-fn index_new_message(
-    dir: &Path,
-    filename: String,
-    in_new: bool,
-    date: i64,
-    size: u64,
-    keywords: BTreeSet<String>,
-) -> io::Result<Delivered> {
-    let lock = index::IndexLock::acquire(dir)?;
-    let mut idx = index::Index::new(dir.to_path_buf());
-    let mut ch = Changes::default();
-    idx.refresh_locked(&lock, &mut ch)?;
-    let base = name::base(&filename).to_owned();
-    let uid = match idx.state.by_base.get(&base).copied() {
-        Some(uid) => {
-            let e = &idx.state.entries[&uid];
-            if e.keywords != keywords && !keywords.is_empty() {
-                let mut n = e.clone();
-                n.keywords = keywords;
-                n.modseq = idx.state.highest_modseq + 1;
-                idx.commit(&lock, vec![index::Record::Update(n)], &mut ch)?;
-            }
-            uid
-        }
-        None => {
-            let uid = idx.state.next_uid;
-            let e = index::Entry {
-                uid,
-                modseq: idx.state.highest_modseq + 1,
-                date,
-                size,
-                in_new,
-                keywords,
-                filename,
-            };
-            idx.commit(&lock, vec![index::Record::Add(e)], &mut ch)?;
-            uid
-        }
-    };
-    let path = idx.state.entries[&uid].path(dir);
-    Ok(Delivered { uid, uidvalidity: idx.state.uidvalidity, path })
 }
 
 #[cfg(test)]
