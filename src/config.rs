@@ -460,6 +460,23 @@ retry_initial = "0s"
     }
 
     #[test]
+    fn pop3_section() {
+        let base = "hostname = \"mail.example.test\"\ndata_dir = \"/x\"\n";
+        let c = Config::parse(base, Path::new("t.toml")).unwrap();
+        assert!(!c.pop3.allow_plaintext_auth);
+        assert_eq!(c.pop3.timeout, Duration::from_secs(600));
+        let c = Config::parse(
+            &format!("{base}[pop3]\nallow_plaintext_auth = true\ntimeout = \"30m\"\n"),
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        assert!(c.pop3.allow_plaintext_auth);
+        let err =
+            Config::parse(&format!("{base}[pop3]\ntimeout = \"1m\"\n"), Path::new("t.toml")).unwrap_err();
+        assert!(err.to_string().contains("RFC 1939"), "{err}");
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(duration_str::parse("5m").unwrap(), Duration::from_secs(300));
         assert_eq!(duration_str::parse("5d").unwrap(), Duration::from_secs(432000));
