@@ -111,7 +111,7 @@ impl Session {
                     self.error("Command is not valid UTF-8");
                     Flow::Continue
                 }
-                Ok(line) => match command::parse(&line.to_owned()) {
+                Ok(line) => match command::parse(line) {
                     Ok(cmd) => self.handle(cmd).await?,
                     Err(e) => {
                         self.error(&e.0);
@@ -424,7 +424,8 @@ impl Session {
     async fn stat(&mut self) -> std::io::Result<()> {
         let live = self.live();
         if let Err(e) = self.ensure_sizes(&live).await {
-            return Ok(self.io_failure(e));
+            self.io_failure(e);
+            return Ok(());
         }
         let md = self.maildrop();
         let total: u64 = live.iter().map(|&i| md.messages[i].size.unwrap_or(0)).sum();
@@ -442,7 +443,8 @@ impl Session {
             None => self.live(),
         };
         if let Err(e) = self.ensure_sizes(&which).await {
-            return Ok(self.io_failure(e));
+            self.io_failure(e);
+            return Ok(());
         }
         let md = self.maildrop();
         let lines: Vec<String> =
@@ -637,11 +639,22 @@ impl Session {
         self.out.extend_from_slice(b"\r\n");
     }
 
+    /// Write what is queued. A client that stops reading (say in the middle of a RETR) is
+    /// given the same inactivity timeout as one that stops sending, then dropped.
     async fn flush(&mut self) -> std::io::Result<()> {
         if !self.out.is_empty() {
+            let timeout = self.ctx.config.pop3.timeout;
             let w = self.reader.get_mut();
-            w.write_all(&self.out).await?;
-            w.flush().await?;
+            let write = async {
+                w.write_all(&self.out).await?;
+                w.flush().await
+            };
+            match tokio::time::timeout(timeout, write).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "client stopped reading"))
+                }
+            }
             self.out.clear();
         }
         Ok(())
