@@ -44,6 +44,8 @@ pub struct Config {
     pub antivirus: Option<toml::Table>,
     #[serde(default)]
     pub guard: Option<toml::Table>,
+    #[serde(default)]
+    pub pop3: Pop3Config,
 }
 
 /// Every listener is a list of addresses; a missing key means that listener is off.
@@ -188,6 +190,39 @@ impl Default for ServerConfig {
     }
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pop3Config {
+    /// Allow USER/PASS and AUTH before STLS (passwords in clear text). Off by default: RFC
+    /// 2595 §2.1 lets a server refuse plaintext logins, and we do unless told otherwise.
+    pub allow_plaintext_auth: bool,
+    /// Simultaneous POP3 connections from one client IP.
+    pub max_connections_per_ip: usize,
+    /// Simultaneous POP3 connections in all.
+    pub max_connections: usize,
+    /// Error replies in one session before we close it.
+    pub max_errors: usize,
+    /// Inactivity autologout; RFC 1939 §3 asks for at least 10 minutes.
+    #[serde(with = "duration_str")]
+    pub timeout: Duration,
+    /// Pause before answering a failed login (slows down password guessing).
+    #[serde(with = "duration_str")]
+    pub auth_failure_delay: Duration,
+}
+
+impl Default for Pop3Config {
+    fn default() -> Self {
+        Pop3Config {
+            allow_plaintext_auth: false,
+            max_connections_per_ip: 10,
+            max_connections: 1000,
+            max_errors: 10,
+            timeout: Duration::from_secs(600),
+            auth_failure_delay: Duration::from_secs(2),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}\nhelp: pass --config FILE or set POSTHASTE_CONFIG")]
@@ -271,6 +306,15 @@ impl Config {
         }
         if self.queue.concurrency == 0 {
             p.push("queue.concurrency must be at least 1".into());
+        }
+        if self.pop3.max_connections_per_ip == 0 || self.pop3.max_connections == 0 {
+            p.push("pop3.max_connections and pop3.max_connections_per_ip must be at least 1".into());
+        }
+        if self.pop3.max_errors == 0 {
+            p.push("pop3.max_errors must be at least 1".into());
+        }
+        if self.pop3.timeout < Duration::from_secs(600) {
+            p.push("pop3.timeout must be at least 10m (RFC 1939 §3)".into());
         }
         if !matches!(self.log.format.as_str(), "json" | "text") {
             p.push(format!("log.format {:?} must be \"json\" or \"text\"", self.log.format));
@@ -413,6 +457,23 @@ retry_initial = "0s"
             .unwrap_err()
             .to_string();
         assert!(err.contains("bogus") && err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn pop3_section() {
+        let base = "hostname = \"mail.example.test\"\ndata_dir = \"/x\"\n";
+        let c = Config::parse(base, Path::new("t.toml")).unwrap();
+        assert!(!c.pop3.allow_plaintext_auth);
+        assert_eq!(c.pop3.timeout, Duration::from_secs(600));
+        let c = Config::parse(
+            &format!("{base}[pop3]\nallow_plaintext_auth = true\ntimeout = \"30m\"\n"),
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        assert!(c.pop3.allow_plaintext_auth);
+        let err =
+            Config::parse(&format!("{base}[pop3]\ntimeout = \"1m\"\n"), Path::new("t.toml")).unwrap_err();
+        assert!(err.to_string().contains("RFC 1939"), "{err}");
     }
 
     #[test]

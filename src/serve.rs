@@ -11,6 +11,7 @@ use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::directory::Directory;
+use crate::pop3;
 use crate::queue::Queue;
 use crate::smtp::{self, Profile};
 use crate::store::Store;
@@ -33,12 +34,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             listeners.push((profile, bind(*addr, profile.name()).await?));
         }
     }
-    for (name, addrs) in [
-        ("imap", &config.listen.imap),
-        ("imaps", &config.listen.imaps),
-        ("pop3", &config.listen.pop3),
-        ("pop3s", &config.listen.pop3s),
-    ] {
+    // (implicit TLS, listener): port 110 with STLS and 995 with TLS from the first byte.
+    let mut pop3_listeners: Vec<(bool, TcpListener)> = Vec::new();
+    for (implicit_tls, name, addrs) in
+        [(false, "pop3", &config.listen.pop3), (true, "pop3s", &config.listen.pop3s)]
+    {
+        for addr in addrs {
+            pop3_listeners.push((implicit_tls, bind(*addr, name).await?));
+        }
+    }
+    for (name, addrs) in [("imap", &config.listen.imap), ("imaps", &config.listen.imaps)] {
         if !addrs.is_empty() {
             // Nothing listens that we cannot serve properly.
             warn!(listener = name, "this version has no {name} server yet; listen.{name} is ignored");
@@ -55,17 +60,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let directory =
         Directory::open(&config.directory_url()).await.context("cannot open the account directory")?;
     let store = Store::new(config.mail_dir());
-    let queue = Queue::open(&config, store, directory.clone()).context("cannot open the queue")?;
+    let queue = Queue::open(&config, store.clone(), directory.clone()).context("cannot open the queue")?;
 
     let pidfile = config.server.pidfile.clone().unwrap_or_else(|| pidfile_path(&config));
     std::fs::write(&pidfile, format!("{}\n", std::process::id()))
         .with_context(|| format!("cannot write pidfile {}", pidfile.display()))?;
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let pop3_ctx = Arc::new(pop3::Context::new(config.clone(), directory.clone(), store, tls.clone()));
     let ctx = Arc::new(smtp::Context::new(config.clone(), directory, queue.clone(), tls));
     let mut tasks = Vec::new();
     for (profile, listener) in listeners {
         tasks.push(tokio::spawn(smtp::serve(ctx.clone(), profile, listener, shutdown_rx.clone())));
+    }
+    for (implicit_tls, listener) in pop3_listeners {
+        tasks.push(tokio::spawn(pop3::serve(pop3_ctx.clone(), implicit_tls, listener, shutdown_rx.clone())));
     }
     let queue_task = {
         let q = queue.clone();

@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
@@ -17,6 +17,41 @@ use tracing::{debug, info, warn};
 use crate::config::Config;
 use crate::directory::Directory;
 use crate::queue::Queue;
+
+/// Read through the next LF into `line`, keeping at most `limit` bytes. Returns false if the
+/// line was longer (the rest is consumed and dropped). An empty `line` means EOF. Shared by
+/// the SMTP and POP3 sessions.
+pub async fn read_line_limited<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    line: &mut Vec<u8>,
+    limit: usize,
+) -> std::io::Result<bool> {
+    let mut complete = true;
+    loop {
+        let buf = reader.fill_buf().await?;
+        if buf.is_empty() {
+            return Ok(complete);
+        }
+        let (chunk, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (&buf[..=i], true),
+            None => (buf, false),
+        };
+        let n = chunk.len();
+        if complete && line.len() + n <= limit {
+            line.extend_from_slice(chunk);
+        } else {
+            if complete && line.is_empty() {
+                // Keep the first byte so the caller can tell EOF from an overlong line.
+                line.push(chunk[0]);
+            }
+            complete = false;
+        }
+        reader.consume(n);
+        if done {
+            return Ok(complete);
+        }
+    }
+}
 
 /// Any byte stream a session can run on: TCP, TLS over TCP, or an in-memory pipe in tests.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
@@ -48,7 +83,31 @@ pub struct Context {
     pub directory: Directory,
     pub queue: Queue,
     pub tls: Option<TlsAcceptor>,
-    connections: Mutex<Connections>,
+    connections: Arc<ConnectionLimiter>,
+}
+
+impl Context {
+    pub fn new(config: Arc<Config>, directory: Directory, queue: Queue, tls: Option<TlsAcceptor>) -> Context {
+        let connections =
+            ConnectionLimiter::new(config.smtp.max_connections, config.smtp.max_connections_per_ip);
+        Context { config, directory, queue, tls, connections }
+    }
+
+    /// Count a new connection, or say why it is refused.
+    fn admit(&self, ip: IpAddr) -> Result<ConnectionSlot, &'static str> {
+        self.connections.admit(ip).map_err(|r| match r {
+            Refused::Total => "4.3.2 Too many connections, try again later",
+            Refused::PerIp => "4.7.0 Too many connections from your address, try again later",
+        })
+    }
+}
+
+/// Counts open connections in all and per client IP, for one protocol's listeners (SMTP and
+/// POP3 each have their own).
+pub struct ConnectionLimiter {
+    max_total: usize,
+    max_per_ip: usize,
+    state: Mutex<Connections>,
 }
 
 #[derive(Default)]
@@ -57,36 +116,43 @@ struct Connections {
     per_ip: HashMap<IpAddr, usize>,
 }
 
-impl Context {
-    pub fn new(config: Arc<Config>, directory: Directory, queue: Queue, tls: Option<TlsAcceptor>) -> Context {
-        Context { config, directory, queue, tls, connections: Mutex::new(Connections::default()) }
+/// Why `ConnectionLimiter::admit` refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    Total,
+    PerIp,
+}
+
+impl ConnectionLimiter {
+    pub fn new(max_total: usize, max_per_ip: usize) -> Arc<ConnectionLimiter> {
+        Arc::new(ConnectionLimiter { max_total, max_per_ip, state: Mutex::new(Connections::default()) })
     }
 
-    /// Count a new connection, or say why it is refused.
-    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionSlot, &'static str> {
-        let mut c = self.connections.lock().unwrap();
-        if c.total >= self.config.smtp.max_connections {
-            return Err("4.3.2 Too many connections, try again later");
+    /// Count a new connection from `ip`; the slot releases it when dropped.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionSlot, Refused> {
+        let mut c = self.state.lock().unwrap();
+        if c.total >= self.max_total {
+            return Err(Refused::Total);
         }
         let n = c.per_ip.entry(ip).or_insert(0);
-        if *n >= self.config.smtp.max_connections_per_ip {
-            return Err("4.7.0 Too many connections from your address, try again later");
+        if *n >= self.max_per_ip {
+            return Err(Refused::PerIp);
         }
         *n += 1;
         c.total += 1;
-        Ok(ConnectionSlot { ctx: self.clone(), ip })
+        Ok(ConnectionSlot { limiter: self.clone(), ip })
     }
 }
 
 /// Releases the connection count when the session ends, however it ends.
-struct ConnectionSlot {
-    ctx: Arc<Context>,
+pub struct ConnectionSlot {
+    limiter: Arc<ConnectionLimiter>,
     ip: IpAddr,
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        let mut c = self.ctx.connections.lock().unwrap();
+        let mut c = self.limiter.state.lock().unwrap();
         c.total -= 1;
         if let Some(n) = c.per_ip.get_mut(&self.ip) {
             *n -= 1;

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tracing::{info, warn};
 
 use super::command::{self, Command, ForwardPath, ReversePath};
@@ -813,32 +813,6 @@ impl Session {
     /// Read through the next LF into `line`, keeping at most `limit` bytes. Returns false if
     /// the line was longer (the rest is consumed and dropped). An empty `line` means EOF.
     async fn read_data_line(&mut self, line: &mut Vec<u8>, limit: usize) -> std::io::Result<bool> {
-        let mut complete = true;
-        loop {
-            let buf = self.reader.fill_buf().await?;
-            if buf.is_empty() {
-                return Ok(complete);
-            }
-            let (chunk, done) = match buf.iter().position(|&b| b == b'\n') {
-                Some(i) => (&buf[..=i], true),
-                None => (buf, false),
-            };
-            let n = chunk.len();
-            if complete && line.len() + n <= limit {
-                line.extend_from_slice(chunk);
-            } else {
-                if complete {
-                    // Keep the first byte so the caller can tell EOF from an overlong line.
-                    if line.is_empty() {
-                        line.push(chunk[0]);
-                    }
-                }
-                complete = false;
-            }
-            self.reader.consume(n);
-            if done {
-                return Ok(complete);
-            }
-        }
+        super::read_line_limited(&mut self.reader, line, limit).await
     }
 }

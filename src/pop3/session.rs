@@ -1,0 +1,684 @@
+//! One POP3 session, generic over its stream so tests can drive it in memory.
+//!
+//! States (RFC 1939 §3): AUTHORIZATION until a login succeeds, then TRANSACTION; QUIT in
+//! TRANSACTION enters UPDATE, the only place where messages are removed. Anything else that
+//! ends the session (a dropped connection, the autologout timer, too many errors) removes
+//! nothing (RFC 1939 §6).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncWriteExt, BufReader};
+use tracing::{debug, info, warn};
+
+use super::command::{self, Command};
+use super::maildrop::{self, Maildrop, OpenError, Part};
+use super::{Context, Stream};
+use crate::address::Address;
+use crate::sasl::{decode_b64, parse_plain, sanitize};
+
+/// RFC 2449 §4 limits commands to 255 octets; AUTH initial responses (RFC 5034 §4) and long
+/// passwords make real lines longer, so we allow more before answering -ERR.
+const MAX_LINE: usize = 2048;
+
+/// Output is written to the client in pieces of about this size while a message is sent.
+const CHUNK: usize = 64 * 1024;
+
+enum ReadError {
+    Eof,
+    Timeout,
+    TooLong,
+    Io(std::io::Error),
+}
+
+enum State {
+    /// `user`: the name from a USER command waiting for its PASS.
+    Authorization {
+        user: Option<String>,
+    },
+    Transaction(Box<Maildrop>),
+}
+
+enum Flow {
+    Continue,
+    Close,
+}
+
+pub struct Session {
+    ctx: Arc<Context>,
+    reader: BufReader<Box<dyn Stream>>,
+    out: Vec<u8>,
+    peer: SocketAddr,
+    tls: bool,
+    id: String,
+    state: State,
+    errors: usize,
+}
+
+impl Session {
+    /// `tls` is true when the stream is already encrypted (implicit TLS, port 995).
+    pub fn new(ctx: Arc<Context>, stream: Box<dyn Stream>, peer: SocketAddr, tls: bool) -> Session {
+        Session {
+            ctx,
+            reader: BufReader::with_capacity(16 * 1024, stream),
+            out: Vec::with_capacity(512),
+            peer,
+            tls,
+            id: format!("{:016x}", rand::random::<u64>()),
+            state: State::Authorization { user: None },
+            errors: 0,
+        }
+    }
+
+    pub async fn run(mut self) {
+        // RFC 1939 §4: the greeting. No APOP timestamp: APOP is not offered.
+        let greeting = format!("{} POP3 server ready", self.ctx.config.hostname);
+        self.ok(&greeting);
+        if let Err(e) = self.run_loop().await {
+            debug!(session = %self.id, client = %self.peer.ip(), error = %e, "pop3 session ended with I/O error");
+        }
+        // Dropping the state releases the maildrop lock without touching any message.
+        let _ = self.reader.get_mut().shutdown().await;
+    }
+
+    async fn run_loop(&mut self) -> std::io::Result<()> {
+        loop {
+            // RFC 2449 §6.6 PIPELINING: answer in order, one write for all the replies to
+            // what the client sent in one go.
+            if self.reader.buffer().is_empty() {
+                self.flush().await?;
+            }
+            let line = match self.read_line().await {
+                Ok(line) => line,
+                Err(ReadError::Eof) => return Ok(()),
+                Err(ReadError::Timeout) => {
+                    // RFC 1939 §3: the autologout timer closes without entering UPDATE.
+                    self.err("Autologout; idle for too long");
+                    return self.flush().await;
+                }
+                Err(ReadError::TooLong) => {
+                    self.error("Line too long");
+                    if self.too_many_errors() {
+                        return self.flush().await;
+                    }
+                    continue;
+                }
+                Err(ReadError::Io(e)) => return Err(e),
+            };
+            let flow = match std::str::from_utf8(&line) {
+                Err(_) => {
+                    self.error("Command is not valid UTF-8");
+                    Flow::Continue
+                }
+                Ok(line) => match command::parse(line) {
+                    Ok(cmd) => self.handle(cmd).await?,
+                    Err(e) => {
+                        self.error(&e.0);
+                        Flow::Continue
+                    }
+                },
+            };
+            if matches!(flow, Flow::Close) || self.too_many_errors() {
+                return self.flush().await;
+            }
+        }
+    }
+
+    fn too_many_errors(&mut self) -> bool {
+        if self.errors >= self.ctx.config.pop3.max_errors {
+            warn!(session = %self.id, client = %self.peer.ip(), errors = self.errors, "pop3: too many errors, closing");
+            self.err("Too many errors, closing connection");
+            true
+        } else {
+            false
+        }
+    }
+
+    async fn handle(&mut self, cmd: Command) -> std::io::Result<Flow> {
+        // Commands allowed in both states.
+        match cmd {
+            Command::Capa => {
+                self.capa();
+                return Ok(Flow::Continue);
+            }
+            Command::Quit => return self.quit().await,
+            _ => {}
+        }
+        if matches!(self.state, State::Authorization { .. }) {
+            match cmd {
+                Command::Stls => return self.stls().await,
+                Command::User(name) => self.user(name),
+                Command::Pass(pass) => self.pass(pass).await,
+                Command::Auth { mechanism, initial } => self.auth(mechanism, initial).await?,
+                Command::Apop => self.error("APOP is not supported; use AUTH PLAIN or USER/PASS"),
+                // RFC 1939 §5/§6: these need a maildrop, i.e. the TRANSACTION state.
+                _ => self.error("Not logged in"),
+            }
+            return Ok(Flow::Continue);
+        }
+        match cmd {
+            Command::Stat => self.stat().await?,
+            Command::List(n) => self.list(n).await?,
+            Command::Uidl(n) => self.uidl(n),
+            Command::Retr(n) => return self.retr(n, Part::All).await,
+            Command::Top(n, lines) => return self.retr(n, Part::Top(lines)).await,
+            Command::Dele(n) => self.dele(n),
+            Command::Rset => self.rset(),
+            Command::Noop => self.ok(""),
+            // RFC 2595 §4: STLS only in the AUTHORIZATION state.
+            Command::Stls => self.error("STLS is only allowed before login"),
+            Command::User(_) | Command::Pass(_) | Command::Auth { .. } | Command::Apop => {
+                self.error("Already logged in")
+            }
+            Command::Capa | Command::Quit => unreachable!("handled above"),
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn tls_available(&self) -> bool {
+        self.ctx.tls.is_some() && !self.tls
+    }
+
+    /// RFC 2595 §2.1: no clear-text passwords on an unencrypted connection, unless the admin
+    /// allows it.
+    fn login_allowed(&self) -> bool {
+        self.tls || self.ctx.config.pop3.allow_plaintext_auth
+    }
+
+    /// RFC 2449 §5 CAPA. USER and SASL are listed only where a login is allowed, so a client
+    /// on port 110 sees it must STLS first (RFC 2595 §4), and not after login.
+    fn capa(&mut self) {
+        let mut caps = vec!["TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING"];
+        if matches!(self.state, State::Authorization { .. }) {
+            if self.tls_available() {
+                caps.push("STLS");
+            }
+            if self.login_allowed() {
+                caps.push("USER");
+                caps.push("SASL PLAIN");
+            }
+        }
+        caps.push("IMPLEMENTATION posthaste");
+        self.ok("Capability list follows");
+        for c in caps {
+            self.line(c);
+        }
+        self.line(".");
+    }
+
+    async fn stls(&mut self) -> std::io::Result<Flow> {
+        let Some(acceptor) = self.ctx.tls.clone() else {
+            self.error("STLS not available");
+            return Ok(Flow::Continue);
+        };
+        if self.tls {
+            self.error("Already using TLS");
+            return Ok(Flow::Continue);
+        }
+        self.ok("Begin TLS negotiation");
+        self.flush().await?;
+        // Anything pipelined after STLS arrived in clear text and must not be run inside the
+        // TLS session (command injection, as CVE-2011-0411 for SMTP).
+        if !self.reader.buffer().is_empty() {
+            warn!(session = %self.id, client = %self.peer.ip(), "pop3: data pipelined after STLS, closing");
+            return Ok(Flow::Close);
+        }
+        let placeholder: Box<dyn Stream> = Box::new(tokio::io::duplex(1).0);
+        let plain = std::mem::replace(&mut self.reader, BufReader::new(placeholder)).into_inner();
+        let tls = match tokio::time::timeout(Duration::from_secs(30), acceptor.accept(plain)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                info!(session = %self.id, client = %self.peer.ip(), error = %e, "pop3: TLS handshake failed");
+                return Ok(Flow::Close);
+            }
+            Err(_) => return Ok(Flow::Close),
+        };
+        self.reader = BufReader::with_capacity(16 * 1024, Box::new(tls));
+        self.tls = true;
+        // RFC 2595 §4: forget what was learnt before TLS (a USER given in clear text).
+        self.state = State::Authorization { user: None };
+        Ok(Flow::Continue)
+    }
+
+    fn refuse_plaintext(&mut self) {
+        // RFC 3206 §5: [AUTH] says the problem is with how the credentials are given.
+        self.error("[AUTH] Plaintext authentication disallowed on non-secure connections; use STLS first");
+    }
+
+    fn user(&mut self, name: String) {
+        if !self.login_allowed() {
+            return self.refuse_plaintext();
+        }
+        // Always +OK: whether the account exists is only told after PASS (RFC 1939 §13).
+        self.state = State::Authorization { user: Some(name) };
+        self.ok("Send PASS");
+    }
+
+    async fn pass(&mut self, pass: String) {
+        if !self.login_allowed() {
+            return self.refuse_plaintext();
+        }
+        // RFC 1939 §7: PASS only right after a successful USER; a failed PASS needs a new USER.
+        let State::Authorization { user } = &mut self.state else { return };
+        let Some(user) = user.take() else {
+            return self.error("Send USER first");
+        };
+        self.login(&user, &pass).await;
+    }
+
+    /// RFC 5034: AUTH PLAIN, with the initial response on the command line or after "+ ".
+    async fn auth(&mut self, mechanism: Option<String>, initial: Option<String>) -> std::io::Result<()> {
+        if !self.login_allowed() {
+            self.refuse_plaintext();
+            return Ok(());
+        }
+        let Some(mechanism) = mechanism else {
+            // Bare AUTH: the mechanism list, as the pre-RFC 5034 drafts had it and clients
+            // such as Outlook still ask.
+            self.ok("Mechanisms follow");
+            self.line("PLAIN");
+            self.line(".");
+            return Ok(());
+        };
+        if mechanism != "PLAIN" {
+            self.error("Unsupported authentication mechanism");
+            return Ok(());
+        }
+        let text = match initial {
+            Some(i) => i,
+            None => {
+                // RFC 5034 §4: an empty challenge is "+ ".
+                self.line("+ ");
+                self.flush().await?;
+                match self.read_line().await {
+                    Ok(l) => String::from_utf8_lossy(&l).trim_end().to_owned(),
+                    Err(ReadError::Io(e)) => return Err(e),
+                    Err(ReadError::Eof) => return Ok(()),
+                    Err(_) => {
+                        self.error("Authentication aborted");
+                        return Ok(());
+                    }
+                }
+            }
+        };
+        if text == "*" {
+            // RFC 5034 §4: "*" cancels; the server MUST answer -ERR.
+            self.error("Authentication cancelled");
+            return Ok(());
+        }
+        // RFC 5034 §4: "=" is an empty initial response.
+        let raw = if text == "=" { Some(Vec::new()) } else { decode_b64(&text) };
+        let Some(raw) = raw else {
+            self.error("Invalid base64 in authentication response");
+            return Ok(());
+        };
+        let Some((user, pass)) = parse_plain(&raw) else {
+            self.error("[AUTH] Malformed PLAIN response");
+            return Ok(());
+        };
+        self.login(&user, &pass).await;
+        Ok(())
+    }
+
+    async fn login(&mut self, user: &str, pass: &str) {
+        let account = match self.ctx.directory.authenticate(user, pass).await {
+            Ok(Some(account)) => account,
+            Ok(None) => {
+                // One structured line per failure: the guard counts these per client IP.
+                warn!(event = "auth_failure", session = %self.id, client = %self.peer.ip(), protocol = "pop3",
+                      user = %sanitize(user), "authentication failed");
+                tokio::time::sleep(self.ctx.config.pop3.auth_failure_delay).await;
+                self.state = State::Authorization { user: None };
+                return self.error("[AUTH] Authentication failed");
+            }
+            Err(e) => {
+                warn!(session = %self.id, error = %e, "pop3: directory error during login");
+                // RFC 3206 §4: [SYS/TEMP], a problem on our side that may go away.
+                return self.err("[SYS/TEMP] Temporary authentication failure, try again later");
+            }
+        };
+        let Ok(addr) = Address::parse(&account.address) else {
+            return self.err("[SYS/TEMP] Temporary authentication failure, try again later");
+        };
+        let store = self.ctx.store.clone();
+        let opened = {
+            let addr = addr.clone();
+            tokio::task::spawn_blocking(move || Maildrop::open(&store, &addr))
+                .await
+                .unwrap_or_else(|e| Err(OpenError::Io(std::io::Error::other(e.to_string()))))
+        };
+        match opened {
+            Ok(md) => {
+                let n = md.messages.len();
+                info!(event = "login", session = %self.id, client = %self.peer.ip(), protocol = "pop3",
+                      user = %addr, messages = n, "pop3 login");
+                self.state = State::Transaction(Box::new(md));
+                self.ok(&format!("Logged in, maildrop has {n} messages"));
+            }
+            Err(OpenError::InUse) => {
+                // RFC 1939 §8 and RFC 2449 §8.1.1: the maildrop is locked by another session.
+                info!(session = %self.id, client = %self.peer.ip(), protocol = "pop3", user = %addr,
+                      "pop3: maildrop in use");
+                self.state = State::Authorization { user: None };
+                self.err("[IN-USE] Mailbox is locked by another POP3 session");
+            }
+            Err(OpenError::Io(e)) => {
+                warn!(session = %self.id, user = %addr, error = %e, "pop3: cannot open the maildrop");
+                self.state = State::Authorization { user: None };
+                self.err("[SYS/TEMP] Cannot open the mailbox, try again later");
+            }
+        }
+    }
+
+    fn maildrop(&mut self) -> &mut Maildrop {
+        match &mut self.state {
+            State::Transaction(md) => md,
+            State::Authorization { .. } => unreachable!("only called in TRANSACTION"),
+        }
+    }
+
+    /// The index of message `n` if it exists and is not marked deleted; else the error reply
+    /// is queued. RFC 1939 §5: deleted messages are not to be referred to.
+    fn lookup(&mut self, n: u32) -> Option<usize> {
+        let md = self.maildrop();
+        let found = (n as usize).checked_sub(1).and_then(|i| md.messages.get(i).map(|m| (i, m.deleted)));
+        match found {
+            None => {
+                self.error("No such message");
+                None
+            }
+            Some((_, true)) => {
+                self.error("Message is deleted");
+                None
+            }
+            Some((i, false)) => Some(i),
+        }
+    }
+
+    /// Compute the transmitted sizes of the given messages that have none yet.
+    async fn ensure_sizes(&mut self, which: &[usize]) -> std::io::Result<()> {
+        let md = self.maildrop();
+        let todo: Vec<usize> = which.iter().copied().filter(|&i| md.messages[i].size.is_none()).collect();
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let args: Vec<(u32, u64)> =
+            todo.iter().map(|&i| (md.messages[i].uid, md.messages[i].stored_size)).collect();
+        let mailbox = md.mailbox();
+        let sizes = tokio::task::spawn_blocking(move || maildrop::sizes(&mailbox, &args))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))??;
+        let md = self.maildrop();
+        for (i, s) in todo.into_iter().zip(sizes) {
+            md.messages[i].size = Some(s);
+        }
+        Ok(())
+    }
+
+    fn live(&mut self) -> Vec<usize> {
+        let md = self.maildrop();
+        (0..md.messages.len()).filter(|&i| !md.messages[i].deleted).collect()
+    }
+
+    async fn stat(&mut self) -> std::io::Result<()> {
+        let live = self.live();
+        if let Err(e) = self.ensure_sizes(&live).await {
+            self.io_failure(e);
+            return Ok(());
+        }
+        let md = self.maildrop();
+        let total: u64 = live.iter().map(|&i| md.messages[i].size.unwrap_or(0)).sum();
+        // RFC 1939 §5: "+OK nn mm", deleted messages not counted.
+        self.ok(&format!("{} {}", live.len(), total));
+        Ok(())
+    }
+
+    async fn list(&mut self, n: Option<u32>) -> std::io::Result<()> {
+        let which = match n {
+            Some(n) => match self.lookup(n) {
+                Some(i) => vec![i],
+                None => return Ok(()),
+            },
+            None => self.live(),
+        };
+        if let Err(e) = self.ensure_sizes(&which).await {
+            self.io_failure(e);
+            return Ok(());
+        }
+        let md = self.maildrop();
+        let lines: Vec<String> =
+            which.iter().map(|&i| format!("{} {}", i + 1, md.messages[i].size.unwrap_or(0))).collect();
+        if n.is_some() {
+            self.ok(&lines[0]);
+        } else {
+            self.ok(&format!("{} messages", lines.len()));
+            for l in lines {
+                self.line(&l);
+            }
+            self.line(".");
+        }
+        Ok(())
+    }
+
+    fn uidl(&mut self, n: Option<u32>) {
+        let which = match n {
+            Some(n) => match self.lookup(n) {
+                Some(i) => vec![i],
+                None => return,
+            },
+            None => self.live(),
+        };
+        let md = self.maildrop();
+        // RFC 1939 §7 UIDL: the unique-id is stable across sessions (Message::uidl).
+        let lines: Vec<String> =
+            which.iter().map(|&i| format!("{} {}", i + 1, md.messages[i].uidl)).collect();
+        if n.is_some() {
+            self.ok(&lines[0]);
+        } else {
+            self.ok("Unique-ID listing follows");
+            for l in lines {
+                self.line(&l);
+            }
+            self.line(".");
+        }
+    }
+
+    /// RETR and TOP: the message (or its top) as a multi-line response, dot-stuffed, with
+    /// CRLF line ends, streamed from the file.
+    async fn retr(&mut self, n: u32, part: Part) -> std::io::Result<Flow> {
+        let Some(i) = self.lookup(n) else { return Ok(Flow::Continue) };
+        if matches!(part, Part::All) {
+            if let Err(e) = self.ensure_sizes(&[i]).await {
+                self.io_failure(e);
+                return Ok(Flow::Continue);
+            }
+        }
+        let md = self.maildrop();
+        let (uid, size) = (md.messages[i].uid, md.messages[i].size);
+        let mailbox = md.mailbox();
+        let file = {
+            let mailbox = mailbox.clone();
+            tokio::task::spawn_blocking(move || maildrop::open_message(&mailbox, uid))
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))
+                .and_then(|r| r)
+        };
+        let file = match file {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                // Removed by another client (IMAP EXPUNGE) since login: the number stays
+                // valid, the message is gone. Not the client's fault, so not counted.
+                self.err(&format!("Message {n} was removed by another client"));
+                return Ok(Flow::Continue);
+            }
+            Err(e) => {
+                self.io_failure(e);
+                return Ok(Flow::Continue);
+            }
+        };
+        match part {
+            Part::All => self.ok(&format!("{} octets", size.unwrap_or(0))),
+            Part::Top(_) => self.ok("Top of message follows"),
+        }
+        // The file is read and rendered on a blocking thread; the pieces come through a
+        // small channel so a slow client holds at most a few chunks in memory.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+        let producer = tokio::task::spawn_blocking(move || {
+            let mut buf = Vec::with_capacity(CHUNK);
+            let reader = std::io::BufReader::with_capacity(CHUNK, file);
+            maildrop::render(reader, part, true, &mut |piece| {
+                buf.extend_from_slice(piece);
+                if buf.len() >= CHUNK {
+                    let full = std::mem::replace(&mut buf, Vec::with_capacity(CHUNK));
+                    tx.blocking_send(full).map_err(|_| std::io::Error::other("client gone"))?;
+                }
+                Ok(())
+            })?;
+            if !buf.is_empty() {
+                tx.blocking_send(buf).map_err(|_| std::io::Error::other("client gone"))?;
+            }
+            Ok::<(), std::io::Error>(())
+        });
+        while let Some(chunk) = rx.recv().await {
+            self.out.extend_from_slice(&chunk);
+            if self.out.len() >= CHUNK {
+                self.flush().await?;
+            }
+        }
+        match producer.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                // Part of the message is out already: there is no way to say -ERR now, so
+                // end the session (without UPDATE) rather than send a truncated message.
+                warn!(session = %self.id, uid, error = %e, "pop3: reading a message failed mid-transfer");
+                return Ok(Flow::Close);
+            }
+            Err(e) => return Err(std::io::Error::other(e.to_string())),
+        }
+        self.line(".");
+        if matches!(part, Part::All) {
+            self.maildrop().messages[i].retrieved = true;
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn dele(&mut self, n: u32) {
+        let Some(i) = self.lookup(n) else { return };
+        self.maildrop().messages[i].deleted = true;
+        self.ok(&format!("Message {n} deleted"));
+    }
+
+    fn rset(&mut self) {
+        let md = self.maildrop();
+        for m in &mut md.messages {
+            m.deleted = false;
+            m.retrieved = false;
+        }
+        let n = md.messages.len();
+        self.ok(&format!("Maildrop has {n} messages"));
+    }
+
+    async fn quit(&mut self) -> std::io::Result<Flow> {
+        let State::Transaction(md) = std::mem::replace(&mut self.state, State::Authorization { user: None })
+        else {
+            // RFC 1939 §4: QUIT in AUTHORIZATION ends the session, no UPDATE.
+            self.ok("Bye");
+            return Ok(Flow::Close);
+        };
+        // RFC 1939 §6: QUIT from TRANSACTION enters UPDATE.
+        let mailbox = md.mailbox();
+        let messages = md.messages.clone();
+        let result = tokio::task::spawn_blocking(move || maildrop::update(&mailbox, &messages))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|r| r);
+        match result {
+            Ok(u) => {
+                info!(event = "pop3_logout", session = %self.id, client = %self.peer.ip(), user = %md.account,
+                      deleted = u.deleted, seen = u.seen, "pop3 logout");
+                self.ok(&format!("Bye, {} messages deleted", u.deleted));
+            }
+            Err(e) => {
+                // RFC 1939 §6: some or none of the marked messages may be gone; we say so.
+                warn!(session = %self.id, user = %md.account, error = %e, "pop3: UPDATE failed");
+                self.err("[SYS/TEMP] Some deleted messages could not be removed");
+            }
+        }
+        // The maildrop lock is released here, after the update is done.
+        drop(md);
+        Ok(Flow::Close)
+    }
+
+    fn io_failure(&mut self, e: std::io::Error) {
+        warn!(session = %self.id, error = %e, "pop3: store error");
+        self.err("[SYS/TEMP] Cannot read the mailbox, try again later");
+    }
+
+    fn ok(&mut self, text: &str) {
+        if text.is_empty() {
+            self.line("+OK");
+        } else {
+            self.line(&format!("+OK {text}"));
+        }
+    }
+
+    /// A negative reply that does not count against the client.
+    fn err(&mut self, text: &str) {
+        self.line(&format!("-ERR {text}"));
+    }
+
+    /// A negative reply for a client mistake; too many of them end the session.
+    fn error(&mut self, text: &str) {
+        self.errors += 1;
+        self.err(text);
+    }
+
+    fn line(&mut self, text: &str) {
+        self.out.extend_from_slice(text.as_bytes());
+        self.out.extend_from_slice(b"\r\n");
+    }
+
+    /// Write what is queued. A client that stops reading (say in the middle of a RETR) is
+    /// given the same inactivity timeout as one that stops sending, then dropped.
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            let timeout = self.ctx.config.pop3.timeout;
+            let w = self.reader.get_mut();
+            let write = async {
+                w.write_all(&self.out).await?;
+                w.flush().await
+            };
+            match tokio::time::timeout(timeout, write).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "client stopped reading"))
+                }
+            }
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    async fn read_line(&mut self) -> Result<Vec<u8>, ReadError> {
+        let mut line = Vec::with_capacity(128);
+        let timeout = self.ctx.config.pop3.timeout;
+        match tokio::time::timeout(timeout, self.read_limited(&mut line)).await {
+            Err(_) => Err(ReadError::Timeout),
+            Ok(Err(e)) => Err(ReadError::Io(e)),
+            Ok(Ok(_)) if line.is_empty() => Err(ReadError::Eof),
+            Ok(Ok(false)) => Err(ReadError::TooLong),
+            Ok(Ok(true)) if !line.ends_with(b"\n") => Err(ReadError::Eof),
+            Ok(Ok(true)) => {
+                while line.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                    line.pop();
+                }
+                Ok(line)
+            }
+        }
+    }
+
+    async fn read_limited(&mut self, line: &mut Vec<u8>) -> std::io::Result<bool> {
+        crate::smtp::read_line_limited(&mut self.reader, line, MAX_LINE).await
+    }
+}
