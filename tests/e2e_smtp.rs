@@ -310,6 +310,8 @@ fn serve_drops_root_privileges() {
     std::fs::set_permissions(&pwfile, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     p.cmd_ok(&["user", "add", "bob@example.test", "--password-file", &pwfile.display().to_string()]);
     p.start();
+    // The ports are bound as root; the switch to the server user follows right after.
+    p.wait_for_log(|l| l["message"] == "dropped root privileges", T);
     let status = std::fs::read_to_string(format!("/proc/{}/status", p.pid().unwrap())).unwrap();
     let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
     assert!(!uid_line.split_whitespace().skip(1).any(|u| u == "0"), "still root: {uid_line}");
