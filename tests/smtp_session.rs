@@ -462,3 +462,21 @@ async fn auth_login_with_initial_response_and_cancel() {
     c.cmd(&format!("AUTH LOGIN {}", b64("alice@example.test")), "334 UGFzc3dvcmQ6").await;
     c.cmd(&b64(PASSWORD), "235").await;
 }
+
+#[tokio::test]
+async fn utf8_addresses_need_smtputf8() {
+    let env = env().await;
+    let d = env.ctx.directory.clone();
+    d.add_account(&Address::parse("jösé@example.test").unwrap(), &password::hash(PASSWORD), 0).await.unwrap();
+    let mut c = Client::connect(&env, Profile::Mx).await;
+    c.cmd("EHLO client.test", "250").await;
+    c.cmd("MAIL FROM:<müller@remote.test>", "553 5.6.7").await;
+    c.cmd("MAIL FROM:<a@remote.test>", "250").await;
+    c.cmd("RCPT TO:<jösé@example.test>", "553 5.6.7").await;
+    c.cmd("RSET", "250").await;
+    c.cmd("MAIL FROM:<müller@remote.test> SMTPUTF8", "250").await;
+    c.cmd("RCPT TO:<jösé@example.test>", "250").await;
+    c.cmd("DATA", "354").await;
+    c.cmd("Subject: grüße\r\n\r\nhallo\r\n.", "250").await;
+    assert_eq!(inbox(&env, "jösé@example.test").len(), 1);
+}

@@ -35,6 +35,8 @@ struct Transaction {
     /// Collected BDAT chunks (RFC 3030), if the client uses CHUNKING.
     chunks: Option<Vec<u8>>,
     oversize: bool,
+    /// The client declared SMTPUTF8 at MAIL (RFC 6531 §3.4): UTF-8 addresses allowed.
+    utf8: bool,
 }
 
 pub struct Session {
@@ -386,6 +388,13 @@ impl Session {
                 return self.error(530, "5.7.0", "Authentication required");
             }
         }
+        let utf8 = params.iter().any(|(k, v)| k == "SMTPUTF8" && v.is_none());
+        if let ReversePath::Address(a) = &path {
+            if !utf8 && !a.to_string().is_ascii() {
+                // RFC 6531 §3.2: a UTF-8 address needs the SMTPUTF8 parameter.
+                return self.error(553, "5.6.7", "UTF-8 addresses need the SMTPUTF8 parameter");
+            }
+        }
         for (key, value) in &params {
             match (key.as_str(), value.as_deref()) {
                 ("SIZE", Some(v)) => match v.parse::<u64>() {
@@ -421,7 +430,8 @@ impl Session {
                 }
             }
         }
-        self.tx = Some(Transaction { sender: path, recipients: Vec::new(), chunks: None, oversize: false });
+        self.tx =
+            Some(Transaction { sender: path, recipients: Vec::new(), chunks: None, oversize: false, utf8 });
         self.reply(250, "2.1.0", "Sender OK");
     }
 
@@ -447,6 +457,10 @@ impl Session {
                 return self.error(554, "5.7.1", &format!("Relay access denied ({kind} not accepted)"));
             }
         };
+        if !addr.to_string().is_ascii() && !self.tx.as_ref().is_some_and(|t| t.utf8) {
+            // RFC 6531 §3.2: without SMTPUTF8 at MAIL, a UTF-8 recipient is refused.
+            return self.error(553, "5.6.7", "UTF-8 addresses need the SMTPUTF8 parameter");
+        }
         let local = match self.ctx.directory.is_local_domain(addr.domain()).await {
             Ok(l) => l,
             Err(e) => {
