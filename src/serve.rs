@@ -11,6 +11,7 @@ use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::directory::Directory;
+use crate::imap;
 use crate::queue::Queue;
 use crate::smtp::{self, Profile};
 use crate::store::Store;
@@ -33,12 +34,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             listeners.push((profile, bind(*addr, profile.name()).await?));
         }
     }
-    for (name, addrs) in [
-        ("imap", &config.listen.imap),
-        ("imaps", &config.listen.imaps),
-        ("pop3", &config.listen.pop3),
-        ("pop3s", &config.listen.pop3s),
-    ] {
+    let mut imap_listeners: Vec<(imap::Profile, TcpListener)> = Vec::new();
+    for (profile, addrs) in
+        [(imap::Profile::Imap, &config.listen.imap), (imap::Profile::Imaps, &config.listen.imaps)]
+    {
+        for addr in addrs {
+            imap_listeners.push((profile, bind(*addr, profile.name()).await?));
+        }
+    }
+    for (name, addrs) in [("pop3", &config.listen.pop3), ("pop3s", &config.listen.pop3s)] {
         if !addrs.is_empty() {
             // Nothing listens that we cannot serve properly.
             warn!(listener = name, "this version has no {name} server yet; listen.{name} is ignored");
@@ -55,6 +59,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let directory =
         Directory::open(&config.directory_url()).await.context("cannot open the account directory")?;
     let store = Store::new(config.mail_dir());
+    let imap_ctx =
+        Arc::new(imap::Context::new(config.clone(), directory.clone(), store.clone(), tls.clone()));
     let queue = Queue::open(&config, store, directory.clone()).context("cannot open the queue")?;
 
     let pidfile = config.server.pidfile.clone().unwrap_or_else(|| pidfile_path(&config));
@@ -66,6 +72,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     for (profile, listener) in listeners {
         tasks.push(tokio::spawn(smtp::serve(ctx.clone(), profile, listener, shutdown_rx.clone())));
+    }
+    for (profile, listener) in imap_listeners {
+        tasks.push(tokio::spawn(imap::serve(imap_ctx.clone(), profile, listener, shutdown_rx.clone())));
     }
     let queue_task = {
         let q = queue.clone();
