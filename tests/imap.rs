@@ -331,6 +331,12 @@ async fn list_special_use_children_and_names() {
         assert!(r.contains(&format!("{attr}) \"/\" \"{name}\"")), "{name} in {r}");
     }
     assert!(r.contains("* LIST (\\HasNoChildren) \"/\" \"INBOX\""), "{r}");
+    // RFC 6154 §5.1, as Thunderbird asks for the special folders.
+    let r = c.ok("a2 LIST (SPECIAL-USE) \"\" \"*\"").await;
+    assert_eq!(r.lines().filter(|l| l.starts_with("* LIST")).count(), 5, "{r}");
+    assert!(!r.contains("INBOX"), "{r}");
+    let r = c.ok("a3 LIST \"\" \"INBOX\" RETURN (CHILDREN SUBSCRIBED)").await;
+    assert!(r.contains("* LIST (\\HasNoChildren \\Subscribed) \"/\" \"INBOX\""), "{r}");
     let r = c.ok("b LIST \"\" \"\"").await;
     assert!(r.contains("* LIST (\\Noselect) \"/\" \"\""), "{r}");
     c.ok("c CREATE Archive/2024").await;
@@ -348,6 +354,9 @@ async fn list_special_use_children_and_names() {
     for bad in ["\"a.b\"", "\"../x\"", "\"/etc\"", "\"a//b\"", "\"x&AGE-\""] {
         c.expect(&format!("i CREATE {bad}"), "NO").await;
     }
+    // Control characters can only come in a literal; they are refused too.
+    c.send("i2 CREATE {3+}\r\na\x01b\r\n").await;
+    assert!(c.until("i2").await.starts_with("i2 NO"));
     c.ok("j RENAME Archive/2024 Archive/Old").await;
     let r = c.ok("k LIST \"\" \"Archive/*\"").await;
     assert!(r.contains("Archive/Old") && !r.contains("Archive/2024"), "{r}");

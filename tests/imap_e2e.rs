@@ -242,3 +242,30 @@ fn idle_push_within_one_second_of_smtp_delivery() {
         "{v}"
     );
 }
+
+#[test]
+fn connections_per_ip_are_limited() {
+    use std::io::{BufRead, BufReader};
+    let dir = TestDir::new("imap-perip");
+    let mut p = Posthaste::builder(&dir).listener("imap").set("imap.max_connections_per_ip", 2i64).build();
+    p.start();
+    let addr = p.addr("imap");
+    let greet = |s: &std::net::TcpStream| {
+        s.set_read_timeout(Some(T)).unwrap();
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        line
+    };
+    let a = std::net::TcpStream::connect(addr).unwrap();
+    let b = std::net::TcpStream::connect(addr).unwrap();
+    assert!(greet(&a).starts_with("* OK"));
+    assert!(greet(&b).starts_with("* OK"));
+    let c = std::net::TcpStream::connect(addr).unwrap();
+    assert!(greet(&c).starts_with("* BYE"));
+    drop(a);
+    // The slot is given back when a session ends.
+    wait_for("a free slot", T, || {
+        let d = std::net::TcpStream::connect(addr).ok()?;
+        greet(&d).starts_with("* OK").then_some(())
+    });
+}

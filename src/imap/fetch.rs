@@ -138,7 +138,7 @@ impl Session {
             self.bad(Some(tag), "BINARY is not supported");
             return Ok(());
         }
-        let needs_data = items.iter().any(|i| {
+        let needs_body = items.iter().any(|i| {
             matches!(
                 i,
                 N::Envelope
@@ -147,10 +147,10 @@ impl Session {
                     | N::BodyExt { .. }
                     | N::Rfc822
                     | N::Rfc822Header
-                    | N::Rfc822Size
                     | N::Rfc822Text
             )
         });
+        let needs_size = items.iter().any(|i| matches!(i, N::Rfc822Size));
         let sets_seen =
             items.iter().any(|i| matches!(i, N::BodyExt { peek: false, .. } | N::Rfc822 | N::Rfc822Text));
         let sel = self.selected.as_mut().expect("selected");
@@ -177,6 +177,8 @@ impl Session {
         let mut out = Vec::new();
         for &u in &uids {
             let (Some(m), Some(seq)) = (sel.mb.message(u), sel.seq_of(u)) else { continue };
+            let cached = if needs_body { None } else { sel.sizes.get(&u).copied() };
+            let needs_data = needs_body || (needs_size && cached.is_none());
             let data = if needs_data {
                 let mut raw = Vec::new();
                 match sel.mb.open_message(u).and_then(|mut f| f.read_to_end(&mut raw)) {
@@ -188,7 +190,11 @@ impl Session {
             } else {
                 Vec::new()
             };
-            let root = needs_data.then(|| mime::parse(&data));
+            if needs_data {
+                sel.sizes.insert(u, data.len() as u64);
+            }
+            let size = cached.unwrap_or(data.len() as u64);
+            let root = needs_body.then(|| mime::parse(&data));
             out.extend_from_slice(format!("* {seq} FETCH (").as_bytes());
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
@@ -200,7 +206,7 @@ impl Session {
                     N::InternalDate => out.extend_from_slice(
                         format!("INTERNALDATE \"{}\"", internal_date(m.internal_date)).as_bytes(),
                     ),
-                    N::Rfc822Size => out.extend_from_slice(format!("RFC822.SIZE {}", data.len()).as_bytes()),
+                    N::Rfc822Size => out.extend_from_slice(format!("RFC822.SIZE {size}").as_bytes()),
                     N::ModSeq => out.extend_from_slice(format!("MODSEQ ({})", m.modseq).as_bytes()),
                     N::Envelope => {
                         let root = root.as_ref().expect("parsed");

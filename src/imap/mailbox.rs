@@ -64,6 +64,64 @@ fn matches(pattern: &[u8], name: &[u8]) -> bool {
     }
 }
 
+/// RFC 5258 options of one LIST command (the subset we serve).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ListOptions {
+    /// Selection `SPECIAL-USE` (RFC 6154 §5.1): only special-use mailboxes.
+    pub special_use_only: bool,
+    /// Selection or return `SUBSCRIBED`: add \Subscribed; as selection, only those.
+    pub subscribed_only: bool,
+    pub return_subscribed: bool,
+}
+
+/// `tag LIST (opts) ref pat [RETURN (opts)]` → (`tag LIST ref pat`, options). None when the
+/// command is not a LIST with options (or carries literals: left to the parser).
+pub fn split_list_options(raw: &[u8]) -> Option<(Vec<u8>, ListOptions)> {
+    let line = std::str::from_utf8(raw).ok()?;
+    let line = line.strip_suffix("\r\n")?;
+    if line.contains('\n') || line.ends_with('}') {
+        return None;
+    }
+    let (tag, rest) = line.split_once(' ')?;
+    let (cmd, mut args) = rest.split_once(' ')?;
+    if !cmd.eq_ignore_ascii_case("LIST") {
+        return None;
+    }
+    let mut opts = ListOptions::default();
+    let mut changed = false;
+    if let Some(inner) = args.strip_prefix('(') {
+        let (sel, after) = inner.split_once(')')?;
+        for o in sel.split_whitespace() {
+            match o.to_ascii_uppercase().as_str() {
+                "SPECIAL-USE" => opts.special_use_only = true,
+                "SUBSCRIBED" => {
+                    opts.subscribed_only = true;
+                    opts.return_subscribed = true;
+                }
+                "RECURSIVEMATCH" | "REMOTE" => {}
+                _ => return None,
+            }
+        }
+        args = after.trim_start();
+        changed = true;
+    }
+    let upper = args.to_ascii_uppercase();
+    if let Some(i) = upper.rfind(" RETURN (") {
+        let ret = args[i + " RETURN (".len()..].strip_suffix(')')?;
+        for o in ret.split_whitespace() {
+            match o.to_ascii_uppercase().as_str() {
+                "SUBSCRIBED" => opts.return_subscribed = true,
+                // Always returned: \HasChildren/\HasNoChildren and special-use attributes.
+                "CHILDREN" | "SPECIAL-USE" => {}
+                _ => return None,
+            }
+        }
+        args = &args[..i];
+        changed = true;
+    }
+    changed.then(|| (format!("{tag} LIST {args}\r\n").into_bytes(), opts))
+}
+
 fn parse_flags(flags: &[WireFlag<'_>]) -> Result<Vec<Flag>, String> {
     flags
         .iter()
@@ -139,7 +197,13 @@ impl Session {
         self.line(&format!("* OK [UIDVALIDITY {}] UIDs valid", mb.uidvalidity()));
         self.line(&format!("* OK [UIDNEXT {}] Predicted next UID", mb.uid_next()));
         self.line(&format!("* OK [HIGHESTMODSEQ {}] Highest", mb.highest_modseq().max(1)));
-        self.selected = Some(Selected { mb, uids, read_only, pending_expunge: BTreeSet::new() });
+        self.selected = Some(Selected {
+            mb,
+            uids,
+            read_only,
+            pending_expunge: BTreeSet::new(),
+            sizes: Default::default(),
+        });
         let code = if read_only { "READ-ONLY" } else { "READ-WRITE" };
         let cmd = if read_only { "EXAMINE" } else { "SELECT" };
         self.ok(tag, &format!("[{code}] {cmd} completed"));
@@ -238,8 +302,12 @@ impl Session {
         };
         let names: Vec<String> = folders.iter().map(|f| disk_to_wire(&f.name)).collect();
         let mut out = Vec::new();
+        let opts = std::mem::take(&mut self.list_opts);
         for (f, wire_name) in folders.iter().zip(&names) {
-            if lsub && !f.subscribed && f.name != "INBOX" {
+            if (lsub || opts.subscribed_only) && !f.subscribed && f.name != "INBOX" {
+                continue;
+            }
+            if opts.special_use_only && f.special_use.is_none() {
                 continue;
             }
             // INBOX matches case-insensitively (RFC 3501 §5.1).
@@ -251,6 +319,9 @@ impl Session {
             let prefix = format!("{wire_name}/");
             let children = names.iter().any(|n| n.starts_with(&prefix));
             let mut attrs = vec![if children { "\\HasChildren" } else { "\\HasNoChildren" }];
+            if opts.return_subscribed && (f.subscribed || f.name == "INBOX") {
+                attrs.push("\\Subscribed");
+            }
             if let Some(su) = f.special_use {
                 attrs.push(su);
             }
@@ -534,5 +605,13 @@ mod tests {
         assert!(matches(b"a/%", b"a/b"));
         assert!(matches(b"A*", b"Archive/2024"));
         assert!(!matches(b"B*", b"Archive"));
+        let (plain, o) = split_list_options(b"a LIST (SPECIAL-USE) \"\" \"*\"\r\n").unwrap();
+        assert_eq!(plain, b"a LIST \"\" \"*\"\r\n");
+        assert!(o.special_use_only);
+        let (plain, o) = split_list_options(b"b list \"\" \"%\" RETURN (CHILDREN SUBSCRIBED)\r\n").unwrap();
+        assert_eq!(plain, b"b LIST \"\" \"%\"\r\n");
+        assert!(o.return_subscribed && !o.subscribed_only);
+        assert!(split_list_options(b"c LIST \"\" \"*\"\r\n").is_none());
+        assert!(split_list_options(b"d LIST \"\" \"*\" RETURN (STATUS (MESSAGES))\r\n").is_none());
     }
 }

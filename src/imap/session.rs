@@ -57,6 +57,9 @@ pub(super) struct Selected {
     pub read_only: bool,
     /// Expunged in the store, not yet announced (RFC 3501 §7.4.1).
     pub pending_expunge: BTreeSet<u32>,
+    /// RFC822.SIZE (CRLF-normalised) of messages already read: clients fetch it for every
+    /// message on each sync, and a message's content never changes.
+    pub sizes: std::collections::HashMap<u32, u64>,
 }
 
 impl Selected {
@@ -76,6 +79,7 @@ pub struct Session {
     pub(super) quota: u64,
     pub(super) selected: Option<Selected>,
     pub(super) condstore: bool,
+    pub(super) list_opts: super::mailbox::ListOptions,
     errors: usize,
 }
 
@@ -97,6 +101,7 @@ impl Session {
             quota: 0,
             selected: None,
             condstore: false,
+            list_opts: Default::default(),
             errors: 0,
         }
     }
@@ -161,6 +166,14 @@ impl Session {
                     return Ok(());
                 }
             };
+            // LIST with RFC 5258 selection/return options, which imap-codec does not parse:
+            // the subset clients use (RFC 6154 §5.1 `LIST (SPECIAL-USE) "" "*"`) is taken
+            // off here and the rest parsed as a plain LIST.
+            let (raw, list_opts) = match super::mailbox::split_list_options(&raw) {
+                Some((plain, opts)) => (plain, opts),
+                None => (raw, super::mailbox::ListOptions::default()),
+            };
+            self.list_opts = list_opts;
             let flow = match CommandCodec::default().decode(&raw) {
                 Ok((_, cmd)) => {
                     self.errors = 0;
@@ -634,17 +647,18 @@ impl Session {
                 }
             }
         }
+        // New messages always get UIDs above every one the client knows (RFC 3501 §2.3.1.1).
         let last = sel.uids.last().copied().unwrap_or(0);
         let mut added = false;
-        for m in sel.mb.messages() {
-            if m.uid > last {
-                sel.uids.push(m.uid);
+        for &uid in &ch.added {
+            if uid > last && sel.mb.message(uid).is_some() {
+                sel.uids.push(uid);
                 added = true;
             }
         }
         if added {
             lines.push(format!("* {} EXISTS", sel.uids.len()));
-            let recent = sel.mb.messages().iter().filter(|m| m.recent).count();
+            let recent = sel.uids.iter().filter(|u| sel.mb.message(**u).is_some_and(|m| m.recent)).count();
             lines.push(format!("* {recent} RECENT"));
         }
         for uid in &ch.changed {
