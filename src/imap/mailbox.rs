@@ -383,7 +383,7 @@ impl Session {
         Ok(used + extra > self.quota)
     }
 
-    pub(super) async fn append(
+    pub(super) fn append(
         &mut self,
         tag: &str,
         m: &WireMailbox<'_>,

@@ -379,6 +379,15 @@ impl Session {
     }
 
     async fn dispatch_authed(&mut self, tag: &str, body: CommandBody<'_>) -> io::Result<Flow> {
+        if let CommandBody::Idle = body {
+            return self.idle(tag).await;
+        }
+        // Everything else works on the file system: keep it off the async worker threads.
+        blocking(|| self.dispatch_fs(tag, body))?;
+        Ok(Flow::Continue)
+    }
+
+    fn dispatch_fs(&mut self, tag: &str, body: CommandBody<'_>) -> io::Result<()> {
         match body {
             CommandBody::Select { mailbox, parameters } => {
                 let condstore = !parameters.is_empty();
@@ -408,7 +417,7 @@ impl Session {
                     }
                 };
                 let data = data.to_vec();
-                self.append(tag, &mailbox, &flags, date.as_ref().map(|d| *d.as_ref()), &data).await?
+                self.append(tag, &mailbox, &flags, date.as_ref().map(|d| *d.as_ref()), &data)?
             }
             CommandBody::GetQuota { root } => {
                 let root = String::from_utf8_lossy(root.as_ref()).into_owned();
@@ -416,15 +425,14 @@ impl Session {
             }
             CommandBody::GetQuotaRoot { mailbox } => self.get_quota_root(tag, &mailbox),
             CommandBody::SetQuota { .. } => self.no(tag, "[NOPERM] Quotas are set by the administrator"),
-            CommandBody::Idle => return self.idle(tag).await,
             body => {
                 if !self.require_selected(tag) {
-                    return Ok(Flow::Continue);
+                    return Ok(());
                 }
                 self.dispatch_selected(tag, body)?;
             }
         }
-        Ok(Flow::Continue)
+        Ok(())
     }
 
     fn dispatch_selected(&mut self, tag: &str, body: CommandBody<'_>) -> io::Result<()> {
@@ -696,7 +704,7 @@ impl Session {
                         self.line("* BYE Autologout; idle for too long");
                         return Ok(Flow::Close);
                     }
-                    self.updates(true, &BTreeSet::new())?;
+                    blocking(|| self.updates(true, &BTreeSet::new()))?;
                     self.flush().await?;
                 }
             }
@@ -716,6 +724,17 @@ impl Session {
     pub(super) fn resolve(&self, set: &SequenceSet, uid: bool) -> Result<Vec<u32>, String> {
         let sel = self.selected.as_ref().expect("selected");
         resolve_set(&sel.uids, set, uid)
+    }
+}
+
+/// Run blocking file-system work: on a multi-threaded runtime (the daemon) the worker thread
+/// hands its other tasks over first; elsewhere (tests) it just runs.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }
 
