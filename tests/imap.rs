@@ -668,3 +668,47 @@ async fn autologout_after_idle_timeout() {
     assert!(l.starts_with("* BYE"), "{l}");
     assert!(c.closed().await);
 }
+
+/// The command sequence Thunderbird sends on startup, opening INBOX, reading, flagging and
+/// deleting a message (as seen in its IMAP logs).
+#[tokio::test]
+async fn thunderbird_like_sequence() {
+    let env = env().await;
+    env.store.deliver(&alice(), "INBOX", &msg("tb", "Thunderbird reads this")).unwrap();
+    let (mut c, _) = Client::connect(&env, true).await;
+    c.ok("1 capability").await;
+    c.ok(&format!("2 authenticate PLAIN {}", plain("alice@example.test", PASSWORD))).await;
+    c.ok("3 ID (\"name\" \"Thunderbird\" \"version\" \"128.0\")").await;
+    c.ok("4 namespace").await;
+    c.ok("5 enable CONDSTORE").await;
+    let r = c.ok("6 lsub \"\" \"*\"").await;
+    assert!(r.contains("\"INBOX\"") && r.contains("\"Sent\""), "{r}");
+    let r = c.ok("7 list (SPECIAL-USE) \"\" \"*\"").await;
+    assert!(r.contains("\\Trash) \"/\" \"Trash\""), "{r}");
+    let r = c.ok("8 getquotaroot \"INBOX\"").await;
+    assert!(r.contains("* QUOTAROOT"), "{r}");
+    let r = c.ok("9 select \"INBOX\" (CONDSTORE)").await;
+    assert!(r.contains("[HIGHESTMODSEQ "), "{r}");
+    let r = c.ok("10 UID fetch 1:* (FLAGS)").await;
+    assert!(r.contains("* 1 FETCH (UID 1 FLAGS (\\Recent) MODSEQ ("), "{r}");
+    let r = c
+        .ok("11 UID fetch 1 (UID RFC822.SIZE FLAGS BODY.PEEK[HEADER.FIELDS (From To Cc Bcc Subject Date Message-ID Priority X-Priority References Newsgroups In-Reply-To Content-Type Reply-To)])")
+        .await;
+    assert!(r.contains("Subject: tb\r\n") && !r.contains("Thunderbird reads"), "{r}");
+    let r = c.ok("12 UID fetch 1 (UID RFC822.SIZE BODY[]<0.32768>)").await;
+    assert!(r.contains("BODY[]<0> {") && r.contains("Thunderbird reads this") && r.contains("\\Seen"), "{r}");
+    c.ok("13 UID store 1 +Flags (\\Flagged)").await;
+    let r = c.ok("14 STATUS \"Sent\" (UIDNEXT MESSAGES UNSEEN RECENT)").await;
+    assert!(r.contains("* STATUS \"Sent\" (UIDNEXT 1 MESSAGES 0 UNSEEN 0 RECENT 0)"), "{r}");
+    let r = c.ok("15 UID move 1 \"Trash\"").await;
+    assert!(r.contains("* 1 EXPUNGE"), "{r}");
+    c.send("16 IDLE\r\n").await;
+    assert!(c.line().await.starts_with("+"));
+    env.store.deliver(&alice(), "INBOX", &msg("tb2", "x")).unwrap();
+    assert_eq!(c.line().await.trim_end(), "* 1 EXISTS");
+    c.send("DONE\r\n").await;
+    c.until("16").await;
+    let r = c.ok("17 UID fetch 1:* (FLAGS) (CHANGEDSINCE 1)").await;
+    assert!(r.contains("* 1 FETCH (UID 2 FLAGS (\\Recent) MODSEQ ("), "{r}");
+    c.ok("18 logout").await;
+}
