@@ -231,6 +231,12 @@ async fn login_and_authenticate_variants() {
     c.expect("a LOGIN alice@example.test wrong", "NO [AUTHENTICATIONFAILED]").await;
     c.expect("a2 LOGIN nobody@example.test wrong", "NO [AUTHENTICATIONFAILED]").await;
     c.expect("b AUTHENTICATE CRAM-MD5", "NO").await;
+    // A third failure ends the connection (after the next reply).
+    c.expect("b2 LOGIN alice@example.test wrong", "NO [AUTHENTICATIONFAILED]").await;
+    let l = c.line().await;
+    assert!(l.starts_with("* BYE"), "{l}");
+    assert!(c.closed().await);
+    let (mut c, _) = Client::connect(&env, true).await;
     // Without an initial response: an empty challenge; "*" cancels.
     c.send("c AUTHENTICATE PLAIN\r\n").await;
     assert_eq!(c.line().await.trim_end(), "+");

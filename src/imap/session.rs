@@ -29,6 +29,8 @@ use crate::store::{Flag, Mailbox};
 const MAX_LINE: usize = 64 * 1024;
 /// Protocol errors in a row before we hang up.
 const MAX_ERRORS: usize = 20;
+/// Failed logins in one connection before we hang up (the guard bans repeat offenders).
+const MAX_AUTH_FAILURES: usize = 3;
 
 /// What this server does, for CAPABILITY (RFC 3501 §6.1.1). Only what works is listed.
 const CAPS_COMMON: &str = "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE";
@@ -81,6 +83,7 @@ pub struct Session {
     pub(super) condstore: bool,
     pub(super) list_opts: super::mailbox::ListOptions,
     errors: usize,
+    auth_failures: usize,
 }
 
 pub(super) fn io_no(e: &io::Error) -> String {
@@ -103,6 +106,7 @@ impl Session {
             condstore: false,
             list_opts: Default::default(),
             errors: 0,
+            auth_failures: 0,
         }
     }
 
@@ -188,6 +192,10 @@ impl Session {
             if let Flow::Close = flow {
                 return Ok(());
             }
+            if self.auth_failures >= MAX_AUTH_FAILURES {
+                self.line("* BYE Too many authentication failures");
+                return Ok(());
+            }
             if self.errors >= MAX_ERRORS {
                 self.line("* BYE Too many errors");
                 return Ok(());
@@ -246,7 +254,8 @@ impl Session {
             let Some((size, sync)) = literal_announcement(&line) else {
                 return Ok(Framed::Command(raw));
             };
-            if size > max_literal {
+            // One command's literals together stay within the limit too.
+            if size > max_literal || raw.len() as u64 + size > max_literal + MAX_LINE as u64 {
                 let tag = tag_of(&raw);
                 if sync {
                     // The client waits for "+": it will not send the literal.
@@ -284,14 +293,17 @@ impl Session {
                 self.line("+ Ready for literal data");
                 self.flush().await?;
             }
+            // Memory grows with the bytes that really arrive, not with the announcement.
             let start = raw.len();
-            raw.resize(start + size as usize, 0);
-            match tokio::time::timeout(timeout, self.reader.read_exact(&mut raw[start..])).await {
+            let mut take = (&mut self.reader).take(size);
+            match tokio::time::timeout(timeout, take.read_to_end(&mut raw)).await {
                 Err(_) => return Ok(Framed::Timeout),
-                Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(Framed::Eof),
                 Ok(r) => {
                     r?;
                 }
+            }
+            if ((raw.len() - start) as u64) < size {
+                return Ok(Framed::Eof);
             }
         }
     }
@@ -546,7 +558,7 @@ impl Session {
                       user = %sanitize(user), "authentication failed");
                 // Slow down guessing a little.
                 tokio::time::sleep(Duration::from_millis(300)).await;
-                self.errors += 1;
+                self.auth_failures += 1;
                 self.no(tag, "[AUTHENTICATIONFAILED] Invalid credentials");
             }
             Err(e) => {
@@ -609,6 +621,7 @@ impl Session {
             None => {
                 warn!(event = "auth_failure", session = %self.id, client = %self.peer.ip(), protocol = "imap",
                       user = "", "malformed AUTHENTICATE PLAIN");
+                self.auth_failures += 1;
                 self.no(tag, "[AUTHENTICATIONFAILED] Malformed PLAIN response");
             }
         }
