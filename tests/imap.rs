@@ -718,3 +718,73 @@ async fn thunderbird_like_sequence() {
     assert!(r.contains("* 1 FETCH (UID 2 FLAGS (\\Recent) MODSEQ ("), "{r}");
     c.ok("18 logout").await;
 }
+
+/// Random bytes as commands: every line gets a reply (BAD, or BYE after too many errors),
+/// the session never hangs or panics.
+#[tokio::test]
+async fn random_garbage_always_gets_a_reply() {
+    let env = env().await;
+    let mut seed: u64 = 0x9e3779b97f4a7c15;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut c = Client::logged_in(&env).await;
+    c.ok("s SELECT INBOX").await;
+    let mut sent = 0;
+    while sent < 300 {
+        let len = (next() % 80) as usize;
+        // No CR/LF (one line each) and no `{` (a literal announcement would wait for data).
+        let mut line: Vec<u8> =
+            (0..len).map(|_| (next() % 256) as u8).filter(|b| !matches!(b, b'\r' | b'\n' | b'{')).collect();
+        if next() % 3 == 0 {
+            // Garbage after a real command name reaches the command parsers too.
+            let cmds: [&[u8]; 8] = [
+                b"t FETCH ",
+                b"t UID SEARCH ",
+                b"t STORE ",
+                b"t LIST ",
+                b"t SELECT ",
+                b"t APPEND ",
+                b"t COPY ",
+                b"t STATUS ",
+            ];
+            let mut l = cmds[(next() % 8) as usize].to_vec();
+            l.extend_from_slice(&line);
+            line = l;
+        }
+        line.extend_from_slice(b"\r\n");
+        let written = async {
+            c.io.get_mut().write_all(&line).await?;
+            c.io.get_mut().flush().await
+        }
+        .await;
+        if written.is_err() {
+            // The server hung up: only after telling us why.
+            let mut rest = String::new();
+            loop {
+                let l = c.line().await;
+                if l.is_empty() {
+                    break;
+                }
+                rest.push_str(&l);
+            }
+            assert!(rest.contains("* BYE"), "closed without BYE: {rest:?}");
+            c = Client::logged_in(&env).await;
+            c.ok("s SELECT INBOX").await;
+            continue;
+        }
+        let reply = c.line().await;
+        assert!(!reply.is_empty(), "no reply to {:?}", String::from_utf8_lossy(&line));
+        sent += 1;
+        if reply.starts_with("* BYE") {
+            c = Client::logged_in(&env).await;
+            c.ok("s SELECT INBOX").await;
+        } else if reply.starts_with("* ") && !reply.contains("BAD") {
+            // An untagged response before the tagged one (a command that parsed).
+            c.until("t").await;
+        }
+    }
+}
