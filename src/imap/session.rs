@@ -275,14 +275,13 @@ impl Session {
                     self.reader.consume(n);
                     left -= n as u64;
                 }
-                loop {
-                    match self.read_line(MAX_LINE).await? {
-                        None => return Ok(Framed::Eof),
-                        Some((l, _)) if literal_announcement(&l).is_none() => break,
-                        Some(_) => {
-                            self.line("* BYE Literal too large");
-                            return Ok(Framed::Eof);
-                        }
+                match self.read_line(MAX_LINE).await? {
+                    None => return Ok(Framed::Eof),
+                    Some((l, _)) if literal_announcement(&l).is_none() => {}
+                    Some(_) => {
+                        // Yet another literal: we cannot tell where this command ends.
+                        self.line("* BYE Literal too large");
+                        return Ok(Framed::Eof);
                     }
                 }
                 self.line(&format!("{} NO [TOOBIG] Literal too large", tag.as_deref().unwrap_or("*")));
@@ -636,7 +635,7 @@ impl Session {
                 enabled.push("CONDSTORE");
             }
         }
-        self.line(&format!("* ENABLED {}", enabled.join(" ")).trim_end().to_string());
+        self.line(format!("* ENABLED {}", enabled.join(" ")).trim_end());
         self.ok(tag, "ENABLE completed");
     }
 

@@ -76,7 +76,7 @@ pub fn decode(s: &[u8]) -> Option<String> {
                 bits &= (1 << nbits) - 1;
             }
         }
-        if bytes.len() % 2 != 0 || bits != 0 {
+        if !bytes.len().is_multiple_of(2) || bits != 0 {
             return None;
         }
         for pair in bytes.chunks(2) {
