@@ -470,6 +470,11 @@ async fn store_expunge_numbering_copy_move_append() {
     let mut c = Client::logged_in(&env).await;
     c.ok("a SELECT INBOX").await;
     let r = c.ok("b STORE 1,3 +FLAGS (\\Deleted $Label1)").await;
+    // A new keyword is announced in FLAGS (RFC 3501 §7.2.6) before it is used.
+    assert!(
+        r.starts_with("* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded $Label1)"),
+        "{r}"
+    );
     assert!(r.contains("* 1 FETCH (FLAGS (\\Deleted $Label1 \\Recent))"), "{r}");
     assert!(r.contains("* 3 FETCH (FLAGS ("), "{r}");
     let r = c.ok("c STORE 2 +FLAGS.SILENT (\\Flagged)").await;

@@ -309,7 +309,7 @@ impl Session {
                 return Ok(());
             }
         };
-        let mut lines = Vec::new();
+        let mut lines = sel.new_keywords(&parsed);
         let modified: BTreeSet<u32> = r.modified.iter().copied().collect();
         let silent = matches!(response, StoreResponse::Silent);
         for &u in &uids {

@@ -177,17 +177,9 @@ impl Session {
                 }
             }
         }
-        let mut flags = "\\Answered \\Flagged \\Deleted \\Seen \\Draft".to_owned();
         keywords.insert("$Forwarded".into());
-        for k in &keywords {
-            flags.push(' ');
-            flags.push_str(k);
-        }
-        self.line(&format!("* FLAGS ({flags})"));
-        if read_only {
-            self.line("* OK [PERMANENTFLAGS ()] Read-only mailbox");
-        } else {
-            self.line(&format!("* OK [PERMANENTFLAGS ({flags} \\*)] Flags permitted"));
+        for l in flags_lines(&keywords, read_only) {
+            self.line(&l);
         }
         self.line(&format!("* {} EXISTS", uids.len()));
         self.line(&format!("* {} RECENT", messages.iter().filter(|m| m.recent).count()));
@@ -203,6 +195,7 @@ impl Session {
             read_only,
             pending_expunge: BTreeSet::new(),
             sizes: Default::default(),
+            keywords,
         });
         let code = if read_only { "READ-ONLY" } else { "READ-WRITE" };
         let cmd = if read_only { "EXAMINE" } else { "SELECT" };
@@ -581,6 +574,24 @@ impl Session {
             Err(e) => self.no(tag, &io_no(&e)),
         }
     }
+}
+
+/// FLAGS and PERMANENTFLAGS for a mailbox whose messages use `keywords` (RFC 3501 §7.2.6,
+/// §7.1: sent at SELECT and again when a new keyword appears).
+pub(super) fn flags_lines(keywords: &BTreeSet<String>, read_only: bool) -> Vec<String> {
+    let mut flags = "\\Answered \\Flagged \\Deleted \\Seen \\Draft".to_owned();
+    for k in keywords {
+        flags.push(' ');
+        flags.push_str(k);
+    }
+    vec![
+        format!("* FLAGS ({flags})"),
+        if read_only {
+            "* OK [PERMANENTFLAGS ()] Read-only mailbox".to_owned()
+        } else {
+            format!("* OK [PERMANENTFLAGS ({flags} \\*)] Flags permitted")
+        },
+    ]
 }
 
 pub(super) fn flags_for(m: &store::Message) -> String {

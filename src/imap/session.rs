@@ -62,6 +62,28 @@ pub(super) struct Selected {
     /// RFC822.SIZE (CRLF-normalised) of messages already read: clients fetch it for every
     /// message on each sync, and a message's content never changes.
     pub sizes: std::collections::HashMap<u32, u64>,
+    /// Keywords announced in FLAGS so far.
+    pub keywords: BTreeSet<String>,
+}
+
+impl Selected {
+    /// FLAGS/PERMANENTFLAGS lines if `flags` hold a keyword the client has not been told of.
+    pub fn new_keywords<'a>(&mut self, flags: impl IntoIterator<Item = &'a Flag>) -> Vec<String> {
+        let mut new = false;
+        for f in flags {
+            if let Flag::Keyword(k) = f {
+                if !self.keywords.iter().any(|x| x.eq_ignore_ascii_case(k)) {
+                    self.keywords.insert(k.clone());
+                    new = true;
+                }
+            }
+        }
+        if new {
+            super::mailbox::flags_lines(&self.keywords, self.read_only)
+        } else {
+            Vec::new()
+        }
+    }
 }
 
 impl Selected {
@@ -681,6 +703,15 @@ impl Session {
             let recent = sel.uids.iter().filter(|u| sel.mb.message(**u).is_some_and(|m| m.recent)).count();
             lines.push(format!("* {recent} RECENT"));
         }
+        let touched: Vec<Flag> = ch
+            .changed
+            .iter()
+            .chain(&ch.added)
+            .filter_map(|u| sel.mb.message(*u))
+            .flat_map(|m| m.flags)
+            .filter(|f| matches!(f, Flag::Keyword(_)))
+            .collect();
+        lines.extend(sel.new_keywords(&touched));
         for uid in &ch.changed {
             if quiet.contains(uid) || ch.added.contains(uid) {
                 continue;
