@@ -528,6 +528,8 @@ async fn store_expunge_numbering_copy_move_append() {
     assert!(r.contains("MESSAGES 0"), "{r}");
     c.ok("v SELECT INBOX").await;
     c.ok("w CHECK").await;
+    let r = c.ok("x COPY 1 INBOX").await;
+    assert!(r.contains("* 2 EXISTS") && r.contains("x OK [COPYUID "), "{r}");
 }
 
 #[tokio::test]
@@ -792,4 +794,35 @@ async fn random_garbage_always_gets_a_reply() {
             c.until("t").await;
         }
     }
+}
+
+/// Messages stored with bare LF (written by another Maildir tool) are served with CRLF, and
+/// RFC822.SIZE counts what is sent; nested multiparts are numbered per RFC 3501 §6.4.5.
+#[tokio::test]
+async fn lf_messages_and_nested_parts() {
+    let env = env().await;
+    let nested = b"Subject: nested\nContent-Type: multipart/mixed; boundary=outer\n\n--outer\nContent-Type: multipart/alternative; boundary=inner\n\n--inner\nContent-Type: text/plain\n\nplain text\n--inner\nContent-Type: text/html\n\n<p>html</p>\n--inner--\n--outer\nContent-Type: message/rfc822\n\nSubject: attached\nFrom: x@example.test\n\nattached body\n--outer--\n";
+    env.store.deliver(&alice(), "INBOX", nested).unwrap();
+    env.store.deliver(&alice(), "INBOX", b"Subject: header only\n").unwrap();
+    let mut c = Client::logged_in(&env).await;
+    c.ok("a SELECT INBOX").await;
+    let r = c.ok("b FETCH 1 (RFC822.SIZE BODY.PEEK[])").await;
+    let size: usize = r.split("RFC822.SIZE ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    let lit: usize = r.split("BODY[] {").nth(1).unwrap().split('}').next().unwrap().parse().unwrap();
+    assert_eq!(size, lit, "{r}");
+    assert_eq!(size, nested.len() + nested.iter().filter(|&&b| b == b'\n').count());
+    assert!(!r.replace("\r\n", "").contains('\n'), "bare LF sent: {r:?}");
+    let r = c.ok("c FETCH 1 (BODY.PEEK[1.1] BODY.PEEK[1.2.MIME] BODY.PEEK[2.HEADER] BODY.PEEK[2.TEXT] BODY.PEEK[2.1])").await;
+    assert!(r.contains("BODY[1.1] {10}\r\nplain text"), "{r}");
+    assert!(r.contains("BODY[1.2.MIME] {27}\r\nContent-Type: text/html\r\n\r\n"), "{r}");
+    assert!(r.contains("BODY[2.HEADER] {43}\r\nSubject: attached\r\nFrom: x@example.test\r\n\r\n"), "{r}");
+    assert!(r.contains("BODY[2.TEXT] {13}\r\nattached body"), "{r}");
+    assert!(r.contains("BODY[2.1] {13}\r\nattached body"), "{r}");
+    let r = c.ok("d FETCH 1 (BODYSTRUCTURE)").await;
+    assert!(r.contains("\"ALTERNATIVE\""), "{r}");
+    assert!(r.contains("(\"MESSAGE\" \"RFC822\" NIL NIL NIL \"7BIT\" "), "{r}");
+    assert!(r.contains("\"attached\""), "the embedded ENVELOPE: {r}");
+    let r = c.ok("e FETCH 2 (ENVELOPE BODYSTRUCTURE BODY.PEEK[TEXT] BODY.PEEK[1])").await;
+    assert!(r.contains("ENVELOPE (NIL \"header only\" NIL NIL NIL NIL NIL NIL NIL NIL)"), "{r}");
+    assert!(r.contains("BODY[TEXT] {0}"), "{r}");
 }

@@ -496,6 +496,8 @@ impl Session {
                     self.updates(true, &BTreeSet::new())?;
                     self.ok(tag, "MOVE completed");
                 } else {
+                    // A copy into the selected mailbox shows up at once.
+                    self.updates(true, &BTreeSet::new())?;
                     self.ok(tag, &format!("{code}COPY completed"));
                 }
             }
