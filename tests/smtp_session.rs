@@ -403,19 +403,7 @@ async fn garbage_input_gets_replies_never_a_crash_or_hang() {
     use rand::{Rng, SeedableRng};
     let env = env_with(|c| c.smtp.max_errors = 1_000_000).await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
-    let verbs = [
-        "MAIL FROM:",
-        "RCPT TO:",
-        "EHLO",
-        "HELO",
-        "BDAT",
-        "AUTH",
-        "DATA",
-        "RSET",
-        "VRFY",
-        "NOOP",
-        "STARTTLS",
-    ];
+    let verbs = ["MAIL FROM:", "RCPT TO:", "EHLO", "HELO", "BDAT", "AUTH", "DATA", "RSET", "VRFY", "NOOP", "STARTTLS"];
     for round in 0..20 {
         let mut c = Client::connect(&env, Profile::Mx).await;
         for _ in 0..50 {
