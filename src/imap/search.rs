@@ -41,6 +41,8 @@ struct Candidate<'a> {
     max_seq: u32,
     max_uid: u32,
     mb: &'a mut Mailbox,
+    /// RFC822.SIZE values FETCH already computed (CRLF-normalised).
+    sizes: &'a std::collections::HashMap<u32, u64>,
     data: Option<Vec<u8>>,
 }
 
@@ -52,6 +54,15 @@ impl Candidate<'_> {
             self.data = Some(if ok { mime::crlf(raw) } else { Vec::new() });
         }
         self.data.as_deref().unwrap_or_default()
+    }
+
+    /// The size LARGER/SMALLER compare: RFC822.SIZE when known (or the message is read
+    /// anyway), else the stored size, which equals it for CRLF-stored mail (all we write).
+    fn size(&self) -> u64 {
+        if let Some(d) = &self.data {
+            return d.len() as u64;
+        }
+        self.sizes.get(&self.m.uid).copied().unwrap_or(self.m.size)
     }
 
     fn has(&self, f: &Flag) -> bool {
@@ -149,8 +160,8 @@ impl Candidate<'_> {
             K::Old => !self.m.recent,
             K::Keyword(k) => self.has_keyword(k.as_ref()),
             K::Unkeyword(k) => !self.has_keyword(k.as_ref()),
-            K::Larger(n) => self.m.size > *n as u64,
-            K::Smaller(n) => self.m.size < *n as u64,
+            K::Larger(n) => self.size() > *n as u64,
+            K::Smaller(n) => self.size() < *n as u64,
             K::Before(d) => self.internal_day() < *d.as_ref(),
             K::On(d) => self.internal_day() == *d.as_ref(),
             K::Since(d) => self.internal_day() >= *d.as_ref(),
@@ -220,7 +231,15 @@ impl Session {
         let mut highest = 0;
         for (i, &u) in view.iter().enumerate() {
             let Some(m) = sel.mb.message(u) else { continue };
-            let mut c = Candidate { seq: i as u32 + 1, m, max_seq, max_uid, mb: &mut sel.mb, data: None };
+            let mut c = Candidate {
+                seq: i as u32 + 1,
+                m,
+                max_seq,
+                max_uid,
+                mb: &mut sel.mb,
+                sizes: &sel.sizes,
+                data: None,
+            };
             if criteria.as_ref().iter().all(|k| c.matches(k)) {
                 highest = highest.max(c.m.modseq);
                 hits.push(if uid { u } else { i as u32 + 1 });
