@@ -46,6 +46,7 @@ pub struct Config {
     pub guard: Option<toml::Table>,
     #[serde(default)]
     pub pop3: Pop3Config,
+    pub imap: ImapConfig,
 }
 
 /// Every listener is a list of addresses; a missing key means that listener is off.
@@ -223,6 +224,31 @@ impl Default for Pop3Config {
     }
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImapConfig {
+    /// Largest literal (APPEND message, any string) a client may send, in bytes.
+    pub max_literal_size: u64,
+    /// Simultaneous connections from one client IP (clients open one per folder they watch).
+    pub max_connections_per_ip: usize,
+    /// Simultaneous IMAP connections in all.
+    pub max_connections: usize,
+    /// Autologout timer (RFC 3501 §5.4: at least 30 minutes), also while idling.
+    #[serde(with = "duration_str")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for ImapConfig {
+    fn default() -> Self {
+        ImapConfig {
+            max_literal_size: 50 * 1024 * 1024,
+            max_connections_per_ip: 50,
+            max_connections: 2000,
+            idle_timeout: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}\nhelp: pass --config FILE or set POSTHASTE_CONFIG")]
@@ -294,6 +320,12 @@ impl Config {
         }
         if self.smtp.max_recipients == 0 {
             p.push("smtp.max_recipients must be at least 1 (RFC 5321 recommends 100)".into());
+        }
+        if self.imap.max_connections_per_ip == 0 || self.imap.max_connections == 0 {
+            p.push("imap.max_connections and imap.max_connections_per_ip must be at least 1".into());
+        }
+        if self.imap.max_literal_size < 1024 {
+            p.push("imap.max_literal_size must be at least 1024 bytes".into());
         }
         if self.smtp.max_connections_per_ip == 0 || self.smtp.max_connections == 0 {
             p.push("smtp.max_connections and smtp.max_connections_per_ip must be at least 1".into());

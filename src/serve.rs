@@ -7,10 +7,11 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
 use tokio::net::TcpListener;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use crate::config::Config;
 use crate::directory::Directory;
+use crate::imap;
 use crate::pop3;
 use crate::queue::Queue;
 use crate::smtp::{self, Profile};
@@ -43,10 +44,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             pop3_listeners.push((implicit_tls, bind(*addr, name).await?));
         }
     }
-    for (name, addrs) in [("imap", &config.listen.imap), ("imaps", &config.listen.imaps)] {
-        if !addrs.is_empty() {
-            // Nothing listens that we cannot serve properly.
-            warn!(listener = name, "this version has no {name} server yet; listen.{name} is ignored");
+    let mut imap_listeners: Vec<(imap::Profile, TcpListener)> = Vec::new();
+    for (profile, addrs) in
+        [(imap::Profile::Imap, &config.listen.imap), (imap::Profile::Imaps, &config.listen.imaps)]
+    {
+        for addr in addrs {
+            imap_listeners.push((profile, bind(*addr, profile.name()).await?));
         }
     }
     if listeners.is_empty() {
@@ -61,6 +64,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Directory::open(&config.directory_url()).await.context("cannot open the account directory")?;
     let store = Store::new(config.mail_dir());
     let queue = Queue::open(&config, store.clone(), directory.clone()).context("cannot open the queue")?;
+    let imap_ctx =
+        Arc::new(imap::Context::new(config.clone(), directory.clone(), store.clone(), tls.clone()));
 
     let pidfile = config.server.pidfile.clone().unwrap_or_else(|| pidfile_path(&config));
     std::fs::write(&pidfile, format!("{}\n", std::process::id()))
@@ -75,6 +80,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     for (implicit_tls, listener) in pop3_listeners {
         tasks.push(tokio::spawn(pop3::serve(pop3_ctx.clone(), implicit_tls, listener, shutdown_rx.clone())));
+    }
+    for (profile, listener) in imap_listeners {
+        tasks.push(tokio::spawn(imap::serve(imap_ctx.clone(), profile, listener, shutdown_rx.clone())));
     }
     let queue_task = {
         let q = queue.clone();

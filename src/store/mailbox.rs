@@ -133,6 +133,11 @@ impl Mailbox {
     pub fn highest_modseq(&self) -> u64 {
         self.index.state.highest_modseq
     }
+    /// Messages no session has claimed as \Recent yet (IMAP STATUS RECENT).
+    pub fn unclaimed_recent(&self) -> usize {
+        let st = &self.index.state;
+        st.entries.range(st.first_recent..).count()
+    }
     pub fn len(&self) -> usize {
         self.index.state.entries.len()
     }

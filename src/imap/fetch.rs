@@ -1,0 +1,355 @@
+//! FETCH (RFC 3501 §6.4.5, §7.4.2) and STORE (§6.4.6), with CONDSTORE (RFC 7162 §3.1).
+
+use std::collections::BTreeSet;
+use std::io::{self, Read};
+
+use imap_codec::imap_types::command::{FetchModifier, StoreModifier};
+use imap_codec::imap_types::fetch::{Macro, MacroOrMessageDataItemNames, MessageDataItemName, Part, Section};
+use imap_codec::imap_types::flag::{Flag as WireFlag, StoreResponse, StoreType};
+use imap_codec::imap_types::sequence::SequenceSet;
+
+use super::mailbox::flags_for;
+use super::mime;
+use super::session::{compact, io_no, Session};
+use super::wire;
+use crate::store::{Flag, FlagOp};
+
+fn part_path(p: &Part) -> Vec<u32> {
+    p.0.as_ref().iter().map(|n| n.get()).collect()
+}
+
+fn path_str(p: &[u32]) -> String {
+    p.iter().map(u32::to_string).collect::<Vec<_>>().join(".")
+}
+
+fn with_prefix(p: &Option<Part>, what: &str) -> String {
+    match p {
+        Some(p) => format!("{}.{what}", path_str(&part_path(p))),
+        None => what.to_owned(),
+    }
+}
+
+/// The section as the response names it.
+fn section_name(s: &Option<Section<'_>>) -> String {
+    let names = |l: &[imap_codec::imap_types::core::AString<'_>]| {
+        l.iter()
+            .map(|a| String::from_utf8_lossy(a.as_ref()).to_ascii_uppercase())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    match s {
+        None => String::new(),
+        Some(Section::Part(p)) => path_str(&part_path(p)),
+        Some(Section::Header(p)) => with_prefix(p, "HEADER"),
+        Some(Section::HeaderFields(p, l)) => {
+            with_prefix(p, &format!("HEADER.FIELDS ({})", names(l.as_ref())))
+        }
+        Some(Section::HeaderFieldsNot(p, l)) => {
+            with_prefix(p, &format!("HEADER.FIELDS.NOT ({})", names(l.as_ref())))
+        }
+        Some(Section::Text(p)) => with_prefix(p, "TEXT"),
+        Some(Section::Mime(p)) => format!("{}.MIME", path_str(&part_path(p))),
+    }
+}
+
+/// The bytes a section names; empty when the part does not exist.
+fn section_bytes(data: &[u8], root: &mime::Part, s: &Option<Section<'_>>) -> Vec<u8> {
+    let msg = |p: &Option<Part>| root.message_at(&p.as_ref().map(part_path).unwrap_or_default());
+    let field_names = |l: &[imap_codec::imap_types::core::AString<'_>]| {
+        l.iter().map(|a| String::from_utf8_lossy(a.as_ref()).into_owned()).collect::<Vec<_>>()
+    };
+    match s {
+        None => data.to_vec(),
+        Some(Section::Part(p)) => {
+            root.find(&part_path(p)).map(|x| data[x.body.clone()].to_vec()).unwrap_or_default()
+        }
+        Some(Section::Header(p)) => msg(p).map(|m| data[m.header.clone()].to_vec()).unwrap_or_default(),
+        Some(Section::Text(p)) => msg(p).map(|m| data[m.body.clone()].to_vec()).unwrap_or_default(),
+        Some(Section::Mime(p)) => {
+            root.find(&part_path(p)).map(|x| data[x.header.clone()].to_vec()).unwrap_or_default()
+        }
+        Some(Section::HeaderFields(p, l)) => msg(p)
+            .map(|m| mime::header_fields(&data[m.header.clone()], &field_names(l.as_ref()), false))
+            .unwrap_or_default(),
+        Some(Section::HeaderFieldsNot(p, l)) => msg(p)
+            .map(|m| mime::header_fields(&data[m.header.clone()], &field_names(l.as_ref()), true))
+            .unwrap_or_default(),
+    }
+}
+
+/// RFC 3501 §9 date-time, in UTC.
+pub(super) fn internal_date(secs: i64) -> String {
+    use chrono::TimeZone;
+    let t = chrono::Utc.timestamp_opt(secs, 0).single().unwrap_or_default();
+    t.format("%d-%b-%Y %H:%M:%S +0000").to_string()
+}
+
+fn expand(items: MacroOrMessageDataItemNames<'_>) -> Vec<MessageDataItemName<'_>> {
+    use MessageDataItemName as N;
+    match items {
+        MacroOrMessageDataItemNames::Macro(m) => match m {
+            Macro::Fast => vec![N::Flags, N::InternalDate, N::Rfc822Size],
+            Macro::All => vec![N::Flags, N::InternalDate, N::Rfc822Size, N::Envelope],
+            _ => vec![N::Flags, N::InternalDate, N::Rfc822Size, N::Envelope, N::Body],
+        },
+        MacroOrMessageDataItemNames::MessageDataItemNames(v) => v,
+    }
+}
+
+impl Session {
+    pub(super) fn fetch(
+        &mut self,
+        tag: &str,
+        set: &SequenceSet,
+        items: MacroOrMessageDataItemNames<'_>,
+        uid: bool,
+        modifiers: &[FetchModifier],
+    ) -> io::Result<()> {
+        use MessageDataItemName as N;
+        self.updates(false, &BTreeSet::new())?;
+        let uids = match self.resolve(set, uid) {
+            Ok(u) => u,
+            Err(e) => {
+                self.bad(Some(tag), &e);
+                return Ok(());
+            }
+        };
+        let mut items = expand(items);
+        let mut changed_since = None;
+        for m in modifiers {
+            match m {
+                FetchModifier::ChangedSince(n) => changed_since = Some(n.get()),
+                FetchModifier::Vanished => {
+                    self.bad(Some(tag), "VANISHED needs QRESYNC, which is not enabled");
+                    return Ok(());
+                }
+            }
+        }
+        if changed_since.is_some() {
+            self.condstore = true;
+        }
+        if uid && !items.iter().any(|i| matches!(i, N::Uid)) {
+            items.insert(0, N::Uid);
+        }
+        if (changed_since.is_some() || self.condstore) && !items.iter().any(|i| matches!(i, N::ModSeq)) {
+            items.push(N::ModSeq);
+        }
+        if items.iter().any(|i| matches!(i, N::Binary { .. } | N::BinarySize { .. })) {
+            self.bad(Some(tag), "BINARY is not supported");
+            return Ok(());
+        }
+        let needs_body = items.iter().any(|i| {
+            matches!(
+                i,
+                N::Envelope
+                    | N::BodyStructure
+                    | N::Body
+                    | N::BodyExt { .. }
+                    | N::Rfc822
+                    | N::Rfc822Header
+                    | N::Rfc822Text
+            )
+        });
+        let needs_size = items.iter().any(|i| matches!(i, N::Rfc822Size));
+        let sets_seen =
+            items.iter().any(|i| matches!(i, N::BodyExt { peek: false, .. } | N::Rfc822 | N::Rfc822Text));
+        let sel = self.selected.as_mut().expect("selected");
+        let mut uids = uids;
+        if let Some(since) = changed_since {
+            uids.retain(|u| sel.mb.message(*u).is_some_and(|m| m.modseq > since));
+        }
+        // RFC 3501 §6.4.5: a non-PEEK body fetch sets \Seen; the new flags go with the data.
+        let mut seen_now: BTreeSet<u32> = BTreeSet::new();
+        if sets_seen && !sel.read_only {
+            let unseen: Vec<u32> = uids
+                .iter()
+                .copied()
+                .filter(|u| sel.mb.message(*u).is_some_and(|m| !m.flags.contains(&Flag::Seen)))
+                .collect();
+            if !unseen.is_empty() {
+                let r = sel.mb.store_flags(&unseen, FlagOp::Add, &[Flag::Seen], None)?;
+                seen_now.extend(r.updated);
+            }
+        }
+        if !seen_now.is_empty() && !items.iter().any(|i| matches!(i, N::Flags)) {
+            items.push(N::Flags);
+        }
+        let mut out = Vec::new();
+        for &u in &uids {
+            let (Some(m), Some(seq)) = (sel.mb.message(u), sel.seq_of(u)) else { continue };
+            let cached = if needs_body { None } else { sel.sizes.get(&u).copied() };
+            let needs_data = needs_body || (needs_size && cached.is_none());
+            let data = if needs_data {
+                let mut raw = Vec::new();
+                match sel.mb.open_message(u).and_then(|mut f| f.read_to_end(&mut raw)) {
+                    Ok(_) => mime::crlf(raw),
+                    // Expunged by another session meanwhile: nothing to send for it.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                }
+            } else {
+                Vec::new()
+            };
+            if needs_data {
+                sel.sizes.insert(u, data.len() as u64);
+            }
+            let size = cached.unwrap_or(data.len() as u64);
+            let root = needs_body.then(|| mime::parse(&data));
+            out.extend_from_slice(format!("* {seq} FETCH (").as_bytes());
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b' ');
+                }
+                match item {
+                    N::Flags => out.extend_from_slice(format!("FLAGS ({})", flags_for(&m)).as_bytes()),
+                    N::Uid => out.extend_from_slice(format!("UID {u}").as_bytes()),
+                    N::InternalDate => out.extend_from_slice(
+                        format!("INTERNALDATE \"{}\"", internal_date(m.internal_date)).as_bytes(),
+                    ),
+                    N::Rfc822Size => out.extend_from_slice(format!("RFC822.SIZE {size}").as_bytes()),
+                    N::ModSeq => out.extend_from_slice(format!("MODSEQ ({})", m.modseq).as_bytes()),
+                    N::Envelope => {
+                        let root = root.as_ref().expect("parsed");
+                        out.extend_from_slice(b"ENVELOPE ");
+                        mime::envelope(&mut out, &data[root.header.clone()]);
+                    }
+                    N::Body | N::BodyStructure => {
+                        let ext = matches!(item, N::BodyStructure);
+                        out.extend_from_slice(if ext { b"BODYSTRUCTURE " } else { b"BODY " });
+                        mime::body_structure(&mut out, &data, root.as_ref().expect("parsed"), ext);
+                    }
+                    N::Rfc822 => {
+                        out.extend_from_slice(b"RFC822 ");
+                        wire::literal(&mut out, &data);
+                    }
+                    N::Rfc822Header => {
+                        let root = root.as_ref().expect("parsed");
+                        out.extend_from_slice(b"RFC822.HEADER ");
+                        wire::literal(&mut out, &data[root.header.clone()]);
+                    }
+                    N::Rfc822Text => {
+                        let root = root.as_ref().expect("parsed");
+                        out.extend_from_slice(b"RFC822.TEXT ");
+                        wire::literal(&mut out, &data[root.body.clone()]);
+                    }
+                    N::BodyExt { section, partial, .. } => {
+                        let bytes = section_bytes(&data, root.as_ref().expect("parsed"), section);
+                        out.extend_from_slice(format!("BODY[{}]", section_name(section)).as_bytes());
+                        let slice: &[u8] = match partial {
+                            Some((start, len)) => {
+                                out.extend_from_slice(format!("<{start}>").as_bytes());
+                                let s = (*start as usize).min(bytes.len());
+                                let e = s.saturating_add(len.get() as usize).min(bytes.len());
+                                &bytes[s..e]
+                            }
+                            None => &bytes,
+                        };
+                        out.push(b' ');
+                        wire::literal(&mut out, slice);
+                    }
+                    N::Binary { .. } | N::BinarySize { .. } => {}
+                }
+            }
+            out.extend_from_slice(b")\r\n");
+        }
+        self.out.extend_from_slice(&out);
+        self.updates(false, &seen_now)?;
+        self.ok(tag, if uid { "UID FETCH completed" } else { "FETCH completed" });
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn store(
+        &mut self,
+        tag: &str,
+        set: &SequenceSet,
+        kind: StoreType,
+        response: StoreResponse,
+        flags: &[WireFlag<'_>],
+        uid: bool,
+        modifiers: &[StoreModifier],
+    ) -> io::Result<()> {
+        if self.selected.as_ref().is_some_and(|s| s.read_only) {
+            self.no(tag, "[READ-ONLY] Mailbox is read-only");
+            return Ok(());
+        }
+        let uids = match self.resolve(set, uid) {
+            Ok(u) => u,
+            Err(e) => {
+                self.bad(Some(tag), &e);
+                return Ok(());
+            }
+        };
+        let mut parsed = Vec::new();
+        for f in flags {
+            let s = f.to_string();
+            match Flag::parse(&s) {
+                Some(f) => parsed.push(f),
+                None => {
+                    self.bad(Some(tag), &format!("Flag {} cannot be stored", wire::text(&s)));
+                    return Ok(());
+                }
+            }
+        }
+        let op = match kind {
+            StoreType::Replace => FlagOp::Replace,
+            StoreType::Add => FlagOp::Add,
+            StoreType::Remove => FlagOp::Remove,
+        };
+        let unchanged_since = modifiers.iter().map(|StoreModifier::UnchangedSince(n)| *n).next();
+        if unchanged_since.is_some() {
+            self.condstore = true;
+        }
+        let condstore = self.condstore;
+        let sel = self.selected.as_mut().expect("selected");
+        let r = match sel.mb.store_flags(&uids, op, &parsed, unchanged_since) {
+            Ok(r) => r,
+            Err(e) => {
+                self.no(tag, &io_no(&e));
+                return Ok(());
+            }
+        };
+        let mut lines = sel.new_keywords(&parsed);
+        let modified: BTreeSet<u32> = r.modified.iter().copied().collect();
+        let silent = matches!(response, StoreResponse::Silent);
+        for &u in &uids {
+            if modified.contains(&u) {
+                continue;
+            }
+            let (Some(m), Some(seq)) = (sel.mb.message(u), sel.seq_of(u)) else { continue };
+            // RFC 7162 §3.2: with CONDSTORE the new MODSEQ is sent even for .SILENT.
+            if silent && !(condstore && r.updated.contains(&u)) {
+                continue;
+            }
+            let mut items = Vec::new();
+            if uid {
+                items.push(format!("UID {u}"));
+            }
+            if !silent {
+                items.push(format!("FLAGS ({})", flags_for(&m)));
+            }
+            if condstore {
+                items.push(format!("MODSEQ ({})", m.modseq));
+            }
+            lines.push(format!("* {seq} FETCH ({})", items.join(" ")));
+        }
+        for l in lines {
+            self.line(&l);
+        }
+        let quiet: BTreeSet<u32> = uids.iter().copied().collect();
+        self.updates(false, &quiet)?;
+        if modified.is_empty() {
+            self.ok(tag, "STORE completed");
+        } else {
+            // RFC 7162 §3.1.3: MODIFIED lists what was not stored (UIDs for UID STORE).
+            let sel = self.selected.as_ref().expect("selected");
+            let list: Vec<u32> = if uid {
+                modified.iter().copied().collect()
+            } else {
+                modified.iter().filter_map(|u| sel.seq_of(*u).map(|s| s as u32)).collect()
+            };
+            self.ok(tag, &format!("[MODIFIED {}] Conditional STORE failed", compact(&list)));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,630 @@
+//! Mailbox commands: SELECT/EXAMINE, CREATE, DELETE, RENAME, SUBSCRIBE, LIST/LSUB, STATUS
+//! (RFC 3501 §6.3), APPEND, COPY/MOVE (RFC 6851), EXPUNGE, QUOTA (RFC 9208).
+//!
+//! Names: `/` separates levels on the wire, `.` on disk (Maildir++); wire names are
+//! modified UTF-7 (RFC 3501 §5.1.3), disk names UTF-8. A wire name holding `.` cannot be
+//! stored in Maildir++ and is refused.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::time::SystemTime;
+
+use imap_codec::imap_types::flag::Flag as WireFlag;
+use imap_codec::imap_types::mailbox::Mailbox as WireMailbox;
+use imap_codec::imap_types::sequence::SequenceSet;
+use imap_codec::imap_types::status::StatusDataItemName;
+
+use super::session::{compact, flag_list, io_no, Selected, Session};
+use super::{utf7, wire};
+use crate::store::{self, Flag};
+
+/// The disk name of a wire mailbox name, or why it is refused.
+pub fn disk_name(m: &WireMailbox<'_>) -> Result<String, String> {
+    let raw: &[u8] = match m {
+        WireMailbox::Inbox => return Ok("INBOX".into()),
+        WireMailbox::Other(o) => o.as_ref(),
+    };
+    wire_to_disk(raw)
+}
+
+pub fn wire_to_disk(raw: &[u8]) -> Result<String, String> {
+    let name = utf7::decode(raw).ok_or("Mailbox name is not valid modified UTF-7")?;
+    if name.contains('.') {
+        return Err("Mailbox names cannot contain \".\" here".into());
+    }
+    let name = name.trim_end_matches('/');
+    if name.starts_with('/') || name.contains("//") {
+        return Err("Invalid hierarchy in mailbox name".into());
+    }
+    let disk = name.replace('/', ".");
+    store::validate_folder(&disk).map_err(|e| wire::text(&e.to_string()))
+}
+
+pub fn disk_to_wire(name: &str) -> String {
+    utf7::encode(&name.replace('.', "/"))
+}
+
+/// LIST pattern matching (RFC 3501 §6.3.8): `*` matches anything, `%` anything but `/`.
+fn matches(pattern: &[u8], name: &[u8]) -> bool {
+    match pattern.first() {
+        None => name.is_empty(),
+        Some(b'*') => (0..=name.len()).any(|i| matches(&pattern[1..], &name[i..])),
+        Some(b'%') => {
+            for i in 0..=name.len() {
+                if matches(&pattern[1..], &name[i..]) {
+                    return true;
+                }
+                if i < name.len() && name[i] == b'/' {
+                    return false;
+                }
+            }
+            false
+        }
+        Some(&c) => !name.is_empty() && c == name[0] && matches(&pattern[1..], &name[1..]),
+    }
+}
+
+/// RFC 5258 options of one LIST command (the subset we serve).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ListOptions {
+    /// Selection `SPECIAL-USE` (RFC 6154 §5.1): only special-use mailboxes.
+    pub special_use_only: bool,
+    /// Selection or return `SUBSCRIBED`: add \Subscribed; as selection, only those.
+    pub subscribed_only: bool,
+    pub return_subscribed: bool,
+}
+
+/// `tag LIST (opts) ref pat [RETURN (opts)]` → (`tag LIST ref pat`, options). None when the
+/// command is not a LIST with options (or carries literals: left to the parser).
+pub fn split_list_options(raw: &[u8]) -> Option<(Vec<u8>, ListOptions)> {
+    let line = std::str::from_utf8(raw).ok()?;
+    let line = line.strip_suffix("\r\n")?;
+    if line.contains('\n') || line.ends_with('}') {
+        return None;
+    }
+    let (tag, rest) = line.split_once(' ')?;
+    let (cmd, mut args) = rest.split_once(' ')?;
+    if !cmd.eq_ignore_ascii_case("LIST") {
+        return None;
+    }
+    let mut opts = ListOptions::default();
+    let mut changed = false;
+    if let Some(inner) = args.strip_prefix('(') {
+        let (sel, after) = inner.split_once(')')?;
+        for o in sel.split_whitespace() {
+            match o.to_ascii_uppercase().as_str() {
+                "SPECIAL-USE" => opts.special_use_only = true,
+                "SUBSCRIBED" => {
+                    opts.subscribed_only = true;
+                    opts.return_subscribed = true;
+                }
+                "RECURSIVEMATCH" | "REMOTE" => {}
+                _ => return None,
+            }
+        }
+        args = after.trim_start();
+        changed = true;
+    }
+    let upper = args.to_ascii_uppercase();
+    if let Some(i) = upper.rfind(" RETURN (") {
+        let ret = args[i + " RETURN (".len()..].strip_suffix(')')?;
+        for o in ret.split_whitespace() {
+            match o.to_ascii_uppercase().as_str() {
+                "SUBSCRIBED" => opts.return_subscribed = true,
+                // Always returned: \HasChildren/\HasNoChildren and special-use attributes.
+                "CHILDREN" | "SPECIAL-USE" => {}
+                _ => return None,
+            }
+        }
+        args = &args[..i];
+        changed = true;
+    }
+    changed.then(|| (format!("{tag} LIST {args}\r\n").into_bytes(), opts))
+}
+
+fn parse_flags(flags: &[WireFlag<'_>]) -> Result<Vec<Flag>, String> {
+    flags
+        .iter()
+        .map(|f| {
+            let s = f.to_string();
+            Flag::parse(&s).ok_or_else(|| format!("Flag {s} cannot be set"))
+        })
+        .collect()
+}
+
+impl Session {
+    fn account(&self) -> crate::address::Address {
+        self.user.clone().expect("authenticated")
+    }
+
+    pub(super) fn select(
+        &mut self,
+        tag: &str,
+        m: &WireMailbox<'_>,
+        read_only: bool,
+        condstore: bool,
+    ) -> io::Result<()> {
+        // RFC 3501 §6.3.1: a failed SELECT leaves no mailbox selected.
+        self.selected = None;
+        if condstore {
+            self.condstore = true;
+        }
+        let name = match disk_name(m) {
+            Ok(n) => n,
+            Err(e) => {
+                self.no(tag, &e);
+                return Ok(());
+            }
+        };
+        let mb = match self.ctx.store.open_mailbox(&self.account(), &name, !read_only) {
+            Ok(mb) => mb,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.no(tag, "[NONEXISTENT] No such mailbox");
+                return Ok(());
+            }
+            Err(e) => {
+                self.no(tag, &io_no(&e));
+                return Ok(());
+            }
+        };
+        let messages = mb.messages();
+        let uids: Vec<u32> = messages.iter().map(|m| m.uid).collect();
+        let mut keywords: BTreeSet<String> = BTreeSet::new();
+        for m in &messages {
+            for f in &m.flags {
+                if let Flag::Keyword(k) = f {
+                    keywords.insert(k.clone());
+                }
+            }
+        }
+        keywords.insert("$Forwarded".into());
+        for l in flags_lines(&keywords, read_only) {
+            self.line(&l);
+        }
+        self.line(&format!("* {} EXISTS", uids.len()));
+        self.line(&format!("* {} RECENT", messages.iter().filter(|m| m.recent).count()));
+        if let Some(i) = messages.iter().position(|m| !m.flags.contains(&Flag::Seen)) {
+            self.line(&format!("* OK [UNSEEN {}] First unseen message", i + 1));
+        }
+        self.line(&format!("* OK [UIDVALIDITY {}] UIDs valid", mb.uidvalidity()));
+        self.line(&format!("* OK [UIDNEXT {}] Predicted next UID", mb.uid_next()));
+        self.line(&format!("* OK [HIGHESTMODSEQ {}] Highest", mb.highest_modseq().max(1)));
+        self.selected = Some(Selected {
+            mb,
+            uids,
+            read_only,
+            pending_expunge: BTreeSet::new(),
+            sizes: Default::default(),
+            keywords,
+        });
+        let code = if read_only { "READ-ONLY" } else { "READ-WRITE" };
+        let cmd = if read_only { "EXAMINE" } else { "SELECT" };
+        self.ok(tag, &format!("[{code}] {cmd} completed"));
+        Ok(())
+    }
+
+    pub(super) fn create(&mut self, tag: &str, m: &WireMailbox<'_>) {
+        let name = match disk_name(m) {
+            Ok(n) if n == "INBOX" => return self.no(tag, "[ALREADYEXISTS] INBOX always exists"),
+            Ok(n) => n,
+            Err(e) => return self.no(tag, &e),
+        };
+        match self.ctx.store.folder_exists(&self.account(), &name) {
+            Ok(true) => return self.no(tag, "[ALREADYEXISTS] Mailbox already exists"),
+            Ok(false) => {}
+            Err(e) => return self.no(tag, &io_no(&e)),
+        }
+        match self.ctx.store.create_folder(&self.account(), &name) {
+            Ok(()) => self.ok(tag, "CREATE completed"),
+            Err(e) => self.no(tag, &io_no(&e)),
+        }
+    }
+
+    pub(super) fn delete(&mut self, tag: &str, m: &WireMailbox<'_>) {
+        let name = match disk_name(m) {
+            Ok(n) if n == "INBOX" => return self.no(tag, "INBOX cannot be deleted"),
+            Ok(n) => n,
+            Err(e) => return self.no(tag, &e),
+        };
+        if self.selected.as_ref().is_some_and(|s| s.mb.folder() == name) {
+            self.selected = None;
+        }
+        match self.ctx.store.delete_folder(&self.account(), &name) {
+            Ok(()) => self.ok(tag, "DELETE completed"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => self.no(tag, "[NONEXISTENT] No such mailbox"),
+            Err(e) => self.no(tag, &io_no(&e)),
+        }
+    }
+
+    pub(super) fn rename(&mut self, tag: &str, from: &WireMailbox<'_>, to: &WireMailbox<'_>) {
+        let (from, to) = match (disk_name(from), disk_name(to)) {
+            (Ok(f), Ok(t)) => (f, t),
+            (Err(e), _) | (_, Err(e)) => return self.no(tag, &e),
+        };
+        if to == "INBOX" {
+            return self.no(tag, "[ALREADYEXISTS] INBOX always exists");
+        }
+        match self.ctx.store.folder_exists(&self.account(), &to) {
+            Ok(true) => return self.no(tag, "[ALREADYEXISTS] Target mailbox exists"),
+            Ok(false) => {}
+            Err(e) => return self.no(tag, &io_no(&e)),
+        }
+        match self.ctx.store.rename_folder(&self.account(), &from, &to) {
+            Ok(()) => self.ok(tag, "RENAME completed"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => self.no(tag, "[NONEXISTENT] No such mailbox"),
+            Err(e) => self.no(tag, &io_no(&e)),
+        }
+    }
+
+    pub(super) fn subscribe(&mut self, tag: &str, m: &WireMailbox<'_>, on: bool) {
+        let name = match disk_name(m) {
+            Ok(n) => n,
+            Err(e) => return self.no(tag, &e),
+        };
+        let r = if on {
+            match self.ctx.store.folder_exists(&self.account(), &name) {
+                Ok(false) => return self.no(tag, "[NONEXISTENT] No such mailbox"),
+                Err(e) => return self.no(tag, &io_no(&e)),
+                Ok(true) => self.ctx.store.subscribe(&self.account(), &name),
+            }
+        } else {
+            self.ctx.store.unsubscribe(&self.account(), &name)
+        };
+        match r {
+            Ok(()) => self.ok(tag, if on { "SUBSCRIBE completed" } else { "UNSUBSCRIBE completed" }),
+            Err(e) => self.no(tag, &io_no(&e)),
+        }
+    }
+
+    pub(super) fn list(&mut self, tag: &str, reference: &WireMailbox<'_>, pattern: &[u8], lsub: bool) {
+        let cmd = if lsub { "LSUB" } else { "LIST" };
+        let reference: Vec<u8> = match reference {
+            WireMailbox::Inbox => b"INBOX".to_vec(),
+            WireMailbox::Other(o) => o.as_ref().to_vec(),
+        };
+        if pattern.is_empty() && !lsub {
+            // RFC 3501 §6.3.8: the hierarchy delimiter and root.
+            self.line("* LIST (\\Noselect) \"/\" \"\"");
+            return self.ok(tag, "LIST completed");
+        }
+        let mut full = reference.clone();
+        full.extend_from_slice(pattern);
+        let folders = match self.ctx.store.list_folders(&self.account()) {
+            Ok(f) => f,
+            Err(e) => return self.no(tag, &io_no(&e)),
+        };
+        let names: Vec<String> = folders.iter().map(|f| disk_to_wire(&f.name)).collect();
+        let mut out = Vec::new();
+        let opts = std::mem::take(&mut self.list_opts);
+        for (f, wire_name) in folders.iter().zip(&names) {
+            if (lsub || opts.subscribed_only) && !f.subscribed && f.name != "INBOX" {
+                continue;
+            }
+            if opts.special_use_only && f.special_use.is_none() {
+                continue;
+            }
+            // INBOX matches case-insensitively (RFC 3501 §5.1).
+            let hit = matches(&full, wire_name.as_bytes())
+                || (f.name == "INBOX" && full.eq_ignore_ascii_case(b"INBOX"));
+            if !hit {
+                continue;
+            }
+            let prefix = format!("{wire_name}/");
+            let children = names.iter().any(|n| n.starts_with(&prefix));
+            let mut attrs = vec![if children { "\\HasChildren" } else { "\\HasNoChildren" }];
+            if opts.return_subscribed && (f.subscribed || f.name == "INBOX") {
+                attrs.push("\\Subscribed");
+            }
+            if let Some(su) = f.special_use {
+                attrs.push(su);
+            }
+            out.extend_from_slice(format!("* {cmd} ({}) \"/\" ", attrs.join(" ")).as_bytes());
+            wire::mailbox(&mut out, wire_name);
+            out.extend_from_slice(b"\r\n");
+        }
+        self.out.extend_from_slice(&out);
+        self.ok(tag, &format!("{cmd} completed"));
+    }
+
+    pub(super) fn status(&mut self, tag: &str, m: &WireMailbox<'_>, items: &[StatusDataItemName]) {
+        let name = match disk_name(m) {
+            Ok(n) => n,
+            Err(e) => return self.no(tag, &e),
+        };
+        let mb = match self.ctx.store.open_mailbox(&self.account(), &name, false) {
+            Ok(mb) => mb,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return self.no(tag, "[NONEXISTENT] No such mailbox")
+            }
+            Err(e) => return self.no(tag, &io_no(&e)),
+        };
+        let msgs = mb.messages();
+        let mut parts = Vec::new();
+        for it in items {
+            match it {
+                StatusDataItemName::Messages => parts.push(format!("MESSAGES {}", msgs.len())),
+                // Without claiming, no message is \Recent to us: count the unclaimed ones.
+                StatusDataItemName::Recent => parts.push(format!("RECENT {}", mb.unclaimed_recent())),
+                StatusDataItemName::UidNext => parts.push(format!("UIDNEXT {}", mb.uid_next())),
+                StatusDataItemName::UidValidity => parts.push(format!("UIDVALIDITY {}", mb.uidvalidity())),
+                StatusDataItemName::Unseen => parts.push(format!(
+                    "UNSEEN {}",
+                    msgs.iter().filter(|m| !m.flags.contains(&Flag::Seen)).count()
+                )),
+                StatusDataItemName::HighestModSeq => {
+                    parts.push(format!("HIGHESTMODSEQ {}", mb.highest_modseq().max(1)))
+                }
+                StatusDataItemName::Deleted => parts.push(format!(
+                    "DELETED {}",
+                    msgs.iter().filter(|m| m.flags.contains(&Flag::Deleted)).count()
+                )),
+                _ => {}
+            }
+        }
+        let mut out = b"* STATUS ".to_vec();
+        wire::mailbox(&mut out, &disk_to_wire(&name));
+        out.extend_from_slice(format!(" ({})\r\n", parts.join(" ")).as_bytes());
+        self.out.extend_from_slice(&out);
+        self.ok(tag, "STATUS completed");
+    }
+
+    fn over_quota(&self, extra: u64) -> io::Result<bool> {
+        if self.quota == 0 {
+            return Ok(false);
+        }
+        let used = self.ctx.store.account_usage(&self.account())?.bytes;
+        Ok(used + extra > self.quota)
+    }
+
+    pub(super) fn append(
+        &mut self,
+        tag: &str,
+        m: &WireMailbox<'_>,
+        flags: &[WireFlag<'_>],
+        date: Option<chrono::DateTime<chrono::FixedOffset>>,
+        data: &[u8],
+    ) -> io::Result<()> {
+        let name = match disk_name(m) {
+            Ok(n) => n,
+            Err(e) => {
+                self.no(tag, &e);
+                return Ok(());
+            }
+        };
+        let flags = match parse_flags(flags) {
+            Ok(f) => f,
+            Err(e) => {
+                self.bad(Some(tag), &e);
+                return Ok(());
+            }
+        };
+        if data.is_empty() {
+            self.no(tag, "Empty message");
+            return Ok(());
+        }
+        match self.over_quota(data.len() as u64) {
+            Ok(true) => {
+                self.no(tag, "[OVERQUOTA] Mailbox is full");
+                return Ok(());
+            }
+            Ok(false) => {}
+            Err(e) => {
+                self.no(tag, &io_no(&e));
+                return Ok(());
+            }
+        }
+        let time = date
+            .map(|d| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(d.timestamp().max(0) as u64));
+        match self.ctx.store.append(&self.account(), &name, data, &flags, time) {
+            Ok(d) => {
+                if self.selected.as_ref().is_some_and(|s| s.mb.folder() == name) {
+                    self.updates(true, &BTreeSet::new())?;
+                }
+                self.ok(tag, &format!("[APPENDUID {} {}] APPEND completed", d.uidvalidity, d.uid));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => self.no(tag, "[TRYCREATE] No such mailbox"),
+            Err(e) => self.no(tag, &io_no(&e)),
+        }
+        Ok(())
+    }
+
+    pub(super) fn copy_move(
+        &mut self,
+        tag: &str,
+        set: &SequenceSet,
+        m: &WireMailbox<'_>,
+        uid: bool,
+        is_move: bool,
+    ) -> io::Result<()> {
+        let name = match disk_name(m) {
+            Ok(n) => n,
+            Err(e) => {
+                self.no(tag, &e);
+                return Ok(());
+            }
+        };
+        let uids = match self.resolve(set, uid) {
+            Ok(u) => u,
+            Err(e) => {
+                self.bad(Some(tag), &e);
+                return Ok(());
+            }
+        };
+        let cmd = if is_move { "MOVE" } else { "COPY" };
+        if is_move && self.selected.as_ref().is_some_and(|s| s.read_only) {
+            self.no(tag, "[READ-ONLY] Mailbox is read-only");
+            return Ok(());
+        }
+        if uids.is_empty() {
+            self.ok(tag, &format!("{cmd} completed (no messages)"));
+            return Ok(());
+        }
+        match self.ctx.store.folder_exists(&self.account(), &name) {
+            Ok(false) => {
+                self.no(tag, "[TRYCREATE] No such mailbox");
+                return Ok(());
+            }
+            Err(e) => {
+                self.no(tag, &io_no(&e));
+                return Ok(());
+            }
+            Ok(true) => {}
+        }
+        if !is_move {
+            let sel = self.selected.as_ref().expect("selected");
+            let size: u64 = uids.iter().filter_map(|u| sel.mb.message(*u)).map(|m| m.size).sum();
+            if self.over_quota(size)? {
+                self.no(tag, "[OVERQUOTA] Mailbox is full");
+                return Ok(());
+            }
+        }
+        let sel = self.selected.as_mut().expect("selected");
+        let r = if is_move { sel.mb.move_to(&uids, &name) } else { sel.mb.copy_to(&uids, &name) };
+        match r {
+            Ok(res) => {
+                let (src, dst): (Vec<u32>, Vec<u32>) = res.mapping.iter().copied().unzip();
+                let code = if src.is_empty() {
+                    String::new()
+                } else {
+                    format!("[COPYUID {} {} {}] ", res.uidvalidity, compact(&src), compact(&dst))
+                };
+                if is_move {
+                    // RFC 6851 §4.3: COPYUID in an untagged OK before the expunges.
+                    if !code.is_empty() {
+                        self.line(&format!("* OK {}Moved", code));
+                    }
+                    self.updates(true, &BTreeSet::new())?;
+                    self.ok(tag, "MOVE completed");
+                } else {
+                    // A copy into the selected mailbox shows up at once.
+                    self.updates(true, &BTreeSet::new())?;
+                    self.ok(tag, &format!("{code}COPY completed"));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => self.no(tag, "[TRYCREATE] No such mailbox"),
+            Err(e) => self.no(tag, &io_no(&e)),
+        }
+        Ok(())
+    }
+
+    pub(super) fn expunge(&mut self, tag: &str, set: Option<&SequenceSet>) -> io::Result<()> {
+        if self.selected.as_ref().is_some_and(|s| s.read_only) {
+            self.no(tag, "[READ-ONLY] Mailbox is read-only");
+            return Ok(());
+        }
+        let r = match set {
+            None => self.selected.as_mut().expect("selected").mb.expunge_deleted(),
+            Some(set) => {
+                // UID EXPUNGE (RFC 4315 §2.1): only the listed messages that are \Deleted.
+                let uids = match self.resolve(set, true) {
+                    Ok(u) => u,
+                    Err(e) => {
+                        self.bad(Some(tag), &e);
+                        return Ok(());
+                    }
+                };
+                let sel = self.selected.as_mut().expect("selected");
+                let deleted: Vec<u32> = uids
+                    .into_iter()
+                    .filter(|u| sel.mb.message(*u).is_some_and(|m| m.flags.contains(&Flag::Deleted)))
+                    .collect();
+                sel.mb.expunge(&deleted)
+            }
+        };
+        match r {
+            Ok(_) => {
+                self.updates(true, &BTreeSet::new())?;
+                self.ok(tag, "EXPUNGE completed");
+            }
+            Err(e) => self.no(tag, &io_no(&e)),
+        }
+        Ok(())
+    }
+
+    fn quota_line(&mut self) -> io::Result<()> {
+        let used = self.ctx.store.account_usage(&self.account())?.bytes;
+        if self.quota > 0 {
+            // RFC 9208 §5.1: STORAGE in units of 1024 octets.
+            self.line(&format!("* QUOTA \"\" (STORAGE {} {})", used.div_ceil(1024), self.quota / 1024));
+        } else {
+            self.line("* QUOTA \"\" ()");
+        }
+        Ok(())
+    }
+
+    pub(super) fn get_quota(&mut self, tag: &str, root: &str) {
+        if !root.is_empty() {
+            return self.no(tag, "[NONEXISTENT] No such quota root");
+        }
+        match self.quota_line() {
+            Ok(()) => self.ok(tag, "GETQUOTA completed"),
+            Err(e) => self.no(tag, &io_no(&e)),
+        }
+    }
+
+    pub(super) fn get_quota_root(&mut self, tag: &str, m: &WireMailbox<'_>) {
+        let name = match disk_name(m) {
+            Ok(n) => n,
+            Err(e) => return self.no(tag, &e),
+        };
+        let mut out = b"* QUOTAROOT ".to_vec();
+        wire::mailbox(&mut out, &disk_to_wire(&name));
+        out.extend_from_slice(b" \"\"\r\n");
+        self.out.extend_from_slice(&out);
+        match self.quota_line() {
+            Ok(()) => self.ok(tag, "GETQUOTAROOT completed"),
+            Err(e) => self.no(tag, &io_no(&e)),
+        }
+    }
+}
+
+/// FLAGS and PERMANENTFLAGS for a mailbox whose messages use `keywords` (RFC 3501 §7.2.6,
+/// §7.1: sent at SELECT and again when a new keyword appears).
+pub(super) fn flags_lines(keywords: &BTreeSet<String>, read_only: bool) -> Vec<String> {
+    let mut flags = "\\Answered \\Flagged \\Deleted \\Seen \\Draft".to_owned();
+    for k in keywords {
+        flags.push(' ');
+        flags.push_str(k);
+    }
+    vec![
+        format!("* FLAGS ({flags})"),
+        if read_only {
+            "* OK [PERMANENTFLAGS ()] Read-only mailbox".to_owned()
+        } else {
+            format!("* OK [PERMANENTFLAGS ({flags} \\*)] Flags permitted")
+        },
+    ]
+}
+
+pub(super) fn flags_for(m: &store::Message) -> String {
+    flag_list(&m.flags, m.recent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_patterns() {
+        assert_eq!(wire_to_disk(b"Archive/2024").unwrap(), "Archive.2024");
+        assert_eq!(wire_to_disk(b"Entw&APw-rfe").unwrap(), "Entwürfe");
+        assert!(wire_to_disk(b"a.b").is_err());
+        assert!(wire_to_disk(b"../x").is_err());
+        assert!(wire_to_disk(b"/abs").is_err());
+        assert_eq!(disk_to_wire("Archive.2024"), "Archive/2024");
+        assert!(matches(b"*", b"a/b"));
+        assert!(matches(b"%", b"a"));
+        assert!(!matches(b"%", b"a/b"));
+        assert!(matches(b"a/%", b"a/b"));
+        assert!(matches(b"A*", b"Archive/2024"));
+        assert!(!matches(b"B*", b"Archive"));
+        let (plain, o) = split_list_options(b"a LIST (SPECIAL-USE) \"\" \"*\"\r\n").unwrap();
+        assert_eq!(plain, b"a LIST \"\" \"*\"\r\n");
+        assert!(o.special_use_only);
+        let (plain, o) = split_list_options(b"b list \"\" \"%\" RETURN (CHILDREN SUBSCRIBED)\r\n").unwrap();
+        assert_eq!(plain, b"b LIST \"\" \"%\"\r\n");
+        assert!(o.return_subscribed && !o.subscribed_only);
+        assert!(split_list_options(b"c LIST \"\" \"*\"\r\n").is_none());
+        assert!(split_list_options(b"d LIST \"\" \"*\" RETURN (STATUS (MESSAGES))\r\n").is_none());
+    }
+}

@@ -1,0 +1,165 @@
+//! The IMAP server (IMAP4rev1, RFC 3501, with the extensions listed in `session::CAPS`):
+//! port 143 with STARTTLS (LOGINDISABLED until TLS) and 993 with implicit TLS.
+//!
+//! # Codec decision
+//! Commands are parsed with `imap-codec` 2.0.0-alpha.10 (+ `imap-types`, MIT OR Apache-2.0,
+//! rust-version 1.85, builds with our 1.95; pinned with `=` because alphas change their API).
+//! It is the only server-side IMAP grammar in Rust and covers RFC 3501 plus IDLE, MOVE,
+//! UIDPLUS, CONDSTORE, ID, ENABLE, QUOTA, NAMESPACE, LITERAL+; writing and testing our own
+//! parser for that grammar (SEARCH keys, FETCH sections, dates) would cost more than it saves.
+//! We do not use `imap-next` (it queues its own greeting and sends nothing for an
+//! unparseable line, DESIGN.md): `session` frames lines and literals itself (literal size
+//! limit, synchronising `+` continuations, BAD for garbage) and hands each complete command
+//! to `CommandCodec`. Responses are written directly (`wire`): they are simple, and message
+//! bytes go from the file to the socket without building an `imap-types` response tree.
+
+mod fetch;
+pub mod mailbox;
+pub mod mime;
+pub mod search;
+pub mod session;
+pub mod utf7;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::directory::Directory;
+use crate::smtp::Stream;
+use crate::store::Store;
+
+/// Port 143 (STARTTLS) or 993 (implicit TLS, RFC 8314 §3.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    Imap,
+    Imaps,
+}
+
+impl Profile {
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Imap => "imap",
+            Profile::Imaps => "imaps",
+        }
+    }
+}
+
+/// What every IMAP session shares.
+pub struct Context {
+    pub config: Arc<Config>,
+    pub directory: Directory,
+    pub store: Store,
+    pub tls: Option<TlsAcceptor>,
+    connections: Mutex<Connections>,
+}
+
+#[derive(Default)]
+struct Connections {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+struct ConnectionSlot {
+    ctx: Arc<Context>,
+    ip: IpAddr,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut c = self.ctx.connections.lock().unwrap();
+        c.total -= 1;
+        if let Some(n) = c.per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                c.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl Context {
+    pub fn new(config: Arc<Config>, directory: Directory, store: Store, tls: Option<TlsAcceptor>) -> Context {
+        Context { config, directory, store, tls, connections: Mutex::new(Connections::default()) }
+    }
+
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionSlot, &'static str> {
+        let mut c = self.connections.lock().unwrap();
+        if c.total >= self.config.imap.max_connections {
+            return Err("Too many connections, try again later");
+        }
+        let n = c.per_ip.entry(ip).or_insert(0);
+        if *n >= self.config.imap.max_connections_per_ip {
+            return Err("Too many connections from your address");
+        }
+        *n += 1;
+        c.total += 1;
+        Ok(ConnectionSlot { ctx: self.clone(), ip })
+    }
+}
+
+/// Accept connections on `listener` until `shutdown` turns true.
+pub async fn serve(
+    ctx: Arc<Context>,
+    profile: Profile,
+    listener: TcpListener,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    info!(listener = profile.name(), addr = %local, "listening");
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => return,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(error = %e, "imap: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let ctx = ctx.clone();
+        tokio::spawn(async move { handle_connection(ctx, profile, tcp, peer).await });
+    }
+}
+
+async fn handle_connection(
+    ctx: Arc<Context>,
+    profile: Profile,
+    mut tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+) {
+    let _slot = match ctx.admit(peer.ip()) {
+        Ok(slot) => slot,
+        Err(reason) => {
+            debug!(client = %peer.ip(), reason, "imap: connection refused");
+            // RFC 3501 §7.1.5: BYE as the greeting refuses the connection.
+            let _ = tcp.write_all(format!("* BYE {reason}\r\n").as_bytes()).await;
+            return;
+        }
+    };
+    let stream: Box<dyn Stream> = if profile == Profile::Imaps {
+        let Some(acceptor) = ctx.tls.clone() else { return };
+        match tokio::time::timeout(Duration::from_secs(30), acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => Box::new(tls),
+            Ok(Err(e)) => {
+                debug!(client = %peer.ip(), error = %e, "imap: TLS handshake failed");
+                return;
+            }
+            Err(_) => return,
+        }
+    } else {
+        Box::new(tcp)
+    };
+    session::Session::new(ctx, stream, peer, profile == Profile::Imaps).run().await;
+}
