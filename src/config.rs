@@ -46,6 +46,7 @@ pub struct Config {
     pub guard: Option<toml::Table>,
     #[serde(default)]
     pub pop3: Pop3Config,
+    #[serde(default)]
     pub imap: ImapConfig,
 }
 

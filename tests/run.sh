@@ -116,8 +116,8 @@ if [ $# -gt 0 ]; then
     say "cargo test --locked $*"
     cargo test --locked "$@" || status=$?
 else
-    say "cargo test --locked --all-targets"
-    cargo test --locked --all-targets || status=$?
+    say "cargo test --locked --no-fail-fast --all-targets"
+    cargo test --locked --no-fail-fast --all-targets || status=$?
     say "cargo test --locked --doc"
     cargo test --locked --doc || status=$?
 fi
