@@ -38,6 +38,14 @@ pub enum Command {
     /// Inspect and manage the outbound queue.
     #[command(subcommand)]
     Queue(QueueCmd),
+    /// Install posthaste on this machine (or into --root DIR): packages, user, config, TLS, service.
+    Install(crate::install::InstallArgs),
+    /// Remove posthaste (mail, keys and accounts stay unless --purge).
+    Uninstall(crate::install::uninstall::UninstallArgs),
+    /// Tell whether the daemon is running.
+    Status,
+    /// Print the DNS records to publish (MX, SPF, DMARC) for one domain or all of them.
+    Dns { domain: Option<String> },
 }
 
 #[derive(Subcommand, Debug)]
@@ -155,6 +163,21 @@ fn init_admin_logging() {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    // These work before there is a config (install writes it).
+    match cli.command {
+        Command::Install(args) => {
+            let host = crate::install::host::Host::real(args.root.clone())?;
+            return crate::install::install(&host, &args).map(|_| ());
+        }
+        Command::Uninstall(args) => {
+            let host = crate::install::host::Host::real(args.root.clone())?;
+            return crate::install::uninstall::uninstall(&host, &args).map(|_| ());
+        }
+        Command::Status => {
+            return crate::install::status(&crate::install::host::Host::real(None)?, &cli.config)
+        }
+        _ => {}
+    }
     let config = load_config(&cli.config)?;
     let rt = || {
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")
@@ -183,7 +206,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     Command::Domain(c) => domain_cmd(&dir, c).await,
                     Command::User(c) => user_cmd(&dir, &store, c).await,
                     Command::Alias(c) => alias_cmd(&dir, c).await,
-                    Command::Serve | Command::Queue(_) => unreachable!(),
+                    Command::Dns { domain } => dns_cmd(&config, &dir, domain).await,
+                    Command::Serve
+                    | Command::Queue(_)
+                    | Command::Install(_)
+                    | Command::Uninstall(_)
+                    | Command::Status => unreachable!(),
                 }
             })
         }
@@ -393,4 +421,18 @@ fn signal_daemon(config: &Config) -> bool {
     let Ok(text) = std::fs::read_to_string(crate::serve::pidfile_path(config)) else { return false };
     let Ok(pid) = text.trim().parse::<i32>() else { return false };
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGUSR1).is_ok()
+}
+
+/// `posthaste dns [DOMAIN]`: the records for one domain, or for every domain.
+async fn dns_cmd(config: &Config, dir: &Directory, domain: Option<String>) -> anyhow::Result<()> {
+    let domains = match domain {
+        Some(d) => vec![normalize_domain(&d).ok_or_else(|| anyhow::anyhow!("{d:?} is not a valid domain"))?],
+        None => dir.list_domains().await?.into_iter().map(|d| d.name).collect(),
+    };
+    if domains.is_empty() {
+        bail!("no domains yet\nhelp: posthaste domain add example.org");
+    }
+    let postmaster = format!("postmaster@{}", domains[0]);
+    print!("{}", crate::install::dns::records(&config.hostname, &domains, &postmaster));
+    Ok(())
 }

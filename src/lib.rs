@@ -4,6 +4,7 @@ pub mod address;
 pub mod cli;
 pub mod config;
 pub mod directory;
+pub mod install;
 pub mod queue;
 pub mod sasl;
 pub mod serve;
