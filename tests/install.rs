@@ -715,3 +715,122 @@ fn example_answers_file_is_valid() {
     assert_eq!(a.domains, ["example.test"]);
     assert_eq!(a.tls, install::answers::Tls::SelfSigned);
 }
+
+/// A person at the terminal, answering from a script ("" takes the offered default).
+struct Script {
+    answers: Mutex<std::collections::VecDeque<&'static str>>,
+    asked: Arc<Mutex<Vec<String>>>,
+}
+
+impl Script {
+    fn new(answers: &[&'static str]) -> (Script, Arc<Mutex<Vec<String>>>) {
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        (Script { answers: Mutex::new(answers.iter().copied().collect()), asked: asked.clone() }, asked)
+    }
+    fn next(&self, prompt: &str) -> &'static str {
+        self.asked.lock().unwrap().push(prompt.to_owned());
+        self.answers
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or_else(|| panic!("no scripted answer for {prompt:?}"))
+    }
+}
+
+impl posthaste::install::host::Prompter for Script {
+    fn input(&self, prompt: &str, default: Option<&str>) -> anyhow::Result<String> {
+        let a = self.next(prompt);
+        Ok(if a.is_empty() { default.unwrap_or("").to_owned() } else { a.to_owned() })
+    }
+    fn password(&self, prompt: &str) -> anyhow::Result<String> {
+        Ok(self.next(prompt).to_owned())
+    }
+    fn confirm(&self, prompt: &str, default: bool) -> anyhow::Result<bool> {
+        Ok(match self.next(prompt) {
+            "" => default,
+            a => a == "y",
+        })
+    }
+    fn select(&self, prompt: &str, _: &[&str], default: usize) -> anyhow::Result<usize> {
+        Ok(self.next(prompt).parse().unwrap_or(default))
+    }
+}
+
+#[test]
+fn the_wizard_asks_then_offers_the_saved_answers_as_defaults() {
+    let work = tempfile::tempdir().unwrap();
+    let root = target("ubuntu-24.04");
+    let r = root.path();
+    let sys = FakeSystem::new(r);
+    let mut run = host(r, &sys, &fake_binary(work.path()));
+    let (script, _) = Script::new(&[
+        "",                    // host name: the machine's, mail.example.test
+        "example.test b.test", // domains
+        "",                    // postmaster@example.test
+        PASSWORD,              // password
+        "",
+        "n",
+        "",  // antispam yes, antivirus no, guard yes
+        "0", // self-signed
+        "y", // apply
+    ]);
+    run.host.prompter = Some(Box::new(script));
+    install::install(&run.host, &InstallArgs::default()).unwrap_or_else(|e| panic!("{e:#}"));
+    let saved = install::answers::Answers::from_file(&r.join("etc/posthaste/answers.yaml")).unwrap();
+    assert_eq!(saved.hostname, "mail.example.test");
+    assert_eq!(saved.domains, ["example.test", "b.test"]);
+    assert!(!saved.components.antivirus && saved.components.antispam);
+    let text = std::fs::read_to_string(r.join("etc/posthaste/answers.yaml")).unwrap();
+    assert!(!text.contains(PASSWORD) && text.contains("{ARGON2ID}"), "{text}");
+    assert!(sys.log().iter().any(|c| c.contains("rspamd redis-server nftables")), "{:?}", sys.log());
+
+    // Second time: every default is the saved answer, the password is kept: nothing to do.
+    let mut run2 = host(r, &sys, &fake_binary(work.path()));
+    let (script, asked) = Script::new(&["", "", "", "", "", "", "", ""]);
+    run2.host.prompter = Some(Box::new(script));
+    let outcome = install::install(&run2.host, &InstallArgs::default()).unwrap();
+    assert_eq!(pending(&outcome.plan), []);
+    assert!(asked.lock().unwrap().iter().any(|q| q.contains("Keep the postmaster's current password")));
+}
+
+#[test]
+fn uninstall_keeps_mail_and_keys_unless_purge() {
+    use posthaste::install::uninstall::{uninstall, UninstallArgs};
+    let work = tempfile::tempdir().unwrap();
+    let answers = answers(work.path(), &["example.test"]);
+    let root = target("debian-13");
+    let r = root.path();
+    let sys = FakeSystem::new(r);
+    install::install(&host(r, &sys, &fake_binary(work.path())).host, &args(&answers)).unwrap();
+
+    let run = host(r, &sys, &fake_binary(work.path()));
+    uninstall(&run.host, &UninstallArgs { yes: true, ..UninstallArgs::default() }).unwrap();
+    for gone in ["usr/local/sbin/posthaste", "etc/posthaste/posthaste.toml", "etc/posthaste/answers.yaml"] {
+        assert!(!r.join(gone).exists(), "{gone} is still there");
+    }
+    for kept in [
+        "var/lib/posthaste/directory.db",
+        "var/lib/posthaste/mail/example.test/postmaster/new",
+        "etc/posthaste/tls/privkey.pem",
+    ] {
+        assert!(r.join(kept).exists(), "{kept} was removed");
+    }
+    // A new install finds the key and the accounts and keeps them.
+    let again = install::install(&host(r, &sys, &fake_binary(work.path())).host, &args(&answers)).unwrap();
+    let created: Vec<_> = pending(&again.plan)
+        .into_iter()
+        .filter(|c| matches!(c.0, Kind::Key | Kind::Domain | Kind::User))
+        .collect();
+    assert_eq!(created, []);
+
+    // --purge needs a yes; with it, everything of posthaste is gone.
+    let run = host(r, &sys, &fake_binary(work.path()));
+    let err = uninstall(&run.host, &UninstallArgs { purge: true, ..UninstallArgs::default() }).unwrap_err();
+    assert!(format!("{err:#}").contains("--yes"), "{err:#}");
+    assert!(r.join("var/lib/posthaste/directory.db").exists());
+    uninstall(&run.host, &UninstallArgs { purge: true, yes: true, ..UninstallArgs::default() }).unwrap();
+    for gone in ["var/lib/posthaste", "etc/posthaste", "var/log/posthaste", "usr/local/sbin/posthaste"] {
+        assert!(!r.join(gone).exists(), "{gone} is still there");
+    }
+    assert!(!std::fs::read_to_string(r.join("etc/passwd")).unwrap().contains("posthaste"));
+}
