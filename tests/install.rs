@@ -148,14 +148,29 @@ impl Runner for FakeSystem {
                 st.active.remove(*unit);
                 Output::ok("")
             }
+            // The daemon "starts": it writes its pidfile (with our pid, which is alive).
+            [_, .., "serve"] => {
+                let pidfile = self.root.join("var/lib/posthaste/posthaste.pid");
+                std::fs::write(pidfile, format!("{}\n", std::process::id())).unwrap();
+                Output::ok("")
+            }
             _ => Output::ok(""),
         };
         Ok(out)
     }
 }
 
-/// A generous machine without systemd, where nothing listens on our ports.
-struct FakeProbe;
+/// A machine without systemd: by default generous, with nothing on our ports.
+struct FakeProbe {
+    holders: Vec<(u16, &'static str)>,
+    mem: u64,
+}
+
+impl Default for FakeProbe {
+    fn default() -> Self {
+        FakeProbe { holders: vec![], mem: 4 << 30 }
+    }
+}
 
 impl Probe for FakeProbe {
     fn is_root(&self) -> bool {
@@ -164,11 +179,11 @@ impl Probe for FakeProbe {
     fn resolve(&self, _: &str) -> Vec<std::net::IpAddr> {
         vec!["192.0.2.25".parse().unwrap()]
     }
-    fn port_holder(&self, _: u16) -> Option<String> {
-        None
+    fn port_holder(&self, port: u16) -> Option<String> {
+        self.holders.iter().find(|(p, _)| *p == port).map(|(_, who)| who.to_string())
     }
     fn mem_total_bytes(&self) -> Option<u64> {
-        Some(4 << 30)
+        Some(self.mem)
     }
     fn disk_free_bytes(&self, _: &Path) -> Option<u64> {
         Some(100 << 30)
@@ -176,8 +191,9 @@ impl Probe for FakeProbe {
     fn systemd_running(&self) -> bool {
         false
     }
-    fn pid_alive(&self, _: i32) -> bool {
-        false
+    /// The fake daemon's pid is ours (see the runner's `serve`).
+    fn pid_alive(&self, pid: i32) -> bool {
+        pid == std::process::id() as i32
     }
     fn hostname(&self) -> Option<String> {
         Some("mail.example.test".into())
@@ -201,8 +217,12 @@ struct Run {
 
 /// A host on `root` with the fake system; commands "run" (in the fake) unless `dry`.
 fn host(root: &Path, sys: &FakeSystem, binary: &Path) -> Run {
+    host_with(root, sys, binary, FakeProbe::default())
+}
+
+fn host_with(root: &Path, sys: &FakeSystem, binary: &Path, probe: FakeProbe) -> Run {
     let out = SharedBuf::default();
-    let mut host = Host::new(root, Box::new(sys.clone()), Box::new(FakeProbe), Box::new(out.clone()));
+    let mut host = Host::new(root, Box::new(sys.clone()), Box::new(probe), Box::new(out.clone()));
     host.run_commands = true;
     host.binary = binary.to_owned();
     Run { host, out }
@@ -442,7 +462,7 @@ fn install_into_a_root_then_rerun_then_add_a_domain() {
     assert!(log.iter().any(|c| c.contains("apt-get install -y --no-install-recommends rspamd redis-server clamav-daemon clamav-freshclam nftables")), "{log:?}");
     assert!(log.iter().any(|c| c.contains("useradd --system") && c.ends_with("posthaste")), "{log:?}");
     // No systemd in the target, and nothing runs under --root: no service is started.
-    assert!(!log.iter().any(|c| c.starts_with("service ") || c.ends_with(" serve")), "{log:?}");
+    assert!(!log.iter().any(|c| c.starts_with("service ") || c.contains(" serve")), "{log:?}");
     assert!(run
         .out
         .text()
@@ -833,4 +853,76 @@ fn uninstall_keeps_mail_and_keys_unless_purge() {
         assert!(!r.join(gone).exists(), "{gone} is still there");
     }
     assert!(!std::fs::read_to_string(r.join("etc/passwd")).unwrap().contains("posthaste"));
+}
+
+/// Not under --root: the host checks run (here against the fake probe), every problem at
+/// once; then Postfix is replaced, stopped just before posthaste starts, and started again
+/// when the install fails after stopping it.
+#[test]
+fn on_the_running_system_preflight_reports_all_then_postfix_is_replaced() {
+    let work = tempfile::tempdir().unwrap();
+    let binary = fake_binary(work.path());
+    let plain = answers(work.path(), &["example.test"]);
+    let root = target("debian-12");
+    let r = root.path();
+    let before = snapshot(r);
+    let sys = FakeSystem::new(r);
+    let probe = FakeProbe { holders: vec![(25, "master"), (587, "master"), (143, "nginx")], mem: 1 << 30 };
+    let mut run = host_with(r, &sys, &binary, probe);
+    run.host.under_root = false;
+    let msg = format!("{:#}", install::install(&run.host, &args(&plain)).unwrap_err());
+    for needle in [
+        "4 problems",
+        "port 25 is in use by Postfix (master)",
+        "port 587 is in use by Postfix (master)",
+        "set replace_existing_mta: true",
+        "port 143 is in use by nginx",
+        "ClamAV needs about 2 GB of RAM and this machine has 1.0 GB",
+        "components: {antivirus: false}",
+    ] {
+        assert!(msg.contains(needle), "{needle:?} missing from {msg}");
+    }
+    assert_eq!(snapshot(r), before);
+    assert!(sys.log().is_empty(), "{:?}", sys.log());
+
+    let replace = work.path().join("replace.yaml");
+    std::fs::write(
+        &replace,
+        "hostname: mail.example.test\ndomains: [example.test]\npostmaster: {password_file: ./postmaster.pass}\ncomponents: {antivirus: false}\nreplace_existing_mta: true\n",
+    )
+    .unwrap();
+    let postfix = || FakeProbe { holders: vec![(25, "master")], mem: 1 << 30 };
+
+    // A failure after Postfix was stopped: it is started again.
+    sys.fail_on("posthaste.toml serve");
+    let mut run = host_with(r, &sys, &binary, postfix());
+    run.host.under_root = false;
+    let msg = format!("{:#}", install::install(&run.host, &args(&replace)).unwrap_err());
+    assert!(msg.contains("ran `service postfix start`"), "{msg}");
+    assert_eq!(snapshot(r), before);
+
+    // And now it works: the plan stops Postfix last but one, posthaste starts, status sees it.
+    sys.state.lock().unwrap().fail_on = None;
+    sys.clear_log();
+    let mut run = host_with(r, &sys, &binary, postfix());
+    run.host.under_root = false;
+    let outcome = install::install(&run.host, &args(&replace)).unwrap_or_else(|e| panic!("{e:#}"));
+    let changes = pending(&outcome.plan);
+    let n = changes.len();
+    assert_eq!(changes[n - 2], (Kind::Service, "postfix".to_owned(), Action::Remove));
+    assert_eq!(changes[n - 1], (Kind::Service, "posthaste".to_owned(), Action::Create));
+    let log = sys.log();
+    let stop = log.iter().position(|c| c == "service postfix stop").unwrap_or_else(|| panic!("{log:?}"));
+    let start = log.iter().position(|c| c.contains("posthaste.toml serve")).unwrap();
+    assert!(stop < start, "{log:?}");
+    assert!(log.iter().any(|c| c == "service rspamd start"), "{log:?}");
+    let run = host_with(r, &sys, &binary, postfix());
+    let mut status_host = run.host;
+    status_host.under_root = false;
+    install::status(&status_host, &r.join("etc/posthaste/posthaste.toml")).unwrap();
+    assert!(
+        run.out.text().contains(&format!("posthaste is running (pid {}", std::process::id())),
+        "{}",
+        run.out.text()
+    );
 }

@@ -83,7 +83,7 @@ ct systemctl is-system-running --wait >/dev/null || true
 log "install"
 ct sh -c 'cd /root && ./posthaste install --answers answers.yaml --yes' || fail "install"
 ct systemctl is-active --quiet posthaste || { ct journalctl -u posthaste --no-pager | tail -30; fail "posthaste is not active"; }
-ct systemctl is-active --quiet rspamd || fail "rspamd is not active"
+ct systemctl is-active --quiet rspamd || { ct systemctl status rspamd --no-pager | tail -20; fail "rspamd is not active"; }
 for port in 25 465 587; do
     ct ss -Hltn "sport = :$port" | grep -q . || fail "nothing listens on $port"
 done

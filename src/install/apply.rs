@@ -415,6 +415,12 @@ impl<'h> Applier<'h, '_> {
                 }
                 Ok(())
             }
+            Op::StartDaemon { stop, cmd, pidfile, log } => {
+                if let Some(stop) = stop {
+                    self.run(stop, None)?;
+                }
+                self.start_daemon(cmd, pidfile, log)
+            }
             Op::SelfSigned { hostname, cert, key, owner } => {
                 let (c, k) = (host.path(cert), host.path(key));
                 self.journal.make_parents(&c)?;
@@ -442,6 +448,35 @@ impl<'h> Applier<'h, '_> {
                     .with_context(|| format!("cannot add {address}"))?;
                 self.maildir(&addr)
             }
+        }
+    }
+
+    /// Start the daemon detached and wait (at most 15 s) for its pidfile to name a live
+    /// process: it writes it only after binding every listener and dropping root.
+    fn start_daemon(&mut self, cmd: &Cmd, pidfile: &Path, log: &Path) -> anyhow::Result<()> {
+        let pidfile = self.host.path(pidfile);
+        let _ = std::fs::remove_file(&pidfile);
+        self.run(cmd, None)?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            let pid = std::fs::read_to_string(&pidfile).ok().and_then(|t| t.trim().parse::<i32>().ok());
+            if let Some(pid) = pid.filter(|p| self.host.probe.pid_alive(*p)) {
+                let script = format!("kill -TERM {pid}");
+                self.journal.entries.push(Entry::Ran { undo: Cmd::new("sh", &["-c", &script]) });
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                let text = std::fs::read_to_string(self.host.path(log)).unwrap_or_default();
+                let tail: Vec<&str> =
+                    text.lines().rev().take(10).collect::<Vec<_>>().into_iter().rev().collect();
+                bail!(
+                    "posthaste did not start (no live pid in {} after 15 s); the end of {}:\n{}",
+                    pidfile.display(),
+                    log.display(),
+                    tail.join("\n")
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
         }
     }
 

@@ -102,8 +102,15 @@ pub fn plan_install(ctx: &Ctx) -> anyhow::Result<Plan> {
     changes.extend(steps::layout::plan(ctx));
     let (cert, key, tls) = steps::tls::plan(ctx, &mut warnings)?;
     changes.extend(tls);
-    changes.extend(steps::antispam::plan(ctx)?);
-    changes.extend(steps::antivirus::plan(ctx)?);
+    let mut changed_components = Vec::new();
+    for (name, step) in
+        [("antispam", steps::antispam::plan(ctx)?), ("antivirus", steps::antivirus::plan(ctx)?)]
+    {
+        if step.iter().any(Change::is_change) {
+            changed_components.push(name.to_owned());
+        }
+        changes.extend(step);
+    }
     changes.extend(steps::daemon_config::plan(ctx, &cert, &key)?);
     changes.extend(steps::service::unit(ctx)?);
     // The daemon reads these: when one changes, a running daemon is restarted.
@@ -114,7 +121,7 @@ pub fn plan_install(ctx: &Ctx) -> anyhow::Result<Plan> {
     let (directory, hash) = steps::directory::plan(ctx, &mut warnings)?;
     changes.extend(directory);
     changes.extend(steps::answers_file::plan(ctx, &hash));
-    changes.extend(steps::service::components(ctx));
+    changes.extend(steps::service::components(ctx, &changed_components));
     changes.extend(steps::mta::plan(ctx));
     changes.extend(steps::service::posthaste(ctx, restart));
     if ctx.host.under_root && ctx.mode == Mode::Direct {

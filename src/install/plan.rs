@@ -80,6 +80,9 @@ pub enum Op {
     Run { cmd: Cmd, undo: Option<Cmd> },
     /// Run several commands in order (all undone in reverse on rollback).
     RunAll { cmds: Vec<(Cmd, Option<Cmd>)> },
+    /// Start the daemon in the background (direct mode) and wait until its pidfile names a
+    /// live process (stopping the running one first); if it does not come up, the change fails (and is rolled back).
+    StartDaemon { stop: Option<Cmd>, cmd: Cmd, pidfile: PathBuf, log: PathBuf },
     /// Make a self-signed certificate and its key.
     SelfSigned { hostname: String, cert: PathBuf, key: PathBuf, owner: Owner },
     /// Add a domain to the account directory.

@@ -112,6 +112,9 @@ impl Ctx<'_> {
                     Op::RunAll { cmds: cmds.into_iter().map(|(c, u)| (t(c), u.map(t))).collect() }
                 }
                 Op::Packages { install } => Op::Packages { install: install.into_iter().map(t).collect() },
+                Op::StartDaemon { stop, cmd, pidfile, log } => {
+                    Op::StartDaemon { stop: stop.map(t), cmd: t(cmd), pidfile, log }
+                }
                 other => other,
             }
         } else {

@@ -44,10 +44,21 @@ fn systemd_state(ctx: &Ctx, unit: &str) -> (bool, bool) {
     (enabled, active)
 }
 
-/// The components' services: enabled and started when they are not.
-pub fn components(ctx: &Ctx) -> Vec<Change> {
+/// The components' services: enabled and started when they are not; restarted when a file
+/// of their component changed (`changed`: the component names, e.g. "antispam").
+pub fn components(ctx: &Ctx, changed: &[String]) -> Vec<Change> {
     let mut changes = Vec::new();
-    for svc in ctx.distro.services.enabled(&ctx.answers.components).into_iter().flatten() {
+    let s = &ctx.distro.services;
+    let c = &ctx.answers.components;
+    let per_component = [
+        ("antispam", c.antispam, &s.antispam),
+        ("antivirus", c.antivirus, &s.antivirus),
+        ("guard", c.guard, &s.guard),
+    ];
+    for (component, svc) in
+        per_component.into_iter().filter(|(_, on, _)| *on).flat_map(|(n, _, l)| l.iter().map(move |s| (n, s)))
+    {
+        let restart = changed.iter().any(|c| c == component);
         if ctx.host.under_root {
             changes.extend(enable_in_root(ctx, svc));
             continue;
@@ -55,7 +66,11 @@ pub fn components(ctx: &Ctx) -> Vec<Change> {
         let change = match ctx.mode {
             Mode::Systemd => {
                 let (enabled, active) = systemd_state(ctx, svc);
-                if enabled && active {
+                if enabled && active && restart {
+                    let op = Op::Run { cmd: Cmd::new("systemctl", &["restart", svc]), undo: None };
+                    Change::new(Kind::Service, svc, Action::Update, ctx.command_op(op))
+                        .note("restart: its config changed")
+                } else if enabled && active {
                     Change::none(Kind::Service, svc)
                 } else {
                     let op = Op::Run {
@@ -72,7 +87,11 @@ pub fn components(ctx: &Ctx) -> Vec<Change> {
                     .run(&Cmd::new("service", &[svc, "status"]))
                     .map(|o| o.success())
                     .unwrap_or(false);
-                if running {
+                if running && restart {
+                    let op = Op::Run { cmd: Cmd::new("service", &[svc, "restart"]), undo: None };
+                    Change::new(Kind::Service, svc, Action::Update, ctx.command_op(op))
+                        .note("restart: its config changed")
+                } else if running {
                     Change::none(Kind::Service, svc)
                 } else {
                     let op = Op::Run {
@@ -157,7 +176,7 @@ pub fn posthaste(ctx: &Ctx, restart: bool) -> Vec<Change> {
             };
             match running_pid(ctx.host, &l.pidfile()) {
                 None => {
-                    let op = Op::Run { cmd: start, undo: None };
+                    let op = Op::StartDaemon { stop: None, cmd: start, pidfile: l.pidfile(), log: l.log() };
                     vec![Change::new(Kind::Service, name, Action::Create, ctx.command_op(op))
                         .note(format!("start in the background (no systemd); log {}", l.log().display()))]
                 }
@@ -167,7 +186,8 @@ pub fn posthaste(ctx: &Ctx, restart: bool) -> Vec<Change> {
                         "kill -TERM {pid}; for i in $(seq 50); do kill -0 {pid} 2>/dev/null || exit 0; sleep 0.2; done; exit 1"
                     );
                     let stop = Cmd::new("sh", &["-c", &script]);
-                    let op = Op::RunAll { cmds: vec![(stop, None), (start, None)] };
+                    let op =
+                        Op::StartDaemon { stop: Some(stop), cmd: start, pidfile: l.pidfile(), log: l.log() };
                     vec![Change::new(Kind::Service, name, Action::Update, ctx.command_op(op))
                         .note("restart: its files changed")]
                 }
