@@ -121,8 +121,9 @@ impl Runner for FakeSystem {
                     ["is-enabled", unit] => {
                         Output { status: if st.enabled.contains(*unit) { 0 } else { 1 }, ..Output::default() }
                     }
-                    ["is-active", unit] => {
-                        Output { status: if st.active.contains(*unit) { 0 } else { 3 }, ..Output::default() }
+                    ["is-active", unit] if st.active.contains(*unit) => Output::ok("active\n"),
+                    ["is-active", _] => {
+                        Output { status: 3, stdout: "inactive\n".into(), ..Output::default() }
                     }
                     ["enable", unit] => {
                         st.enabled.insert(unit.to_string());

@@ -40,7 +40,12 @@ fn systemd_state(ctx: &Ctx, unit: &str) -> (bool, bool) {
     let ok = |args: &[&str]| ctx.host.run(&systemctl(ctx, args)).map(|o| o.success()).unwrap_or(false);
     let enabled = ok(&["is-enabled", "--quiet", unit]);
     // Nothing runs in a --root target.
-    let active = !ctx.host.under_root && ok(&["is-active", "--quiet", unit]);
+    // A unit still starting (rspamd compiles its rules for seconds) counts as running.
+    let active = !ctx.host.under_root
+        && ctx
+            .host
+            .run(&systemctl(ctx, &["is-active", unit]))
+            .is_ok_and(|o| matches!(o.stdout.trim(), "active" | "activating" | "reloading"));
     (enabled, active)
 }
 
