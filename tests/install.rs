@@ -866,6 +866,10 @@ fn on_the_running_system_preflight_reports_all_then_postfix_is_replaced() {
     let plain = answers(work.path(), &["example.test"]);
     let root = target("debian-12");
     let r = root.path();
+    std::fs::create_dir_all(r.join("etc/init.d")).unwrap();
+    for svc in ["rspamd", "redis-server"] {
+        std::fs::write(r.join("etc/init.d").join(svc), "#!/bin/sh\n").unwrap();
+    }
     let before = snapshot(r);
     let sys = FakeSystem::new(r);
     let probe = FakeProbe { holders: vec![(25, "master"), (587, "master"), (143, "nginx")], mem: 1 << 30 };

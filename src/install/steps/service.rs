@@ -86,6 +86,10 @@ pub fn components(ctx: &Ctx, changed: &[String]) -> Vec<Change> {
                         .note("enable and start")
                 }
             }
+            Mode::Direct if !ctx.host.path(format!("/etc/init.d/{svc}")).exists() => {
+                let reason = "no systemd and no init script: start it yourself".to_owned();
+                Change::new(Kind::Service, svc, Action::Create, Op::Skip { reason })
+            }
             Mode::Direct => {
                 let running = ctx
                     .host
