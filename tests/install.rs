@@ -931,3 +931,32 @@ fn on_the_running_system_preflight_reports_all_then_postfix_is_replaced() {
         run.out.text()
     );
 }
+
+#[test]
+fn dns_prints_mx_spf_dmarc_for_the_directory_domains() {
+    let bin = env!("CARGO_BIN_EXE_posthaste");
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("posthaste.toml");
+    std::fs::write(
+        &config,
+        format!("hostname = \"mail.example.test\"\ndata_dir = \"{}\"\n", work.path().join("data").display()),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(bin).arg("--config").arg(&config).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    run(&["domain", "add", "example.test"]);
+    run(&["domain", "add", "other.test"]);
+    let all = run(&["dns"]);
+    for d in ["example.test", "other.test"] {
+        assert!(all.contains(&format!("{d}.\t3600\tIN\tMX\t10 mail.example.test.\n")), "{all}");
+        assert!(all.contains(&format!("_dmarc.{d}.\t3600\tIN\tTXT\t\"v=DMARC1;")), "{all}");
+    }
+    let one = run(&["dns", "other.test"]);
+    assert!(
+        one.contains("other.test.\t3600\tIN\tTXT\t\"v=spf1 mx -all\"") && !one.contains("example.test.\t"),
+        "{one}"
+    );
+}
