@@ -268,13 +268,39 @@ impl Runner for SystemRunner {
             let child = c.spawn()?;
             return Ok(Output::ok(&child.id().to_string()));
         }
-        let out = c.output()?;
+        // Output goes to unlinked temp files, not pipes: an init script that starts a daemon
+        // leaves it holding its stdout, and reading a pipe to the end would wait for the
+        // daemon to exit. Waiting for the command itself is what we mean.
+        let (mut out, mut err) = (unlinked_temp()?, unlinked_temp()?);
+        c.stdout(out.try_clone()?).stderr(err.try_clone()?);
+        let status = c.spawn()?.wait()?;
         Ok(Output {
-            status: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            status: status.code().unwrap_or(-1),
+            stdout: read_all(&mut out)?,
+            stderr: read_all(&mut err)?,
         })
     }
+}
+
+fn unlinked_temp() -> std::io::Result<std::fs::File> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "posthaste-cmd-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let f = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+    std::fs::remove_file(&path)?;
+    Ok(f)
+}
+
+fn read_all(f: &mut std::fs::File) -> std::io::Result<String> {
+    use std::io::{Read, Seek};
+    f.seek(std::io::SeekFrom::Start(0))?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
 /// Facts from this machine's /proc, resolver and statvfs.
@@ -399,6 +425,17 @@ mod tests {
     fn commands_display_shell_quoted() {
         let c = Cmd::new("apt-get", &["install", "-y", "a b"]).env("DEBIAN_FRONTEND", "noninteractive");
         assert_eq!(c.to_string(), "DEBIAN_FRONTEND=noninteractive apt-get install -y 'a b'");
+    }
+
+    /// Regression: `service rspamd start` hung the install, because the daemon the init
+    /// script started kept the output pipe open.
+    #[test]
+    fn a_command_that_leaves_a_daemon_behind_returns() {
+        let start = std::time::Instant::now();
+        let out =
+            SystemRunner.run(&Cmd::new("sh", &["-c", "echo started; sleep 30 & echo done >&2"])).unwrap();
+        assert!(start.elapsed() < std::time::Duration::from_secs(10));
+        assert_eq!((out.status, out.stdout.as_str(), out.stderr.as_str()), (0, "started\n", "done\n"));
     }
 
     #[test]

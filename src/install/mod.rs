@@ -142,6 +142,17 @@ pub fn install(host: &Host, args: &InstallArgs) -> anyhow::Result<Outcome> {
     let mode = detect_mode(host);
     let holders = preflight::port_holders(host);
 
+    // With someone at the terminal, an MTA on our ports is a question, not an error.
+    if let (Some(p), false) = (&host.prompter, answers.replace_existing_mta) {
+        let known: Vec<&str> =
+            holders.iter().filter_map(|(_, who)| steps::mta::known(who)).map(|(n, _)| n).collect();
+        if let Some(name) = known.first() {
+            answers.replace_existing_mta = p.confirm(
+                &format!("{name} is using the mail ports. Stop and disable it (once posthaste is ready)?"),
+                false,
+            )?;
+        }
+    }
     let mut findings = preflight::check(host, &answers, &layout, &holders);
     // The one finding a person can settle right here.
     if let Some(p) = &host.prompter {
