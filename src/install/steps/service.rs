@@ -136,6 +136,17 @@ fn enable_in_root(ctx: &Ctx, unit: &str) -> Option<Change> {
     Some(Change::new(Kind::Service, unit, Action::Create, op).note("enable: starts when the target boots"))
 }
 
+/// systemd reports a `Type=simple` unit started as soon as it runs; a daemon that then
+/// fails (a port taken, an unreadable key) would pass for installed. Look again after a
+/// moment, and fail with its log (so the install rolls back) if it is not running.
+fn still_running(unit: &str) -> Cmd {
+    let script = format!(
+        "sleep 2; s=$(systemctl is-active {unit}); [ \"$s\" = active ] && exit 0; \
+         echo \"{unit} is $s after starting; its log:\" >&2; journalctl -u {unit} -n 15 --no-pager >&2; exit 1"
+    );
+    Cmd::new("sh", &["-c", &script])
+}
+
 /// The pid in the daemon's pidfile, if that process lives.
 pub fn running_pid(ctx_host: &crate::install::host::Host, pidfile: &std::path::Path) -> Option<i32> {
     let text = std::fs::read_to_string(ctx_host.path(pidfile)).ok()?;
@@ -162,13 +173,18 @@ pub fn posthaste(ctx: &Ctx, restart: bool) -> Vec<Change> {
                             Cmd::new("systemctl", &["enable", "--now", name]),
                             Some(Cmd::new("systemctl", &["disable", "--now", name])),
                         ),
+                        (still_running(name), None),
                     ],
                 };
                 vec![Change::new(Kind::Service, name, Action::Create, ctx.command_op(op))
                     .note("enable and start")]
             } else if restart {
                 let op = Op::RunAll {
-                    cmds: vec![(reload, None), (Cmd::new("systemctl", &["restart", name]), None)],
+                    cmds: vec![
+                        (reload, None),
+                        (Cmd::new("systemctl", &["restart", name]), None),
+                        (still_running(name), None),
+                    ],
                 };
                 vec![Change::new(Kind::Service, name, Action::Update, ctx.command_op(op))
                     .note("restart: its files changed")]
