@@ -40,6 +40,14 @@ pub enum Command {
     /// Inspect and manage the outbound queue.
     #[command(subcommand)]
     Queue(QueueCmd),
+    /// Install posthaste on this machine (or into --root DIR): packages, user, config, TLS, service.
+    Install(crate::install::InstallArgs),
+    /// Remove posthaste (mail, keys and accounts stay unless --purge).
+    Uninstall(crate::install::uninstall::UninstallArgs),
+    /// Tell whether the daemon is running.
+    Status,
+    /// Print the DNS records to publish (MX, SPF, DMARC) for one domain or all of them.
+    Dns { domain: Option<String> },
 }
 
 #[derive(Subcommand, Debug)]
@@ -211,6 +219,21 @@ fn friendly(e: anyhow::Error) -> anyhow::Error {
 }
 
 fn run_command(cli: Cli) -> anyhow::Result<()> {
+    // These work before there is a config (install writes it).
+    match cli.command {
+        Command::Install(args) => {
+            let host = crate::install::host::Host::real(args.root.clone())?;
+            return crate::install::install(&host, &args).map(|_| ());
+        }
+        Command::Uninstall(args) => {
+            let host = crate::install::host::Host::real(args.root.clone())?;
+            return crate::install::uninstall::uninstall(&host, &args).map(|_| ());
+        }
+        Command::Status => {
+            return crate::install::status(&crate::install::host::Host::real(None)?, &cli.config)
+        }
+        _ => {}
+    }
     let config = load_config(&cli.config)?;
     let rt = || {
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")
@@ -253,7 +276,12 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
                     Command::Domain(c) => domain_cmd(&dir, &store, c).await,
                     Command::User(c) => user_cmd(&dir, &store, c).await,
                     Command::Alias(c) => alias_cmd(&dir, c).await,
-                    Command::Serve | Command::Queue(_) => unreachable!(),
+                    Command::Dns { domain } => dns_cmd(&config, &dir, domain).await,
+                    Command::Serve
+                    | Command::Queue(_)
+                    | Command::Install(_)
+                    | Command::Uninstall(_)
+                    | Command::Status => unreachable!(),
                 }
             })
         }
@@ -728,6 +756,20 @@ fn is_posthaste_serve(pid: i32) -> bool {
     let Some(argv0) = args.next() else { return false };
     let name = Path::new(argv0.as_ref()).file_name().map(|n| n.to_string_lossy().into_owned());
     name.is_some_and(|n| n.contains("posthaste")) && args.any(|a| a == "serve")
+}
+
+/// `posthaste dns [DOMAIN]`: the records for one domain, or for every domain.
+async fn dns_cmd(config: &Config, dir: &Directory, domain: Option<String>) -> anyhow::Result<()> {
+    let domains = match domain {
+        Some(d) => vec![normalize_domain(&d).ok_or_else(|| anyhow::anyhow!("{d:?} is not a valid domain"))?],
+        None => dir.list_domains().await?.into_iter().map(|d| d.name).collect(),
+    };
+    if domains.is_empty() {
+        bail!("no domains yet\nhelp: posthaste domain add example.org");
+    }
+    let postmaster = format!("postmaster@{}", domains[0]);
+    print!("{}", crate::install::dns::records(&config.hostname, &domains, &postmaster));
+    Ok(())
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ pub mod cli;
 pub mod config;
 pub mod directory;
 pub mod imap;
+pub mod install;
 pub mod pop3;
 pub mod queue;
 pub mod sasl;

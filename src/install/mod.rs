@@ -1,0 +1,305 @@
+//! `posthaste install`, `uninstall`, `status` and `dns`: the turnkey part.
+//!
+//! An install is: detect the distro (os-release against `distros/*.yaml`), get the answers
+//! (file or wizard → one validated [`answers::Answers`]), run the preflight checks, compute
+//! the [`plan::Plan`] (each step in `steps/` compares the target with what the answers ask
+//! for), and then — unless `--dry-run` — apply it with a journal that undoes everything if
+//! a change fails. All access to the machine goes through [`host::Host`], so tests run this
+//! same code against a temp `--root` with a recording command runner.
+
+pub mod answers;
+pub mod apply;
+pub mod distro;
+pub mod dns;
+pub mod host;
+pub mod plan;
+pub mod preflight;
+pub mod render;
+pub mod steps;
+pub mod uninstall;
+pub mod yaml;
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context as _};
+
+use answers::{Answers, SAVED_ANSWERS};
+use host::Host;
+use plan::{Change, Plan};
+use preflight::Severity;
+use steps::{Ctx, Layout, Mode};
+
+/// `posthaste install` flags.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct InstallArgs {
+    /// Take the answers from this YAML file instead of asking (see examples/answers.yaml).
+    #[arg(long, value_name = "FILE")]
+    pub answers: Option<PathBuf>,
+    /// Apply the plan without asking for confirmation.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Show the plan; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the plan as JSON ({"distro":…, "changes":[{"kind","target","action"}…]}).
+    #[arg(long)]
+    pub json: bool,
+    /// Install into this directory (a target system's root) instead of this machine.
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// With --root: also run package, user and service commands, chrooted into DIR.
+    #[arg(long, requires = "root")]
+    pub run_commands: bool,
+}
+
+/// What an install did (for tests and embedding).
+#[derive(Debug)]
+pub struct Outcome {
+    pub plan: Plan,
+    pub applied: bool,
+}
+
+/// systemd on the target: running here, or installed in the `--root` target.
+pub fn detect_mode(host: &Host) -> Mode {
+    let systemd = if host.under_root {
+        ["/usr/lib/systemd/systemd", "/lib/systemd/systemd"].iter().any(|p| host.path(p).exists())
+    } else {
+        host.probe.systemd_running()
+    };
+    if systemd {
+        Mode::Systemd
+    } else {
+        Mode::Direct
+    }
+}
+
+/// The answers: the file, else the wizard, else a clear error (never a hang).
+pub fn get_answers(host: &Host, args: &InstallArgs) -> anyhow::Result<Answers> {
+    if let Some(file) = &args.answers {
+        return Ok(Answers::from_file(file)?);
+    }
+    let Some(prompter) = &host.prompter else {
+        let saved = host.path(SAVED_ANSWERS);
+        let hint = if saved.exists() {
+            format!("; the previous install's answers are in {}", saved.display())
+        } else {
+            String::new()
+        };
+        bail!(
+            "no answers: there is no terminal to ask the questions on, and --answers was not given\nhelp: pass --answers FILE (see examples/answers.yaml){hint}"
+        );
+    };
+    let previous = Answers::from_file(&host.path(SAVED_ANSWERS)).ok();
+    answers::ask(prompter.as_ref(), previous.as_ref(), host.probe.hostname().as_deref())
+}
+
+/// Every change, in order; nothing is touched.
+pub fn plan_install(ctx: &Ctx) -> anyhow::Result<Plan> {
+    let mut warnings = Vec::new();
+    let mut changes: Vec<Change> = Vec::new();
+    changes.extend(steps::packages::plan(ctx));
+    changes.extend(steps::system_user::plan(ctx));
+    changes.extend(steps::layout::plan(ctx));
+    let (cert, key, tls) = steps::tls::plan(ctx, &mut warnings)?;
+    changes.extend(tls);
+    let mut changed_components = Vec::new();
+    for (name, step) in
+        [("antispam", steps::antispam::plan(ctx)?), ("antivirus", steps::antivirus::plan(ctx)?)]
+    {
+        if step.iter().any(Change::is_change) {
+            changed_components.push(name.to_owned());
+        }
+        changes.extend(step);
+    }
+    changes.extend(steps::daemon_config::plan(ctx, &cert, &key)?);
+    changes.extend(steps::service::unit(ctx)?);
+    // The daemon reads these: when one changes, a running daemon is restarted.
+    let l = &ctx.layout;
+    let watched: Vec<String> =
+        [&l.config, &l.binary, &l.key, &l.cert, &l.unit].iter().map(|p| p.display().to_string()).collect();
+    let restart = changes.iter().any(|c| c.is_change() && watched.contains(&c.target));
+    let (directory, hash) = steps::directory::plan(ctx, &mut warnings)?;
+    changes.extend(directory);
+    changes.extend(steps::answers_file::plan(ctx, &hash));
+    changes.extend(steps::service::components(ctx, &changed_components));
+    changes.extend(steps::mta::plan(ctx));
+    changes.extend(steps::service::posthaste(ctx, restart));
+    if ctx.host.under_root && ctx.mode == Mode::Direct {
+        warnings.push(format!(
+            "the target has no systemd: nothing is set up to start posthaste there; start `{} --config {} serve` (as root) in it",
+            l.binary.display(),
+            l.config.display()
+        ));
+    }
+    Ok(Plan { distro: ctx.distro.id.clone(), changes, warnings })
+}
+
+/// `posthaste install`.
+pub fn install(host: &Host, args: &InstallArgs) -> anyhow::Result<Outcome> {
+    let distro = distro::detect_host(host)?;
+    let mut answers = get_answers(host, args)?;
+    let layout = Layout::default();
+    let mode = detect_mode(host);
+    let holders = preflight::port_holders(host);
+
+    // With someone at the terminal, an MTA on our ports is a question, not an error.
+    if let (Some(p), false) = (&host.prompter, answers.replace_existing_mta) {
+        let known: Vec<&str> =
+            holders.iter().filter_map(|(_, who)| steps::mta::known(who)).map(|(n, _)| n).collect();
+        if let Some(name) = known.first() {
+            answers.replace_existing_mta = p.confirm(
+                &format!("{name} is using the mail ports. Stop and disable it (once posthaste is ready)?"),
+                false,
+            )?;
+        }
+    }
+    let mut findings = preflight::check(host, &answers, &layout, &holders);
+    // The one finding a person can settle right here.
+    if let Some(p) = &host.prompter {
+        if findings.iter().any(|f| f.severity == Severity::Error && f.message.starts_with("ClamAV needs"))
+            && p.confirm(
+                "This machine has too little memory for ClamAV. Install without virus scanning?",
+                true,
+            )?
+        {
+            answers.components.antivirus = false;
+            findings = preflight::check(host, &answers, &layout, &holders);
+        }
+    }
+    let errors: Vec<String> =
+        findings.iter().filter(|f| f.severity == Severity::Error).map(ToString::to_string).collect();
+    if !errors.is_empty() {
+        bail!(
+            "the preflight checks failed ({} problem{}); nothing was changed:\n{}",
+            errors.len(),
+            if errors.len() == 1 { "" } else { "s" },
+            errors.iter().map(|e| format!("- {e}")).collect::<Vec<_>>().join("\n")
+        );
+    }
+
+    let ctx = Ctx {
+        host,
+        distro: &distro,
+        answers: &answers,
+        layout,
+        mode,
+        renderer: render::Renderer::new(),
+        port_holders: holders,
+    };
+    let mut plan = plan_install(&ctx)?;
+    let mut warnings: Vec<String> =
+        findings.iter().filter(|f| f.severity == Severity::Warning).map(ToString::to_string).collect();
+    warnings.append(&mut plan.warnings);
+    plan.warnings = warnings;
+
+    let say = |s: String| {
+        if !args.json {
+            host.say(s)
+        }
+    };
+    say(format!(
+        "posthaste install: {} ({}), {} mode{}",
+        distro.pretty,
+        distro.id,
+        if mode == Mode::Systemd { "systemd" } else { "direct" },
+        if host.under_root { format!(", into {}", host.root.display()) } else { String::new() }
+    ));
+    if args.dry_run {
+        if args.json {
+            host.say(plan.to_json());
+        } else {
+            host.say(plan.render());
+            host.say(format!("dry run: {} change(s) planned, nothing changed", plan.pending()));
+        }
+        return Ok(Outcome { plan, applied: false });
+    }
+    say(plan.render());
+    let pending = plan.pending();
+    if pending == 0 {
+        say("Everything is already as the answers ask: nothing to do.".into());
+    } else {
+        if !args.yes {
+            match &host.prompter {
+                Some(p) => {
+                    if !p.confirm(&format!("Apply these {pending} changes?"), true)? {
+                        bail!("stopped: nothing was changed");
+                    }
+                }
+                None => bail!(
+                    "not applying {pending} changes without confirmation: there is no terminal to ask\nhelp: add --yes to apply them, or --dry-run to only see them"
+                ),
+            }
+        }
+        let bar = progress_bar(host, pending as u64);
+        let result = apply::apply(host, &ctx.layout, &plan, |c| {
+            bar.set_message(c.target.clone());
+            bar.inc(1);
+        });
+        bar.finish_and_clear();
+        let extra = result.map_err(anyhow::Error::new)?;
+        for w in extra {
+            say(format!("warning: {w}"));
+        }
+        say(format!("Done: {pending} change(s) applied."));
+    }
+    if args.json {
+        host.say(plan.to_json());
+        return Ok(Outcome { plan, applied: pending > 0 });
+    }
+    host.say(smoke_test(host));
+    host.say(format!(
+        "\nPublish these DNS records (posthaste dns prints them again):\n{}",
+        dns::records(&answers.hostname, &answers.domains, &answers.postmaster.address.to_string())
+    ));
+    Ok(Outcome { plan, applied: pending > 0 })
+}
+
+/// The install's last step: the end-to-end check (submission, then reading the message back
+/// over IMAP and POP3). It arrives with the IMAP and POP3 servers; until then the install
+/// says so instead of claiming a check it did not run.
+fn smoke_test(host: &Host) -> String {
+    if host.under_root {
+        "Not checked: the target is not running (--root).".into()
+    } else {
+        "Not checked yet: `posthaste check` (send, then read back over IMAP and POP3) comes with the IMAP and POP3 servers.".into()
+    }
+}
+
+fn progress_bar(host: &Host, len: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    if host.progress {
+        if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {wide_msg}") {
+            bar.set_style(style);
+        }
+    } else {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar
+}
+
+/// `posthaste status`: is the daemon running?
+pub fn status(host: &Host, config_path: &std::path::Path) -> anyhow::Result<()> {
+    let config =
+        crate::config::Config::load(config_path).context("posthaste does not seem to be installed")?;
+    if host.probe.systemd_running() {
+        let out = host.run(&host::Cmd::new("systemctl", &["is-active", "posthaste"]));
+        let state = out.map(|o| o.stdout.trim().to_owned()).unwrap_or_default();
+        if state == "active" {
+            host.say("posthaste is running (systemd unit posthaste.service)");
+            return Ok(());
+        }
+        bail!("posthaste is not running (systemd says: {state})\nhelp: journalctl -u posthaste shows why; start it with systemctl start posthaste");
+    }
+    let pidfile = crate::serve::pidfile_path(&config);
+    match steps::service::running_pid(host, &pidfile) {
+        Some(pid) => {
+            host.say(format!("posthaste is running (pid {pid}, direct mode, pidfile {})", pidfile.display()));
+            Ok(())
+        }
+        None => bail!(
+            "posthaste is not running (no live pid in {})\nhelp: start it with `posthaste serve` (rerunning the install also starts it); its log is in {}",
+            pidfile.display(),
+            Layout::default().log().display()
+        ),
+    }
+}

@@ -1,0 +1,186 @@
+//! One file per component step, run in this order. Each step looks at the target, compares
+//! it with what the answers ask for, and returns its changes (`none` where all is right);
+//! none of them changes anything — `apply` does, from the plan.
+//!
+//! 1. `packages`      the distro packages of the enabled components (apt/dnf)
+//! 2. `system_user`   the unprivileged `posthaste` user the daemon runs as
+//! 3. `layout`        directories with their modes, and the binary
+//! 4. `tls`           the certificate and key (self-signed, or the given files)
+//! 5. `antispam`, `antivirus`  their config files beside the distro's
+//! 6. `daemon_config` /etc/posthaste/posthaste.toml, validated by the daemon's own loader
+//! 7. `directory`     the domains and the postmaster account
+//! 8. `answers_file`  the answers used, for reruns (no plaintext password)
+//! 9. `mta`           an existing MTA on our ports: stopped and disabled when allowed
+//! 10. `service`      the component services, then posthaste (systemd unit or direct start)
+
+pub mod answers_file;
+pub mod antispam;
+pub mod antivirus;
+pub mod daemon_config;
+pub mod directory;
+pub mod layout;
+pub mod mta;
+pub mod packages;
+pub mod service;
+pub mod system_user;
+pub mod tls;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use super::answers::Answers;
+use super::distro::Distro;
+use super::host::{Cmd, Host};
+use super::plan::{Action, Change, Kind, Op, Owner};
+use super::render::Renderer;
+
+/// Where everything goes on the target.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub config_dir: PathBuf,
+    pub config: PathBuf,
+    pub answers: PathBuf,
+    pub tls_dir: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub data_dir: PathBuf,
+    pub binary: PathBuf,
+    pub unit: PathBuf,
+    pub log_dir: PathBuf,
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Layout {
+            config_dir: "/etc/posthaste".into(),
+            config: "/etc/posthaste/posthaste.toml".into(),
+            answers: super::answers::SAVED_ANSWERS.into(),
+            tls_dir: "/etc/posthaste/tls".into(),
+            cert: "/etc/posthaste/tls/fullchain.pem".into(),
+            key: "/etc/posthaste/tls/privkey.pem".into(),
+            data_dir: "/var/lib/posthaste".into(),
+            binary: "/usr/local/sbin/posthaste".into(),
+            unit: "/etc/systemd/system/posthaste.service".into(),
+            log_dir: "/var/log/posthaste".into(),
+        }
+    }
+}
+
+impl Layout {
+    pub fn db(&self) -> PathBuf {
+        self.data_dir.join("directory.db")
+    }
+    pub fn pidfile(&self) -> PathBuf {
+        self.data_dir.join("posthaste.pid")
+    }
+    pub fn log(&self) -> PathBuf {
+        self.log_dir.join("posthaste.log")
+    }
+}
+
+/// How posthaste is started on the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A hardened systemd unit.
+    Systemd,
+    /// No systemd (containers, this kind of development machine): started in the
+    /// background by the installer, pidfile in the data directory.
+    Direct,
+}
+
+/// What the steps read: the target, the answers, the distro, and what was found.
+pub struct Ctx<'a> {
+    pub host: &'a Host,
+    pub distro: &'a Distro,
+    pub answers: &'a Answers,
+    pub layout: Layout,
+    pub mode: Mode,
+    pub renderer: Renderer,
+    /// Port → process name of what listens there now (empty under `--root`).
+    pub port_holders: Vec<(u16, String)>,
+}
+
+impl Ctx<'_> {
+    /// Commands that change the target, or a `Skip` saying why not.
+    /// Under `--root` (with `--run-commands`) they run chrooted into the target.
+    pub fn command_op(&self, op: Op) -> Op {
+        let t = |c: Cmd| self.host.target_cmd(c);
+        if self.host.commands_allowed() {
+            match op {
+                Op::Run { cmd, undo } => Op::Run { cmd: t(cmd), undo: undo.map(t) },
+                Op::RunAll { cmds } => {
+                    Op::RunAll { cmds: cmds.into_iter().map(|(c, u)| (t(c), u.map(t))).collect() }
+                }
+                Op::Packages { install } => Op::Packages { install: install.into_iter().map(t).collect() },
+                Op::StartDaemon { stop, cmd, pidfile, log } => {
+                    Op::StartDaemon { stop: stop.map(t), cmd: t(cmd), pidfile, log }
+                }
+                other => other,
+            }
+        } else {
+            Op::Skip { reason: "not run under --root (add --run-commands to run it chrooted)".into() }
+        }
+    }
+}
+
+/// uid and gid of a user and group in the target's /etc/passwd and /etc/group.
+pub fn resolve_owner(host: &Host, owner: &Owner) -> Option<(u32, u32)> {
+    let uid = if owner.user == "root" { Some(0) } else { lookup(host, "/etc/passwd", &owner.user) };
+    let gid = if owner.group == "root" { Some(0) } else { lookup(host, "/etc/group", &owner.group) };
+    Some((uid?, gid?))
+}
+
+fn lookup(host: &Host, file: &str, name: &str) -> Option<u32> {
+    let text = std::fs::read_to_string(host.path(file)).ok()?;
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() > 2 && f[0] == name).then(|| f[2].parse().ok()).flatten()
+    })
+}
+
+/// Whether an existing path has the mode and (when it can be resolved) the owner wanted.
+fn meta_matches(host: &Host, meta: &std::fs::Metadata, mode: u32, owner: &Owner) -> bool {
+    if meta.mode() & 0o7777 != mode {
+        return false;
+    }
+    match resolve_owner(host, owner) {
+        Some((uid, gid)) => meta.uid() == uid && meta.gid() == gid,
+        // The owner does not exist (yet): nothing we could fix now.
+        None => true,
+    }
+}
+
+/// The change for a whole file with these contents, mode and owner.
+pub fn file_change(ctx: &Ctx, kind: Kind, path: &Path, contents: Vec<u8>, mode: u32, owner: Owner) -> Change {
+    let real = ctx.host.path(path);
+    let target = path.display().to_string();
+    let op = Op::WriteFile { path: path.to_owned(), contents: contents.clone(), mode, owner: owner.clone() };
+    match std::fs::symlink_metadata(&real) {
+        Err(_) => Change::new(kind, target, Action::Create, op),
+        Ok(meta) => {
+            let same = meta.is_file()
+                && std::fs::read(&real).map(|c| c == contents).unwrap_or(false)
+                && meta_matches(ctx.host, &meta, mode, &owner);
+            if same {
+                Change::none(kind, target)
+            } else {
+                Change::new(kind, target, Action::Update, op)
+            }
+        }
+    }
+}
+
+/// The change for a directory with this mode and owner.
+pub fn dir_change(ctx: &Ctx, path: &Path, mode: u32, owner: Owner) -> Change {
+    let real = ctx.host.path(path);
+    let target = format!("{}/", path.display());
+    let op = Op::Dir { path: path.to_owned(), mode, owner: owner.clone() };
+    match std::fs::metadata(&real) {
+        Err(_) => Change::new(Kind::File, target, Action::Create, op),
+        Ok(meta) if meta.is_dir() && meta_matches(ctx.host, &meta, mode, &owner) => {
+            Change::none(Kind::File, target)
+        }
+        Ok(_) => Change::new(Kind::File, target, Action::Update, op)
+            .note(format!("mode {mode:o}, owner {}", owner.user)),
+    }
+}

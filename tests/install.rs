@@ -1,0 +1,962 @@
+//! The installer, run for real against a temp `--root`: the real planning and apply code,
+//! with a fake system behind the command runner (it records every command and emulates
+//! what dpkg/rpm, apt/dnf, useradd and systemctl would do to the target) and a fake probe
+//! (root, plenty of RAM, no systemd). Nothing here touches the host's /etc or runs a
+//! package manager.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use posthaste::install::host::{Cmd, Host, Output, Probe, Runner, SharedBuf};
+use posthaste::install::plan::{Action, Kind, Plan};
+use posthaste::install::{self, InstallArgs};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/os-release");
+const PASSWORD: &str = "correct horse battery";
+
+/// What the fake system knows about the target.
+#[derive(Default)]
+struct State {
+    packages: BTreeSet<String>,
+    enabled: BTreeSet<String>,
+    active: BTreeSet<String>,
+    log: Vec<Cmd>,
+    /// A command whose text contains this fails.
+    fail_on: Option<String>,
+}
+
+#[derive(Clone)]
+struct FakeSystem {
+    root: PathBuf,
+    state: Arc<Mutex<State>>,
+}
+
+impl FakeSystem {
+    fn new(root: &Path) -> FakeSystem {
+        FakeSystem { root: root.to_owned(), state: Arc::default() }
+    }
+    fn log(&self) -> Vec<String> {
+        self.state.lock().unwrap().log.iter().map(ToString::to_string).collect()
+    }
+    fn clear_log(&self) {
+        self.state.lock().unwrap().log.clear();
+    }
+    fn fail_on(&self, text: &str) {
+        self.state.lock().unwrap().fail_on = Some(text.into());
+    }
+    fn edit(&self, file: &str, f: impl FnOnce(&mut Vec<String>)) {
+        let path = self.root.join(file);
+        let mut lines: Vec<String> =
+            std::fs::read_to_string(&path).unwrap_or_default().lines().map(str::to_owned).collect();
+        f(&mut lines);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    }
+}
+
+/// The user the fake useradd creates: ourselves when not root, so chown works either way.
+fn fake_ids() -> (u32, u32) {
+    let (uid, gid) = (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
+    if uid == 0 {
+        (998, 998)
+    } else {
+        (uid, gid)
+    }
+}
+
+impl Runner for FakeSystem {
+    fn run(&self, cmd: &Cmd) -> std::io::Result<Output> {
+        let mut st = self.state.lock().unwrap();
+        st.log.push(cmd.clone());
+        if let Some(f) = &st.fail_on {
+            if cmd.to_string().contains(f.as_str()) {
+                return Ok(Output::failed(1, "injected failure"));
+            }
+        }
+        let argv = cmd.argv();
+        let names = |skip: usize| -> Vec<String> {
+            argv[skip..].iter().filter(|a| !a.starts_with('-')).map(|a| a.to_string()).collect()
+        };
+        let out = match argv.as_slice() {
+            ["dpkg-query", ..] | ["rpm", ..] => {
+                let wanted: Vec<String> =
+                    names(1).into_iter().filter(|n| !n.contains('/') && !n.contains('%')).collect();
+                let found: Vec<&String> = wanted.iter().filter(|n| st.packages.contains(*n)).collect();
+                let stdout: String = found.iter().map(|n| format!("{n} installed\n")).collect();
+                Output {
+                    status: if found.len() == wanted.len() { 0 } else { 1 },
+                    stdout,
+                    stderr: String::new(),
+                }
+            }
+            ["apt-get", "install", ..] | ["dnf", "install", ..] => {
+                for n in names(2) {
+                    let n = if n.starts_with("https://") { "epel-release".to_owned() } else { n };
+                    st.packages.insert(n);
+                }
+                Output::ok("")
+            }
+            ["useradd", .., user] => {
+                let (uid, gid) = fake_ids();
+                let user = user.to_string();
+                drop(st);
+                self.edit("etc/passwd", |l| {
+                    l.push(format!("{user}:x:{uid}:{gid}::/var/lib/posthaste:/usr/sbin/nologin"))
+                });
+                self.edit("etc/group", |l| l.push(format!("{user}:x:{gid}:")));
+                Output::ok("")
+            }
+            ["userdel", user] => {
+                let prefix = format!("{user}:");
+                drop(st);
+                self.edit("etc/passwd", |l| l.retain(|x| !x.starts_with(&prefix)));
+                self.edit("etc/group", |l| l.retain(|x| !x.starts_with(&prefix)));
+                Output::ok("")
+            }
+            ["systemctl", rest @ ..] => {
+                let rest: Vec<&str> = rest.iter().copied().filter(|a| !a.starts_with("--")).collect();
+                match rest.as_slice() {
+                    ["is-enabled", unit] => {
+                        Output { status: if st.enabled.contains(*unit) { 0 } else { 1 }, ..Output::default() }
+                    }
+                    ["is-active", unit] if st.active.contains(*unit) => Output::ok("active\n"),
+                    ["is-active", _] => {
+                        Output { status: 3, stdout: "inactive\n".into(), ..Output::default() }
+                    }
+                    ["enable", unit] => {
+                        st.enabled.insert(unit.to_string());
+                        st.active.insert(unit.to_string());
+                        Output::ok("")
+                    }
+                    ["disable", unit] => {
+                        st.enabled.remove(*unit);
+                        st.active.remove(*unit);
+                        Output::ok("")
+                    }
+                    _ => Output::ok(""),
+                }
+            }
+            ["service", unit, "status"] => {
+                Output { status: if st.active.contains(*unit) { 0 } else { 3 }, ..Output::default() }
+            }
+            ["service", unit, "start"] => {
+                st.active.insert(unit.to_string());
+                Output::ok("")
+            }
+            ["service", unit, "stop"] => {
+                st.active.remove(*unit);
+                Output::ok("")
+            }
+            // The daemon "starts": it writes its pidfile (with our pid, which is alive).
+            [_, .., "serve"] => {
+                let pidfile = self.root.join("var/lib/posthaste/posthaste.pid");
+                std::fs::write(pidfile, format!("{}\n", std::process::id())).unwrap();
+                Output::ok("")
+            }
+            _ => Output::ok(""),
+        };
+        Ok(out)
+    }
+}
+
+/// A machine without systemd: by default generous, with nothing on our ports.
+struct FakeProbe {
+    holders: Vec<(u16, &'static str)>,
+    mem: u64,
+}
+
+impl Default for FakeProbe {
+    fn default() -> Self {
+        FakeProbe { holders: vec![], mem: 4 << 30 }
+    }
+}
+
+impl Probe for FakeProbe {
+    fn is_root(&self) -> bool {
+        true
+    }
+    fn resolve(&self, _: &str) -> Vec<std::net::IpAddr> {
+        vec!["192.0.2.25".parse().unwrap()]
+    }
+    fn port_holder(&self, port: u16) -> Option<String> {
+        self.holders.iter().find(|(p, _)| *p == port).map(|(_, who)| who.to_string())
+    }
+    fn mem_total_bytes(&self) -> Option<u64> {
+        Some(self.mem)
+    }
+    fn disk_free_bytes(&self, _: &Path) -> Option<u64> {
+        Some(100 << 30)
+    }
+    fn systemd_running(&self) -> bool {
+        false
+    }
+    /// The fake daemon's pid is ours (see the runner's `serve`).
+    fn pid_alive(&self, pid: i32) -> bool {
+        pid == std::process::id() as i32
+    }
+    fn hostname(&self) -> Option<String> {
+        Some("mail.example.test".into())
+    }
+}
+
+/// A target root holding the given os-release fixture and a minimal passwd/group.
+fn target(fixture: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("etc")).unwrap();
+    std::fs::copy(Path::new(FIXTURES).join(fixture), dir.path().join("etc/os-release")).unwrap();
+    std::fs::write(dir.path().join("etc/passwd"), "root:x:0:0:root:/root:/bin/bash\n").unwrap();
+    std::fs::write(dir.path().join("etc/group"), "root:x:0:\n").unwrap();
+    dir
+}
+
+struct Run {
+    host: Host,
+    out: SharedBuf,
+}
+
+/// A host on `root` with the fake system; commands "run" (in the fake) unless `dry`.
+fn host(root: &Path, sys: &FakeSystem, binary: &Path) -> Run {
+    host_with(root, sys, binary, FakeProbe::default())
+}
+
+fn host_with(root: &Path, sys: &FakeSystem, binary: &Path, probe: FakeProbe) -> Run {
+    let out = SharedBuf::default();
+    let mut host = Host::new(root, Box::new(sys.clone()), Box::new(probe), Box::new(out.clone()));
+    host.run_commands = true;
+    host.binary = binary.to_owned();
+    Run { host, out }
+}
+
+/// An answers file (and its password file) outside the target.
+fn answers(dir: &Path, domains: &[&str]) -> PathBuf {
+    std::fs::write(dir.join("postmaster.pass"), format!("{PASSWORD}\n")).unwrap();
+    let path = dir.join("answers.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "hostname: mail.example.test\ndomains: [{}]\npostmaster: {{password_file: ./postmaster.pass}}\ncomponents: {{antispam: true, antivirus: true, guard: true}}\ntls: {{mode: self-signed}}\n",
+            domains.join(", ")
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn args(answers: &Path) -> InstallArgs {
+    InstallArgs { answers: Some(answers.to_owned()), yes: true, ..InstallArgs::default() }
+}
+
+/// Every path under `root` with its type, mode, owner and contents.
+fn snapshot(root: &Path) -> BTreeMap<String, String> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().flatten().collect();
+        entries.sort_by_key(|e| e.path());
+        for e in entries {
+            let p = e.path();
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            let head = format!("{:o} {}:{}", meta.mode(), meta.uid(), meta.gid());
+            if meta.is_dir() {
+                out.insert(rel, format!("dir {head}"));
+                walk(root, &p, out);
+            } else {
+                let content = std::fs::read(&p).unwrap();
+                out.insert(rel, format!("file {head} {}", String::from_utf8_lossy(&content)));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).permissions().mode() & 0o7777
+}
+
+fn pending(plan: &Plan) -> Vec<(Kind, String, Action)> {
+    plan.changes.iter().filter(|c| c.is_change()).map(|c| (c.kind, c.target.clone(), c.action)).collect()
+}
+
+fn fake_binary(dir: &Path) -> PathBuf {
+    let p = dir.join("posthaste-binary");
+    std::fs::write(&p, b"#!/bin/sh\necho fake posthaste\n").unwrap();
+    p
+}
+
+#[test]
+fn every_fixture_gets_its_package_manager_and_packages_in_the_json_plan() {
+    let apt = ["rspamd", "redis-server", "clamav-daemon", "clamav-freshclam", "nftables"];
+    let el = ["epel-release", "rspamd", "redis", "clamd", "clamav-update", "nftables"];
+    let el10 = ["epel-release", "rspamd", "valkey", "clamd", "clamav-update", "nftables"];
+    let fedora = ["rspamd", "valkey", "clamd", "clamav-update", "nftables"];
+    let cases: &[(&str, &str, &str, &[&str])] = &[
+        ("debian-11", "debian-11", "apt-get", &apt),
+        ("debian-12", "debian-12", "apt-get", &apt),
+        ("debian-13", "debian-13", "apt-get", &apt),
+        ("ubuntu-22.04", "ubuntu-22.04", "apt-get", &apt),
+        ("ubuntu-24.04", "ubuntu-24.04", "apt-get", &apt),
+        ("rhel-8", "rhel-8", "dnf", &el),
+        ("rhel-9", "rhel-9", "dnf", &el),
+        ("rhel-10", "rhel-10", "dnf", &el10),
+        ("rocky-8", "rhel-8", "dnf", &el),
+        ("rocky-9", "rhel-9", "dnf", &el),
+        ("rocky-10", "rhel-10", "dnf", &el10),
+        ("almalinux-8", "rhel-8", "dnf", &el),
+        ("almalinux-9", "rhel-9", "dnf", &el),
+        ("almalinux-10", "rhel-10", "dnf", &el10),
+        ("fedora-41", "fedora-41", "dnf", &fedora),
+        ("fedora-43", "fedora-43", "dnf", &fedora),
+    ];
+    // Every supported fixture is in the table.
+    let fixtures: BTreeSet<String> = std::fs::read_dir(FIXTURES)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with("unsupported-"))
+        .collect();
+    assert_eq!(fixtures, cases.iter().map(|c| c.0.to_owned()).collect::<BTreeSet<_>>());
+
+    let work = tempfile::tempdir().unwrap();
+    let answers = answers(work.path(), &["example.test"]);
+    let binary = fake_binary(work.path());
+    for (fixture, distro, manager, packages) in cases {
+        let root = target(fixture);
+        let before = snapshot(root.path());
+        let sys = FakeSystem::new(root.path());
+        let run = host(root.path(), &sys, &binary);
+        let a = InstallArgs { dry_run: true, json: true, ..args(&answers) };
+        install::install(&run.host, &a).unwrap_or_else(|e| panic!("{fixture}: {e:#}"));
+        let json: serde_json::Value = serde_json::from_str(&run.out.text())
+            .unwrap_or_else(|e| panic!("{fixture}: {e}: {}", run.out.text()));
+        assert_eq!(json["distro"], *distro, "{fixture}");
+        let changes = json["changes"].as_array().unwrap();
+        for c in changes {
+            let keys: BTreeSet<&str> = c.as_object().unwrap().keys().map(String::as_str).collect();
+            assert_eq!(keys, BTreeSet::from(["kind", "target", "action"]), "{fixture}: {c}");
+        }
+        let planned: Vec<&str> = changes
+            .iter()
+            .filter(|c| c["kind"] == "package")
+            .map(|c| c["target"].as_str().unwrap())
+            .collect();
+        assert_eq!(planned, *packages, "{fixture}");
+        assert!(
+            changes.iter().filter(|c| c["kind"] == "package").all(|c| c["action"] == "create"),
+            "{fixture}"
+        );
+        let install_cmd = changes
+            .iter()
+            .find(|c| c["kind"] == "command")
+            .and_then(|c| c["target"].as_str())
+            .unwrap_or_else(|| panic!("{fixture}: no install command in {json}"));
+        assert!(install_cmd.contains(&format!("{manager} install")), "{fixture}: {install_cmd}");
+        for p in packages.iter().filter(|p| **p != "epel-release") {
+            assert!(install_cmd.split(' ').any(|w| w == *p), "{fixture}: {p} not in {install_cmd}");
+        }
+        if *manager == "dnf" && packages.contains(&"epel-release") {
+            assert!(install_cmd.contains("epel-release-latest-"), "{fixture}: {install_cmd}");
+        }
+        // The query went to the right package database, and nothing was changed.
+        let query = if *manager == "apt-get" { "dpkg-query" } else { "rpm" };
+        assert!(sys.log().iter().any(|c| c.starts_with(query)), "{fixture}: {:?}", sys.log());
+        assert!(
+            !sys.log().iter().any(|c| c.contains("install -y") || c.contains("useradd")),
+            "{fixture}: a dry run ran {:?}",
+            sys.log()
+        );
+        assert_eq!(snapshot(root.path()), before, "{fixture}: the dry run changed the target");
+    }
+}
+
+#[test]
+fn unsupported_systems_say_what_was_found_and_what_is_supported() {
+    let work = tempfile::tempdir().unwrap();
+    let answers = answers(work.path(), &["example.test"]);
+    for (fixture, found) in [
+        ("unsupported-alpine-3.20", "Alpine Linux v3.20"),
+        ("unsupported-debian-10", "Debian GNU/Linux 10 (buster)"),
+        ("unsupported-linuxmint-21.3", "Linux Mint 21.3"),
+    ] {
+        let root = target(fixture);
+        let sys = FakeSystem::new(root.path());
+        let run = host(root.path(), &sys, &fake_binary(work.path()));
+        let err = install::install(&run.host, &InstallArgs { dry_run: true, ..args(&answers) }).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains(found), "{fixture}: {msg}");
+        assert!(msg.contains("Debian 11, 12, 13") && msg.contains("Ubuntu 22.04, 24.04"), "{msg}");
+        assert!(msg.contains("8, 9, 10") && msg.contains("Fedora 41 or later"), "{msg}");
+    }
+}
+
+#[test]
+fn broken_answers_report_every_problem_with_lines_and_change_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let bad = work.path().join("answers.yaml");
+    std::fs::write(
+        &bad,
+        "hostname: localhost\n\
+         domains: [example.test, \"not a domain\"]\n\
+         postmaster:\n\
+         \x20 password_file: ./missing.pass\n\
+         \x20 colour: blue\n\
+         components: {antispam: maybe}\n\
+         tls: {mode: files, cert: relative.pem}\n\
+         replace_existing_mta: 1\n",
+    )
+    .unwrap();
+    let root = target("debian-12");
+    let before = snapshot(root.path());
+    let sys = FakeSystem::new(root.path());
+    let run = host(root.path(), &sys, &fake_binary(work.path()));
+    let err = install::install(&run.host, &args(&bad)).unwrap_err();
+    let msg = format!("{err:#}");
+    let file = bad.display().to_string();
+    for (line, needle) in [
+        (1, "hostname \"localhost\" is not a fully qualified domain name"),
+        (2, "\"not a domain\" is not a valid mail domain"),
+        (4, "cannot read password_file"),
+        (5, "unknown key `colour` in postmaster"),
+        (6, "`antispam` must be true or false"),
+        (7, "tls mode files needs `key`"),
+        (7, "tls.cert \"relative.pem\" must be an absolute path"),
+        (8, "`replace_existing_mta` must be true or false"),
+    ] {
+        assert!(
+            msg.contains(&format!("{file}:{line}: {needle}")),
+            "missing line {line} {needle:?} in:\n{msg}"
+        );
+    }
+    assert!(msg.contains("has 8 problems"), "{msg}");
+    assert!(msg.matches("help: ").count() >= 8, "{msg}");
+    assert_eq!(snapshot(root.path()), before);
+    assert!(sys.log().is_empty(), "{:?}", sys.log());
+}
+
+#[test]
+fn no_terminal_and_no_answers_is_a_clear_error() {
+    let root = target("debian-12");
+    let sys = FakeSystem::new(root.path());
+    let run = host(root.path(), &sys, Path::new("/nonexistent"));
+    let err = install::install(&run.host, &InstallArgs { yes: true, ..InstallArgs::default() }).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("no terminal") && msg.contains("help: pass --answers FILE"), "{msg}");
+}
+
+/// Install, then check the target file by file.
+#[test]
+fn install_into_a_root_then_rerun_then_add_a_domain() {
+    let work = tempfile::tempdir().unwrap();
+    let answers1 = answers(work.path(), &["example.test"]);
+    let binary = fake_binary(work.path());
+    let root = target("debian-12");
+    let r = root.path();
+    let sys = FakeSystem::new(r);
+    let run = host(r, &sys, &binary);
+
+    let outcome =
+        install::install(&run.host, &args(&answers1)).unwrap_or_else(|e| panic!("{e:#}\n{}", run.out.text()));
+    assert!(outcome.applied);
+    let log = sys.log();
+    assert!(log.iter().any(|c| c.contains("apt-get install -y --no-install-recommends rspamd redis-server clamav-daemon clamav-freshclam nftables")), "{log:?}");
+    assert!(log.iter().any(|c| c.contains("useradd --system") && c.ends_with("posthaste")), "{log:?}");
+    // No systemd in the target, and nothing runs under --root: no service is started.
+    assert!(!log.iter().any(|c| c.starts_with("service ") || c.contains(" serve")), "{log:?}");
+    assert!(run
+        .out
+        .text()
+        .contains("start `/usr/local/sbin/posthaste --config /etc/posthaste/posthaste.toml serve`"));
+
+    // Modes and owners.
+    let (uid, gid) = fake_ids();
+    for (p, m) in [
+        ("etc/posthaste", 0o750),
+        ("etc/posthaste/tls", 0o750),
+        ("etc/posthaste/posthaste.toml", 0o640),
+        ("etc/posthaste/answers.yaml", 0o600),
+        ("etc/posthaste/tls/privkey.pem", 0o600),
+        ("etc/posthaste/tls/fullchain.pem", 0o644),
+        ("var/lib/posthaste", 0o750),
+        ("var/log/posthaste", 0o750),
+        ("usr/local/sbin/posthaste", 0o755),
+        ("etc/rspamd/local.d/redis.conf", 0o644),
+    ] {
+        assert_eq!(mode(&r.join(p)), m, "{p}");
+    }
+    let owner = |p: &str| {
+        let m = std::fs::metadata(r.join(p)).unwrap();
+        (m.uid(), m.gid())
+    };
+    assert_eq!(owner("var/lib/posthaste"), (uid, gid));
+    assert_eq!(owner("etc/posthaste/tls/privkey.pem"), (uid, gid));
+    assert_eq!(owner("var/lib/posthaste/directory.db"), (uid, gid));
+    assert_eq!(owner("var/lib/posthaste/mail/example.test/postmaster/new"), (uid, gid));
+    assert_eq!(std::fs::read(r.join("usr/local/sbin/posthaste")).unwrap(), std::fs::read(&binary).unwrap());
+
+    // The config loads with the daemon's loader; its TLS pair loads too.
+    let config = posthaste::config::Config::load(&r.join("etc/posthaste/posthaste.toml")).unwrap();
+    assert_eq!(config.hostname, "mail.example.test");
+    assert_eq!(config.data_dir, Path::new("/var/lib/posthaste"));
+    assert_eq!(config.listen.smtp, ["0.0.0.0:25".parse().unwrap()]);
+    assert_eq!(config.server.user, "posthaste");
+    assert!(config.antispam.is_some() && config.antivirus.is_some());
+    let tls = config.tls.clone().unwrap();
+    posthaste::tls::load_acceptor(&posthaste::config::TlsConfig {
+        cert: r.join(tls.cert.strip_prefix("/").unwrap()),
+        key: r.join(tls.key.strip_prefix("/").unwrap()),
+    })
+    .unwrap();
+
+    // The directory has the domain and the postmaster with an Argon2id hash of the password.
+    let db = format!("sqlite://{}", r.join("var/lib/posthaste/directory.db").display());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (domains, hash) = rt.block_on(async {
+        let dir = posthaste::directory::Directory::open(&db).await.unwrap();
+        let domains: Vec<String> = dir.list_domains().await.unwrap().into_iter().map(|d| d.name).collect();
+        let pm = posthaste::address::Address::parse("postmaster@example.test").unwrap();
+        (domains, dir.get_account(&pm).await.unwrap().unwrap().password_hash)
+    });
+    assert_eq!(domains, ["example.test"]);
+    assert!(hash.starts_with("{ARGON2ID}"), "{hash}");
+    assert!(posthaste::directory::password::verify(&hash, PASSWORD));
+
+    // The answers written back have the hash, never the password.
+    let saved = std::fs::read_to_string(r.join("etc/posthaste/answers.yaml")).unwrap();
+    assert!(!saved.contains(PASSWORD) && !saved.contains("password_file"), "{saved}");
+    assert!(saved.contains(&hash), "{saved}");
+    assert!(run.out.text().contains("IN\tMX\t10 mail.example.test."), "{}", run.out.text());
+    assert!(!run.out.text().contains(PASSWORD));
+    assert!(!r.join("var/backups").join(format!("posthaste-install.{}", std::process::id())).exists());
+
+    // A rerun with the same answers plans only `none` and changes nothing.
+    let before = snapshot(r);
+    sys.clear_log();
+    let run2 = host(r, &sys, &binary);
+    let outcome = install::install(&run2.host, &args(&answers1)).unwrap();
+    assert_eq!(pending(&outcome.plan), [], "{}", outcome.plan.render());
+    assert!(outcome.plan.changes.iter().all(|c| c.action == Action::None));
+    assert_eq!(snapshot(r), before, "the rerun changed files");
+    assert!(!sys.log().iter().any(|c| c.contains("install -y") || c.contains("useradd")), "{:?}", sys.log());
+
+    // The saved answers reproduce the same deployment.
+    let run3 = host(r, &sys, &binary);
+    let saved_path = r.join("etc/posthaste/answers.yaml");
+    let outcome = install::install(&run3.host, &InstallArgs { dry_run: true, ..args(&saved_path) }).unwrap();
+    assert_eq!(pending(&outcome.plan), []);
+
+    // More domains: exactly those are added (and the saved answers record them).
+    let answers2 = answers(work.path(), &["example.test", "second.test"]);
+    let run4 = host(r, &sys, &binary);
+    let dry =
+        install::install(&run4.host, &InstallArgs { dry_run: true, json: true, ..args(&answers2) }).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&run4.out.text()).unwrap();
+    let changed: Vec<(String, String, String)> = json["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["action"] != "none")
+        .map(|c| {
+            (
+                c["kind"].as_str().unwrap().into(),
+                c["target"].as_str().unwrap().into(),
+                c["action"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let s = |a: &str, b: &str, c: &str| (a.to_owned(), b.to_owned(), c.to_owned());
+    assert_eq!(
+        changed,
+        [s("domain", "second.test", "create"), s("file", "/etc/posthaste/answers.yaml", "update"),],
+        "{}",
+        dry.plan.render()
+    );
+    let run5 = host(r, &sys, &binary);
+    install::install(&run5.host, &args(&answers2)).unwrap();
+    let domains = rt.block_on(async {
+        let dir = posthaste::directory::Directory::open(&db).await.unwrap();
+        dir.list_domains().await.unwrap().into_iter().map(|d| d.name).collect::<Vec<_>>()
+    });
+    assert_eq!(domains, ["example.test", "second.test"]);
+}
+
+/// A target with systemd: a hardened unit, and every service enabled (not started).
+#[test]
+fn systemd_target_gets_a_hardened_unit_and_enabled_services() {
+    let work = tempfile::tempdir().unwrap();
+    let answers = answers(work.path(), &["example.test"]);
+    let root = target("debian-12");
+    let r = root.path();
+    std::fs::create_dir_all(r.join("usr/lib/systemd")).unwrap();
+    std::fs::write(r.join("usr/lib/systemd/systemd"), "").unwrap();
+    let sys = FakeSystem::new(r);
+    let run = host(r, &sys, &fake_binary(work.path()));
+    install::install(&run.host, &args(&answers)).unwrap_or_else(|e| panic!("{e:#}"));
+    let unit = std::fs::read_to_string(r.join("etc/systemd/system/posthaste.service")).unwrap();
+    for line in [
+        "ExecStart=/usr/local/sbin/posthaste --config /etc/posthaste/posthaste.toml serve",
+        "User=posthaste",
+        "AmbientCapabilities=CAP_NET_BIND_SERVICE\n",
+        "CapabilityBoundingSet=CAP_NET_BIND_SERVICE\n",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ReadWritePaths=/var/lib/posthaste\n",
+        "PrivateTmp=yes",
+        "After=network-online.target redis-server.service rspamd.service clamav-freshclam.service clamav-daemon.service",
+    ] {
+        assert!(unit.contains(line), "{line:?} missing from\n{unit}");
+    }
+    let root_arg = format!("systemctl --root={}", r.display());
+    for svc in ["redis-server", "rspamd", "clamav-freshclam", "clamav-daemon", "posthaste"] {
+        assert!(sys.log().contains(&format!("{root_arg} enable {svc}")), "{svc}: {:?}", sys.log());
+    }
+    assert!(!sys.log().iter().any(|c| c.contains("--now") || c.contains("start")), "{:?}", sys.log());
+    // Rerun: all enabled already.
+    let run2 = host(r, &sys, &fake_binary(work.path()));
+    let outcome = install::install(&run2.host, &args(&answers)).unwrap();
+    assert_eq!(pending(&outcome.plan), []);
+}
+
+/// A command that fails late (enabling posthaste, the last change): everything done before
+/// is undone, including a replaced file, the user, enabled services and the database.
+#[test]
+fn a_failure_mid_apply_rolls_everything_back() {
+    let work = tempfile::tempdir().unwrap();
+    let answers = answers(work.path(), &["example.test"]);
+    let root = target("debian-12");
+    let r = root.path();
+    std::fs::create_dir_all(r.join("usr/lib/systemd")).unwrap();
+    std::fs::write(r.join("usr/lib/systemd/systemd"), "").unwrap();
+    // A file the install replaces: it must come back as it was.
+    std::fs::create_dir_all(r.join("etc/rspamd/local.d")).unwrap();
+    std::fs::write(r.join("etc/rspamd/local.d/redis.conf"), "servers = \"10.0.0.9\";\n").unwrap();
+    let before = snapshot(r);
+
+    let sys = FakeSystem::new(r);
+    sys.fail_on("enable posthaste");
+    let run = host(r, &sys, &fake_binary(work.path()));
+    let err = install::install(&run.host, &args(&answers)).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("the install failed at: service posthaste (create)"), "{msg}");
+    assert!(msg.contains("injected failure"), "{msg}");
+    assert!(msg.contains("everything it had changed was put back"), "{msg}");
+    assert!(msg.contains("restored ") && msg.contains("etc/rspamd/local.d/redis.conf"), "{msg}");
+    assert!(msg.contains("removed ") && msg.contains("var/lib/posthaste/directory.db"), "{msg}");
+    assert!(msg.contains("userdel posthaste"), "{msg}");
+    assert!(msg.contains("help: "), "{msg}");
+    assert_eq!(snapshot(r), before, "the target was not restored");
+    let log = sys.log();
+    assert!(log.iter().any(|c| c.ends_with("disable rspamd")), "{log:?}");
+    assert!(sys.state.lock().unwrap().enabled.is_empty());
+}
+
+/// A target path that cannot be written (a directory where the answers file goes).
+#[test]
+fn an_unwritable_target_file_rolls_everything_back() {
+    let work = tempfile::tempdir().unwrap();
+    let answers = answers(work.path(), &["example.test"]);
+    let root = target("debian-12");
+    let r = root.path();
+    std::fs::create_dir_all(r.join("etc/posthaste/answers.yaml")).unwrap();
+    let before = snapshot(r);
+    let sys = FakeSystem::new(r);
+    let run = host(r, &sys, &fake_binary(work.path()));
+    let err = install::install(&run.host, &args(&answers)).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("the install failed at: file /etc/posthaste/answers.yaml"), "{msg}");
+    assert_eq!(snapshot(r), before, "the target was not restored");
+    assert!(!r.join("var/lib/posthaste").exists());
+}
+
+/// The binary itself: usage, a JSON dry run, and an answers error exit with 1.
+#[test]
+fn the_cli_dry_run_and_errors() {
+    let bin = env!("CARGO_BIN_EXE_posthaste");
+    let work = tempfile::tempdir().unwrap();
+    let answers = answers(work.path(), &["example.test"]);
+    let root = target("rocky-9");
+    let out = std::process::Command::new(bin)
+        .args(["install", "--dry-run", "--json", "--root"])
+        .arg(root.path())
+        .arg("--answers")
+        .arg(&answers)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["distro"], "rhel-9");
+    assert!(json["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["kind"] == "key" && c["action"] == "create"));
+
+    std::fs::write(work.path().join("bad.yaml"), "hostname: [x]\nfoo: 1\n").unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["install", "--yes", "--root"])
+        .arg(root.path())
+        .arg("--answers")
+        .arg(work.path().join("bad.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.yaml:1: `hostname` must be a string")
+            && err.contains("bad.yaml:2: unknown key `foo`"),
+        "{err}"
+    );
+
+    // No terminal, no answers: an error at once, not a wait for input.
+    let out = std::process::Command::new(bin)
+        .args(["install", "--root"])
+        .arg(root.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no answers"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The documented example answers file is valid.
+#[test]
+fn example_answers_file_is_valid() {
+    let work = tempfile::tempdir().unwrap();
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/answers.yaml")).unwrap();
+    std::fs::write(work.path().join("answers.yaml"), text).unwrap();
+    std::fs::write(work.path().join("postmaster.pass"), "a long enough secret\n").unwrap();
+    let a = install::answers::Answers::from_file(&work.path().join("answers.yaml")).unwrap();
+    assert_eq!(a.hostname, "mail.example.test");
+    assert_eq!(a.domains, ["example.test"]);
+    assert_eq!(a.tls, install::answers::Tls::SelfSigned);
+}
+
+/// A person at the terminal, answering from a script ("" takes the offered default).
+struct Script {
+    answers: Mutex<std::collections::VecDeque<&'static str>>,
+    asked: Arc<Mutex<Vec<String>>>,
+}
+
+impl Script {
+    fn new(answers: &[&'static str]) -> (Script, Arc<Mutex<Vec<String>>>) {
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        (Script { answers: Mutex::new(answers.iter().copied().collect()), asked: asked.clone() }, asked)
+    }
+    fn next(&self, prompt: &str) -> &'static str {
+        self.asked.lock().unwrap().push(prompt.to_owned());
+        self.answers
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or_else(|| panic!("no scripted answer for {prompt:?}"))
+    }
+}
+
+impl posthaste::install::host::Prompter for Script {
+    fn input(&self, prompt: &str, default: Option<&str>) -> anyhow::Result<String> {
+        let a = self.next(prompt);
+        Ok(if a.is_empty() { default.unwrap_or("").to_owned() } else { a.to_owned() })
+    }
+    fn password(&self, prompt: &str) -> anyhow::Result<String> {
+        Ok(self.next(prompt).to_owned())
+    }
+    fn confirm(&self, prompt: &str, default: bool) -> anyhow::Result<bool> {
+        Ok(match self.next(prompt) {
+            "" => default,
+            a => a == "y",
+        })
+    }
+    fn select(&self, prompt: &str, _: &[&str], default: usize) -> anyhow::Result<usize> {
+        Ok(self.next(prompt).parse().unwrap_or(default))
+    }
+}
+
+#[test]
+fn the_wizard_asks_then_offers_the_saved_answers_as_defaults() {
+    let work = tempfile::tempdir().unwrap();
+    let root = target("ubuntu-24.04");
+    let r = root.path();
+    let sys = FakeSystem::new(r);
+    let mut run = host(r, &sys, &fake_binary(work.path()));
+    let (script, _) = Script::new(&[
+        "",                    // host name: the machine's, mail.example.test
+        "example.test b.test", // domains
+        "",                    // postmaster@example.test
+        PASSWORD,              // password
+        "",
+        "n",
+        "",  // antispam yes, antivirus no, guard yes
+        "0", // self-signed
+        "y", // apply
+    ]);
+    run.host.prompter = Some(Box::new(script));
+    install::install(&run.host, &InstallArgs::default()).unwrap_or_else(|e| panic!("{e:#}"));
+    let saved = install::answers::Answers::from_file(&r.join("etc/posthaste/answers.yaml")).unwrap();
+    assert_eq!(saved.hostname, "mail.example.test");
+    assert_eq!(saved.domains, ["example.test", "b.test"]);
+    assert!(!saved.components.antivirus && saved.components.antispam);
+    let text = std::fs::read_to_string(r.join("etc/posthaste/answers.yaml")).unwrap();
+    assert!(!text.contains(PASSWORD) && text.contains("{ARGON2ID}"), "{text}");
+    assert!(sys.log().iter().any(|c| c.contains("rspamd redis-server nftables")), "{:?}", sys.log());
+
+    // Second time: every default is the saved answer, the password is kept: nothing to do.
+    let mut run2 = host(r, &sys, &fake_binary(work.path()));
+    let (script, asked) = Script::new(&["", "", "", "", "", "", "", ""]);
+    run2.host.prompter = Some(Box::new(script));
+    let outcome = install::install(&run2.host, &InstallArgs::default()).unwrap();
+    assert_eq!(pending(&outcome.plan), []);
+    assert!(asked.lock().unwrap().iter().any(|q| q.contains("Keep the postmaster's current password")));
+}
+
+#[test]
+fn uninstall_keeps_mail_and_keys_unless_purge() {
+    use posthaste::install::uninstall::{uninstall, UninstallArgs};
+    let work = tempfile::tempdir().unwrap();
+    let answers = answers(work.path(), &["example.test"]);
+    let root = target("debian-13");
+    let r = root.path();
+    let sys = FakeSystem::new(r);
+    install::install(&host(r, &sys, &fake_binary(work.path())).host, &args(&answers)).unwrap();
+
+    let run = host(r, &sys, &fake_binary(work.path()));
+    uninstall(&run.host, &UninstallArgs { yes: true, ..UninstallArgs::default() }).unwrap();
+    for gone in ["usr/local/sbin/posthaste", "etc/posthaste/posthaste.toml", "etc/posthaste/answers.yaml"] {
+        assert!(!r.join(gone).exists(), "{gone} is still there");
+    }
+    for kept in [
+        "var/lib/posthaste/directory.db",
+        "var/lib/posthaste/mail/example.test/postmaster/new",
+        "etc/posthaste/tls/privkey.pem",
+    ] {
+        assert!(r.join(kept).exists(), "{kept} was removed");
+    }
+    // A new install finds the key and the accounts and keeps them.
+    let again = install::install(&host(r, &sys, &fake_binary(work.path())).host, &args(&answers)).unwrap();
+    let created: Vec<_> = pending(&again.plan)
+        .into_iter()
+        .filter(|c| matches!(c.0, Kind::Key | Kind::Domain | Kind::User))
+        .collect();
+    assert_eq!(created, []);
+
+    // --purge needs a yes; with it, everything of posthaste is gone.
+    let run = host(r, &sys, &fake_binary(work.path()));
+    let err = uninstall(&run.host, &UninstallArgs { purge: true, ..UninstallArgs::default() }).unwrap_err();
+    assert!(format!("{err:#}").contains("--yes"), "{err:#}");
+    assert!(r.join("var/lib/posthaste/directory.db").exists());
+    uninstall(&run.host, &UninstallArgs { purge: true, yes: true, ..UninstallArgs::default() }).unwrap();
+    for gone in ["var/lib/posthaste", "etc/posthaste", "var/log/posthaste", "usr/local/sbin/posthaste"] {
+        assert!(!r.join(gone).exists(), "{gone} is still there");
+    }
+    assert!(!std::fs::read_to_string(r.join("etc/passwd")).unwrap().contains("posthaste"));
+}
+
+/// Not under --root: the host checks run (here against the fake probe), every problem at
+/// once; then Postfix is replaced, stopped just before posthaste starts, and started again
+/// when the install fails after stopping it.
+#[test]
+fn on_the_running_system_preflight_reports_all_then_postfix_is_replaced() {
+    let work = tempfile::tempdir().unwrap();
+    let binary = fake_binary(work.path());
+    let plain = answers(work.path(), &["example.test"]);
+    let root = target("debian-12");
+    let r = root.path();
+    std::fs::create_dir_all(r.join("etc/init.d")).unwrap();
+    for svc in ["rspamd", "redis-server"] {
+        std::fs::write(r.join("etc/init.d").join(svc), "#!/bin/sh\n").unwrap();
+    }
+    let before = snapshot(r);
+    let sys = FakeSystem::new(r);
+    let probe = FakeProbe { holders: vec![(25, "master"), (587, "master"), (143, "nginx")], mem: 1 << 30 };
+    let mut run = host_with(r, &sys, &binary, probe);
+    run.host.under_root = false;
+    let msg = format!("{:#}", install::install(&run.host, &args(&plain)).unwrap_err());
+    for needle in [
+        "4 problems",
+        "port 25 is in use by Postfix (master)",
+        "port 587 is in use by Postfix (master)",
+        "set replace_existing_mta: true",
+        "port 143 is in use by nginx",
+        "ClamAV needs about 2 GB of RAM and this machine has 1.0 GB",
+        "components: {antivirus: false}",
+    ] {
+        assert!(msg.contains(needle), "{needle:?} missing from {msg}");
+    }
+    assert_eq!(snapshot(r), before);
+    assert!(sys.log().is_empty(), "{:?}", sys.log());
+
+    let replace = work.path().join("replace.yaml");
+    std::fs::write(
+        &replace,
+        "hostname: mail.example.test\ndomains: [example.test]\npostmaster: {password_file: ./postmaster.pass}\ncomponents: {antivirus: false}\nreplace_existing_mta: true\n",
+    )
+    .unwrap();
+    let postfix = || FakeProbe { holders: vec![(25, "master")], mem: 1 << 30 };
+
+    // A failure after Postfix was stopped: it is started again.
+    sys.fail_on("posthaste.toml serve");
+    let mut run = host_with(r, &sys, &binary, postfix());
+    run.host.under_root = false;
+    let msg = format!("{:#}", install::install(&run.host, &args(&replace)).unwrap_err());
+    assert!(msg.contains("ran `service postfix start`"), "{msg}");
+    assert_eq!(snapshot(r), before);
+
+    // And now it works: the plan stops Postfix last but one, posthaste starts, status sees it.
+    sys.state.lock().unwrap().fail_on = None;
+    sys.clear_log();
+    let mut run = host_with(r, &sys, &binary, postfix());
+    run.host.under_root = false;
+    let outcome = install::install(&run.host, &args(&replace)).unwrap_or_else(|e| panic!("{e:#}"));
+    let changes = pending(&outcome.plan);
+    let n = changes.len();
+    assert_eq!(changes[n - 2], (Kind::Service, "postfix".to_owned(), Action::Remove));
+    assert_eq!(changes[n - 1], (Kind::Service, "posthaste".to_owned(), Action::Create));
+    let log = sys.log();
+    let stop = log.iter().position(|c| c == "service postfix stop").unwrap_or_else(|| panic!("{log:?}"));
+    let start = log.iter().position(|c| c.contains("posthaste.toml serve")).unwrap();
+    assert!(stop < start, "{log:?}");
+    assert!(log.iter().any(|c| c == "service rspamd start"), "{log:?}");
+    let run = host_with(r, &sys, &binary, postfix());
+    let mut status_host = run.host;
+    status_host.under_root = false;
+    install::status(&status_host, &r.join("etc/posthaste/posthaste.toml")).unwrap();
+    assert!(
+        run.out.text().contains(&format!("posthaste is running (pid {}", std::process::id())),
+        "{}",
+        run.out.text()
+    );
+}
+
+#[test]
+fn dns_prints_mx_spf_dmarc_for_the_directory_domains() {
+    let bin = env!("CARGO_BIN_EXE_posthaste");
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("posthaste.toml");
+    std::fs::write(
+        &config,
+        format!("hostname = \"mail.example.test\"\ndata_dir = \"{}\"\n", work.path().join("data").display()),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(bin).arg("--config").arg(&config).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    run(&["domain", "add", "example.test"]);
+    run(&["domain", "add", "other.test"]);
+    let all = run(&["dns"]);
+    for d in ["example.test", "other.test"] {
+        assert!(all.contains(&format!("{d}.\t3600\tIN\tMX\t10 mail.example.test.\n")), "{all}");
+        assert!(all.contains(&format!("_dmarc.{d}.\t3600\tIN\tTXT\t\"v=DMARC1;")), "{all}");
+    }
+    let one = run(&["dns", "other.test"]);
+    assert!(
+        one.contains("other.test.\t3600\tIN\tTXT\t\"v=spf1 mx -all\"") && !one.contains("example.test.\t"),
+        "{one}"
+    );
+}
