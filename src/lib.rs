@@ -4,6 +4,7 @@ pub mod address;
 pub mod cli;
 pub mod config;
 pub mod directory;
+pub mod guard;
 pub mod pop3;
 pub mod queue;
 pub mod sasl;
