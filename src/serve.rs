@@ -11,6 +11,7 @@ use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::directory::Directory;
+use crate::guard::Guard;
 use crate::pop3;
 use crate::queue::Queue;
 use crate::smtp::{self, Profile};
@@ -55,6 +56,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+    // Before dropping root: setting up the nftables table needs CAP_NET_ADMIN.
+    let guard = Arc::new(Guard::open(&config)?);
+    guard.start().context("cannot load the ban list")?;
     drop_privileges(&config.server.user, &config.data_dir)?;
 
     let directory =
@@ -67,8 +71,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write pidfile {}", pidfile.display()))?;
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    let pop3_ctx = Arc::new(pop3::Context::new(config.clone(), directory.clone(), store, tls.clone()));
-    let ctx = Arc::new(smtp::Context::new(config.clone(), directory, queue.clone(), tls));
+    let pop3_ctx = Arc::new(
+        pop3::Context::new(config.clone(), directory.clone(), store, tls.clone()).with_guard(guard.clone()),
+    );
+    let ctx =
+        Arc::new(smtp::Context::new(config.clone(), directory, queue.clone(), tls).with_guard(guard.clone()));
     let mut tasks = Vec::new();
     for (profile, listener) in listeners {
         tasks.push(tokio::spawn(smtp::serve(ctx.clone(), profile, listener, shutdown_rx.clone())));
@@ -76,6 +83,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     for (implicit_tls, listener) in pop3_listeners {
         tasks.push(tokio::spawn(pop3::serve(pop3_ctx.clone(), implicit_tls, listener, shutdown_rx.clone())));
     }
+    // Notice `posthaste ban` changes and log expiries even when nobody connects (each
+    // accept also checks the ban file's mtime).
+    tasks.push(tokio::spawn({
+        let guard = guard.clone();
+        let mut rx = shutdown_rx.clone();
+        async move {
+            let mut tick = tokio::time::interval(crate::guard::SWEEP_INTERVAL);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let g = guard.clone();
+                        let _ = tokio::task::spawn_blocking(move || g.sweep()).await;
+                    }
+                    _ = rx.changed() => return,
+                }
+            }
+        }
+    }));
     let queue_task = {
         let q = queue.clone();
         let rx = shutdown_rx.clone();
