@@ -14,11 +14,11 @@ use base64::Engine;
 use posthaste::address::Address;
 use posthaste::config::{Config, TlsConfig};
 use posthaste::directory::{password, Directory};
-use posthaste::guard::Verdict;
+use posthaste::guard::{Guard, Verdict};
 use posthaste::queue::Queue;
 use posthaste::smtp::{Profile, Stream};
 use posthaste::store::Store;
-use support::{loopback_ip, require, run, Out, Posthaste, ProcessGuard, TestDir};
+use support::{require, run, Out, Posthaste, ProcessGuard, TestDir};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 const PASSWORD: &str = "correct horse battery";
@@ -58,21 +58,27 @@ async fn env(tweak: impl FnOnce(&mut Config)) -> Env {
 }
 
 impl Env {
+    /// Sessions get the guard the daemon would attach (`Context::new` alone has it off).
+    fn guard(&self) -> Arc<Guard> {
+        Arc::new(Guard::in_memory(&self.config.guard))
+    }
     fn smtp(&self) -> Arc<posthaste::smtp::Context> {
-        Arc::new(posthaste::smtp::Context::new(
+        let ctx = posthaste::smtp::Context::new(
             self.config.clone(),
             self.directory.clone(),
             self.queue.clone(),
             None,
-        ))
+        );
+        Arc::new(ctx.with_guard(self.guard()))
     }
     fn pop3(&self) -> Arc<posthaste::pop3::Context> {
-        Arc::new(posthaste::pop3::Context::new(
+        let ctx = posthaste::pop3::Context::new(
             self.config.clone(),
             self.directory.clone(),
             self.store.clone(),
             None,
-        ))
+        );
+        Arc::new(ctx.with_guard(self.guard()))
     }
 }
 
@@ -268,7 +274,10 @@ async fn pop3_login_failures_and_protocol_errors_ban() {
     assert!(ctx.guard.check(client_ip()).is_banned());
 }
 
-// ---- the binary over loopback ------------------------------------------------------------
+// ---- the binary, clients in another network namespace ------------------------------------
+//
+// Loopback is never banned, so the clients need addresses of their own: the server runs in
+// one namespace and the clients in another, joined by a veth pair (see NetnsPair).
 
 /// Connects from `src` and reports what happened: `greeting:<first line>`, `closed` (the
 /// server hung up without a word), `timeout` (no answer to SYN), `refused`, `silent`.
@@ -349,96 +358,6 @@ fn fail_logins(mode: &str, src: &str, dst: std::net::SocketAddr, n: usize, netns
     out.stdout
 }
 
-fn ban_json(p: &Posthaste) -> Vec<serde_json::Value> {
-    let out = p.cmd_ok(&["ban", "list", "--json"]);
-    serde_json::from_str::<serde_json::Value>(&out.stdout)
-        .expect("ban list --json")
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
-#[test]
-fn binary_bans_across_smtp_and_pop3_allow_list_expiry_cli_and_restart() {
-    let dir = TestDir::new("guard-e2e");
-    let bad = loopback_ip().to_string();
-    let good = loopback_ip().to_string();
-    let allowed = loopback_ip().to_string();
-    let mut p = Posthaste::builder(&dir)
-        .listener("pop3")
-        .set("pop3.allow_plaintext_auth", true)
-        .set("pop3.auth_failure_delay", "0s")
-        .set("guard.allow", vec![format!("{allowed}/32")])
-        .set("guard.auth_failures", 4i64)
-        .set("guard.ban_time", "4s")
-        .build();
-    p.add_domain("example.test");
-    p.add_user("alice@example.test", PASSWORD);
-    p.start();
-    let (smtp, pop3, smtps) = (p.smtp(), p.addr("pop3"), p.submissions());
-
-    // Two failures over SMTP AUTH and two over POP3 make four: banned.
-    let s = fail_logins("smtp", &bad, smtps, 2, None);
-    assert_eq!(s.split_whitespace().collect::<Vec<_>>(), ["535", "535"], "{s}");
-    assert!(probe(&bad, smtp, 5.0, None).starts_with("greeting:220"));
-    let s = fail_logins("pop3", &bad, pop3, 2, None);
-    assert!(s.lines().nth(2).unwrap().starts_with("-ERR [AUTH]"), "{s}");
-    // Refused at connect, on every listener, without a greeting.
-    assert_eq!(probe(&bad, smtp, 5.0, None), "closed");
-    assert_eq!(probe(&bad, pop3, 5.0, None), "closed");
-    // Other clients are served; an allow-listed one is never banned.
-    assert!(probe(&good, smtp, 5.0, None).starts_with("greeting:220"));
-    fail_logins("pop3", &allowed, pop3, 6, None);
-    assert!(probe(&allowed, pop3, 5.0, None).starts_with("greeting:+OK"));
-
-    let ban = p.wait_for_log(|v| v["event"] == "ban" && v["client"] == bad.as_str(), Duration::from_secs(5));
-    assert!(ban["reason"].as_str().unwrap().contains("auth failures"), "{ban}");
-    assert!(ban["until"].as_str().unwrap().ends_with('Z'), "{ban}");
-    let list = ban_json(&p);
-    assert_eq!(list.len(), 1, "{list:?}");
-    assert_eq!(list[0]["client"], bad.as_str());
-
-    // The ban expires (ban_time 4s).
-    let start = Instant::now();
-    while probe(&bad, smtp, 5.0, None) == "closed" {
-        assert!(start.elapsed() < Duration::from_secs(15), "the ban did not expire");
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    let unban =
-        p.wait_for_log(|v| v["event"] == "unban" && v["client"] == bad.as_str(), Duration::from_secs(10));
-    assert_eq!(unban["reason"], "expired");
-    assert!(ban_json(&p).is_empty());
-
-    // `posthaste ban add` from another process: the daemon notices without a signal.
-    let out = p.cmd_ok(&["ban", "add", &bad, "--duration", "1h", "--reason", "manual test"]);
-    assert!(out.stdout.contains("banned"), "{}", out.all());
-    assert_eq!(probe(&bad, pop3, 5.0, None), "closed");
-    let list = ban_json(&p);
-    assert_eq!(list[0]["reason"], "manual test");
-    let left = list[0]["remaining_seconds"].as_u64().unwrap();
-    assert!((3500..=3600).contains(&left), "{left}");
-    assert_eq!(list[0]["offence"], 2, "a repeat offender");
-    let refused = p.cmd(&["ban", "add", &allowed]);
-    assert!(!refused.success() && refused.stderr.contains("guard.allow"), "{}", refused.all());
-
-    // Persisted: still banned after a restart.
-    p.restart();
-    assert_eq!(probe(&bad, smtp, 5.0, None), "closed");
-    assert_eq!(ban_json(&p).len(), 1);
-
-    let out = p.cmd_ok(&["ban", "remove", &bad]);
-    assert!(out.stdout.contains("lifted"), "{}", out.all());
-    assert!(probe(&bad, smtp, 5.0, None).starts_with("greeting:220"));
-    assert!(ban_json(&p).is_empty());
-    assert!(!p.cmd(&["ban", "remove", &bad]).success());
-    let unban = p.wait_for_log(
-        |v| v["event"] == "unban" && v["client"] == bad.as_str() && v["reason"] != "expired",
-        Duration::from_secs(10),
-    );
-    assert!(unban["reason"].as_str().unwrap().contains("administrator"), "{unban}");
-    p.stop();
-}
-
 // ---- nftables inside network namespaces --------------------------------------------------
 
 /// Two network namespaces joined by a veth pair: the server's (10.77.N.1) and the
@@ -451,11 +370,12 @@ struct NetnsPair {
 }
 
 impl NetnsPair {
-    fn new(tag: &str) -> NetnsPair {
+    /// `offset` keeps the subnets of tests running at the same time apart.
+    fn new(tag: &str, offset: u32) -> NetnsPair {
         require("ip", "iproute2");
         require("nft", "nftables");
         assert!(support::is_root(), "the nftables test creates network namespaces and needs root");
-        let n = std::process::id() % 250 + 1;
+        let n = (std::process::id() + offset) % 250 + 1;
         let p = NetnsPair {
             server: format!("ph-{tag}-{n}-s"),
             client: format!("ph-{tag}-{n}-c"),
@@ -482,6 +402,21 @@ impl NetnsPair {
         p
     }
 
+    /// One more address (10.77.N.`host`) for the client end; returns it.
+    fn add_client_ip(&self, host: u8) -> String {
+        let ip = format!("{}.{host}", self.client_ip.rsplit_once('.').unwrap().0);
+        let out = run(
+            {
+                let mut c = Command::new("ip");
+                c.args(["-n", &self.client, "addr", "add", &format!("{ip}/24"), "dev", "veth1"]);
+                c
+            },
+            None,
+        );
+        assert!(out.success(), "ip addr add {ip}: {}", out.all());
+        ip
+    }
+
     fn exec(&self, ns: &str, program: &str, args: &[&str]) -> Out {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", ns, program]).args(args);
@@ -495,6 +430,137 @@ impl Drop for NetnsPair {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
     }
+}
+
+/// `posthaste serve` inside the server namespace; returns once it logged `started`.
+fn start_in(net: &NetnsPair, p: &Posthaste) -> ProcessGuard {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &net.server, support::posthaste::bin(), "--config"])
+        .arg(p.config_path())
+        .arg("serve");
+    cmd.env_remove("POSTHASTE_CONFIG");
+    let started = |p: &Posthaste| p.log_lines().iter().filter(|v| v["event"] == "started").count();
+    let before = started(p);
+    let mut g = ProcessGuard::spawn("posthaste serve (netns)", cmd, p.log_path());
+    let t = Instant::now();
+    while started(p) == before {
+        assert!(g.is_running(), "posthaste exited in the netns:\n{}", p.log_tail(30));
+        assert!(t.elapsed() < Duration::from_secs(20), "no start in the netns:\n{}", p.log_tail(30));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    g
+}
+
+/// `posthaste --config FILE ARGS` inside the server namespace (where its nftables live).
+fn cli_in(net: &NetnsPair, p: &Posthaste, args: &[&str]) -> Out {
+    let mut full = vec!["--config", p.config_path().to_str().unwrap()];
+    full.extend_from_slice(args);
+    net.exec(&net.server, support::posthaste::bin(), &full)
+}
+
+fn ban_json(net: &NetnsPair, p: &Posthaste) -> Vec<serde_json::Value> {
+    let out = cli_in(net, p, &["ban", "list", "--json"]);
+    assert!(out.success(), "ban list --json: {}", out.all());
+    serde_json::from_str::<serde_json::Value>(&out.stdout)
+        .expect("ban list --json")
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn binary_bans_across_smtp_and_pop3_allow_list_expiry_cli_and_restart() {
+    let net = NetnsPair::new("e2e", 0);
+    // Three client addresses in the client namespace.
+    let bad = net.client_ip.clone();
+    let good = net.add_client_ip(3);
+    let allowed = net.add_client_ip(4);
+    let dir = TestDir::new("guard-e2e");
+    let ip = &net.server_ip;
+    let (smtp, smtps, pop3) = (
+        format!("{ip}:25").parse().unwrap(),
+        format!("{ip}:465").parse().unwrap(),
+        format!("{ip}:110").parse().unwrap(),
+    );
+    let p = Posthaste::builder(&dir)
+        .set("listen.smtp", vec![format!("{smtp}")])
+        .set("listen.submissions", vec![format!("{smtps}")])
+        .set("listen.pop3", vec![format!("{pop3}")])
+        .remove("listen.submission")
+        .set("pop3.allow_plaintext_auth", true)
+        .set("pop3.auth_failure_delay", "0s")
+        .set("guard.allow", vec![format!("{allowed}/32")])
+        .set("guard.auth_failures", 4i64)
+        .set("guard.ban_time", "4s")
+        .build();
+    p.add_domain("example.test");
+    p.add_user("alice@example.test", PASSWORD);
+    let mut daemon = start_in(&net, &p);
+    let c = Some(net.client.as_str());
+
+    // Two failures over SMTP AUTH and two over POP3 make four: banned.
+    let s = fail_logins("smtp", &bad, smtps, 2, c);
+    assert_eq!(s.split_whitespace().collect::<Vec<_>>(), ["535", "535"], "{s}");
+    assert!(probe(&bad, smtp, 5.0, c).starts_with("greeting:220"));
+    let s = fail_logins("pop3", &bad, pop3, 2, c);
+    assert!(s.lines().nth(2).unwrap().starts_with("-ERR [AUTH]"), "{s}");
+    // Refused at connect, on every listener, without a greeting (nftables is off here:
+    // the daemon closes the connection).
+    assert_eq!(probe(&bad, smtp, 5.0, c), "closed");
+    assert_eq!(probe(&bad, pop3, 5.0, c), "closed");
+    // Other clients are served; an allow-listed one is never banned.
+    assert!(probe(&good, smtp, 5.0, c).starts_with("greeting:220"));
+    fail_logins("pop3", &allowed, pop3, 6, c);
+    assert!(probe(&allowed, pop3, 5.0, c).starts_with("greeting:+OK"));
+
+    let ban = p.wait_for_log(|v| v["event"] == "ban" && v["client"] == bad.as_str(), Duration::from_secs(5));
+    assert!(ban["reason"].as_str().unwrap().contains("auth failures"), "{ban}");
+    assert!(ban["until"].as_str().unwrap().ends_with('Z'), "{ban}");
+    let list = ban_json(&net, &p);
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["client"], bad.as_str());
+
+    // The ban expires (ban_time 4s).
+    let start = Instant::now();
+    while probe(&bad, smtp, 5.0, c) == "closed" {
+        assert!(start.elapsed() < Duration::from_secs(15), "the ban did not expire");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let unban =
+        p.wait_for_log(|v| v["event"] == "unban" && v["client"] == bad.as_str(), Duration::from_secs(10));
+    assert_eq!(unban["reason"], "expired");
+    assert!(ban_json(&net, &p).is_empty());
+
+    // `posthaste ban add` from another process: the daemon notices without a signal.
+    let out = cli_in(&net, &p, &["ban", "add", &bad, "--duration", "1h", "--reason", "manual test"]);
+    assert!(out.success() && out.stdout.contains("banned"), "{}", out.all());
+    assert_eq!(probe(&bad, pop3, 5.0, c), "closed");
+    let list = ban_json(&net, &p);
+    assert_eq!(list[0]["reason"], "manual test");
+    let left = list[0]["remaining_seconds"].as_u64().unwrap();
+    assert!((3500..=3600).contains(&left), "{left}");
+    assert_eq!(list[0]["offence"], 2, "a repeat offender");
+    for never in [allowed.as_str(), "127.0.0.1"] {
+        let refused = cli_in(&net, &p, &["ban", "add", never]);
+        assert!(!refused.success() && refused.stderr.contains("never banned"), "{}", refused.all());
+    }
+
+    // Persisted: still banned after a restart.
+    daemon.terminate(Duration::from_secs(10));
+    let _daemon = start_in(&net, &p);
+    assert_eq!(probe(&bad, smtp, 5.0, c), "closed");
+    assert_eq!(ban_json(&net, &p).len(), 1);
+
+    let out = cli_in(&net, &p, &["ban", "remove", &bad]);
+    assert!(out.success() && out.stdout.contains("lifted"), "{}", out.all());
+    assert!(probe(&bad, smtp, 5.0, c).starts_with("greeting:220"));
+    assert!(ban_json(&net, &p).is_empty());
+    assert!(!cli_in(&net, &p, &["ban", "remove", &bad]).success());
+    let unban = p.wait_for_log(
+        |v| v["event"] == "unban" && v["client"] == bad.as_str() && v["reason"] != "expired",
+        Duration::from_secs(10),
+    );
+    assert!(unban["reason"].as_str().unwrap().contains("administrator"), "{unban}");
 }
 
 /// The elements of `set` in our table inside `ns`, as (address, timeout seconds).
@@ -531,7 +597,7 @@ fn nftables_drops_banned_clients_in_a_namespace() {
         require("nft", "nftables");
         host_has_our_table()
     };
-    let net = NetnsPair::new("nft");
+    let net = NetnsPair::new("nft", 1);
     let dir = TestDir::new("guard-nft");
     let smtp: std::net::SocketAddr = format!("{}:25", net.server_ip).parse().unwrap();
     let pop3: std::net::SocketAddr = format!("{}:110", net.server_ip).parse().unwrap();
@@ -547,31 +613,13 @@ fn nftables_drops_banned_clients_in_a_namespace() {
         .build();
     p.add_domain("example.test");
     p.add_user("alice@example.test", PASSWORD);
-    let start = |p: &Posthaste| {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &net.server, support::posthaste::bin(), "--config"])
-            .arg(p.config_path())
-            .arg("serve");
-        cmd.env_remove("POSTHASTE_CONFIG");
-        let started = |p: &Posthaste| p.log_lines().iter().filter(|v| v["event"] == "started").count();
-        let before = started(p);
-        let g = ProcessGuard::spawn("posthaste serve (netns)", cmd, p.log_path());
-        let t = Instant::now();
-        while started(p) == before {
-            assert!(t.elapsed() < Duration::from_secs(20), "no start in the netns:\n{}", p.log_tail(30));
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        g
-    };
     let ban_cli = |args: &[&str]| {
-        let mut full = vec!["--config", p.config_path().to_str().unwrap()];
-        full.extend_from_slice(args);
-        let out = net.exec(&net.server, support::posthaste::bin(), &full);
+        let out = cli_in(&net, &p, args);
         assert!(out.success(), "posthaste {args:?}: {}", out.all());
         out
     };
     let client = Some(net.client.as_str());
-    let mut daemon = start(&p);
+    let mut daemon = start_in(&net, &p);
     assert!(probe("", pop3, 5.0, client).starts_with("greeting:+OK"));
 
     // The daemon bans after three failed logins and adds the client to the kernel set.
@@ -600,7 +648,7 @@ fn nftables_drops_banned_clients_in_a_namespace() {
     // A restart rebuilds the table from the ban file.
     daemon.terminate(Duration::from_secs(10));
     assert!(net.exec(&net.server, "nft", &["delete", "table", "inet", "posthaste"]).success());
-    let _daemon = start(&p);
+    let _daemon = start_in(&net, &p);
     let elems = nft_elements(&net, "banned4");
     assert!(elems.iter().any(|(a, t)| *a == net.client_ip && t.is_some_and(|t| t > 3500)), "{elems:?}");
     assert_eq!(probe("", pop3, 3.0, client), "timeout");

@@ -40,12 +40,12 @@ pub struct Context {
 }
 
 impl Context {
-    /// With an in-memory guard built from `config.guard`; the daemon passes its shared one
-    /// with [`Context::with_guard`].
+    /// With the guard off (nothing counted, nobody banned, no sending limits); the daemon
+    /// attaches its shared guard with [`Context::with_guard`].
     pub fn new(config: Arc<Config>, directory: Directory, store: Store, tls: Option<TlsAcceptor>) -> Context {
         let connections =
             ConnectionLimiter::new(config.pop3.max_connections, config.pop3.max_connections_per_ip);
-        let guard = Arc::new(Guard::in_memory(&config.guard));
+        let guard = Arc::new(Guard::off());
         Context { config, directory, store, tls, guard, connections }
     }
 
