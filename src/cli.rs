@@ -741,9 +741,7 @@ fn queue_cmd(config: &Config, cmd: QueueCmd) -> anyhow::Result<()> {
 fn ban_cmd(config: &Config, cmd: BanCmd) -> anyhow::Result<()> {
     use crate::guard::bans::{now_secs, rfc3339};
     let guard = crate::guard::Guard::open(config)?;
-    let fmt_left = |until: u64| {
-        crate::config::duration_str::format(&std::time::Duration::from_secs(until.saturating_sub(now_secs())))
-    };
+    let fmt_left = |until: u64| human_duration(until.saturating_sub(now_secs()));
     match cmd {
         BanCmd::List { json } => {
             let bans = guard.list();
@@ -793,6 +791,17 @@ fn ban_cmd(config: &Config, cmd: BanCmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `1h 59m`, `5m 3s`, `42s`: what is left of a ban, for people.
+fn human_duration(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86400, secs % 86400 / 3600, secs % 3600 / 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s}s"),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h"),
+    }
 }
 
 /// Files the CLI wrote as root must stay writable by the daemon after it dropped root.
@@ -857,6 +866,14 @@ mod tests {
         }
         assert!(parse_quota("9999999T").is_err());
         assert!(parse_quota("99999999999T").is_err());
+    }
+
+    #[test]
+    fn ban_durations_for_people() {
+        assert_eq!(human_duration(42), "42s");
+        assert_eq!(human_duration(303), "5m 3s");
+        assert_eq!(human_duration(7199), "1h 59m");
+        assert_eq!(human_duration(3 * 86400 + 7200), "3d 2h");
     }
 
     #[test]

@@ -648,9 +648,14 @@ fn nftables_drops_banned_clients_in_a_namespace() {
     // A restart rebuilds the table from the ban file.
     daemon.terminate(Duration::from_secs(10));
     assert!(net.exec(&net.server, "nft", &["delete", "table", "inet", "posthaste"]).success());
+    // With the daemon down and our table gone, the CLI creates the table itself.
+    let other = format!("{}.9", net.server_ip.rsplit_once('.').unwrap().0);
+    ban_cli(&["ban", "add", &other, "--duration", "30m"]);
+    assert!(nft_elements(&net, "banned4").iter().any(|(a, t)| *a == other && *t == Some(1800)));
     let _daemon = start_in(&net, &p);
     let elems = nft_elements(&net, "banned4");
     assert!(elems.iter().any(|(a, t)| *a == net.client_ip && t.is_some_and(|t| t > 3500)), "{elems:?}");
+    assert!(elems.iter().any(|(a, _)| *a == other), "{elems:?}");
     assert_eq!(probe("", pop3, 3.0, client), "timeout");
     ban_cli(&["ban", "remove", &net.client_ip]);
     assert!(probe("", pop3, 5.0, client).starts_with("greeting:+OK"));

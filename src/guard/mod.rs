@@ -29,6 +29,7 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use ipnet::IpNet;
 use tracing::{info, warn};
 
@@ -65,7 +66,7 @@ impl Event {
     }
     fn reason(self) -> String {
         match self {
-            Event::AuthFailure { protocol } => format!("auth failures ({protocol})"),
+            Event::AuthFailure { protocol } => format!("auth failures (the last over {protocol})"),
             Event::UnknownRecipient => "unknown recipients".into(),
             Event::ProtocolError { protocol } => format!("protocol errors ({protocol})"),
             Event::Connection => "connection flood".into(),
@@ -166,6 +167,16 @@ impl Guard {
                 }
             },
         };
+        // What is in the file now is the starting point, not news: only later changes are
+        // logged as bans and unbans.
+        {
+            let now = now_secs();
+            let f = g.file.as_ref().expect("set above");
+            let st = g.state.get_mut().unwrap();
+            st.stamp = f.stamp();
+            st.bans = f.load().with_context(|| format!("cannot read the ban list {}", f.path().display()))?;
+            st.active = st.bans.values().filter(|b| b.active_at(now)).map(|b| b.client).collect();
+        }
         Ok(g)
     }
 
@@ -177,15 +188,12 @@ impl Guard {
         self.nft.is_some()
     }
 
-    /// Daemon start: load the ban file and put the active bans into nftables.
+    /// Daemon start: put the active bans of the ban file into nftables (our table is
+    /// rebuilt from it).
     pub fn start(&self) -> anyhow::Result<()> {
         let now = now_secs();
         let mut st = self.state.lock().unwrap();
-        if let Some(f) = &self.file {
-            st.stamp = f.stamp();
-            st.bans = f.load()?;
-        }
-        st.active = st.bans.values().filter(|b| b.active_at(now)).map(|b| b.client).collect();
+        self.refresh(&mut st, now);
         if let Some(nft) = &self.nft {
             let list: Vec<(IpAddr, Duration)> =
                 st.bans.values().filter(|b| b.active_at(now)).map(|b| (b.client, b.remaining(now))).collect();

@@ -75,9 +75,27 @@ impl Nft {
         run_script(&s)
     }
 
+    /// Create our table if it is missing (the daemon has not run yet in this network
+    /// namespace, or someone deleted it), so `posthaste ban add` works with the daemon down.
+    fn ensure(&self) -> Result<(), String> {
+        let present = ["banned4", "banned6"].iter().all(|set| {
+            Command::new("nft")
+                .args(["-j", "list", "set", "inet", TABLE, set])
+                .stdin(Stdio::null())
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+        if present {
+            Ok(())
+        } else {
+            self.setup(&[])
+        }
+    }
+
     /// Put `ip` in the set for `timeout`, replacing an existing element's timeout: `add` is a
     /// no-op for an element that exists, so add, delete, add in one transaction.
     pub fn ban(&self, ip: IpAddr, timeout: Duration) -> Result<(), String> {
+        self.ensure()?;
         let set = set_of(&ip);
         let secs = timeout.as_secs().max(1);
         run_script(&format!(
@@ -89,6 +107,7 @@ impl Nft {
 
     /// Take `ip` out of the set (no error when it is not there).
     pub fn unban(&self, ip: IpAddr) -> Result<(), String> {
+        self.ensure()?;
         let set = set_of(&ip);
         run_script(&format!(
             "add element inet {TABLE} {set} {{ {ip} }}\ndelete element inet {TABLE} {set} {{ {ip} }}\n"

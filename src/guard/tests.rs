@@ -159,3 +159,26 @@ fn per_user_limits() {
     assert_eq!(g.may_send_at(u, 0, T0 + 3600), Ok(()));
     assert_eq!(g.may_send_at("bob@example.test", 0, T0), Ok(()));
 }
+
+#[test]
+fn connection_floods_ban_at_accept() {
+    let g = Guard::in_memory(&GuardConfig {
+        connections: 3,
+        connection_window: Duration::from_secs(60),
+        ..cfg()
+    });
+    let c = ip("192.0.2.50");
+    for _ in 0..2 {
+        assert_eq!(g.connect(c), Verdict::Allow);
+    }
+    // The third connection within the minute reaches the threshold and is itself refused.
+    assert!(g.connect(c).is_banned());
+    assert!(g.connect(c).is_banned());
+    let b = g.list();
+    assert_eq!(b.len(), 1);
+    assert!(b[0].reason.contains("connection flood"), "{}", b[0].reason);
+    // Loopback floods are never banned.
+    for _ in 0..10 {
+        assert_eq!(g.connect(ip("127.0.0.1")), Verdict::Allow);
+    }
+}
