@@ -662,3 +662,58 @@ fn nftables_drops_banned_clients_in_a_namespace() {
 
     assert_eq!(host_has_our_table(), host_table_before, "the host's ruleset must not change");
 }
+
+/// `serve` started as root drops to the `posthaste` user but keeps CAP_NET_ADMIN for the
+/// guard: a ban it makes afterwards still reaches the kernel set.
+#[test]
+fn unprivileged_daemon_still_adds_bans_to_nftables() {
+    let net = NetnsPair::new("caps", 2);
+    let user = "posthaste";
+    if !Command::new("id").arg(user).output().unwrap().status.success() {
+        let out = Command::new("useradd")
+            .args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", user])
+            .output()
+            .unwrap();
+        // Another test binary may have created it at the same moment.
+        assert!(out.status.success() || String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    }
+    let dir = TestDir::new("guard-caps");
+    let smtp: std::net::SocketAddr = format!("{}:25", net.server_ip).parse().unwrap();
+    let p = Posthaste::builder(&dir)
+        .set("listen.smtp", vec![smtp.to_string()])
+        .remove("listen.submission")
+        .remove("listen.submissions")
+        .set("server.user", user)
+        .set("guard.nftables", true)
+        .set("guard.connections", 2i64)
+        .build();
+    let out = run(
+        {
+            let mut c = Command::new("chown");
+            c.args(["-R", &format!("{user}:"), &p.data_dir().display().to_string()]);
+            c
+        },
+        None,
+    );
+    assert!(out.success(), "chown: {}", out.all());
+    let _daemon = start_in(&net, &p);
+    p.wait_for_log(|v| v["message"] == "dropped root privileges", Duration::from_secs(5));
+    let c = Some(net.client.as_str());
+    assert!(probe("", smtp, 5.0, c).starts_with("greeting:220"));
+    // The second connection within the minute is a flood (connections = 2).
+    assert_eq!(probe("", smtp, 5.0, c), "closed");
+    let t = Instant::now();
+    while !nft_elements(&net, "banned4").iter().any(|(a, _)| *a == net.client_ip) {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the unprivileged daemon did not reach nftables:\n{}",
+            p.log_tail(20)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(probe("", smtp, 3.0, c), "timeout");
+    assert!(!p
+        .log_lines()
+        .iter()
+        .any(|v| v["message"].as_str().is_some_and(|m| m.contains("cannot add the ban"))));
+}

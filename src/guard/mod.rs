@@ -69,7 +69,7 @@ impl Event {
             Event::AuthFailure { protocol } => format!("auth failures (the last over {protocol})"),
             Event::UnknownRecipient => "unknown recipients".into(),
             Event::ProtocolError { protocol } => format!("protocol errors ({protocol})"),
-            Event::Connection => "connection flood".into(),
+            Event::Connection => "connections (flood)".into(),
         }
     }
 }
@@ -102,8 +102,12 @@ pub struct Guard {
     allow: Vec<IpNet>,
     file: Option<BanFile>,
     nft: Option<Nft>,
+    /// The thread that runs `nft` in the daemon (see [`Guard::start_nft_worker`]).
+    nft_worker: Mutex<Option<std::sync::mpsc::Sender<Job>>>,
     state: Mutex<State>,
 }
+
+type Job = Box<dyn FnOnce() + Send>;
 
 #[derive(Default)]
 struct State {
@@ -126,6 +130,7 @@ impl Guard {
             allow: cfg.allow_nets(),
             file: None,
             nft: None,
+            nft_worker: Mutex::new(None),
             state: Mutex::new(State::default()),
         }
     }
@@ -210,6 +215,39 @@ impl Guard {
 
     /// Never counted, never banned: loopback always (a local webmail or the smoke test must
     /// not lock everyone out, whatever `allow` says), and the `allow` list.
+    /// Run later `nft` calls on a thread of their own, started now by the caller. The daemon
+    /// calls this on the thread that kept CAP_NET_ADMIN when it dropped root: capabilities
+    /// belong to threads (capabilities(7)), and the runtime's threads do not have it.
+    pub fn start_nft_worker(&self) {
+        if self.nft.is_none() {
+            return;
+        }
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let spawned = std::thread::Builder::new().name("guard-nft".into()).spawn(move || {
+            for job in rx {
+                job();
+            }
+        });
+        if spawned.is_ok() {
+            *self.nft_worker.lock().unwrap() = Some(tx);
+        }
+    }
+
+    /// Run an nftables change off the async threads: on the nft thread if there is one, on
+    /// a blocking thread in a runtime, inline otherwise (the CLI).
+    fn nft_job(&self, f: impl FnOnce() + Send + 'static) {
+        if let Some(tx) = self.nft_worker.lock().unwrap().as_ref() {
+            let _ = tx.send(Box::new(f));
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn_blocking(f);
+            }
+            Err(_) => f(),
+        }
+    }
+
     pub fn is_allowed(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
         ip.is_loopback() || self.allow.iter().any(|n| n.contains(&ip))
@@ -338,7 +376,7 @@ impl Guard {
         warn!(event = "ban", client = %ip, reason = %ban.reason, until = %rfc3339(ban.until),
               duration = duration.as_secs(), offence, "client banned");
         if let Some(nft) = self.nft.clone() {
-            in_background(move || {
+            self.nft_job(move || {
                 if let Err(e) = nft.ban(ip, duration) {
                     warn!(client = %ip, error = %e, "guard: cannot add the ban to nftables");
                 }
@@ -497,17 +535,6 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
         v4 => v4,
-    }
-}
-
-/// Run `f` off the async threads when there is a runtime (nft is a subprocess), inline
-/// otherwise (the CLI).
-fn in_background(f: impl FnOnce() + Send + 'static) {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) => {
-            h.spawn_blocking(f);
-        }
-        Err(_) => f(),
     }
 }
 

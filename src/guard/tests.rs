@@ -176,7 +176,7 @@ fn connection_floods_ban_at_accept() {
     assert!(g.connect(c).is_banned());
     let b = g.list();
     assert_eq!(b.len(), 1);
-    assert!(b[0].reason.contains("connection flood"), "{}", b[0].reason);
+    assert!(b[0].reason.contains("connections (flood)"), "{}", b[0].reason);
     // Loopback floods are never banned.
     for _ in 0..10 {
         assert_eq!(g.connect(ip("127.0.0.1")), Verdict::Allow);
