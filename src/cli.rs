@@ -48,6 +48,36 @@ pub enum Command {
     Status,
     /// Print the DNS records to publish (MX, SPF, DMARC) for one domain or all of them.
     Dns { domain: Option<String> },
+    /// Show, add and lift bans of client addresses (the guard; also in nftables).
+    #[command(subcommand)]
+    Ban(BanCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BanCmd {
+    /// The active bans.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ban a client address now (refused for addresses in [guard] allow).
+    Add {
+        ip: std::net::IpAddr,
+        /// How long, e.g. 30m, 1h, 7d (default: [guard] ban_time, doubled for repeat offenders).
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<std::time::Duration>,
+        #[arg(long, default_value = "banned by the administrator")]
+        reason: String,
+    },
+    /// Lift the ban of a client address.
+    Remove { ip: std::net::IpAddr },
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    match crate::config::duration_str::parse(s)? {
+        d if d.is_zero() => Err("the duration must be longer than 0s".into()),
+        d => Ok(d),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -256,6 +286,12 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
                 .context("cannot start the runtime")?;
             rt.block_on(crate::serve::run(config))
         }
+        Command::Ban(cmd) => {
+            init_admin_logging();
+            std::fs::create_dir_all(&config.data_dir)
+                .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+            ban_cmd(&config, cmd)
+        }
         Command::Queue(cmd) => {
             init_admin_logging();
             crate::serve::become_data_owner(&config.data_dir)?;
@@ -281,7 +317,8 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
                     | Command::Queue(_)
                     | Command::Install(_)
                     | Command::Uninstall(_)
-                    | Command::Status => unreachable!(),
+                    | Command::Status
+                    | Command::Ban(_) => unreachable!(),
                 }
             })
         }
@@ -727,6 +764,86 @@ fn queue_cmd(config: &Config, cmd: QueueCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `posthaste ban …`. Runs as root (nftables needs CAP_NET_ADMIN) and edits the ban file in
+/// the data directory, which it then gives to the directory's owner (the daemon's user).
+/// The running daemon notices the change by the file's mtime (see src/guard/mod.rs).
+fn ban_cmd(config: &Config, cmd: BanCmd) -> anyhow::Result<()> {
+    use crate::guard::bans::{now_secs, rfc3339};
+    let guard = crate::guard::Guard::open(config)?;
+    let fmt_left = |until: u64| human_duration(until.saturating_sub(now_secs()));
+    match cmd {
+        BanCmd::List { json } => {
+            let bans = guard.list();
+            if json {
+                let out: Vec<serde_json::Value> = bans
+                    .iter()
+                    .map(|b| {
+                        serde_json::json!({
+                            "client": b.client.to_string(),
+                            "since": rfc3339(b.since),
+                            "until": rfc3339(b.until),
+                            "remaining_seconds": b.until.saturating_sub(now_secs()),
+                            "reason": b.reason,
+                            "offence": b.offence,
+                        })
+                    })
+                    .collect();
+                return print_json(&out);
+            }
+            if bans.is_empty() {
+                println!("no client is banned");
+            }
+            for b in bans {
+                println!(
+                    "{}  until {} ({} left)  offence {}  {}",
+                    b.client,
+                    rfc3339(b.until),
+                    fmt_left(b.until),
+                    b.offence,
+                    b.reason
+                );
+            }
+        }
+        BanCmd::Add { ip, duration, reason } => {
+            let b = guard.ban(ip, duration, &reason)?;
+            give_to_data_owner(config);
+            let fw = if guard.nftables() { " and in nftables" } else { "" };
+            println!("banned {} until {} ({}){fw}", b.client, rfc3339(b.until), fmt_left(b.until));
+        }
+        BanCmd::Remove { ip } => {
+            let removed = guard.unban(ip, "removed by the administrator")?;
+            give_to_data_owner(config);
+            match removed {
+                Some(_) => println!("lifted the ban of {ip}"),
+                None => bail!("{ip} is not banned\nhelp: `posthaste ban list` shows the bans"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `1h 59m`, `5m 3s`, `42s`: what is left of a ban, for people.
+fn human_duration(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86400, secs % 86400 / 3600, secs % 3600 / 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s}s"),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h"),
+    }
+}
+
+/// Files the CLI wrote as root must stay writable by the daemon after it dropped root.
+fn give_to_data_owner(config: &Config) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(&config.data_dir) else { return };
+    let file = crate::guard::BanFile::new(&config.data_dir);
+    let lock = format!("{}.lock", file.path().display());
+    for p in [file.path(), Path::new(&lock)] {
+        let _ = std::os::unix::fs::chown(p, Some(meta.uid()), Some(meta.gid()));
+    }
+}
+
 /// As in `--json` (and the log): lowercase.
 fn status_name(s: RcptStatus) -> &'static str {
     match s {
@@ -792,6 +909,14 @@ mod tests {
         }
         assert!(parse_quota("9999999T").is_err());
         assert!(parse_quota("99999999999T").is_err());
+    }
+
+    #[test]
+    fn ban_durations_for_people() {
+        assert_eq!(human_duration(42), "42s");
+        assert_eq!(human_duration(303), "5m 3s");
+        assert_eq!(human_duration(7199), "1h 59m");
+        assert_eq!(human_duration(3 * 86400 + 7200), "3d 2h");
     }
 
     #[test]

@@ -42,8 +42,9 @@ pub struct Config {
     pub antispam: Option<toml::Table>,
     #[serde(default)]
     pub antivirus: Option<toml::Table>,
+    /// Absent = guard on with the defaults (DESIGN.md contract).
     #[serde(default)]
-    pub guard: Option<toml::Table>,
+    pub guard: GuardConfig,
     #[serde(default)]
     pub pop3: Pop3Config,
     #[serde(default)]
@@ -250,6 +251,122 @@ impl Default for ImapConfig {
     }
 }
 
+/// `[guard]`: abuse counters per client IP, bans, the nftables set, and per-user sending
+/// limits on submission. See docs/configuration.md and src/guard/.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GuardConfig {
+    /// Off = nothing is counted and nobody is banned (the sending limits still apply).
+    pub enabled: bool,
+    /// CIDRs never banned (and never counted).
+    pub allow: Vec<String>,
+    /// Failed logins (SMTP AUTH, POP3, IMAP) within `auth_failure_window` that ban.
+    pub auth_failures: u32,
+    #[serde(with = "duration_str")]
+    pub auth_failure_window: Duration,
+    /// RCPTs to unknown local users within `unknown_recipient_window` that ban.
+    pub unknown_recipients: u32,
+    #[serde(with = "duration_str")]
+    pub unknown_recipient_window: Duration,
+    /// Syntax errors and overlong lines within `protocol_error_window` that ban.
+    pub protocol_errors: u32,
+    #[serde(with = "duration_str")]
+    pub protocol_error_window: Duration,
+    /// New connections within `connection_window` that ban (a flood).
+    pub connections: u32,
+    #[serde(with = "duration_str")]
+    pub connection_window: Duration,
+    /// The first ban; each repeat offence doubles it, up to `max_ban_time`.
+    #[serde(with = "duration_str")]
+    pub ban_time: Duration,
+    #[serde(with = "duration_str")]
+    pub max_ban_time: Duration,
+    /// How long after a ban ends a new one still counts as a repeat offence.
+    #[serde(with = "duration_str")]
+    pub repeat_window: Duration,
+    /// Also drop banned sources in the kernel: true, false or "auto" (when `nft` works).
+    pub nftables: NftMode,
+    /// Messages per hour one authenticated user may submit (0 = unlimited).
+    pub messages_per_hour: u32,
+    /// Recipients per hour one authenticated user may submit to (0 = unlimited).
+    pub recipients_per_hour: u32,
+}
+
+impl Default for GuardConfig {
+    fn default() -> Self {
+        GuardConfig {
+            enabled: true,
+            allow: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            auth_failures: 5,
+            auth_failure_window: Duration::from_secs(600),
+            unknown_recipients: 20,
+            unknown_recipient_window: Duration::from_secs(600),
+            protocol_errors: 30,
+            protocol_error_window: Duration::from_secs(600),
+            connections: 120,
+            connection_window: Duration::from_secs(60),
+            ban_time: Duration::from_secs(3600),
+            max_ban_time: Duration::from_secs(7 * 86400),
+            repeat_window: Duration::from_secs(7 * 86400),
+            nftables: NftMode::Auto,
+            messages_per_hour: 200,
+            recipients_per_hour: 1000,
+        }
+    }
+}
+
+impl GuardConfig {
+    /// The allow list parsed; invalid entries are reported by [`Config::validate`].
+    pub fn allow_nets(&self) -> Vec<ipnet::IpNet> {
+        self.allow.iter().filter_map(|s| parse_net(s).ok()).collect()
+    }
+}
+
+/// `10.0.0.0/8`, `2001:db8::/32`, or a bare address (a /32 or /128).
+pub fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{s:?} is not an address or CIDR such as 192.0.2.0/24"))
+}
+
+/// `nftables = true | false | "auto"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NftMode {
+    On,
+    Off,
+    Auto,
+}
+
+impl Serialize for NftMode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            NftMode::On => s.serialize_bool(true),
+            NftMode::Off => s.serialize_bool(false),
+            NftMode::Auto => s.serialize_str("auto"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for NftMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            B(bool),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::B(true) => Ok(NftMode::On),
+            Raw::B(false) => Ok(NftMode::Off),
+            Raw::S(s) if s == "auto" => Ok(NftMode::Auto),
+            Raw::S(s) => {
+                Err(serde::de::Error::custom(format!("guard.nftables {s:?} must be true, false or \"auto\"")))
+            }
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}\nhelp: pass --config FILE or set POSTHASTE_CONFIG")]
@@ -348,6 +465,25 @@ impl Config {
         }
         if self.pop3.timeout < Duration::from_secs(600) {
             p.push("pop3.timeout must be at least 10m (RFC 1939 §3)".into());
+        }
+        let g = &self.guard;
+        for a in &g.allow {
+            if let Err(e) = parse_net(a) {
+                p.push(format!("guard.allow: {e}"));
+            }
+        }
+        for (name, n, w) in [
+            ("auth_failures", g.auth_failures, g.auth_failure_window),
+            ("unknown_recipients", g.unknown_recipients, g.unknown_recipient_window),
+            ("protocol_errors", g.protocol_errors, g.protocol_error_window),
+            ("connections", g.connections, g.connection_window),
+        ] {
+            if n == 0 || w.is_zero() {
+                p.push(format!("guard.{name} and its window must be at least 1 and 1s"));
+            }
+        }
+        if g.ban_time.is_zero() || g.max_ban_time < g.ban_time {
+            p.push("guard.ban_time must be > 0 and not larger than guard.max_ban_time".into());
         }
         if !matches!(self.log.format.as_str(), "json" | "text") {
             p.push(format!("log.format {:?} must be \"json\" or \"text\"", self.log.format));
@@ -507,6 +643,32 @@ retry_initial = "0s"
         let err =
             Config::parse(&format!("{base}[pop3]\ntimeout = \"1m\"\n"), Path::new("t.toml")).unwrap_err();
         assert!(err.to_string().contains("RFC 1939"), "{err}");
+    }
+
+    #[test]
+    fn guard_section() {
+        let base = "hostname = \"mail.example.test\"\ndata_dir = \"/x\"\n";
+        let c = Config::parse(base, Path::new("t.toml")).unwrap();
+        assert!(c.guard.enabled);
+        assert_eq!(c.guard.allow, ["127.0.0.0/8", "::1/128"]);
+        assert_eq!(c.guard.nftables, NftMode::Auto);
+        assert_eq!(c.guard.auth_failures, 5);
+        let c = Config::parse(
+            &format!("{base}[guard]\nallow = [\"10.0.0.0/8\", \"192.0.2.1\"]\nnftables = false\nban_time = \"2h\"\n"),
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.guard.allow_nets().len(), 2);
+        assert_eq!(c.guard.nftables, NftMode::Off);
+        assert_eq!(c.guard.ban_time, Duration::from_secs(7200));
+        let err = Config::parse(
+            &format!("{base}[guard]\nallow = [\"nonsense\"]\nauth_failures = 0\n"),
+            Path::new("t.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("guard.allow") && err.contains("guard.auth_failures"), "{err}");
+        assert!(Config::parse(&format!("{base}[guard]\nnftables = \"yes\"\n"), Path::new("t.toml")).is_err());
     }
 
     #[test]

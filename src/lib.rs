@@ -4,6 +4,7 @@ pub mod address;
 pub mod cli;
 pub mod config;
 pub mod directory;
+pub mod guard;
 pub mod imap;
 pub mod install;
 pub mod pop3;

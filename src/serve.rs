@@ -7,10 +7,11 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
 use tokio::net::TcpListener;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::directory::Directory;
+use crate::guard::Guard;
 use crate::imap;
 use crate::pop3;
 use crate::queue::Queue;
@@ -58,22 +59,32 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
-    drop_privileges(&config.server.user, &config.data_dir)?;
+    // Before dropping root: setting up the nftables table needs CAP_NET_ADMIN.
+    let guard = Arc::new(Guard::open(&config)?);
+    guard.start().context("cannot load the ban list")?;
+    drop_privileges(&config.server.user, &config.data_dir, guard.nftables())?;
+    // This thread kept CAP_NET_ADMIN; the nft thread started from it inherits it.
+    guard.start_nft_worker();
 
     let directory =
         Directory::open(&config.directory_url()).await.context("cannot open the account directory")?;
     let store = Store::new(config.mail_dir());
     let queue = Queue::open(&config, store.clone(), directory.clone()).context("cannot open the queue")?;
-    let imap_ctx =
-        Arc::new(imap::Context::new(config.clone(), directory.clone(), store.clone(), tls.clone()));
+    let imap_ctx = Arc::new(
+        imap::Context::new(config.clone(), directory.clone(), store.clone(), tls.clone())
+            .with_guard(guard.clone()),
+    );
 
     let pidfile = config.server.pidfile.clone().unwrap_or_else(|| pidfile_path(&config));
     std::fs::write(&pidfile, format!("{}\n", std::process::id()))
         .with_context(|| format!("cannot write pidfile {}", pidfile.display()))?;
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    let pop3_ctx = Arc::new(pop3::Context::new(config.clone(), directory.clone(), store, tls.clone()));
-    let ctx = Arc::new(smtp::Context::new(config.clone(), directory, queue.clone(), tls));
+    let pop3_ctx = Arc::new(
+        pop3::Context::new(config.clone(), directory.clone(), store, tls.clone()).with_guard(guard.clone()),
+    );
+    let ctx =
+        Arc::new(smtp::Context::new(config.clone(), directory, queue.clone(), tls).with_guard(guard.clone()));
     let mut tasks = Vec::new();
     for (profile, listener) in listeners {
         tasks.push(tokio::spawn(smtp::serve(ctx.clone(), profile, listener, shutdown_rx.clone())));
@@ -84,6 +95,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     for (profile, listener) in imap_listeners {
         tasks.push(tokio::spawn(imap::serve(imap_ctx.clone(), profile, listener, shutdown_rx.clone())));
     }
+    // Notice `posthaste ban` changes and log expiries even when nobody connects (each
+    // accept also checks the ban file's mtime).
+    tasks.push(tokio::spawn({
+        let guard = guard.clone();
+        let mut rx = shutdown_rx.clone();
+        async move {
+            let mut tick = tokio::time::interval(crate::guard::SWEEP_INTERVAL);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let g = guard.clone();
+                        let _ = tokio::task::spawn_blocking(move || g.sweep()).await;
+                    }
+                    _ = rx.changed() => return,
+                }
+            }
+        }
+    }));
     let queue_task = {
         let q = queue.clone();
         let rx = shutdown_rx.clone();
@@ -137,7 +166,10 @@ async fn wait_for_signals(queue: &Queue) {
 }
 
 /// When started as root, continue as `user` (the data directory must be theirs).
-pub fn drop_privileges(user: &str, data_dir: &Path) -> anyhow::Result<()> {
+/// `keep_net_admin`: keep CAP_NET_ADMIN (and nothing else) so the guard can still change its
+/// nftables set; it is made ambient so the `nft` children inherit it (capabilities(7),
+/// "Ambient capability set" and PR_SET_KEEPCAPS).
+pub fn drop_privileges(user: &str, data_dir: &Path, keep_net_admin: bool) -> anyhow::Result<()> {
     use nix::unistd::{getuid, setgid, setgroups, setuid, User};
     if !getuid().is_root() || user == "root" {
         return Ok(());
@@ -147,7 +179,16 @@ pub fn drop_privileges(user: &str, data_dir: &Path) -> anyhow::Result<()> {
     };
     setgroups(&[u.gid]).context("setgroups")?;
     setgid(u.gid).context("setgid")?;
+    if keep_net_admin {
+        // SAFETY: prctl with integer arguments only.
+        unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) };
+    }
     setuid(u.uid).context("setuid")?;
+    if keep_net_admin {
+        if let Err(e) = keep_only_net_admin() {
+            warn!(error = %e, "cannot keep CAP_NET_ADMIN: bans made from now on are enforced at accept only, not in nftables");
+        }
+    }
     let probe = data_dir.join(".posthaste-write-test");
     if std::fs::write(&probe, b"").is_err() {
         bail!(
@@ -158,6 +199,46 @@ pub fn drop_privileges(user: &str, data_dir: &Path) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_file(probe);
     info!(user, uid = u.uid.as_raw(), "dropped root privileges");
+    Ok(())
+}
+
+/// After setuid with PR_SET_KEEPCAPS: CAP_NET_ADMIN effective, permitted, inheritable and
+/// ambient; every other capability dropped.
+fn keep_only_net_admin() -> std::io::Result<()> {
+    // linux/capability.h: _LINUX_CAPABILITY_VERSION_3 uses two 32-bit data words.
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    const CAP_NET_ADMIN: u32 = 12;
+    let bit = 1u32 << CAP_NET_ADMIN;
+    let header = Header { version: VERSION_3, pid: 0 };
+    let data = [
+        Data { effective: bit, permitted: bit, inheritable: bit },
+        Data { effective: 0, permitted: 0, inheritable: 0 },
+    ];
+    // SAFETY: capset(2) reads a header and two data words that live for the call.
+    if unsafe { libc::syscall(libc::SYS_capset, &header as *const Header, data.as_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: prctl with integer arguments only.
+    unsafe {
+        if libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE, CAP_NET_ADMIN as libc::c_ulong, 0, 0)
+            != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0);
+    }
     Ok(())
 }
 

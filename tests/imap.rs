@@ -826,3 +826,21 @@ async fn lf_messages_and_nested_parts() {
     assert!(r.contains("ENVELOPE (NIL \"header only\" NIL NIL NIL NIL NIL NIL NIL NIL)"), "{r}");
     assert!(r.contains("BODY[TEXT] {0}"), "{r}");
 }
+
+/// Failed IMAP logins count with the guard shared by all protocols: the banning failure
+/// ends the session, and the client's next connection gets no greeting at all.
+#[tokio::test]
+async fn failed_logins_are_counted_by_the_guard() {
+    let mut env = env_with(|c| c.guard.auth_failures = 2).await;
+    let guard = Arc::new(posthaste::guard::Guard::in_memory(&env.ctx.config.guard));
+    let ctx = Context::new(env.ctx.config.clone(), env.directory.clone(), env.store.clone(), None);
+    env.ctx = Arc::new(ctx.with_guard(guard.clone()));
+    let (mut c, _) = Client::connect(&env, true).await;
+    c.send("a LOGIN alice@example.test wrong1\r\n").await;
+    assert!(c.line().await.starts_with("a NO"));
+    c.send("b LOGIN alice@example.test wrong2\r\n").await;
+    assert!(c.line().await.starts_with("b NO"));
+    assert!(c.line().await.starts_with("* BYE"), "the ban ends the session");
+    let ip: std::net::IpAddr = "192.0.2.7".parse().unwrap();
+    assert!(guard.check(ip).is_banned(), "192.0.2.7 must be banned after two failures");
+}

@@ -58,6 +58,8 @@ pub struct Context {
     pub directory: Directory,
     pub store: Store,
     pub tls: Option<TlsAcceptor>,
+    /// Bans and abuse counters shared with SMTP and POP3 (src/guard/).
+    pub guard: Arc<crate::guard::Guard>,
     connections: Mutex<Connections>,
 }
 
@@ -87,7 +89,14 @@ impl Drop for ConnectionSlot {
 
 impl Context {
     pub fn new(config: Arc<Config>, directory: Directory, store: Store, tls: Option<TlsAcceptor>) -> Context {
-        Context { config, directory, store, tls, connections: Mutex::new(Connections::default()) }
+        let guard = Arc::new(crate::guard::Guard::off());
+        Context { config, directory, store, tls, guard, connections: Mutex::new(Connections::default()) }
+    }
+
+    /// Use the daemon's shared guard (the default one counts nothing and bans nobody).
+    pub fn with_guard(mut self, guard: Arc<crate::guard::Guard>) -> Context {
+        self.guard = guard;
+        self
     }
 
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionSlot, &'static str> {
@@ -139,6 +148,10 @@ async fn handle_connection(
     mut tcp: tokio::net::TcpStream,
     peer: SocketAddr,
 ) {
+    // A banned client is dropped before any greeting (src/guard/mod.rs).
+    if ctx.guard.connect(peer.ip()).is_banned() {
+        return;
+    }
     let _slot = match ctx.admit(peer.ip()) {
         Ok(slot) => slot,
         Err(reason) => {

@@ -113,6 +113,19 @@ pub(super) fn io_no(e: &io::Error) -> String {
 }
 
 impl Session {
+    /// Count a failed login with the guard; when it bans the client, end the session at
+    /// once (the next check of `auth_failures` says BYE).
+    fn guard_auth_failure(&mut self) {
+        if self
+            .ctx
+            .guard
+            .record(self.peer.ip(), crate::guard::Event::AuthFailure { protocol: "imap" })
+            .is_banned()
+        {
+            self.auth_failures = self.auth_failures.max(MAX_AUTH_FAILURES);
+        }
+    }
+
     /// `tls` is true when the stream is already encrypted (port 993).
     pub fn new(ctx: Arc<Context>, stream: Box<dyn Stream>, peer: SocketAddr, tls: bool) -> Session {
         Session {
@@ -580,6 +593,7 @@ impl Session {
                 // Slow down guessing a little.
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 self.auth_failures += 1;
+                self.guard_auth_failure();
                 self.no(tag, "[AUTHENTICATIONFAILED] Invalid credentials");
             }
             Err(e) => {
@@ -643,6 +657,7 @@ impl Session {
                 warn!(event = "auth_failure", session = %self.id, client = %self.peer.ip(), protocol = "imap",
                       user = "", "malformed AUTHENTICATE PLAIN");
                 self.auth_failures += 1;
+                self.guard_auth_failure();
                 self.no(tag, "[AUTHENTICATIONFAILED] Malformed PLAIN response");
             }
         }

@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::directory::Directory;
+use crate::guard::Guard;
 use crate::smtp::{ConnectionLimiter, Refused, Stream};
 use crate::store::Store;
 
@@ -33,14 +34,24 @@ pub struct Context {
     pub directory: Directory,
     pub store: Store,
     pub tls: Option<TlsAcceptor>,
+    /// Abuse counters and bans (shared with the other listeners in the daemon).
+    pub guard: Arc<Guard>,
     connections: Arc<ConnectionLimiter>,
 }
 
 impl Context {
+    /// With the guard off (nothing counted, nobody banned, no sending limits); the daemon
+    /// attaches its shared guard with [`Context::with_guard`].
     pub fn new(config: Arc<Config>, directory: Directory, store: Store, tls: Option<TlsAcceptor>) -> Context {
         let connections =
             ConnectionLimiter::new(config.pop3.max_connections, config.pop3.max_connections_per_ip);
-        Context { config, directory, store, tls, connections }
+        let guard = Arc::new(Guard::off());
+        Context { config, directory, store, tls, guard, connections }
+    }
+
+    pub fn with_guard(mut self, guard: Arc<Guard>) -> Context {
+        self.guard = guard;
+        self
     }
 }
 
@@ -80,6 +91,11 @@ async fn handle_connection(
     mut tcp: tokio::net::TcpStream,
     peer: SocketAddr,
 ) {
+    // A banned client is dropped before any greeting (src/guard/mod.rs).
+    if ctx.guard.connect(peer.ip()).is_banned() {
+        debug!(client = %peer.ip(), "pop3: connection from a banned client closed");
+        return;
+    }
     let _slot = match ctx.connections.admit(peer.ip()) {
         Ok(slot) => slot,
         Err(why) => {

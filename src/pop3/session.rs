@@ -16,6 +16,7 @@ use super::command::{self, Command};
 use super::maildrop::{self, Maildrop, OpenError, Part};
 use super::{Context, Stream};
 use crate::address::Address;
+use crate::guard::Event;
 use crate::sasl::{decode_b64, parse_plain, sanitize};
 
 /// RFC 2449 §4 limits commands to 255 octets; AUTH initial responses (RFC 5034 §4) and long
@@ -54,6 +55,8 @@ pub struct Session {
     id: String,
     state: State,
     errors: usize,
+    /// The guard banned this client during the session: close after the current reply.
+    banned: bool,
 }
 
 impl Session {
@@ -68,6 +71,7 @@ impl Session {
             id: format!("{:016x}", rand::random::<u64>()),
             state: State::Authorization { user: None },
             errors: 0,
+            banned: false,
         }
     }
 
@@ -98,6 +102,7 @@ impl Session {
                     return self.flush().await;
                 }
                 Err(ReadError::TooLong) => {
+                    self.guard_event(Event::ProtocolError { protocol: "pop3" });
                     self.error("Line too long");
                     if self.too_many_errors() {
                         return self.flush().await;
@@ -108,12 +113,14 @@ impl Session {
             };
             let flow = match std::str::from_utf8(&line) {
                 Err(_) => {
+                    self.guard_event(Event::ProtocolError { protocol: "pop3" });
                     self.error("Command is not valid UTF-8");
                     Flow::Continue
                 }
                 Ok(line) => match command::parse(line) {
                     Ok(cmd) => self.handle(cmd).await?,
                     Err(e) => {
+                        self.guard_event(Event::ProtocolError { protocol: "pop3" });
                         self.error(&e.0);
                         Flow::Continue
                     }
@@ -125,7 +132,20 @@ impl Session {
         }
     }
 
+    /// Report `event` to the guard; when it bans the client, the session ends after the
+    /// current reply.
+    fn guard_event(&mut self, event: Event) {
+        if self.ctx.guard.record(self.peer.ip(), event).is_banned() {
+            self.banned = true;
+        }
+    }
+
     fn too_many_errors(&mut self) -> bool {
+        if self.banned {
+            // The reply to the command is out; POP3 has no unsolicited reply, so just close.
+            warn!(session = %self.id, client = %self.peer.ip(), "pop3: client banned, closing");
+            return true;
+        }
         if self.errors >= self.ctx.config.pop3.max_errors {
             warn!(session = %self.id, client = %self.peer.ip(), errors = self.errors, "pop3: too many errors, closing");
             self.err("Too many errors, closing connection");
@@ -328,6 +348,7 @@ impl Session {
                 // One structured line per failure: the guard counts these per client IP.
                 warn!(event = "auth_failure", session = %self.id, client = %self.peer.ip(), protocol = "pop3",
                       user = %sanitize(user), "authentication failed");
+                self.guard_event(Event::AuthFailure { protocol: "pop3" });
                 tokio::time::sleep(self.ctx.config.pop3.auth_failure_delay).await;
                 self.state = State::Authorization { user: None };
                 return self.error("[AUTH] Authentication failed");

@@ -16,6 +16,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::directory::Directory;
+use crate::guard::Guard;
 use crate::queue::Queue;
 
 /// Read through the next LF into `line`, keeping at most `limit` bytes. Returns false if the
@@ -83,14 +84,24 @@ pub struct Context {
     pub directory: Directory,
     pub queue: Queue,
     pub tls: Option<TlsAcceptor>,
+    /// Abuse counters, bans and the per-user sending limits (shared by all listeners).
+    pub guard: Arc<Guard>,
     connections: Arc<ConnectionLimiter>,
 }
 
 impl Context {
+    /// With the guard off (nothing counted, nobody banned, no sending limits); the daemon
+    /// attaches its shared guard with [`Context::with_guard`].
     pub fn new(config: Arc<Config>, directory: Directory, queue: Queue, tls: Option<TlsAcceptor>) -> Context {
         let connections =
             ConnectionLimiter::new(config.smtp.max_connections, config.smtp.max_connections_per_ip);
-        Context { config, directory, queue, tls, connections }
+        let guard = Arc::new(Guard::off());
+        Context { config, directory, queue, tls, guard, connections }
+    }
+
+    pub fn with_guard(mut self, guard: Arc<Guard>) -> Context {
+        self.guard = guard;
+        self
     }
 
     /// Count a new connection, or say why it is refused.
@@ -198,6 +209,11 @@ async fn handle_connection(
     mut tcp: tokio::net::TcpStream,
     peer: SocketAddr,
 ) {
+    // A banned client is dropped before any greeting (src/guard/mod.rs).
+    if ctx.guard.connect(peer.ip()).is_banned() {
+        debug!(client = %peer.ip(), "smtp: connection from a banned client closed");
+        return;
+    }
     let _slot = match ctx.admit(peer.ip()) {
         Ok(slot) => slot,
         Err(reason) => {

@@ -15,6 +15,7 @@ use super::message;
 use super::{Context, Profile, Stream};
 use crate::address::Address;
 use crate::directory::Target;
+use crate::guard::{Event, LimitExceeded};
 use crate::queue::Incoming;
 use crate::sasl::{decode_b64, parse_plain, sanitize};
 
@@ -53,6 +54,8 @@ pub struct Session {
     tx: Option<Transaction>,
     errors: usize,
     messages: u64,
+    /// The guard banned this client during the session: close at the next opportunity.
+    banned: bool,
 }
 
 /// What a command handler tells the loop.
@@ -84,6 +87,7 @@ impl Session {
             tx: None,
             errors: 0,
             messages: 0,
+            banned: false,
         }
     }
 
@@ -117,6 +121,7 @@ impl Session {
                     return self.flush().await;
                 }
                 Err(ReadError::TooLong) => {
+                    self.guard_event(Event::ProtocolError { protocol: "smtp" });
                     self.error(500, "5.5.6", "Line too long");
                     if self.too_many_errors() {
                         return self.flush().await;
@@ -126,6 +131,7 @@ impl Session {
                 Err(ReadError::Io(e)) => return Err(e),
             };
             let Ok(line) = std::str::from_utf8(&line) else {
+                self.guard_event(Event::ProtocolError { protocol: "smtp" });
                 self.error(500, "5.5.2", "Command is not valid UTF-8");
                 if self.too_many_errors() {
                     return self.flush().await;
@@ -136,6 +142,7 @@ impl Session {
             let flow = match command::parse(&line) {
                 Ok(cmd) => self.handle(cmd).await?,
                 Err(e) => {
+                    self.guard_event(Event::ProtocolError { protocol: "smtp" });
                     self.error(e.code, e.enhanced, &e.text);
                     Flow::Continue
                 }
@@ -146,7 +153,23 @@ impl Session {
         }
     }
 
+    /// Report `event` to the guard; when it bans the client, the session ends after the
+    /// current reply.
+    fn guard_event(&mut self, event: Event) {
+        if self.ctx.guard.record(self.peer.ip(), event).is_banned() {
+            self.banned = true;
+        }
+    }
+
     fn too_many_errors(&mut self) -> bool {
+        if self.banned {
+            self.reply(
+                421,
+                "4.7.0",
+                &format!("{} Too many failures, closing connection", self.ctx.config.hostname),
+            );
+            return true;
+        }
         if self.errors >= self.ctx.config.smtp.max_errors {
             warn!(session = %self.id, client = %self.peer.ip(), errors = self.errors, "smtp: too many errors, closing");
             self.reply(
@@ -325,6 +348,7 @@ impl Session {
                 // One structured line per failure: the guard counts these per client IP.
                 warn!(event = "auth_failure", session = %self.id, client = %self.peer.ip(), protocol = "smtp",
                       user = %sanitize(&user), "authentication failed");
+                self.guard_event(Event::AuthFailure { protocol: "smtp" });
                 self.error(535, "5.7.8", "Authentication credentials invalid");
             }
             Err(e) => {
@@ -387,6 +411,14 @@ impl Session {
                 // RFC 4954 §6: 530 5.7.0 when authentication is required.
                 return self.error(530, "5.7.0", "Authentication required");
             }
+            let user = self.auth.as_ref().expect("checked above").to_string();
+            if self.ctx.guard.may_send_message(&user) == Err(LimitExceeded::Messages) {
+                // RFC 3463 §3.8 X.7.1 (delivery not authorized): a temporary refusal, the
+                // client may retry once the hour has passed.
+                warn!(event = "rate_limit", session = %self.id, client = %self.peer.ip(), user = %user,
+                      limit = "messages_per_hour", "smtp: sending limit reached");
+                return self.error(451, "4.7.1", "Too many messages sent in the last hour, try again later");
+            }
         }
         let utf8 = params.iter().any(|(k, v)| k == "SMTPUTF8" && v.is_none());
         if let ReversePath::Address(a) = &path {
@@ -446,6 +478,14 @@ impl Session {
         if let Some((key, _)) = params.first() {
             return self.error(555, "5.5.4", &format!("Unsupported parameter {key}"));
         }
+        if let (Some(user), Profile::Submission | Profile::Submissions) = (&self.auth, self.profile) {
+            if self.ctx.guard.may_add_recipient(&user.to_string(), tx.recipients.len()).is_err() {
+                // RFC 5321 §4.5.3.1.10: 452 for too many recipients (RFC 3463 X.5.3).
+                warn!(event = "rate_limit", session = %self.id, client = %self.peer.ip(), user = %user,
+                      limit = "recipients_per_hour", "smtp: sending limit reached");
+                return self.error(452, "4.5.3", "Too many recipients in the last hour, try again later");
+            }
+        }
         let addr = match path {
             ForwardPath::Address(a) => a,
             ForwardPath::Postmaster => match self.postmaster().await {
@@ -473,6 +513,7 @@ impl Session {
                 Ok(Some(t)) if !t.is_empty() => t,
                 Ok(_) => {
                     info!(event = "unknown_recipient", session = %self.id, client = %self.peer.ip(), rcpt = %addr, "smtp: unknown recipient");
+                    self.guard_event(Event::UnknownRecipient);
                     return self.error(
                         550,
                         "5.1.1",
@@ -698,6 +739,9 @@ impl Session {
         let sender_s = sender.map(|s| s.to_string()).unwrap_or_default();
         match result {
             Ok(queue_id) => {
+                if let Some(user) = &self.auth {
+                    self.ctx.guard.record_message(&user.to_string(), rcpts.len());
+                }
                 info!(event = "smtp_transaction", session = %self.id, txid = %txid, queue_id = %queue_id,
                       message_id = message_id.as_deref().unwrap_or(""), client = %self.peer.ip(),
                       helo = self.helo.as_deref().unwrap_or(""), profile = self.profile.name(), tls = self.tls,

@@ -137,7 +137,7 @@ impl Posthaste {
     /// Defaults for tests: hostname mail.example.test, data_dir in the test dir, SMTP,
     /// submission and submissions on free ports of 127.0.0.1, a self-signed certificate
     /// for mail.example.test and 127.0.0.1, remote MX port 25, retries after 1 s and 2 s,
-    /// JSON log, and `[server] user = "root"` (no privilege drop in tests).
+    /// JSON log, `[server] user = "root"` (no privilege drop in tests) and `[guard] nftables = false`.
     pub fn builder(dir: &TestDir) -> PosthasteBuilder<'_> {
         let tls = dir.subdir("tls");
         let cert = self_signed(&tls, "cert", HOSTNAME, &[], &["127.0.0.1".parse().unwrap()]);
@@ -159,6 +159,9 @@ impl Posthaste {
             .set("log.format", "json")
             .set("log.level", "info")
             .set("server.user", "root")
+            // Tests never touch the host's nftables ruleset; tests/guard.rs turns nftables on
+            // only inside network namespaces it creates.
+            .set("guard.nftables", false)
     }
 
     /// `builder(dir).build()`.

@@ -1,0 +1,542 @@
+//! The guard: abuse counters per client IP, bans, the nftables set, and sending limits per
+//! authenticated user.
+//!
+//! Protocol servers call two things, one line each:
+//!
+//! ```ignore
+//! if guard.connect(peer.ip()).is_banned() { return; }            // at accept, before any greeting
+//! guard.record(peer.ip(), Event::AuthFailure { protocol: "imap" }); // where a login fails
+//! ```
+//!
+//! `record` returns the [`Verdict`] after counting, so a session can hang up at once when the
+//! event it just reported got its client banned.
+//!
+//! Counting: for each client and kind of event we keep the times of the events within that
+//! kind's window (a sliding window); reaching the threshold bans. A ban lasts `ban_time`,
+//! doubled for each earlier ban of the same client that ended less than `repeat_window` ago,
+//! capped at `max_ban_time` (the usual "recidive" escalation, decided here; no code from
+//! other projects). Allow-listed clients are neither counted nor banned.
+//!
+//! Bans live in `{data_dir}/guard-bans.json` ([`bans`]), shared with `posthaste ban`. The
+//! daemon notices the CLI's changes by the file's inode/mtime: compared at every accept (one
+//! `stat`) and every [`SWEEP_INTERVAL`] by [`Guard::sweep`], which also logs expiries.
+
+pub mod bans;
+pub mod nft;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use ipnet::IpNet;
+use tracing::{info, warn};
+
+use crate::config::{Config, GuardConfig, NftMode};
+use bans::{now_secs, rfc3339, FileStamp};
+pub use bans::{Ban, BanFile};
+pub use nft::Nft;
+
+/// How often the daemon re-reads the ban file and logs expired bans without waiting for a
+/// connection.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Something a client did that counts against it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A failed login: SMTP AUTH, POP3 USER/PASS or AUTH, IMAP LOGIN or AUTHENTICATE.
+    AuthFailure { protocol: &'static str },
+    /// RCPT TO an address of one of our domains that does not exist.
+    UnknownRecipient,
+    /// A line that is not a valid command (syntax, overlong, not UTF-8).
+    ProtocolError { protocol: &'static str },
+    /// A new connection (counted for floods).
+    Connection,
+}
+
+impl Event {
+    fn kind(self) -> usize {
+        match self {
+            Event::AuthFailure { .. } => 0,
+            Event::UnknownRecipient => 1,
+            Event::ProtocolError { .. } => 2,
+            Event::Connection => 3,
+        }
+    }
+    fn reason(self) -> String {
+        match self {
+            Event::AuthFailure { protocol } => format!("auth failures (the last over {protocol})"),
+            Event::UnknownRecipient => "unknown recipients".into(),
+            Event::ProtocolError { protocol } => format!("protocol errors ({protocol})"),
+            Event::Connection => "connections (flood)".into(),
+        }
+    }
+}
+
+/// Whether a client may go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    /// Banned until this Unix time.
+    Banned {
+        until: u64,
+    },
+}
+
+impl Verdict {
+    pub fn is_banned(self) -> bool {
+        matches!(self, Verdict::Banned { .. })
+    }
+}
+
+/// Why a submission was refused by the per-user limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitExceeded {
+    Messages,
+    Recipients,
+}
+
+pub struct Guard {
+    cfg: GuardConfig,
+    allow: Vec<IpNet>,
+    file: Option<BanFile>,
+    nft: Option<Nft>,
+    /// The thread that runs `nft` in the daemon (see [`Guard::start_nft_worker`]).
+    nft_worker: Mutex<Option<std::sync::mpsc::Sender<Job>>>,
+    state: Mutex<State>,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+#[derive(Default)]
+struct State {
+    /// (client, kind) → times (Unix seconds) of events within the kind's window.
+    counters: HashMap<(IpAddr, usize), VecDeque<u64>>,
+    /// Every known ban, recently expired ones included (they decide escalation).
+    bans: BTreeMap<IpAddr, Ban>,
+    /// Clients whose ban we last saw active (to log expiries and removals once).
+    active: HashSet<IpAddr>,
+    stamp: Option<FileStamp>,
+    /// user → (time, recipients) of messages submitted in the last hour.
+    users: HashMap<String, VecDeque<(u64, u32)>>,
+}
+
+impl Guard {
+    /// A guard that keeps everything in memory: no ban file, no nftables (session tests).
+    pub fn in_memory(cfg: &GuardConfig) -> Guard {
+        Guard {
+            cfg: cfg.clone(),
+            allow: cfg.allow_nets(),
+            file: None,
+            nft: None,
+            nft_worker: Mutex::new(None),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// A guard that does nothing: no counting, no bans, no sending limits. What sessions get
+    /// unless the daemon attaches its shared guard (`Context::with_guard`).
+    pub fn off() -> Guard {
+        let cfg = GuardConfig {
+            enabled: false,
+            messages_per_hour: 0,
+            recipients_per_hour: 0,
+            nftables: NftMode::Off,
+            ..GuardConfig::default()
+        };
+        Guard::in_memory(&cfg)
+    }
+
+    /// The guard of a data directory, with nftables as `[guard] nftables` says. Nothing is
+    /// changed yet: the daemon calls [`Guard::start`], the CLI [`Guard::ban`]/[`Guard::unban`].
+    pub fn open(config: &Config) -> anyhow::Result<Guard> {
+        let cfg = &config.guard;
+        let mut g = Guard::in_memory(cfg);
+        g.file = Some(BanFile::new(&config.data_dir));
+        let ports: Vec<u16> =
+            config.listeners().iter().flat_map(|(_, addrs)| addrs.iter().map(|a| a.port())).collect();
+        g.nft = match cfg.nftables {
+            NftMode::Off => None,
+            NftMode::On => match Nft::available() {
+                Ok(()) => Some(Nft::new(ports)),
+                Err(e) => anyhow::bail!(
+                    "guard.nftables = true, but nft does not work: {e}\nhelp: install the package `nftables` and run as root (or with CAP_NET_ADMIN), or set nftables = \"auto\""
+                ),
+            },
+            NftMode::Auto => match Nft::available() {
+                Ok(()) => Some(Nft::new(ports)),
+                Err(e) => {
+                    info!(reason = %e, "guard: nftables not available, bans are enforced at accept only");
+                    None
+                }
+            },
+        };
+        // What is in the file now is the starting point, not news: only later changes are
+        // logged as bans and unbans.
+        {
+            let now = now_secs();
+            let f = g.file.as_ref().expect("set above");
+            let st = g.state.get_mut().unwrap();
+            st.stamp = f.stamp();
+            st.bans = f.load().with_context(|| format!("cannot read the ban list {}", f.path().display()))?;
+            st.active = st.bans.values().filter(|b| b.active_at(now)).map(|b| b.client).collect();
+        }
+        Ok(g)
+    }
+
+    pub fn config(&self) -> &GuardConfig {
+        &self.cfg
+    }
+
+    pub fn nftables(&self) -> bool {
+        self.nft.is_some()
+    }
+
+    /// Daemon start: put the active bans of the ban file into nftables (our table is
+    /// rebuilt from it).
+    pub fn start(&self) -> anyhow::Result<()> {
+        let now = now_secs();
+        let mut st = self.state.lock().unwrap();
+        self.refresh(&mut st, now);
+        if let Some(nft) = &self.nft {
+            let list: Vec<(IpAddr, Duration)> =
+                st.bans.values().filter(|b| b.active_at(now)).map(|b| (b.client, b.remaining(now))).collect();
+            match nft.setup(&list) {
+                Ok(()) => info!(bans = list.len(), "guard: nftables table inet posthaste ready"),
+                Err(e) => {
+                    warn!(error = %e, "guard: cannot set up nftables; bans are enforced at accept only")
+                }
+            }
+        }
+        info!(bans = st.active.len(), nftables = self.nft.is_some(), "guard: loaded bans");
+        Ok(())
+    }
+
+    /// Never counted, never banned: loopback always (a local webmail or the smoke test must
+    /// not lock everyone out, whatever `allow` says), and the `allow` list.
+    /// Run later `nft` calls on a thread of their own, started now by the caller. The daemon
+    /// calls this on the thread that kept CAP_NET_ADMIN when it dropped root: capabilities
+    /// belong to threads (capabilities(7)), and the runtime's threads do not have it.
+    pub fn start_nft_worker(&self) {
+        if self.nft.is_none() {
+            return;
+        }
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let spawned = std::thread::Builder::new().name("guard-nft".into()).spawn(move || {
+            for job in rx {
+                job();
+            }
+        });
+        if spawned.is_ok() {
+            *self.nft_worker.lock().unwrap() = Some(tx);
+        }
+    }
+
+    /// Run an nftables change off the async threads: on the nft thread if there is one, on
+    /// a blocking thread in a runtime, inline otherwise (the CLI).
+    fn nft_job(&self, f: impl FnOnce() + Send + 'static) {
+        if let Some(tx) = self.nft_worker.lock().unwrap().as_ref() {
+            let _ = tx.send(Box::new(f));
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn_blocking(f);
+            }
+            Err(_) => f(),
+        }
+    }
+
+    pub fn is_allowed(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        ip.is_loopback() || self.allow.iter().any(|n| n.contains(&ip))
+    }
+
+    /// Is `ip` banned? Cheap: one `stat` of the ban file (re-read only when it changed).
+    pub fn check(&self, ip: IpAddr) -> Verdict {
+        self.check_at(ip, now_secs())
+    }
+
+    pub fn check_at(&self, ip: IpAddr, now: u64) -> Verdict {
+        let ip = canonical(ip);
+        if !self.cfg.enabled || self.is_allowed(ip) {
+            return Verdict::Allow;
+        }
+        let mut st = self.state.lock().unwrap();
+        self.refresh(&mut st, now);
+        match st.bans.get(&ip) {
+            Some(b) if b.active_at(now) => Verdict::Banned { until: b.until },
+            _ => Verdict::Allow,
+        }
+    }
+
+    /// At accept: the verdict, and the connection counted (floods).
+    pub fn connect(&self, ip: IpAddr) -> Verdict {
+        match self.check(ip) {
+            Verdict::Allow => self.record(ip, Event::Connection),
+            banned => banned,
+        }
+    }
+
+    /// Count `event` for `ip`; bans when a threshold is reached. Returns the verdict after.
+    pub fn record(&self, ip: IpAddr, event: Event) -> Verdict {
+        self.record_at(ip, event, now_secs())
+    }
+
+    pub fn record_at(&self, ip: IpAddr, event: Event, now: u64) -> Verdict {
+        let ip = canonical(ip);
+        if !self.cfg.enabled || self.is_allowed(ip) {
+            return Verdict::Allow;
+        }
+        let (limit, window) = self.threshold(event);
+        let mut st = self.state.lock().unwrap();
+        if let Some(b) = st.bans.get(&ip).filter(|b| b.active_at(now)) {
+            return Verdict::Banned { until: b.until };
+        }
+        let times = st.counters.entry((ip, event.kind())).or_default();
+        times.push_back(now);
+        while times.front().is_some_and(|t| *t + window.as_secs() <= now) {
+            times.pop_front();
+        }
+        if (times.len() as u32) < limit {
+            return Verdict::Allow;
+        }
+        let reason =
+            format!("{} {} in {}", times.len(), event.reason(), crate::config::duration_str::format(&window));
+        let ban = self.ban_locked(&mut st, ip, None, &reason, now);
+        Verdict::Banned { until: ban.until }
+    }
+
+    fn threshold(&self, event: Event) -> (u32, Duration) {
+        let c = &self.cfg;
+        match event {
+            Event::AuthFailure { .. } => (c.auth_failures, c.auth_failure_window),
+            Event::UnknownRecipient => (c.unknown_recipients, c.unknown_recipient_window),
+            Event::ProtocolError { .. } => (c.protocol_errors, c.protocol_error_window),
+            Event::Connection => (c.connections, c.connection_window),
+        }
+    }
+
+    /// How long the next ban of a client lasts, given its previous one.
+    pub fn next_ban(&self, previous: Option<&Ban>, now: u64) -> (u32, Duration) {
+        let offence = match previous {
+            Some(p) if p.until + self.cfg.repeat_window.as_secs() > now => p.offence + 1,
+            _ => 1,
+        };
+        let factor = 1u64.checked_shl(offence.saturating_sub(1).min(62)).unwrap_or(u64::MAX);
+        let secs = self.cfg.ban_time.as_secs().saturating_mul(factor).min(self.cfg.max_ban_time.as_secs());
+        (offence, Duration::from_secs(secs))
+    }
+
+    /// Ban `ip` for `duration` (None: the escalated default). Refused for allow-listed ones.
+    pub fn ban(&self, ip: IpAddr, duration: Option<Duration>, reason: &str) -> anyhow::Result<Ban> {
+        let ip = canonical(ip);
+        if self.is_allowed(ip) {
+            anyhow::bail!(
+                "{ip} is never banned: it is a loopback address or in [guard] allow\nhelp: to ban it, remove it from [guard] allow (loopback cannot be banned)"
+            );
+        }
+        let mut st = self.state.lock().unwrap();
+        let now = now_secs();
+        self.refresh(&mut st, now);
+        Ok(self.ban_locked(&mut st, ip, duration, reason, now))
+    }
+
+    fn ban_locked(
+        &self,
+        st: &mut State,
+        ip: IpAddr,
+        duration: Option<Duration>,
+        reason: &str,
+        now: u64,
+    ) -> Ban {
+        let (offence, auto) = self.next_ban(st.bans.get(&ip), now);
+        let duration = duration.unwrap_or(auto);
+        let ban = Ban {
+            client: ip,
+            since: now,
+            until: now + duration.as_secs(),
+            reason: reason.to_owned(),
+            offence,
+            lifted: None,
+        };
+        if let Some(f) = &self.file {
+            let b = ban.clone();
+            if let Err(e) = f.update(self.cfg.repeat_window, |all| {
+                all.insert(ip, b);
+            }) {
+                warn!(error = %e, file = %f.path().display(), "guard: cannot save the ban list");
+            }
+            st.stamp = f.stamp();
+        }
+        st.bans.insert(ip, ban.clone());
+        st.active.insert(ip);
+        st.counters.retain(|(c, _), _| *c != ip);
+        warn!(event = "ban", client = %ip, reason = %ban.reason, until = %rfc3339(ban.until),
+              duration = duration.as_secs(), offence, "client banned");
+        if let Some(nft) = self.nft.clone() {
+            self.nft_job(move || {
+                if let Err(e) = nft.ban(ip, duration) {
+                    warn!(client = %ip, error = %e, "guard: cannot add the ban to nftables");
+                }
+            });
+        }
+        ban
+    }
+
+    /// Lift the ban of `ip`; returns it if there was an active one.
+    pub fn unban(&self, ip: IpAddr, reason: &str) -> anyhow::Result<Option<Ban>> {
+        let ip = canonical(ip);
+        let now = now_secs();
+        let mut st = self.state.lock().unwrap();
+        self.refresh(&mut st, now);
+        let mut removed = st.bans.get(&ip).filter(|b| b.active_at(now)).cloned();
+        if let Some(f) = &self.file {
+            // Ending the ban now (rather than deleting it) keeps the offence count for
+            // escalation.
+            removed = f.update(self.cfg.repeat_window, |all| {
+                let b = all.get_mut(&ip).filter(|b| b.active_at(now))?;
+                let was = b.clone();
+                b.until = now;
+                b.lifted = Some(reason.to_owned());
+                Some(was)
+            })?;
+            st.stamp = f.stamp();
+            st.bans = f.load()?;
+        } else if let Some(b) = st.bans.get_mut(&ip).filter(|b| b.active_at(now)) {
+            b.until = now;
+            b.lifted = Some(reason.to_owned());
+        }
+        st.active.remove(&ip);
+        st.counters.retain(|(c, _), _| *c != ip);
+        if let Some(b) = &removed {
+            info!(event = "unban", client = %ip, reason, until = %rfc3339(b.until), "client unbanned");
+        }
+        if let Some(nft) = &self.nft {
+            if let Err(e) = nft.unban(ip) {
+                warn!(client = %ip, error = %e, "guard: cannot remove the ban from nftables");
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The active bans.
+    pub fn list(&self) -> Vec<Ban> {
+        let now = now_secs();
+        let mut st = self.state.lock().unwrap();
+        self.refresh(&mut st, now);
+        st.bans.values().filter(|b| b.active_at(now)).cloned().collect()
+    }
+
+    /// Periodic housekeeping: notice CLI changes, log expiries, forget old counters.
+    pub fn sweep(&self) {
+        self.sweep_at(now_secs());
+    }
+
+    pub fn sweep_at(&self, now: u64) {
+        let mut st = self.state.lock().unwrap();
+        self.refresh(&mut st, now);
+        let longest = [
+            self.cfg.auth_failure_window,
+            self.cfg.unknown_recipient_window,
+            self.cfg.protocol_error_window,
+            self.cfg.connection_window,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or_default()
+        .as_secs();
+        st.counters.retain(|_, t| t.back().is_some_and(|last| last + longest > now));
+        st.users.retain(|_, v| v.back().is_some_and(|(t, _)| t + 3600 > now));
+    }
+
+    /// Re-read the ban file if it changed, then log bans that appeared, ended or were
+    /// removed since we last looked.
+    fn refresh(&self, st: &mut State, now: u64) {
+        if let Some(f) = &self.file {
+            let stamp = f.stamp();
+            if stamp != st.stamp {
+                match f.load() {
+                    Ok(b) => {
+                        st.bans = b;
+                        st.stamp = stamp;
+                    }
+                    Err(e) => warn!(error = %e, "guard: cannot read the ban list; keeping the previous one"),
+                }
+            }
+        }
+        let active: HashSet<IpAddr> =
+            st.bans.values().filter(|b| b.active_at(now)).map(|b| b.client).collect();
+        if active == st.active {
+            return;
+        }
+        for ip in active.difference(&st.active) {
+            let b = &st.bans[ip];
+            warn!(event = "ban", client = %ip, reason = %b.reason, until = %rfc3339(b.until),
+                  duration = b.until.saturating_sub(b.since), offence = b.offence, source = "ban file", "client banned");
+        }
+        let gone: Vec<IpAddr> = st.active.difference(&active).copied().collect();
+        for ip in gone {
+            let (reason, until) = match st.bans.get(&ip) {
+                Some(b) => (b.lifted.clone().unwrap_or_else(|| "expired".into()), b.until),
+                None => ("removed from the ban file".into(), now),
+            };
+            info!(event = "unban", client = %ip, reason, until = %rfc3339(until), "client unbanned");
+            st.counters.retain(|(c, _), _| *c != ip);
+        }
+        st.active = active;
+    }
+
+    // ---- per-user sending limits (submission) ---------------------------------------
+
+    /// May `user` start another message (MAIL FROM)? `Err` once `messages_per_hour` is used up.
+    pub fn may_send_message(&self, user: &str) -> Result<(), LimitExceeded> {
+        self.may_send_at(user, 0, now_secs())
+    }
+
+    /// May `user` add a recipient to a message that already has `pending` of them?
+    pub fn may_add_recipient(&self, user: &str, pending: usize) -> Result<(), LimitExceeded> {
+        self.may_send_at(user, pending as u32 + 1, now_secs())
+    }
+
+    pub fn may_send_at(&self, user: &str, recipients: u32, now: u64) -> Result<(), LimitExceeded> {
+        let mut st = self.state.lock().unwrap();
+        let Some(q) = st.users.get_mut(user) else { return Ok(()) };
+        while q.front().is_some_and(|(t, _)| t + 3600 <= now) {
+            q.pop_front();
+        }
+        let max_msgs = self.cfg.messages_per_hour;
+        let max_rcpts = self.cfg.recipients_per_hour;
+        if recipients == 0 && max_msgs > 0 && q.len() as u32 >= max_msgs {
+            return Err(LimitExceeded::Messages);
+        }
+        let sent: u32 = q.iter().map(|(_, n)| n).sum();
+        if max_rcpts > 0 && sent + recipients > max_rcpts {
+            return Err(LimitExceeded::Recipients);
+        }
+        Ok(())
+    }
+
+    /// A message from `user` to `recipients` addresses was accepted.
+    pub fn record_message(&self, user: &str, recipients: usize) {
+        self.record_message_at(user, recipients, now_secs());
+    }
+
+    pub fn record_message_at(&self, user: &str, recipients: usize, now: u64) {
+        let mut st = self.state.lock().unwrap();
+        st.users.entry(user.to_owned()).or_default().push_back((now, recipients as u32));
+    }
+}
+
+/// IPv4-mapped IPv6 (`::ffff:192.0.2.1`, what a dual-stack socket reports) is the IPv4
+/// client: count and ban it as such.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests;
