@@ -3,7 +3,7 @@
 //!
 //! Protocol servers call two things, one line each:
 //!
-//! ```ignore
+//! ```text
 //! if guard.connect(peer.ip()).is_banned() { return; }            // at accept, before any greeting
 //! guard.record(peer.ip(), Event::AuthFailure { protocol: "imap" }); // where a login fails
 //! ```
