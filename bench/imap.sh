@@ -21,7 +21,10 @@
 # Measured with bench/imap_load.py (a small hand-written client, same for both):
 #   1. RSS per idle connection: IDLE logged-in connections with INBOX selected; posthaste:
 #      VmRSS of its process before/after; Dovecot: sum of PSS of all its processes.
-#   2. posthaste only: BIG_IDLE concurrent idle connections (are they all still answered?).
+#   2. posthaste only: BIG_IDLE concurrent idle connections (are they all still answered?),
+#      INBOX selected (BIG_NOSELECT=1: only logged in). posthaste keeps the folder index
+#      open per selected session: 2 descriptors per connection, so 10,000 selected sessions
+#      need `ulimit -Hn` above 20,000.
 #   3. single connection, best of 3: SELECT, FETCH 1:* (FLAGS UID RFC822.SIZE), header
 #      fields, BODYSTRUCTURE, ENVELOPE, SEARCH SUBJECT/FROM/UNSEEN/SINCE/BODY. The first
 #      SELECT (the server building its index from the copied Maildir) is timed on its own.
@@ -32,7 +35,8 @@
 # Not a test and not run by CI: the numbers depend on the machine; see docs/benchmarks.md.
 #
 # POSTHASTE_BIN=path uses that binary instead of building target/release/posthaste.
-# KEEP=1 keeps the work dir. PERF=1 records `perf record -g` of posthaste during phase 3+4.
+# KEEP=1 keeps the work dir. PERF=1 records `perf record -g` of posthaste during phases 1, 3, 4
+# and prints the top symbols (use with KEEP=1 to keep perf.data).
 set -euo pipefail
 
 MESSAGES=10000
@@ -49,7 +53,7 @@ while getopts "m:c:t:i:I:o:h" opt; do
         i) IDLE=$OPTARG ;;
         I) BIG_IDLE=$OPTARG ;;
         o) ONLY=$OPTARG ;;
-        *) sed -n '2,35p' "$0"; exit 2 ;;
+        *) sed -n '2,40p' "$0"; exit 2 ;;
     esac
 done
 case $ONLY in posthaste|dovecot|both) ;; *) echo "-o must be posthaste, dovecot or both" >&2; exit 2 ;; esac
@@ -155,7 +159,7 @@ fill() {
     local dir=$1 user=$2 src=$WORK/tiny
     case $user in u) src=$WORK/template ;; m*) src=$WORK/small ;; esac
     mkdir -p "$dir"
-    cp -r "$src/cur" "$src/new" "$src/tmp" "$dir/"
+    cp -rp "$src/cur" "$src/new" "$src/tmp" "$dir/"  # -p: the mtime is the INTERNALDATE
 }
 
 # measure NAME PORT MEM_CMD -> $WORK/NAME.*.json|txt
@@ -231,7 +235,20 @@ CONF
     wait_port "$port" posthaste "$d/serve.log"
     sleep 1
     local perf_pid=""
+    if [ -n "${PERF:-}" ]; then
+        # Software clock: the VM has no hardware counters. Covers all three phases.
+        perf record -q -e cpu-clock -F 999 -g -p "$PH_PID" -o "$WORK/perf.data" >/dev/null 2>&1 &
+        perf_pid=$!
+    fi
     measure posthaste "$port" "rss_kib $PH_PID"
+    if [ -n "$perf_pid" ]; then
+        kill -INT "$perf_pid"
+        wait "$perf_pid" 2>/dev/null || true
+        perf report -i "$WORK/perf.data" --no-children --sort symbol --stdio 2>/dev/null |
+            grep -v '^#' | grep '%' | head -40 >"$WORK/perf.txt" || true
+        echo "   perf profile (self time, top symbols) in $WORK/perf.txt:"
+        head -25 "$WORK/perf.txt" | sed 's/^/   /'
+    fi
     if [ "$BIG_IDLE" -gt 0 ]; then
         echo "-- posthaste: $BIG_IDLE concurrent idle connections (load $(load))"
         local before after fifo=$WORK/big.in
@@ -239,7 +256,7 @@ CONF
         mkfifo "$fifo"
         # The client process holds them all; spread over 127.0.0.2..9 source addresses
         # (loopback accepts any 127/8 address) to stay clear of ephemeral-port limits.
-        $LOAD idle 127.0.0.1 "$port" - "idle@bench.test" "$PW" "$BIG_IDLE" \
+        NOSELECT=${BIG_NOSELECT:-} $LOAD idle 127.0.0.1 "$port" - "idle@bench.test" "$PW" "$BIG_IDLE" \
             127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5,127.0.0.6,127.0.0.7,127.0.0.8,127.0.0.9 \
             <"$fifo" >"$WORK/big.out" 2>"$WORK/big.err" &
         local idle_pid=$!

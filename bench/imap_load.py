@@ -6,8 +6,9 @@
   imap_load.py mixed HOST PORT CA PREFIX PW CLIENTS SECONDS
                                              CLIENTS processes, user PREFIX<i>, mixed commands
   imap_load.py idle HOST PORT CA USER PW COUNT [SRC_IPS]
-                                             COUNT logged-in connections with INBOX selected;
-                                             prints "ready N" then waits for a line on stdin
+                                             COUNT logged-in connections with INBOX selected
+                                             (NOSELECT=1: only logged in); prints "ready N",
+                                             waits for a line on stdin, then NOOPs each
 
 Every connection is implicit TLS (the certificate is not verified: the same self-signed
 certificate on both servers). The client is a small hand-written IMAP reader (lines and
@@ -29,7 +30,9 @@ CTX.verify_mode = ssl.CERT_NONE
 
 class Imap:
     def __init__(self, host, port, src=None):
-        raw = socket.create_connection((host, port), source_address=(src, 0) if src else None)
+        # A timeout, so that a server that stops accepting (e.g. out of descriptors) makes
+        # the client report failures instead of hanging in the TLS handshake.
+        raw = socket.create_connection((host, port), timeout=30, source_address=(src, 0) if src else None)
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = CTX.wrap_socket(raw)
         self.buf = b""
@@ -300,7 +303,8 @@ def idle(host, port, user, pw, count, srcs):
         try:
             c = Imap(host, port, srcs[i % len(srcs)] if srcs else None)
             c.login(user, pw)
-            c.cmd(b"SELECT INBOX")
+            if not os.environ.get("NOSELECT"):
+                c.cmd(b"SELECT INBOX")
             conns.append(c)
         except Exception as e:  # noqa: BLE001
             failed += 1
