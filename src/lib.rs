@@ -7,6 +7,7 @@ pub mod directory;
 pub mod guard;
 pub mod imap;
 pub mod install;
+pub mod net;
 pub mod pop3;
 pub mod queue;
 pub mod sasl;

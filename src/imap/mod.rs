@@ -24,12 +24,11 @@ pub mod wire;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, info, warn};
+use tracing::debug;
 
 use crate::config::Config;
 use crate::directory::Directory;
@@ -119,27 +118,12 @@ pub async fn serve(
     ctx: Arc<Context>,
     profile: Profile,
     listener: TcpListener,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    info!(listener = profile.name(), addr = %local, "listening");
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.changed() => return,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                warn!(error = %e, "imap: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        let ctx = ctx.clone();
-        tokio::spawn(async move { handle_connection(ctx, profile, tcp, peer).await });
-    }
+    crate::net::accept_loop(profile.name(), listener, shutdown, move |tcp, peer| {
+        handle_connection(ctx.clone(), profile, tcp, peer)
+    })
+    .await
 }
 
 async fn handle_connection(
@@ -163,14 +147,8 @@ async fn handle_connection(
     };
     let stream: Box<dyn Stream> = if profile == Profile::Imaps {
         let Some(acceptor) = ctx.tls.clone() else { return };
-        match tokio::time::timeout(Duration::from_secs(30), acceptor.accept(tcp)).await {
-            Ok(Ok(tls)) => Box::new(tls),
-            Ok(Err(e)) => {
-                debug!(client = %peer.ip(), error = %e, "imap: TLS handshake failed");
-                return;
-            }
-            Err(_) => return,
-        }
+        let Some(tls) = crate::net::tls_accept(&acceptor, tcp, peer, "imaps").await else { return };
+        tls
     } else {
         Box::new(tcp)
     };

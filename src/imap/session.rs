@@ -553,17 +553,9 @@ impl Session {
         if !self.reader.buffer().is_empty() {
             warn!(session = %self.id, client = %self.peer.ip(), "imap: data pipelined after STARTTLS discarded");
         }
-        let placeholder: Box<dyn Stream> = Box::new(tokio::io::duplex(1).0);
-        let plain = std::mem::replace(&mut self.reader, BufReader::new(placeholder)).into_inner();
-        let tls = match tokio::time::timeout(Duration::from_secs(30), acceptor.accept(plain)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                info!(session = %self.id, client = %self.peer.ip(), error = %e, "imap: TLS handshake failed");
-                return Ok(Flow::Close);
-            }
-            Err(_) => return Ok(Flow::Close),
-        };
-        self.reader = BufReader::with_capacity(16 * 1024, Box::new(tls));
+        if !crate::net::upgrade_to_tls(&mut self.reader, &acceptor, self.peer, "imap").await {
+            return Ok(Flow::Close);
+        }
         self.tls = true;
         Ok(Flow::Continue)
     }

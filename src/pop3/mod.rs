@@ -13,12 +13,11 @@ pub mod session;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, info, warn};
+use tracing::debug;
 
 use crate::config::Config;
 use crate::directory::Directory;
@@ -61,28 +60,13 @@ pub async fn serve(
     ctx: Arc<Context>,
     implicit_tls: bool,
     listener: TcpListener,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let name = if implicit_tls { "pop3s" } else { "pop3" };
-    let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    info!(listener = name, addr = %local, "listening");
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.changed() => return,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                warn!(error = %e, "pop3: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        let ctx = ctx.clone();
-        tokio::spawn(async move { handle_connection(ctx, implicit_tls, tcp, peer).await });
-    }
+    crate::net::accept_loop(name, listener, shutdown, move |tcp, peer| {
+        handle_connection(ctx.clone(), implicit_tls, tcp, peer)
+    })
+    .await
 }
 
 async fn handle_connection(
@@ -113,14 +97,8 @@ async fn handle_connection(
     };
     let stream: Box<dyn Stream> = if implicit_tls {
         let Some(acceptor) = ctx.tls.clone() else { return };
-        match tokio::time::timeout(Duration::from_secs(30), acceptor.accept(tcp)).await {
-            Ok(Ok(tls)) => Box::new(tls),
-            Ok(Err(e)) => {
-                debug!(client = %peer.ip(), error = %e, "pop3: TLS handshake failed");
-                return;
-            }
-            Err(_) => return,
-        }
+        let Some(tls) = crate::net::tls_accept(&acceptor, tcp, peer, "pop3s").await else { return };
+        tls
     } else {
         Box::new(tcp)
     };

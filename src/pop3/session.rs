@@ -7,7 +7,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::io::{AsyncWriteExt, BufReader};
 use tracing::{debug, info, warn};
@@ -244,17 +243,9 @@ impl Session {
             warn!(session = %self.id, client = %self.peer.ip(), "pop3: data pipelined after STLS, closing");
             return Ok(Flow::Close);
         }
-        let placeholder: Box<dyn Stream> = Box::new(tokio::io::duplex(1).0);
-        let plain = std::mem::replace(&mut self.reader, BufReader::new(placeholder)).into_inner();
-        let tls = match tokio::time::timeout(Duration::from_secs(30), acceptor.accept(plain)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                info!(session = %self.id, client = %self.peer.ip(), error = %e, "pop3: TLS handshake failed");
-                return Ok(Flow::Close);
-            }
-            Err(_) => return Ok(Flow::Close),
-        };
-        self.reader = BufReader::with_capacity(16 * 1024, Box::new(tls));
+        if !crate::net::upgrade_to_tls(&mut self.reader, &acceptor, self.peer, "pop3").await {
+            return Ok(Flow::Close);
+        }
         self.tls = true;
         // RFC 2595 §4: forget what was learnt before TLS (a USER given in clear text).
         self.state = State::Authorization { user: None };

@@ -270,17 +270,9 @@ impl Session {
             warn!(session = %self.id, client = %self.peer.ip(), "smtp: data pipelined after STARTTLS, closing");
             return Ok(Flow::Close);
         }
-        let placeholder: Box<dyn Stream> = Box::new(tokio::io::duplex(1).0);
-        let plain = std::mem::replace(&mut self.reader, BufReader::new(placeholder)).into_inner();
-        let tls = match tokio::time::timeout(Duration::from_secs(30), acceptor.accept(plain)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                info!(session = %self.id, client = %self.peer.ip(), error = %e, "smtp: TLS handshake failed");
-                return Ok(Flow::Close);
-            }
-            Err(_) => return Ok(Flow::Close),
-        };
-        self.reader = BufReader::with_capacity(16 * 1024, Box::new(tls));
+        if !crate::net::upgrade_to_tls(&mut self.reader, &acceptor, self.peer, "smtp").await {
+            return Ok(Flow::Close);
+        }
         self.tls = true;
         // RFC 3207 §4.2: forget everything learnt before TLS; the client must EHLO again.
         self.helo = None;
