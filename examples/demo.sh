@@ -109,6 +109,10 @@ inbox = os.path.join(demo, "data/mail/example.test/postmaster")
 def count():
     return sum(len(os.listdir(os.path.join(inbox, d))) for d in ("new", "cur") if os.path.isdir(os.path.join(inbox, d)))
 before = count()
+remote = os.path.join(demo, "remote-mx")
+def remote_files():
+    return set(os.listdir(remote)) if os.path.isdir(remote) else set()
+remote_before = remote_files()
 with smtplib.SMTP("127.0.0.1", 2525) as s:
     s.sendmail("someone@remote.example", ["postmaster@example.test"],
                b"From: someone@remote.example\r\nSubject: demo via MX\r\n\r\nhello\r\n")
@@ -122,9 +126,9 @@ with smtplib.SMTP("127.0.0.1", 2587) as s:
                b"From: postmaster@example.test\r\nTo: friend@remote.example\r\nSubject: demo outbound\r\n\r\nhello out there\r\n")
 after = count()
 print(f"postmaster@example.test INBOX: {before} -> {after} messages ({inbox})")
-remote = os.path.join(demo, "remote-mx")
+new = []
 for _ in range(100):
-    new = [f for f in os.listdir(remote) if "friend@remote.example" in f] if os.path.isdir(remote) else []
+    new = [f for f in remote_files() - remote_before if "friend@remote.example" in f]
     if new:
         break
     time.sleep(0.1)
