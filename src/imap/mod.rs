@@ -21,9 +21,8 @@ pub mod session;
 pub mod utf7;
 pub mod wire;
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
@@ -32,7 +31,7 @@ use tracing::debug;
 
 use crate::config::Config;
 use crate::directory::Directory;
-use crate::smtp::Stream;
+use crate::smtp::{ConnectionLimiter, Refused, Stream};
 use crate::store::Store;
 
 /// Port 143 (STARTTLS) or 993 (implicit TLS, RFC 8314 §3.3).
@@ -59,57 +58,21 @@ pub struct Context {
     pub tls: Option<TlsAcceptor>,
     /// Bans and abuse counters shared with SMTP and POP3 (src/guard/).
     pub guard: Arc<crate::guard::Guard>,
-    connections: Mutex<Connections>,
-}
-
-#[derive(Default)]
-struct Connections {
-    total: usize,
-    per_ip: HashMap<IpAddr, usize>,
-}
-
-struct ConnectionSlot {
-    ctx: Arc<Context>,
-    ip: IpAddr,
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        let mut c = self.ctx.connections.lock().unwrap();
-        c.total -= 1;
-        if let Some(n) = c.per_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                c.per_ip.remove(&self.ip);
-            }
-        }
-    }
+    connections: Arc<ConnectionLimiter>,
 }
 
 impl Context {
     pub fn new(config: Arc<Config>, directory: Directory, store: Store, tls: Option<TlsAcceptor>) -> Context {
         let guard = Arc::new(crate::guard::Guard::off());
-        Context { config, directory, store, tls, guard, connections: Mutex::new(Connections::default()) }
+        let connections =
+            ConnectionLimiter::new(config.imap.max_connections, config.imap.max_connections_per_ip);
+        Context { config, directory, store, tls, guard, connections }
     }
 
     /// Use the daemon's shared guard (the default one counts nothing and bans nobody).
     pub fn with_guard(mut self, guard: Arc<crate::guard::Guard>) -> Context {
         self.guard = guard;
         self
-    }
-
-    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionSlot, &'static str> {
-        let mut c = self.connections.lock().unwrap();
-        if c.total >= self.config.imap.max_connections {
-            return Err("Too many connections, try again later");
-        }
-        let n = c.per_ip.entry(ip).or_insert(0);
-        if *n >= self.config.imap.max_connections_per_ip {
-            return Err("Too many connections from your address");
-        }
-        *n += 1;
-        c.total += 1;
-        Ok(ConnectionSlot { ctx: self.clone(), ip })
     }
 }
 
@@ -136,9 +99,13 @@ async fn handle_connection(
     if ctx.guard.connect(peer.ip()).is_banned() {
         return;
     }
-    let _slot = match ctx.admit(peer.ip()) {
+    let _slot = match ctx.connections.admit(peer.ip()) {
         Ok(slot) => slot,
-        Err(reason) => {
+        Err(why) => {
+            let reason = match why {
+                Refused::Total => "Too many connections, try again later",
+                Refused::PerIp => "Too many connections from your address",
+            };
             debug!(client = %peer.ip(), reason, "imap: connection refused");
             // RFC 3501 §7.1.5: BYE as the greeting refuses the connection.
             let _ = tcp.write_all(format!("* BYE {reason}\r\n").as_bytes()).await;
