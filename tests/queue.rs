@@ -130,6 +130,7 @@ fn incoming(sender: Option<&str>, rcpts: &[&str]) -> Incoming {
         client_ip: None,
         helo: None,
         auth_user: None,
+        folder: None,
     }
 }
 

@@ -181,7 +181,7 @@ async fn deliver_local(inner: &Arc<Inner>, env: &Envelope, message: &Arc<Vec<u8>
     let mut out = Vec::new();
     for (idx, r) in env.recipients.iter().enumerate() {
         if r.status.is_pending() && matches!(r.target, Target::Local(_)) {
-            let (status, reply) = inner.deliver_local(&env.id, env.sender.as_ref(), r, message).await;
+            let (status, reply) = inner.deliver_local(&env.id, env.sender.as_ref(), env.folder.as_deref(), r, message).await;
             out.push(Outcome { idx, status, reply, mta: None });
         }
     }
@@ -379,6 +379,7 @@ async fn bounce(inner: &Arc<Inner>, env: &Envelope, failed: &[&Outcome], message
         client_ip: None,
         helo: None,
         auth_user: None,
+        folder: None,
     };
     match (Queue { inner: inner.clone() }).accept(incoming, bytes).await {
         Ok(dsn_id) => {

@@ -73,6 +73,9 @@ pub struct Incoming {
     pub helo: Option<String>,
     /// The authenticated account for submissions.
     pub auth_user: Option<String>,
+    /// Local copies go to this folder instead of INBOX (the content checks chose Junk).
+    #[serde(default)]
+    pub folder: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -186,7 +189,8 @@ impl Queue {
         if all_local {
             // Straight into the Maildirs: the store fsyncs, so this is as durable as the spool.
             for r in &mut env.recipients {
-                let (status, reply) = inner.deliver_local(&env.id, env.sender.as_ref(), r, &message).await;
+                let (status, reply) =
+                    inner.deliver_local(&env.id, env.sender.as_ref(), env.folder.as_deref(), r, &message).await;
                 r.status = status;
                 r.reply = Some(reply);
             }
@@ -242,6 +246,7 @@ fn envelope_for(incoming: &Incoming, size: u64) -> Envelope {
         client_ip: incoming.client_ip,
         helo: incoming.helo.clone(),
         auth_user: incoming.auth_user.clone(),
+        folder: incoming.folder.clone(),
         size,
         created: now,
         attempts: 0,
@@ -257,6 +262,7 @@ impl Inner {
         &self,
         queue_id: &str,
         sender: Option<&Address>,
+        folder: Option<&str>,
         r: &Recipient,
         message: &Arc<Vec<u8>>,
     ) -> (RcptStatus, String) {
@@ -267,10 +273,11 @@ impl Inner {
         let return_path = sender.map(|s| s.to_string()).unwrap_or_default();
         let message = message.clone();
         let acct = account.clone();
+        let folder = folder.unwrap_or("INBOX").to_owned();
         let result = tokio::task::spawn_blocking(move || {
             let mut data = format!("Return-Path: <{return_path}>\r\n").into_bytes();
             data.extend_from_slice(&message);
-            store.deliver(&acct, "INBOX", &data)
+            store.deliver(&acct, &folder, &data)
         })
         .await;
         match result {

@@ -63,6 +63,9 @@ pub struct Envelope {
     pub helo: Option<String>,
     #[serde(default)]
     pub auth_user: Option<String>,
+    /// Local copies go to this folder instead of INBOX (Junk, chosen by the content checks).
+    #[serde(default)]
+    pub folder: Option<String>,
     pub size: u64,
     /// Unix time in milliseconds when the message was accepted.
     pub created: i64,

@@ -15,7 +15,9 @@ use tracing::debug;
 
 use crate::config::Config;
 use crate::directory::Directory;
+use crate::filter::Filter;
 use crate::guard::Guard;
+use crate::mailauth::MailAuth;
 use crate::queue::Queue;
 
 /// Read through the next LF into `line`, keeping at most `limit` bytes. Returns false if the
@@ -85,6 +87,10 @@ pub struct Context {
     pub tls: Option<TlsAcceptor>,
     /// Abuse counters, bans and the per-user sending limits (shared by all listeners).
     pub guard: Arc<Guard>,
+    /// DKIM signing and SPF/DKIM/DMARC verification.
+    pub mailauth: Arc<MailAuth>,
+    /// Spam and virus checks.
+    pub filter: Arc<Filter>,
     connections: Arc<ConnectionLimiter>,
 }
 
@@ -95,7 +101,9 @@ impl Context {
         let connections =
             ConnectionLimiter::new(config.smtp.max_connections, config.smtp.max_connections_per_ip);
         let guard = Arc::new(Guard::off());
-        Context { config, directory, queue, tls, guard, connections }
+        let mailauth = Arc::new(MailAuth::from_config(&config));
+        let filter = Arc::new(Filter::from_config(&config));
+        Context { config, directory, queue, tls, guard, mailauth, filter, connections }
     }
 
     pub fn with_guard(mut self, guard: Arc<Guard>) -> Context {

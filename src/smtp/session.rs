@@ -15,6 +15,7 @@ use super::message;
 use super::{Context, Profile, Stream};
 use crate::address::Address;
 use crate::directory::Target;
+use crate::filter::{Decision, MessageInfo};
 use crate::guard::{Event, LimitExceeded};
 use crate::queue::Incoming;
 use crate::sasl::{decode_b64, parse_plain, sanitize};
@@ -707,18 +708,59 @@ impl Session {
         }
         self.messages += 1;
         let txid = format!("{}{:02x}", self.id, self.messages);
-        let received = self.received_header(&tx, &txid);
-        let mut msg = Vec::with_capacity(received.len() + extra.len() + body.len());
-        msg.extend_from_slice(received.as_bytes());
-        msg.extend_from_slice(extra.as_bytes());
-        msg.extend_from_slice(&body);
-        let message_id = message::header_value(&msg, "Message-ID");
-        let size = msg.len();
         let rcpts: Vec<String> = tx.recipients.iter().map(|(a, _)| a.to_string()).collect();
         let sender = match &tx.sender {
             ReversePath::Null => None,
             ReversePath::Address(a) => Some(a.clone()),
         };
+
+        // The content checks (filter/mod.rs): authentication results on the MX, then spam
+        // and viruses. A refusal here means nothing was written to disk.
+        let rcpt_addrs: Vec<Address> = tx.recipients.iter().map(|(a, _)| a.clone()).collect();
+        let auth_user = self.auth.as_ref().map(|a| a.to_string());
+        let info = MessageInfo {
+            client_ip: self.peer.ip(),
+            helo: self.helo.as_deref(),
+            sender: sender.as_ref(),
+            recipients: &rcpt_addrs,
+            auth_user: auth_user.as_deref(),
+            submission: self.auth.is_some(),
+            hostname: &hostname,
+        };
+        let mut decision = Decision::default();
+        if self.auth.is_none() {
+            decision.merge(self.ctx.mailauth.verify_inbound(&info, &body).await);
+        }
+        if decision.reject.is_none() {
+            decision.merge(self.ctx.filter.scan(&info, &body).await);
+        }
+        if let Some(reply) = decision.reject {
+            let message_id = message::header_value(&body, "Message-ID");
+            let sender_s = sender.map(|s| s.to_string()).unwrap_or_default();
+            warn!(event = "smtp_transaction", session = %self.id, txid = %txid, client = %self.peer.ip(),
+                  message_id = message_id.as_deref().unwrap_or(""), from = %sender_s, rcpts = %rcpts.join(","),
+                  size = body.len(), result = "rejected", code = reply.code, reason = %reply.text,
+                  "message refused by content checks");
+            return self.error(reply.code, reply.enhanced, &reply.text);
+        }
+        // Submitted mail is signed last, over the headers we added (Date, Message-ID).
+        let mut signed_part = Vec::with_capacity(decision.headers.len() + extra.len() + body.len());
+        signed_part.extend_from_slice(decision.headers.as_bytes());
+        signed_part.extend_from_slice(extra.as_bytes());
+        signed_part.extend_from_slice(&body);
+        drop(body);
+        let signature = match (&self.auth, &sender) {
+            (Some(_), Some(from)) => self.ctx.mailauth.sign(from.domain(), &signed_part),
+            _ => String::new(),
+        };
+        let received = self.received_header(&tx, &txid);
+        let mut msg = Vec::with_capacity(received.len() + signature.len() + signed_part.len());
+        msg.extend_from_slice(received.as_bytes());
+        msg.extend_from_slice(signature.as_bytes());
+        msg.extend_from_slice(&signed_part);
+        drop(signed_part);
+        let message_id = message::header_value(&msg, "Message-ID");
+        let size = msg.len();
         let incoming = Incoming {
             sender: sender.clone(),
             recipients: tx.recipients,
@@ -726,6 +768,7 @@ impl Session {
             client_ip: Some(self.peer.ip()),
             helo: self.helo.clone(),
             auth_user: self.auth.as_ref().map(|a| a.to_string()),
+            folder: decision.junk.then(|| "Junk".to_owned()),
         };
         let result = self.ctx.queue.accept(incoming, msg).await;
         let sender_s = sender.map(|s| s.to_string()).unwrap_or_default();
