@@ -46,11 +46,28 @@ pub enum Command {
     Uninstall(crate::install::uninstall::UninstallArgs),
     /// Tell whether the daemon is running.
     Status,
+    /// The smoke test: TLS on every listener, the MX refuses to relay, and a message
+    /// submitted with AUTH is read back over IMAP and POP3. Exit 0 only if all passed.
+    Check(CheckArgs),
     /// Print the DNS records to publish (MX, SPF, DMARC) for one domain or all of them.
     Dns { domain: Option<String> },
     /// Show, add and lift bans of client addresses (the guard; also in nftables).
     #[command(subcommand)]
     Ban(BanCmd),
+}
+
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct CheckArgs {
+    /// Print the results as JSON ({"ok", "passed", "failed", "skipped", "checks":[…]}).
+    #[arg(long)]
+    pub json: bool,
+    /// Send as this account (needs --password-file); without it a temporary account is
+    /// created for the run and removed afterwards.
+    #[arg(long, requires = "password_file", value_name = "ADDRESS")]
+    pub user: Option<String>,
+    /// The password of --user: the first line of this file.
+    #[arg(long, requires = "user", value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -286,6 +303,10 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
                 .context("cannot start the runtime")?;
             rt.block_on(crate::serve::run(config))
         }
+        Command::Check(args) => {
+            init_admin_logging();
+            check_cmd(&config, args, rt()?)
+        }
         Command::Ban(cmd) => {
             init_admin_logging();
             std::fs::create_dir_all(&config.data_dir)
@@ -318,11 +339,48 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
                     | Command::Install(_)
                     | Command::Uninstall(_)
                     | Command::Status
+                    | Command::Check(_)
                     | Command::Ban(_) => unreachable!(),
                 }
             })
         }
     }
+}
+
+fn check_cmd(config: &Config, args: CheckArgs, rt: tokio::runtime::Runtime) -> anyhow::Result<()> {
+    let credentials = match (&args.user, &args.password_file) {
+        (Some(user), Some(file)) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read the password file {}", file.display()))?;
+            let password = text.lines().next().unwrap_or("").to_owned();
+            if password.is_empty() {
+                bail!(
+                    "the password file {} is empty\nhelp: its first line must be the password of {user}",
+                    file.display()
+                );
+            }
+            Some(crate::check::Credentials { address: Address::parse(user)?, password })
+        }
+        _ => None,
+    };
+    // The certificate and password file may be root's; the directory and the Maildirs
+    // belong to the data owner, so the rest runs as that user.
+    let prepared = crate::check::prepare(config, credentials);
+    crate::serve::become_data_owner(&config.data_dir)?;
+    let report = rt.block_on(crate::check::run(config, prepared));
+    if args.json {
+        print_json(&report)?;
+    } else {
+        print!("{}", report.table());
+    }
+    if !report.ok {
+        bail!(
+            "{} of {} checks failed\nhelp: the DETAIL column says what went wrong; the daemon's log has the server side (`posthaste status` tells whether it runs)",
+            report.failed,
+            report.checks.len()
+        );
+    }
+    Ok(())
 }
 
 fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {

@@ -1,0 +1,600 @@
+//! `posthaste check`: the smoke test. It talks to the running daemon as a client would and
+//! proves that mail really goes in and comes out:
+//!
+//! - every TLS listener completes a handshake and presents the configured certificate;
+//! - the MX (port 25) accepts a recipient of a local domain and refuses to relay;
+//! - a message submitted with AUTH (587 with STARTTLS, else 465) is read back over IMAP and
+//!   over POP3.
+//!
+//! It sends as an account whose password it knows: the one given (`--user` with
+//! `--password-file`; the installer passes the postmaster's), or else a temporary account
+//! `posthaste-check-…@<first domain>` with a random password, created for the run and
+//! removed with its Maildir afterwards — so it never needs a stored secret.
+
+pub mod client;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+use rustls::pki_types::CertificateDer;
+use serde::Serialize;
+
+use crate::address::Address;
+use crate::config::Config;
+use crate::directory::Directory;
+use crate::store::Store;
+use client::Conn;
+
+/// How long the delivered message may take to show up in the mailbox.
+const DELIVERY_WAIT: Duration = Duration::from_secs(15);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pass,
+    Fail,
+    Skip,
+}
+
+/// One line of the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub name: String,
+    pub status: Status,
+    pub detail: String,
+    pub millis: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub ok: bool,
+    pub passed: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    pub checks: Vec<Outcome>,
+}
+
+impl Report {
+    fn new(checks: Vec<Outcome>) -> Report {
+        let n = |s| checks.iter().filter(|c| c.status == s).count();
+        let (passed, failed, skipped) = (n(Status::Pass), n(Status::Fail), n(Status::Skip));
+        Report { ok: failed == 0, passed, failed, skipped, checks }
+    }
+
+    /// The table for a terminal.
+    pub fn table(&self) -> String {
+        let width = self.checks.iter().map(|c| c.name.len()).max().unwrap_or(5).max(5);
+        let mut out = format!("{:width$}  RESULT  TIME     DETAIL\n", "CHECK");
+        for c in &self.checks {
+            let result = match c.status {
+                Status::Pass => "pass",
+                Status::Fail => "FAIL",
+                Status::Skip => "skip",
+            };
+            let time = format!("{}ms", c.millis);
+            out.push_str(&format!("{:width$}  {result:6}  {time:>7}  {}\n", c.name, c.detail));
+        }
+        out.push_str(&format!("{} passed, {} failed, {} skipped\n", self.passed, self.failed, self.skipped));
+        out
+    }
+}
+
+/// The account the check sends as.
+#[derive(Clone)]
+pub struct Credentials {
+    pub address: Address,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials").field("address", &self.address).finish_non_exhaustive()
+    }
+}
+
+/// Everything a run needs that must be read before privileges are dropped.
+pub struct Prepared {
+    /// The certificate every TLS listener must present (first one in [tls] cert).
+    pub cert: Option<CertificateDer<'static>>,
+    pub cert_problem: Option<String>,
+    pub credentials: Option<Credentials>,
+}
+
+/// Read the certificate (root may own it) and the password file, if any.
+pub fn prepare(config: &Config, credentials: Option<Credentials>) -> Prepared {
+    let (cert, cert_problem) = match &config.tls {
+        None => (None, Some("no [tls] section: TLS listeners cannot work".to_owned())),
+        Some(tls) => match std::fs::read(&tls.cert) {
+            Err(e) => (None, Some(format!("cannot read tls.cert {}: {e}", tls.cert.display()))),
+            Ok(pem) => match rustls_pemfile::certs(&mut pem.as_slice()).next() {
+                Some(Ok(c)) => (Some(c), None),
+                _ => (None, Some(format!("{} holds no PEM certificate", tls.cert.display()))),
+            },
+        },
+    };
+    Prepared { cert, cert_problem, credentials }
+}
+
+/// Where a client on this machine reaches a listener bound to `addr`.
+fn local_target(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port()),
+        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port()),
+        _ => addr,
+    }
+}
+
+fn first(addrs: &[SocketAddr]) -> Option<SocketAddr> {
+    addrs.first().copied().map(local_target)
+}
+
+struct Runner {
+    checks: Vec<Outcome>,
+}
+
+impl Runner {
+    fn record(&mut self, name: impl Into<String>, started: Instant, result: anyhow::Result<String>) -> bool {
+        let millis = started.elapsed().as_millis() as u64;
+        let (status, detail) = match result {
+            Ok(d) => (Status::Pass, d),
+            Err(e) => (Status::Fail, format!("{e:#}")),
+        };
+        self.checks.push(Outcome { name: name.into(), status, detail, millis });
+        status == Status::Pass
+    }
+
+    fn skip(&mut self, name: impl Into<String>, why: impl Into<String>) {
+        self.checks.push(Outcome { name: name.into(), status: Status::Skip, detail: why.into(), millis: 0 });
+    }
+}
+
+/// Run every check against the daemon `config` describes. The directory is used only to
+/// create and remove the temporary account when no credentials were given.
+pub async fn run(config: &Config, prepared: Prepared) -> Report {
+    let mut r = Runner { checks: Vec::new() };
+    let tls = prepared.cert.clone().map(client::pinned_client);
+    let host = config.hostname.clone();
+
+    // 1. TLS on every listener that speaks it (all of them do: STARTTLS/STLS or implicit).
+    for (name, addrs) in config.listeners() {
+        for addr in addrs.iter().copied().map(local_target) {
+            let label = format!("tls {name} {addr}");
+            let Some(tls) = &tls else {
+                r.record(
+                    label,
+                    Instant::now(),
+                    Err(anyhow!("{}", prepared.cert_problem.clone().unwrap_or_default())),
+                );
+                continue;
+            };
+            let started = Instant::now();
+            let result = tls_handshake(name, addr, tls, &host).await;
+            r.record(label, started, result);
+        }
+    }
+
+    // 2. The account to send as.
+    let started = Instant::now();
+    let (creds, temporary) = match prepared.credentials.clone() {
+        Some(c) => (Some(c), None),
+        None => match temporary_account(config).await {
+            Ok((c, dir)) => {
+                r.record("temporary account", started, Ok(format!("{} created for this run", c.address)));
+                (Some(c.clone()), Some((c, dir)))
+            }
+            Err(e) => {
+                r.record("temporary account", started, Err(e));
+                (None, None)
+            }
+        },
+    };
+
+    // 3. The MX: a local recipient is accepted, relaying is refused.
+    match (first(&config.listen.smtp), &creds) {
+        (None, _) => r.skip("mx accepts local mail", "listen.smtp is not configured"),
+        (Some(_), None) => r.skip("mx accepts local mail", "no account to address"),
+        (Some(addr), Some(c)) => {
+            let started = Instant::now();
+            let result = mx_local(addr, &host, &c.address).await;
+            r.record(format!("mx accepts local mail {addr}"), started, result);
+        }
+    }
+    if let Some(addr) = first(&config.listen.smtp) {
+        let started = Instant::now();
+        let result = mx_relay(addr, &host).await;
+        r.record(format!("mx refuses relaying {addr}"), started, result);
+    } else {
+        r.skip("mx refuses relaying", "listen.smtp is not configured");
+    }
+
+    // 4. Submission → IMAP and POP3.
+    let token = format!("posthaste-check-{}", uuid::Uuid::new_v4().simple());
+    let submit = match (&creds, &tls) {
+        (None, _) => Err("no account to send as".to_owned()),
+        (_, None) => Err("no TLS certificate: AUTH needs TLS".to_owned()),
+        (Some(c), Some(tls)) => Ok((c, tls)),
+    };
+    let mut sent = false;
+    match &submit {
+        Err(why) => r.skip("submission", why.clone()),
+        Ok((c, tls)) => {
+            let (addr, implicit) = match (first(&config.listen.submission), first(&config.listen.submissions))
+            {
+                (Some(a), _) => (Some(a), false),
+                (None, Some(a)) => (Some(a), true),
+                (None, None) => (None, false),
+            };
+            match addr {
+                None => {
+                    r.skip("submission", "neither listen.submission nor listen.submissions is configured")
+                }
+                Some(addr) => {
+                    let started = Instant::now();
+                    let result = submit_message(addr, implicit, tls, &host, c, &token).await;
+                    sent = r.record(format!("submission {addr} (AUTH)"), started, result);
+                }
+            }
+        }
+    }
+
+    let imap_addr = match (first(&config.listen.imaps), first(&config.listen.imap)) {
+        (Some(a), _) => Some((a, true)),
+        (None, Some(a)) => Some((a, false)),
+        _ => None,
+    };
+    let pop3_addr = match (first(&config.listen.pop3s), first(&config.listen.pop3)) {
+        (Some(a), _) => Some((a, true)),
+        (None, Some(a)) => Some((a, false)),
+        _ => None,
+    };
+    match (imap_addr, sent, &submit) {
+        (None, _, _) => r.skip("imap reads it back", "neither listen.imaps nor listen.imap is configured"),
+        (Some(_), false, _) | (Some(_), _, Err(_)) => r.skip("imap reads it back", "nothing was submitted"),
+        (Some((addr, implicit)), true, Ok((c, tls))) => {
+            let started = Instant::now();
+            let result = imap_read_back(addr, implicit, tls, &host, c, &token).await;
+            r.record(format!("imap reads it back {addr}"), started, result);
+        }
+    }
+    match (pop3_addr, sent, &submit) {
+        (None, _, _) => r.skip("pop3 reads it back", "neither listen.pop3s nor listen.pop3 is configured"),
+        (Some(_), false, _) | (Some(_), _, Err(_)) => r.skip("pop3 reads it back", "nothing was submitted"),
+        (Some((addr, implicit)), true, Ok((c, tls))) => {
+            let started = Instant::now();
+            let result = pop3_read_back(addr, implicit, tls, &host, c, &token).await;
+            r.record(format!("pop3 reads it back {addr}"), started, result);
+        }
+    }
+
+    // 5. Leave nothing behind.
+    if let (true, Some((addr, implicit)), Ok((c, tls)), None) = (sent, imap_addr, &submit, &temporary) {
+        let started = Instant::now();
+        let result = imap_delete(addr, implicit, tls, &host, c, &token).await;
+        if result.is_err() {
+            r.record("clean up the test message", started, result);
+        }
+    }
+    if let Some((c, dir)) = temporary {
+        let started = Instant::now();
+        let result = remove_temporary(config, &dir, &c.address).await;
+        if result.is_err() {
+            r.record("remove the temporary account", started, result);
+        }
+    }
+    Report::new(r.checks)
+}
+
+async fn tls_handshake(
+    name: &str,
+    addr: SocketAddr,
+    tls: &Arc<rustls::ClientConfig>,
+    host: &str,
+) -> anyhow::Result<String> {
+    let conn = match name {
+        "submissions" | "imaps" | "pop3s" => Conn::connect_tls(addr, tls, host).await?,
+        "smtp" | "submission" => {
+            let mut c = Conn::connect(addr).await?;
+            c.smtp_reply().await.and_then(|(code, t)| expect(code, 220, &t))?;
+            c.smtp("EHLO posthaste-check", 2).await?;
+            c.smtp("STARTTLS", 2).await?;
+            c.start_tls(tls, host).await?;
+            c.smtp("EHLO posthaste-check", 2).await?;
+            c.send("QUIT").await?;
+            c
+        }
+        "imap" => {
+            let mut c = Conn::connect(addr).await?;
+            c.line().await?;
+            c.imap("a1", "STARTTLS").await?;
+            c.start_tls(tls, host).await?;
+            c.imap("a2", "CAPABILITY").await?;
+            c
+        }
+        "pop3" => {
+            let mut c = Conn::connect(addr).await?;
+            c.line().await?;
+            c.pop3("STLS").await?;
+            c.start_tls(tls, host).await?;
+            c.pop3("CAPA").await?;
+            c.pop3_multiline().await?;
+            c
+        }
+        other => bail!("unknown listener {other}"),
+    };
+    let how = if matches!(name, "submissions" | "imaps" | "pop3s") { "implicit TLS" } else { "STARTTLS" };
+    Ok(format!("{how}, {}, presents the configured certificate", conn.tls.unwrap_or_default()))
+}
+
+fn expect(code: u16, want: u16, text: &str) -> anyhow::Result<()> {
+    if code != want {
+        bail!("expected {want}, got `{code} {text}`");
+    }
+    Ok(())
+}
+
+async fn mx_local(addr: SocketAddr, _host: &str, rcpt: &Address) -> anyhow::Result<String> {
+    let mut c = Conn::connect(addr).await?;
+    let (code, text) = c.smtp_reply().await?;
+    expect(code, 220, &text)?;
+    c.smtp("EHLO posthaste-check.invalid", 2).await?;
+    // The null sender: no SPF/DMARC verdict about our own domain can get in the way.
+    c.smtp("MAIL FROM:<>", 2).await?;
+    let (code, _) = c.smtp(&format!("RCPT TO:<{rcpt}>"), 2).await?;
+    c.smtp("RSET", 2).await?;
+    c.send("QUIT").await?;
+    Ok(format!("RCPT TO:<{rcpt}> → {code} (transaction reset, nothing sent)"))
+}
+
+async fn mx_relay(addr: SocketAddr, _host: &str) -> anyhow::Result<String> {
+    let mut c = Conn::connect(addr).await?;
+    let (code, text) = c.smtp_reply().await?;
+    expect(code, 220, &text)?;
+    c.smtp("EHLO posthaste-check.invalid", 2).await?;
+    c.smtp("MAIL FROM:<check@example.com>", 2).await?;
+    c.send("RCPT TO:<relay-test@example.net>").await?;
+    let (code, text) = c.smtp_reply().await?;
+    let _ = c.send("QUIT").await;
+    if code / 100 == 5 {
+        Ok(format!("RCPT TO:<relay-test@example.net> without AUTH → {code} {text}"))
+    } else {
+        Err(anyhow!(
+            "RCPT TO:<relay-test@example.net> without AUTH was answered `{code} {text}`: this server relays for anyone (open relay)"
+        ))
+    }
+}
+
+async fn submit_message(
+    addr: SocketAddr,
+    implicit: bool,
+    tls: &Arc<rustls::ClientConfig>,
+    host: &str,
+    creds: &Credentials,
+    token: &str,
+) -> anyhow::Result<String> {
+    let mut c =
+        if implicit { Conn::connect_tls(addr, tls, host).await? } else { Conn::connect(addr).await? };
+    let (code, text) = c.smtp_reply().await?;
+    expect(code, 220, &text)?;
+    c.smtp("EHLO posthaste-check", 2).await?;
+    if !implicit {
+        c.smtp("STARTTLS", 2).await?;
+        c.start_tls(tls, host).await?;
+        c.smtp("EHLO posthaste-check", 2).await?;
+    }
+    let plain = crate::sasl::encode_b64(format!("\0{}\0{}", creds.address, creds.password).as_bytes());
+    c.smtp(&format!("AUTH PLAIN {plain}"), 2).await.context("authentication failed")?;
+    let me = &creds.address;
+    c.smtp(&format!("MAIL FROM:<{me}>"), 2).await?;
+    c.smtp(&format!("RCPT TO:<{me}>"), 2).await?;
+    c.smtp("DATA", 3).await?;
+    let date = chrono::Utc::now().to_rfc2822();
+    let message = format!(
+        "From: <{me}>\r\nTo: <{me}>\r\nSubject: {token}\r\nDate: {date}\r\nMessage-ID: <{token}@{host}>\r\n\
+         MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n\
+         This message was sent by `posthaste check` to prove that mail goes in and comes out.\r\n\
+         It is deleted again by the check. Token: {token}\r\n.\r\n"
+    );
+    c.send_raw(message.as_bytes()).await?;
+    let (code, text) = c.smtp_reply().await?;
+    if code != 250 {
+        bail!("the message was refused at the end of DATA: `{code} {text}`");
+    }
+    let _ = c.send("QUIT").await;
+    Ok(format!("{} as {me}: {code} {text}", c.tls.unwrap_or_default()))
+}
+
+async fn imap_session(
+    addr: SocketAddr,
+    implicit: bool,
+    tls: &Arc<rustls::ClientConfig>,
+    host: &str,
+    creds: &Credentials,
+) -> anyhow::Result<Conn> {
+    let mut c =
+        if implicit { Conn::connect_tls(addr, tls, host).await? } else { Conn::connect(addr).await? };
+    let greeting = c.line().await?;
+    if !greeting.starts_with("* OK") {
+        bail!("unexpected IMAP greeting `{greeting}`");
+    }
+    if !implicit {
+        c.imap("s1", "STARTTLS").await?;
+        c.start_tls(tls, host).await?;
+    }
+    c.imap(
+        "l1",
+        &format!("LOGIN {} {}", imap_quote(&creds.address.to_string()), imap_quote(&creds.password)),
+    )
+    .await
+    .context("IMAP login failed")?;
+    Ok(c)
+}
+
+/// An IMAP quoted string (RFC 3501 §4.3).
+fn imap_quote(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// UIDs in a `* SEARCH 1 2 3` response.
+fn search_uids(lines: &[String]) -> Vec<u32> {
+    lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("* SEARCH"))
+        .flat_map(|rest| rest.split_whitespace().filter_map(|n| n.parse().ok()).collect::<Vec<u32>>())
+        .collect()
+}
+
+async fn imap_read_back(
+    addr: SocketAddr,
+    implicit: bool,
+    tls: &Arc<rustls::ClientConfig>,
+    host: &str,
+    creds: &Credentials,
+    token: &str,
+) -> anyhow::Result<String> {
+    let started = Instant::now();
+    let mut c = imap_session(addr, implicit, tls, host, creds).await?;
+    let mut n = 0;
+    let uid = loop {
+        n += 1;
+        // EXAMINE: read-only, so the check does not mark the message \Seen.
+        c.imap(&format!("e{n}"), "EXAMINE INBOX").await?;
+        let found =
+            search_uids(&c.imap(&format!("f{n}"), &format!("UID SEARCH HEADER Subject {token}")).await?);
+        if let Some(uid) = found.first() {
+            break *uid;
+        }
+        if started.elapsed() > DELIVERY_WAIT {
+            bail!("the submitted message did not arrive in INBOX within {}s (see `posthaste queue list` and the log)", DELIVERY_WAIT.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let body = c.imap("b1", &format!("UID FETCH {uid} BODY.PEEK[]")).await?.join("\n");
+    if !body.contains(&format!("Token: {token}")) {
+        bail!("message UID {uid} was found but its body is not the one sent");
+    }
+    c.imap("z1", "LOGOUT").await.ok();
+    Ok(format!("INBOX UID {uid} after {} ms, body intact", started.elapsed().as_millis()))
+}
+
+async fn imap_delete(
+    addr: SocketAddr,
+    implicit: bool,
+    tls: &Arc<rustls::ClientConfig>,
+    host: &str,
+    creds: &Credentials,
+    token: &str,
+) -> anyhow::Result<String> {
+    let mut c = imap_session(addr, implicit, tls, host, creds).await?;
+    c.imap("d1", "SELECT INBOX").await?;
+    let uids = search_uids(&c.imap("d2", &format!("UID SEARCH HEADER Subject {token}")).await?);
+    for uid in &uids {
+        c.imap("d3", &format!("UID STORE {uid} +FLAGS.SILENT (\\Deleted)")).await?;
+    }
+    c.imap("d4", "EXPUNGE").await?;
+    c.imap("d5", "LOGOUT").await.ok();
+    Ok(format!("{} message(s) removed", uids.len()))
+}
+
+async fn pop3_read_back(
+    addr: SocketAddr,
+    implicit: bool,
+    tls: &Arc<rustls::ClientConfig>,
+    host: &str,
+    creds: &Credentials,
+    token: &str,
+) -> anyhow::Result<String> {
+    let started = Instant::now();
+    loop {
+        let mut c =
+            if implicit { Conn::connect_tls(addr, tls, host).await? } else { Conn::connect(addr).await? };
+        let greeting = c.line().await?;
+        if !greeting.starts_with("+OK") {
+            bail!("unexpected POP3 greeting `{greeting}`");
+        }
+        if !implicit {
+            c.pop3("STLS").await?;
+            c.start_tls(tls, host).await?;
+        }
+        c.pop3(&format!("USER {}", creds.address)).await?;
+        c.pop3(&format!("PASS {}", creds.password)).await.context("POP3 login failed")?;
+        let stat = c.pop3("STAT").await?;
+        let count: usize = stat.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0);
+        // Newest first: the test message is almost always the last one.
+        for n in (1..=count).rev() {
+            c.pop3(&format!("TOP {n} 0")).await?;
+            let headers = c.pop3_multiline().await?;
+            if headers.iter().any(|h| h.eq_ignore_ascii_case(&format!("Subject: {token}"))) {
+                c.pop3(&format!("RETR {n}")).await?;
+                let body = c.pop3_multiline().await?;
+                // QUIT without DELE: POP3 leaves the message for the IMAP clean-up.
+                let _ = c.pop3("QUIT").await;
+                if !body.iter().any(|l| l.contains(&format!("Token: {token}"))) {
+                    bail!("message {n} was found but its body is not the one sent");
+                }
+                return Ok(format!("message {n} of {count}, body intact"));
+            }
+        }
+        let _ = c.pop3("QUIT").await;
+        if started.elapsed() > DELIVERY_WAIT {
+            bail!("the submitted message is not in the POP3 maildrop after {}s", DELIVERY_WAIT.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The first domain of the directory, or an error that says how to add one.
+async fn first_domain(dir: &Directory) -> anyhow::Result<String> {
+    dir.list_domains().await?.into_iter().next().map(|d| d.name).ok_or_else(|| {
+        anyhow!("there is no domain yet\nhelp: add one with `posthaste domain add example.org`")
+    })
+}
+
+async fn temporary_account(config: &Config) -> anyhow::Result<(Credentials, Directory)> {
+    let dir = Directory::open(&config.directory_url()).await.context("cannot open the account directory")?;
+    let domain = first_domain(&dir).await?;
+    let local = format!("posthaste-check-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let address = Address::parse(&format!("{local}@{domain}"))?;
+    let password = crate::sasl::encode_b64(&rand::random::<[u8; 24]>());
+    dir.add_account(&address, &crate::directory::password::hash(&password), 0).await?;
+    Store::new(config.mail_dir()).create_account(&address).context("cannot create its Maildir")?;
+    Ok((Credentials { address, password }, dir))
+}
+
+async fn remove_temporary(config: &Config, dir: &Directory, address: &Address) -> anyhow::Result<String> {
+    dir.remove_account(address).await?;
+    let maildir = Store::new(config.mail_dir()).account_dir(address);
+    if maildir.exists() {
+        std::fs::remove_dir_all(&maildir).with_context(|| format!("cannot remove {}", maildir.display()))?;
+    }
+    Ok(format!("{address} removed"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_listeners_are_reached_on_loopback() {
+        assert_eq!(local_target("0.0.0.0:25".parse().unwrap()), "127.0.0.1:25".parse().unwrap());
+        assert_eq!(local_target("[::]:993".parse().unwrap()), "[::1]:993".parse().unwrap());
+        assert_eq!(local_target("192.0.2.7:587".parse().unwrap()), "192.0.2.7:587".parse().unwrap());
+    }
+
+    #[test]
+    fn search_responses_give_uids() {
+        let lines = vec!["* SEARCH 4 17".to_owned(), "OK done".to_owned()];
+        assert_eq!(search_uids(&lines), vec![4, 17]);
+        assert!(search_uids(&["* SEARCH".to_owned()]).is_empty());
+    }
+
+    #[test]
+    fn report_is_ok_only_without_failures() {
+        let o = |status| Outcome { name: "x".into(), status, detail: String::new(), millis: 1 };
+        assert!(Report::new(vec![o(Status::Pass), o(Status::Skip)]).ok);
+        assert!(!Report::new(vec![o(Status::Pass), o(Status::Fail)]).ok);
+        let table = Report::new(vec![o(Status::Fail)]).table();
+        assert!(table.contains("FAIL") && table.contains("0 passed, 1 failed, 0 skipped"), "{table}");
+    }
+}

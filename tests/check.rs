@@ -1,0 +1,159 @@
+//! `posthaste check`, the smoke test, against the real daemon: every TLS listener, the MX
+//! (accepts local mail, refuses to relay), submission → IMAP and POP3 read back; a table
+//! or `--json`; exit 0 only when everything passed; nothing left behind.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::tls::self_signed;
+use support::*;
+
+const PW: &str = "Check-Passw0rd!";
+
+fn server(dir: &TestDir) -> Posthaste {
+    let mut p = Posthaste::builder(dir).all_listeners().build();
+    p.add_domain("example.test");
+    p.add_user("postmaster@example.test", PW);
+    p.start();
+    p
+}
+
+fn check_json(p: &Posthaste, extra: &[&str]) -> (Out, Value) {
+    let mut args = vec!["check", "--json"];
+    args.extend_from_slice(extra);
+    let out = p.cmd(&args);
+    let v: Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("check --json printed no JSON ({e}):\n{}", out.all()));
+    (out, v)
+}
+
+/// The checks whose name starts with `prefix`.
+fn named<'a>(report: &'a Value, prefix: &str) -> Vec<&'a Value> {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["name"].as_str().unwrap().starts_with(prefix))
+        .collect()
+}
+
+fn status(c: &Value) -> &str {
+    c["status"].as_str().unwrap()
+}
+
+#[test]
+fn everything_passes_with_a_temporary_account_that_is_removed_afterwards() {
+    let dir = TestDir::new("check-pass");
+    let p = server(&dir);
+    let (out, report) = check_json(&p, &[]);
+    assert!(out.success(), "check failed:\n{}", out.all());
+    assert_eq!(report["ok"], true, "{report:#}");
+    assert_eq!(report["failed"], 0, "{report:#}");
+
+    // One TLS row per listener (seven), each a real handshake with the configured cert.
+    let tls = named(&report, "tls ");
+    assert_eq!(tls.len(), 7, "{report:#}");
+    for c in &tls {
+        assert_eq!(status(c), "pass", "{c:#}");
+        assert!(c["detail"].as_str().unwrap().contains("presents the configured certificate"), "{c:#}");
+    }
+    for name in [
+        "mx accepts local mail",
+        "mx refuses relaying",
+        "submission",
+        "imap reads it back",
+        "pop3 reads it back",
+    ] {
+        let rows = named(&report, name);
+        assert_eq!(rows.len(), 1, "{name}: {report:#}");
+        assert_eq!(status(rows[0]), "pass", "{name}: {:#}", rows[0]);
+    }
+    let relay = named(&report, "mx refuses relaying")[0]["detail"].as_str().unwrap().to_owned();
+    assert!(relay.contains("→ 5"), "{relay}");
+
+    // The temporary account and its Maildir are gone; the postmaster's INBOX is untouched.
+    let temp = named(&report, "temporary account")[0]["detail"].as_str().unwrap().to_owned();
+    let address = temp.split_whitespace().next().unwrap();
+    assert!(address.starts_with("posthaste-check-"), "{temp}");
+    let users = p.cmd_ok(&["user", "list"]).stdout;
+    assert!(!users.contains("posthaste-check-"), "temporary account left behind:\n{users}");
+    assert!(!p.maildir(address).exists(), "Maildir of {address} left behind");
+    assert!(p.maildir_messages("postmaster@example.test").is_empty());
+}
+
+#[test]
+fn as_a_given_account_the_test_message_is_read_back_and_then_deleted() {
+    let dir = TestDir::new("check-user");
+    let p = server(&dir);
+    let pw = dir.write("postmaster.pass", format!("{PW}\n"));
+    let (out, report) =
+        check_json(&p, &["--user", "postmaster@example.test", "--password-file", pw.to_str().unwrap()]);
+    assert!(out.success(), "check failed:\n{}", out.all());
+    assert!(named(&report, "temporary account").is_empty(), "{report:#}");
+    assert!(named(&report, "submission")[0]["detail"].as_str().unwrap().contains("postmaster@example.test"));
+    // Deleted over IMAP at the end: nothing left in cur/ or new/.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(p.maildir_messages("postmaster@example.test").is_empty(), "the check message was left in INBOX");
+
+    // The table form prints the same verdicts.
+    let out = p.cmd(&["check", "--user", "postmaster@example.test", "--password-file", pw.to_str().unwrap()]);
+    assert!(out.success(), "{}", out.all());
+    assert!(out.stdout.starts_with("CHECK"), "{}", out.stdout);
+    assert!(out.stdout.contains("passed, 0 failed"), "{}", out.stdout);
+}
+
+#[test]
+fn a_wrong_password_fails_the_submission_and_the_exit_code() {
+    let dir = TestDir::new("check-wrong-pw");
+    let p = server(&dir);
+    let pw = dir.write("wrong.pass", "not-the-password\n");
+    let (out, report) =
+        check_json(&p, &["--user", "postmaster@example.test", "--password-file", pw.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", out.all());
+    assert_eq!(report["ok"], false);
+    let sub = named(&report, "submission")[0];
+    assert_eq!(status(sub), "fail", "{sub:#}");
+    assert!(sub["detail"].as_str().unwrap().contains("authentication failed"), "{sub:#}");
+    // What depends on it is skipped with the reason, not passed.
+    assert_eq!(status(named(&report, "imap reads it back")[0]), "skip");
+    assert!(out.stderr.contains("help:"), "{}", out.stderr);
+    // The secret never shows up in the output.
+    assert!(!out.all().contains("not-the-password"));
+}
+
+#[test]
+fn a_listener_serving_another_certificate_fails_and_missing_listeners_are_skipped() {
+    let dir = TestDir::new("check-cert");
+    let mut p = Posthaste::builder(&dir).listener("imaps").build();
+    p.add_domain("example.test");
+    p.start();
+    // Replace the certificate file after the daemon loaded the old one: a stale cert.
+    let other = self_signed(&dir.subdir("other"), "other", "other.example.test", &[], &[]);
+    std::fs::copy(&other.cert, p.ca()).unwrap();
+    let (out, report) = check_json(&p, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", out.all());
+    for c in named(&report, "tls ") {
+        assert_eq!(status(c), "fail", "{c:#}");
+        assert!(c["detail"].as_str().unwrap().contains("different certificate"), "{c:#}");
+    }
+    let pop = named(&report, "pop3 reads it back")[0];
+    assert_eq!(status(pop), "skip");
+    assert!(pop["detail"].as_str().unwrap().contains("listen.pop3s"), "{pop:#}");
+}
+
+#[test]
+fn a_stopped_daemon_fails_every_network_check() {
+    let dir = TestDir::new("check-down");
+    let mut p = server(&dir);
+    p.stop();
+    let (out, report) = check_json(&p, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", out.all());
+    for c in named(&report, "tls ") {
+        assert_eq!(status(c), "fail", "{c:#}");
+        assert!(c["detail"].as_str().unwrap().contains("cannot connect"), "{c:#}");
+    }
+    // The temporary account was still cleaned up.
+    assert!(!p.cmd_ok(&["user", "list"]).stdout.contains("posthaste-check-"));
+}
