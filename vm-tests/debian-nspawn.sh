@@ -2,7 +2,7 @@
 # The real install on a fresh Debian booted with systemd as PID 1, in a container: what
 # tests/install.rs cannot show (apt, useradd, the hardened unit really starting, the
 # daemon listening, reruns and uninstall on a live system). Slow (about a minute) and
-# root only, so it is not part of tests/run.sh; run it by hand or from a nightly job:
+# root only; tests/run.sh runs it after the cargo tests. By hand:
 #
 #   sudo bash vm-tests/debian-nspawn.sh            # SUITE=trixie for Debian 13
 #   POSTHASTE_BIN=target/release/posthaste KEEP=1 sudo -E bash vm-tests/debian-nspawn.sh
@@ -85,8 +85,13 @@ done
 ct() { nsenter -t "$SYSTEMD_PID" -a "$@"; }
 ct systemctl is-system-running --wait >/dev/null || true
 
-log "install"
-ct sh -c 'cd /root && ./posthaste install --answers answers.yaml --yes' || fail "install"
+now_ms() { date +%s%3N; }
+log "install (ends with posthaste check)"
+t0=$(now_ms)
+ct sh -c 'cd /root && ./posthaste install --answers answers.yaml --yes' >"$WORK/install.log" 2>&1 \
+    || { cat "$WORK/install.log"; fail "install"; }
+t_install=$(( $(now_ms) - t0 ))
+grep -q "0 failed" "$WORK/install.log" || { cat "$WORK/install.log"; fail "the install printed no passing check"; }
 ct systemctl is-active --quiet posthaste || { ct journalctl -u posthaste --no-pager | tail -30; fail "posthaste is not active"; }
 ct systemctl is-active --quiet rspamd || { ct systemctl status rspamd --no-pager | tail -20; fail "rspamd is not active"; }
 listening() { ct ss -Hltn "sport = :$1" | grep -q .; }
@@ -98,10 +103,28 @@ banner=$(ct timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/25; head -n1 <&3' || t
 case "$banner" in 220*mail.example.test*) ;; *) fail "SMTP banner: $banner" ;; esac
 ct sh -c 'ps -o user= -C posthaste' | grep -qx posthaste || fail "the daemon does not run as posthaste"
 ct /usr/local/sbin/posthaste status || fail "status"
+t0=$(now_ms)
+ct /usr/local/sbin/posthaste check --json >"$WORK/check.json" || { cat "$WORK/check.json"; fail "posthaste check"; }
+t_check=$(( $(now_ms) - t0 ))
+python3 - "$WORK/check.json" <<'PY' || fail "check --json"
+import json, sys
+r = json.load(open(sys.argv[1]))
+names = [c["name"] for c in r["checks"] if c["status"] == "pass"]
+need = ["tls smtp", "tls submissions", "tls imaps", "tls pop3s", "mx refuses relaying", "submission", "imap reads it back", "pop3 reads it back"]
+missing = [n for n in need if not any(x.startswith(n) for x in names)]
+print("missing passes:", missing) if missing else None
+sys.exit(1 if missing or not r["ok"] else 0)
+PY
 ct systemd-analyze security posthaste --no-pager 2>/dev/null | tail -1 || true
 
 log "rerun: only none"
 ct sh -c 'cd /root && ./posthaste install --answers answers.yaml --dry-run --json' >"$WORK/rerun.json"
+# posthaste's own steps without package installation: an unchanged rerun, check included.
+t0=$(now_ms)
+ct sh -c 'cd /root && ./posthaste install --answers answers.yaml --yes' >"$WORK/rerun.log" 2>&1 \
+    || { cat "$WORK/rerun.log"; fail "unchanged rerun"; }
+t_rerun=$(( $(now_ms) - t0 ))
+grep -q "nothing to do" "$WORK/rerun.log" || { cat "$WORK/rerun.log"; fail "the unchanged rerun changed something"; }
 python3 - "$WORK/rerun.json" <<'PY' || fail "the rerun plans changes"
 import json, sys
 plan = json.load(open(sys.argv[1]))
@@ -111,7 +134,10 @@ sys.exit(1 if left else 0)
 PY
 
 log "rerun with a second domain"
-ct sh -c 'cd /root && ./posthaste install --answers answers2.yaml --yes' || fail "second install"
+t0=$(now_ms)
+ct sh -c 'cd /root && ./posthaste install --answers answers2.yaml --yes' >"$WORK/second.log" 2>&1 \
+    || { cat "$WORK/second.log"; fail "second install"; }
+t_second=$(( $(now_ms) - t0 ))
 ct /usr/local/sbin/posthaste domain list | grep -qx second.test || fail "second.test missing"
 
 log "uninstall (mail stays), then purge"
@@ -136,6 +162,7 @@ set -eu
 cd /root
 ./posthaste install --answers answers.yaml --yes
 /usr/local/sbin/posthaste status
+/usr/local/sbin/posthaste check
 pid=$(cat /var/lib/posthaste/posthaste.pid)
 [ "$(ps -o user= -p "$pid")" = posthaste ] || { echo "daemon not running as posthaste"; exit 1; }
 banner=$(timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/25; head -n1 <&3' || true)
@@ -156,4 +183,6 @@ print(json.dumps(left, indent=1)) if left else None
 sys.exit(1 if left else 0)
 PY
 
+printf '[vm-test] timings: fresh install to a passing check %d ms (packages preinstalled in the root), unchanged rerun with check %d ms, rerun adding a domain %d ms, posthaste check %d ms\n' \
+    "$t_install" "$t_rerun" "$t_second" "$t_check" >&2
 log "1 passed, 0 failed"

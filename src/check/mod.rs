@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 use rustls::pki_types::CertificateDer;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::address::Address;
 use crate::config::Config;
@@ -30,7 +30,7 @@ use client::Conn;
 /// How long the delivered message may take to show up in the mailbox.
 const DELIVERY_WAIT: Duration = Duration::from_secs(15);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Pass,
@@ -39,7 +39,7 @@ pub enum Status {
 }
 
 /// One line of the report.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Outcome {
     pub name: String,
     pub status: Status,
@@ -47,7 +47,7 @@ pub struct Outcome {
     pub millis: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub ok: bool,
     pub passed: usize,
@@ -57,7 +57,7 @@ pub struct Report {
 }
 
 impl Report {
-    fn new(checks: Vec<Outcome>) -> Report {
+    pub fn new(checks: Vec<Outcome>) -> Report {
         let n = |s| checks.iter().filter(|c| c.status == s).count();
         let (passed, failed, skipped) = (n(Status::Pass), n(Status::Fail), n(Status::Skip));
         Report { ok: failed == 0, passed, failed, skipped, checks }
@@ -249,12 +249,20 @@ pub async fn run(config: &Config, prepared: Prepared) -> Report {
         (None, Some(a)) => Some((a, false)),
         _ => None,
     };
+    // The IMAP session stays open until the POP3 check is done, then removes the message.
+    let mut imap = None;
     match (imap_addr, sent, &submit) {
         (None, _, _) => r.skip("imap reads it back", "neither listen.imaps nor listen.imap is configured"),
         (Some(_), false, _) | (Some(_), _, Err(_)) => r.skip("imap reads it back", "nothing was submitted"),
         (Some((addr, implicit)), true, Ok((c, tls))) => {
             let started = Instant::now();
-            let result = imap_read_back(addr, implicit, tls, &host, c, &token).await;
+            let result = match imap_read_back(addr, implicit, tls, &host, c, &token).await {
+                Ok((detail, conn, uid)) => {
+                    imap = Some((conn, uid));
+                    Ok(detail)
+                }
+                Err(e) => Err(e),
+            };
             r.record(format!("imap reads it back {addr}"), started, result);
         }
     }
@@ -268,10 +276,11 @@ pub async fn run(config: &Config, prepared: Prepared) -> Report {
         }
     }
 
-    // 5. Leave nothing behind.
-    if let (true, Some((addr, implicit)), Ok((c, tls)), None) = (sent, imap_addr, &submit, &temporary) {
+    // 5. Leave nothing behind: the message (a real account's INBOX), or the whole
+    // temporary account.
+    if let (Some((mut conn, uid)), None) = (imap, &temporary) {
         let started = Instant::now();
-        let result = imap_delete(addr, implicit, tls, &host, c, &token).await;
+        let result = imap_delete(&mut conn, uid).await;
         if result.is_err() {
             r.record("clean up the test message", started, result);
         }
@@ -452,14 +461,15 @@ async fn imap_read_back(
     host: &str,
     creds: &Credentials,
     token: &str,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<(String, Conn, u32)> {
     let started = Instant::now();
     let mut c = imap_session(addr, implicit, tls, host, creds).await?;
     let mut n = 0;
+    c.imap("e0", "SELECT INBOX").await?;
     let uid = loop {
         n += 1;
-        // EXAMINE: read-only, so the check does not mark the message \Seen.
-        c.imap(&format!("e{n}"), "EXAMINE INBOX").await?;
+        // NOOP lets the server report the new message (RFC 3501 §6.1.2).
+        c.imap(&format!("e{n}"), "NOOP").await?;
         let found =
             search_uids(&c.imap(&format!("f{n}"), &format!("UID SEARCH HEADER Subject {token}")).await?);
         if let Some(uid) = found.first() {
@@ -474,27 +484,16 @@ async fn imap_read_back(
     if !body.contains(&format!("Token: {token}")) {
         bail!("message UID {uid} was found but its body is not the one sent");
     }
-    c.imap("z1", "LOGOUT").await.ok();
-    Ok(format!("INBOX UID {uid} after {} ms, body intact", started.elapsed().as_millis()))
+    Ok((format!("INBOX UID {uid} after {} ms, body intact", started.elapsed().as_millis()), c, uid))
 }
 
-async fn imap_delete(
-    addr: SocketAddr,
-    implicit: bool,
-    tls: &Arc<rustls::ClientConfig>,
-    host: &str,
-    creds: &Credentials,
-    token: &str,
-) -> anyhow::Result<String> {
-    let mut c = imap_session(addr, implicit, tls, host, creds).await?;
-    c.imap("d1", "SELECT INBOX").await?;
-    let uids = search_uids(&c.imap("d2", &format!("UID SEARCH HEADER Subject {token}")).await?);
-    for uid in &uids {
-        c.imap("d3", &format!("UID STORE {uid} +FLAGS.SILENT (\\Deleted)")).await?;
-    }
-    c.imap("d4", "EXPUNGE").await?;
-    c.imap("d5", "LOGOUT").await.ok();
-    Ok(format!("{} message(s) removed", uids.len()))
+async fn imap_delete(c: &mut Conn, uid: u32) -> anyhow::Result<String> {
+    c.imap("d1", &format!("UID STORE {uid} +FLAGS.SILENT (\\Deleted)")).await?;
+    // UID EXPUNGE (UIDPLUS, RFC 4315 §2.1) removes only this message; a plain EXPUNGE
+    // would also remove what the user had marked \Deleted.
+    c.imap("d2", &format!("UID EXPUNGE {uid}")).await?;
+    c.imap("d3", "LOGOUT").await.ok();
+    Ok("removed".into())
 }
 
 async fn pop3_read_back(

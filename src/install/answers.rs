@@ -32,6 +32,9 @@ pub struct Answers {
 pub struct Postmaster {
     pub address: Address,
     pub password: Password,
+    /// `password_file` did not exist: the password was generated, and the install writes it
+    /// there (mode 0600) before it changes anything, so the file is the record of it.
+    pub generated_file: Option<std::path::PathBuf>,
 }
 
 /// The postmaster's password. A plaintext one is only ever hashed, never written.
@@ -207,6 +210,14 @@ fn levenshtein(a: &str, b: &str) -> usize {
         }
     }
     row[b.len()]
+}
+
+/// 24 random characters from an alphabet without look-alikes (~140 bits).
+pub fn generate_password() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut rng = rand::thread_rng();
+    (0..24).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect()
 }
 
 impl Answers {
@@ -437,6 +448,7 @@ fn postmaster(c: &mut Check, n: &Node, domains: Option<&[String]>, base: &Path) 
             }
         }),
     };
+    let mut generated_file = None;
     let password = match (get(&e, "password_file"), get(&e, "password_hash")) {
         (Some(_), Some(h)) => {
             c.add(
@@ -472,6 +484,11 @@ fn postmaster(c: &mut Check, n: &Node, domains: Option<&[String]>, base: &Path) 
                         Some(Password::Plain(pw))
                     }
                 }
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                    // A first install: make a strong password and keep it in that file.
+                    generated_file = Some(path);
+                    Some(Password::Plain(generate_password()))
+                }
                 Err(err) => {
                     c.add(
                         f.line,
@@ -498,7 +515,7 @@ fn postmaster(c: &mut Check, n: &Node, domains: Option<&[String]>, base: &Path) 
             }
         }),
     };
-    Some(Postmaster { address: address?, password: password? })
+    Some(Postmaster { address: address?, password: password?, generated_file })
 }
 
 fn tls(c: &mut Check, n: &Node) -> Option<Tls> {
@@ -682,7 +699,7 @@ pub fn ask(
     Ok(Answers {
         hostname,
         domains,
-        postmaster: Postmaster { address, password },
+        postmaster: Postmaster { address, password, generated_file: None },
         components,
         tls,
         replace_existing_mta: previous.map(|a| a.replace_existing_mta).unwrap_or(false),

@@ -177,6 +177,16 @@ pub fn install(host: &Host, args: &InstallArgs) -> anyhow::Result<Outcome> {
         );
     }
 
+    if let Some(file) = &answers.postmaster.generated_file {
+        let snap = steps::directory::snapshot(&host.path(layout.db()), &answers.postmaster.address)?;
+        if snap.postmaster_hash.is_some() {
+            bail!(
+                "password_file {} does not exist, but {} already has a password\nhelp: put the postmaster's password in that file (first line), or replace password_file by password_hash (see {SAVED_ANSWERS})",
+                file.display(),
+                answers.postmaster.address
+            );
+        }
+    }
     let ctx = Ctx {
         host,
         distro: &distro,
@@ -230,6 +240,15 @@ pub fn install(host: &Host, args: &InstallArgs) -> anyhow::Result<Outcome> {
                 ),
             }
         }
+        if let (Some(file), answers::Password::Plain(pw)) =
+            (&answers.postmaster.generated_file, &answers.postmaster.password)
+        {
+            write_secret(file, pw)?;
+            say(format!(
+                "The postmaster's password was generated into {} (mode 0600): keep it, it is not shown again.",
+                file.display()
+            ));
+        }
         let bar = progress_bar(host, pending as u64);
         let result = apply::apply(host, &ctx.layout, &plan, |c| {
             bar.set_message(c.target.clone());
@@ -244,9 +263,24 @@ pub fn install(host: &Host, args: &InstallArgs) -> anyhow::Result<Outcome> {
     }
     if args.json {
         host.say(plan.to_json());
+    }
+    say("Smoke test (posthaste check):".into());
+    match smoke_test(host, &ctx.layout, &answers)? {
+        None => say("Not checked: the target is not running here (--root).".into()),
+        Some(report) => {
+            say(report.table());
+            if !report.ok {
+                bail!(
+                    "the install finished but the smoke test failed ({} of {} checks)\nhelp: the DETAIL column says what went wrong; fix it and rerun the install (it changes only what differs) or run `posthaste check`",
+                    report.failed,
+                    report.checks.len()
+                );
+            }
+        }
+    }
+    if args.json {
         return Ok(Outcome { plan, applied: pending > 0 });
     }
-    host.say(smoke_test(host));
     host.say(format!(
         "\nPublish these DNS records (posthaste dns prints them again):\n{}",
         dns::records(&answers.hostname, &answers.domains, &answers.postmaster.address.to_string())
@@ -254,15 +288,70 @@ pub fn install(host: &Host, args: &InstallArgs) -> anyhow::Result<Outcome> {
     Ok(Outcome { plan, applied: pending > 0 })
 }
 
-/// The install's last step: the end-to-end check (submission, then reading the message back
-/// over IMAP and POP3). It arrives with the IMAP and POP3 servers; until then the install
-/// says so instead of claiming a check it did not run.
-fn smoke_test(host: &Host) -> String {
+/// The install's last step: `posthaste check` against the daemon just started. With the
+/// postmaster's plaintext password (from the answers) it runs here and sends as the
+/// postmaster; with only a hash it runs the installed binary, which uses a temporary
+/// account (it needs the data owner's rights for that). Under `--root` nothing runs.
+fn smoke_test(host: &Host, layout: &Layout, answers: &Answers) -> anyhow::Result<Option<crate::check::Report>> {
     if host.under_root {
-        "Not checked: the target is not running (--root).".into()
-    } else {
-        "Not checked yet: `posthaste check` (send, then read back over IMAP and POP3) comes with the IMAP and POP3 servers.".into()
+        return Ok(None);
     }
+    let config = crate::config::Config::load(&host.path(&layout.config))
+        .context("cannot read the config the install wrote")?;
+    // The daemon binds before it writes its pidfile, but give a restart a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    for (_, addrs) in config.listeners() {
+        for addr in addrs {
+            let target = match addr.ip() {
+                std::net::IpAddr::V4(ip) if ip.is_unspecified() => ([127, 0, 0, 1], addr.port()).into(),
+                std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+                    (std::net::Ipv6Addr::LOCALHOST, addr.port()).into()
+                }
+                _ => *addr,
+            };
+            while std::net::TcpStream::connect_timeout(&target, std::time::Duration::from_millis(200)).is_err()
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    }
+    if let answers::Password::Plain(password) = &answers.postmaster.password {
+        let creds = crate::check::Credentials {
+            address: answers.postmaster.address.clone(),
+            password: password.clone(),
+        };
+        let prepared = crate::check::prepare(&config, Some(creds));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the runtime")?;
+        return Ok(Some(rt.block_on(crate::check::run(&config, prepared))));
+    }
+    let binary = host.path(&layout.binary).display().to_string();
+    let config_path = host.path(&layout.config).display().to_string();
+    let out = host
+        .run(&host::Cmd::new(&binary, &["--config", &config_path, "check", "--json"]))
+        .with_context(|| format!("cannot run {binary} check"))?;
+    let report: crate::check::Report = serde_json::from_str(&out.stdout).with_context(|| {
+        format!("`posthaste check` printed no report (exit {}):\n{}", out.status, out.stderr.trim())
+    })?;
+    Ok(Some(report))
+}
+
+/// A new file with mode 0600 holding `secret` and a newline.
+fn write_secret(path: &std::path::Path, secret: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create the password file {}", path.display()))?;
+    f.write_all(format!("{secret}\n").as_bytes())?;
+    f.sync_all()?;
+    Ok(())
 }
 
 fn progress_bar(host: &Host, len: u64) -> indicatif::ProgressBar {
