@@ -400,7 +400,7 @@ fn broken_answers_report_every_problem_with_lines_and_change_nothing() {
         "hostname: localhost\n\
          domains: [example.test, \"not a domain\"]\n\
          postmaster:\n\
-         \x20 password_file: ./missing.pass\n\
+         \x20 password_file: ./\n\
          \x20 colour: blue\n\
          components: {antispam: maybe}\n\
          tls: {mode: files, cert: relative.pem}\n\
@@ -959,4 +959,52 @@ fn dns_prints_mx_spf_dmarc_for_the_directory_domains() {
         one.contains("other.test.\t3600\tIN\tTXT\t\"v=spf1 mx -all\"") && !one.contains("example.test.\t"),
         "{one}"
     );
+}
+
+#[test]
+fn a_missing_password_file_gets_a_generated_password_that_the_postmaster_has() {
+    let work = tempfile::tempdir().unwrap();
+    let path = answers(work.path(), &["example.test"]);
+    let pass = work.path().join("postmaster.pass");
+    std::fs::remove_file(&pass).unwrap();
+    let binary = fake_binary(work.path());
+    let root = target("debian-12");
+    let r = root.path();
+    let sys = FakeSystem::new(r);
+
+    // A dry run plans the account but writes no file.
+    let run = host(r, &sys, &binary);
+    let dry = InstallArgs { dry_run: true, ..args(&path) };
+    install::install(&run.host, &dry).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(!pass.exists(), "a dry run wrote the password file");
+
+    let run = host(r, &sys, &binary);
+    install::install(&run.host, &args(&path)).unwrap_or_else(|e| panic!("{e:#}\n{}", run.out.text()));
+    assert_eq!(mode(&pass), 0o600);
+    let pw = std::fs::read_to_string(&pass).unwrap().trim_end().to_owned();
+    assert_eq!(pw.len(), 24, "{pw:?}");
+    assert!(run.out.text().contains("generated into"), "{}", run.out.text());
+    assert!(!run.out.text().contains(&pw), "the generated password was printed");
+    // It is the postmaster's password.
+    let db = format!("sqlite://{}", r.join("var/lib/posthaste/directory.db").display());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let ok = rt.block_on(async {
+        let dir = posthaste::directory::Directory::open(&db).await.unwrap();
+        dir.authenticate("postmaster@example.test", &pw).await.unwrap().is_some()
+    });
+    assert!(ok, "the postmaster does not have the generated password");
+
+    // The rerun reads the file: nothing to change.
+    let run = host(r, &sys, &binary);
+    let outcome = install::install(&run.host, &args(&path)).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(pending(&outcome.plan).is_empty(), "{:?}", pending(&outcome.plan));
+
+    // The file lost but the account there: an error that says what to do, nothing changed.
+    std::fs::remove_file(&pass).unwrap();
+    let before = snapshot(r);
+    let run = host(r, &sys, &binary);
+    let msg = format!("{:#}", install::install(&run.host, &args(&path)).unwrap_err());
+    assert!(msg.contains("does not exist, but postmaster@example.test already has a password"), "{msg}");
+    assert!(!pass.exists());
+    assert_eq!(snapshot(r), before);
 }

@@ -139,6 +139,9 @@ pub struct Host {
     pub progress: bool,
     /// The posthaste binary that gets installed (normally the one running).
     pub binary: PathBuf,
+    /// End the install with `posthaste check` against the started daemon: on for the real
+    /// machine, off under `--root` and for emulated systems (there is no daemon to talk to).
+    pub smoke_test: bool,
     out: Mutex<Box<dyn Write + Send>>,
 }
 
@@ -163,6 +166,7 @@ impl Host {
             prompter: if tty { Some(Box::new(TerminalPrompter)) } else { None },
             progress: tty,
             binary: std::env::current_exe()?,
+            smoke_test: !under_root,
             out: Mutex::new(Box::new(std::io::stdout())),
         })
     }
@@ -183,6 +187,7 @@ impl Host {
             prompter: None,
             progress: false,
             binary: PathBuf::from("/proc/self/exe"),
+            smoke_test: false,
             out: Mutex::new(out),
         }
     }

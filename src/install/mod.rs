@@ -266,7 +266,9 @@ pub fn install(host: &Host, args: &InstallArgs) -> anyhow::Result<Outcome> {
     }
     say("Smoke test (posthaste check):".into());
     match smoke_test(host, &ctx.layout, &answers)? {
-        None => say("Not checked: the target is not running here (--root).".into()),
+        None => {
+            say("Not checked: the target is not running here (--root), there is no daemon to talk to.".into())
+        }
         Some(report) => {
             say(report.table());
             if !report.ok {
@@ -292,8 +294,12 @@ pub fn install(host: &Host, args: &InstallArgs) -> anyhow::Result<Outcome> {
 /// postmaster's plaintext password (from the answers) it runs here and sends as the
 /// postmaster; with only a hash it runs the installed binary, which uses a temporary
 /// account (it needs the data owner's rights for that). Under `--root` nothing runs.
-fn smoke_test(host: &Host, layout: &Layout, answers: &Answers) -> anyhow::Result<Option<crate::check::Report>> {
-    if host.under_root {
+fn smoke_test(
+    host: &Host,
+    layout: &Layout,
+    answers: &Answers,
+) -> anyhow::Result<Option<crate::check::Report>> {
+    if !host.smoke_test {
         return Ok(None);
     }
     let config = crate::config::Config::load(&host.path(&layout.config))
@@ -309,7 +315,8 @@ fn smoke_test(host: &Host, layout: &Layout, answers: &Answers) -> anyhow::Result
                 }
                 _ => *addr,
             };
-            while std::net::TcpStream::connect_timeout(&target, std::time::Duration::from_millis(200)).is_err()
+            while std::net::TcpStream::connect_timeout(&target, std::time::Duration::from_millis(200))
+                .is_err()
                 && std::time::Instant::now() < deadline
             {
                 std::thread::sleep(std::time::Duration::from_millis(100));
