@@ -199,6 +199,10 @@ impl Probe for FakeProbe {
     fn hostname(&self) -> Option<String> {
         Some("mail.example.test".into())
     }
+    /// As if the install ran in an SSH session from this address.
+    fn admin_ip(&self) -> Option<std::net::IpAddr> {
+        Some("198.51.100.7".parse().unwrap())
+    }
 }
 
 /// A target root holding the given os-release fixture and a minimal passwd/group.
@@ -597,8 +601,10 @@ fn systemd_target_gets_a_hardened_unit_and_enabled_services() {
     for line in [
         "ExecStart=/usr/local/sbin/posthaste --config /etc/posthaste/posthaste.toml serve",
         "User=posthaste",
-        "AmbientCapabilities=CAP_NET_BIND_SERVICE\n",
-        "CapabilityBoundingSet=CAP_NET_BIND_SERVICE\n",
+        // The guard (on in these answers) keeps its nftables set up to date.
+        "AmbientCapabilities=CAP_NET_BIND_SERVICE CAP_NET_ADMIN\n",
+        "CapabilityBoundingSet=CAP_NET_BIND_SERVICE CAP_NET_ADMIN\n",
+        "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX AF_NETLINK\n",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
         "ReadWritePaths=/var/lib/posthaste\n",
@@ -607,6 +613,9 @@ fn systemd_target_gets_a_hardened_unit_and_enabled_services() {
     ] {
         assert!(unit.contains(line), "{line:?} missing from\n{unit}");
     }
+    // The administrator's SSH address is never banned.
+    let config = std::fs::read_to_string(r.join("etc/posthaste/posthaste.toml")).unwrap();
+    assert!(config.contains(r#"allow = ["127.0.0.0/8","::1/128","198.51.100.7/32"]"#), "{config}");
     let root_arg = format!("systemctl --root={}", r.display());
     for svc in ["redis-server", "rspamd", "clamav-freshclam", "clamav-daemon", "posthaste"] {
         assert!(sys.log().contains(&format!("{root_arg} enable {svc}")), "{svc}: {:?}", sys.log());

@@ -102,6 +102,8 @@ done
 banner=$(ct timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/25; head -n1 <&3' || true)
 case "$banner" in 220*mail.example.test*) ;; *) fail "SMTP banner: $banner" ;; esac
 ct sh -c 'ps -o user= -C posthaste' | grep -qx posthaste || fail "the daemon does not run as posthaste"
+# The unit gives the daemon CAP_NET_ADMIN for the guard: it made its nftables table itself.
+ct nft list table inet posthaste >/dev/null || { ct journalctl -u posthaste --no-pager | tail -20; fail "the daemon did not create its nftables table"; }
 ct /usr/local/sbin/posthaste status || fail "status"
 t0=$(now_ms)
 ct /usr/local/sbin/posthaste check --json >"$WORK/check.json" || { cat "$WORK/check.json"; fail "posthaste check"; }

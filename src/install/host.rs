@@ -113,6 +113,19 @@ pub trait Probe: Send + Sync {
     fn systemd_running(&self) -> bool;
     fn pid_alive(&self, pid: i32) -> bool;
     fn hostname(&self) -> Option<String>;
+    /// The address of the administrator running the install over SSH (from
+    /// `SSH_CONNECTION`/`SSH_CLIENT`), so the guard never bans them.
+    fn admin_ip(&self) -> Option<IpAddr> {
+        ssh_client_ip(
+            std::env::var("SSH_CONNECTION").ok().or_else(|| std::env::var("SSH_CLIENT").ok())?.as_str(),
+        )
+    }
+}
+
+/// The client address in `SSH_CONNECTION` ("client port server port") or `SSH_CLIENT`
+/// ("client port port").
+pub fn ssh_client_ip(value: &str) -> Option<IpAddr> {
+    value.split_whitespace().next()?.parse().ok()
 }
 
 /// Questions to a person. Only exists when there is a terminal.
@@ -424,6 +437,17 @@ impl Prompter for TerminalPrompter {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_ssh_client_address_comes_from_ssh_connection() {
+        assert_eq!(
+            super::ssh_client_ip("203.0.113.9 52144 192.0.2.1 22"),
+            Some("203.0.113.9".parse().unwrap())
+        );
+        assert_eq!(super::ssh_client_ip("2001:db8::5 52144 22"), Some("2001:db8::5".parse().unwrap()));
+        assert_eq!(super::ssh_client_ip(""), None);
+        assert_eq!(super::ssh_client_ip("garbage 1 2"), None);
+    }
+
     use super::*;
 
     #[test]

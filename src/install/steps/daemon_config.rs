@@ -10,7 +10,14 @@ use crate::install::plan::{Change, Kind, Owner};
 
 pub fn plan(ctx: &Ctx, cert: &str, key: &str) -> anyhow::Result<Vec<Change>> {
     let c = &ctx.answers.components;
+    // Never banned: loopback, and the administrator's own address (the SSH client this
+    // install runs under), so the guard cannot lock them out.
+    let mut allow = vec!["127.0.0.0/8".to_owned(), "::1/128".to_owned()];
+    if let Some(ip) = ctx.host.probe.admin_ip().filter(|ip| !ip.is_loopback()) {
+        allow.push(ipnet::IpNet::from(ip).to_string());
+    }
     let vars = serde_json::json!({
+        "guard_allow": allow,
         "hostname": ctx.answers.hostname,
         "data_dir": ctx.layout.data_dir.display().to_string(),
         "tls_cert": cert,

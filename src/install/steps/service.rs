@@ -22,6 +22,8 @@ pub fn unit(ctx: &Ctx) -> anyhow::Result<Vec<Change>> {
         "config": ctx.layout.config.display().to_string(),
         "data_dir": ctx.layout.data_dir.display().to_string(),
         "after": after,
+        // The guard adds bans to an nftables set: that needs CAP_NET_ADMIN and netlink.
+        "net_admin": ctx.answers.components.guard,
     });
     let text = ctx.renderer.render("posthaste.service", &vars)?;
     Ok(vec![file_change(ctx, Kind::File, &ctx.layout.unit, text.into_bytes(), 0o644, Owner::root())])
