@@ -199,6 +199,10 @@ impl Probe for FakeProbe {
     fn hostname(&self) -> Option<String> {
         Some("mail.example.test".into())
     }
+    /// As if a provider blocked port 25 (a warning, never an error).
+    fn outbound_smtp(&self) -> posthaste::install::host::OutboundSmtp {
+        posthaste::install::host::OutboundSmtp::Blocked("192.0.2.99:25: timed out".into())
+    }
     /// As if the install ran in an SSH session from this address.
     fn admin_ip(&self) -> Option<std::net::IpAddr> {
         Some("198.51.100.7".parse().unwrap())
@@ -921,6 +925,10 @@ fn on_the_running_system_preflight_reports_all_then_postfix_is_replaced() {
     let mut run = host_with(r, &sys, &binary, postfix());
     run.host.under_root = false;
     let outcome = install::install(&run.host, &args(&replace)).unwrap_or_else(|e| panic!("{e:#}"));
+    // A blocked outbound port 25 is a warning with advice, not a reason to stop.
+    let text = run.out.text();
+    assert!(text.contains("outgoing connections to port 25 of other mail servers fail"), "{text}");
+    assert!(text.contains("ask yours to open it"), "{text}");
     let changes = pending(&outcome.plan);
     let n = changes.len();
     assert_eq!(changes[n - 2], (Kind::Service, "postfix".to_owned(), Action::Remove));

@@ -113,6 +113,8 @@ pub trait Probe: Send + Sync {
     fn systemd_running(&self) -> bool;
     fn pid_alive(&self, pid: i32) -> bool;
     fn hostname(&self) -> Option<String>;
+    /// Can this machine open connections to port 25 of other mail servers?
+    fn outbound_smtp(&self) -> OutboundSmtp;
     /// The address of the administrator running the install over SSH (from
     /// `SSH_CONNECTION`/`SSH_CLIENT`), so the guard never bans them.
     fn admin_ip(&self) -> Option<IpAddr> {
@@ -121,6 +123,19 @@ pub trait Probe: Send + Sync {
         )
     }
 }
+
+/// What a trial connection to a well-known MX on port 25 showed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutboundSmtp {
+    Open,
+    /// The MX's name resolved, but port 25 did not answer (blocked by the provider?).
+    Blocked(String),
+    /// No DNS answer for the MX: offline, or no resolver; nothing can be said.
+    Unknown(String),
+}
+
+/// The MX host the outbound port 25 probe connects to (only a TCP connect, no SMTP).
+pub const OUTBOUND_PROBE_HOST: &str = "gmail-smtp-in.l.google.com";
 
 /// The client address in `SSH_CONNECTION` ("client port server port") or `SSH_CLIENT`
 /// ("client port port").
@@ -363,6 +378,26 @@ impl Probe for SystemProbe {
     fn hostname(&self) -> Option<String> {
         let h = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
         Some(h.trim().to_owned()).filter(|h| !h.is_empty())
+    }
+    fn outbound_smtp(&self) -> OutboundSmtp {
+        // getaddrinfo has no timeout of its own: resolve on a thread and stop waiting.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send((OUTBOUND_PROBE_HOST, 25).to_socket_addrs().map(|a| a.collect::<Vec<_>>()));
+        });
+        let addrs = match rx.recv_timeout(std::time::Duration::from_secs(3)) {
+            Ok(Ok(a)) if !a.is_empty() => a,
+            Ok(Err(e)) => return OutboundSmtp::Unknown(format!("cannot resolve {OUTBOUND_PROBE_HOST}: {e}")),
+            _ => return OutboundSmtp::Unknown(format!("no DNS answer for {OUTBOUND_PROBE_HOST} within 3 s")),
+        };
+        let mut last = String::new();
+        for a in addrs.iter().filter(|a| a.is_ipv4()).chain(addrs.iter().filter(|a| a.is_ipv6())).take(2) {
+            match std::net::TcpStream::connect_timeout(a, std::time::Duration::from_secs(3)) {
+                Ok(_) => return OutboundSmtp::Open,
+                Err(e) => last = format!("{a}: {e}"),
+            }
+        }
+        OutboundSmtp::Blocked(last)
     }
 }
 

@@ -7,7 +7,7 @@
 //! about the machine that will run the server.
 
 use super::answers::Answers;
-use super::host::Host;
+use super::host::{Host, OutboundSmtp};
 use super::steps::{mta, Layout};
 
 /// The ports posthaste listens on.
@@ -125,6 +125,19 @@ pub fn check(host: &Host, answers: &Answers, layout: &Layout, holders: &[(u16, S
                 ));
             }
         }
+    }
+
+    // Only a warning: mail still comes in, and a relay can be configured later.
+    match probe.outbound_smtp() {
+        OutboundSmtp::Open => {}
+        OutboundSmtp::Blocked(detail) => f.push(Finding::warning(
+            format!("outgoing connections to port 25 of other mail servers fail ({detail})"),
+            "many hosting providers block port 25: ask yours to open it, or mail to other servers stays in the queue (`posthaste queue list`)".into(),
+        )),
+        OutboundSmtp::Unknown(detail) => f.push(Finding::warning(
+            format!("could not test outgoing port 25 ({detail}; offline?)"),
+            "nothing to do if this machine is offline on purpose; otherwise check its DNS resolver".into(),
+        )),
     }
 
     if !probe.systemd_running() {
