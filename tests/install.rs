@@ -1025,3 +1025,86 @@ fn a_missing_password_file_gets_a_generated_password_that_the_postmaster_has() {
     assert!(!pass.exists());
     assert_eq!(snapshot(r), before);
 }
+
+/// `posthaste install --root DIR` as a separate process (the real binary), so it can be
+/// killed with SIGKILL like a crash or a lost SSH session.
+fn cli_install(root: &Path, answers: &Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_posthaste"))
+        .args(["install", "--yes", "--root"])
+        .arg(root)
+        .arg("--answers")
+        .arg(answers)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn an_install_killed_at_any_point_converges_on_the_rerun() {
+    let work = tempfile::tempdir().unwrap();
+    let answers = answers(work.path(), &["example.test", "second.test"]);
+    // How long an uninterrupted install takes here.
+    let reference = target("debian-12");
+    let started = std::time::Instant::now();
+    let out = cli_install(reference.path(), &answers).wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let full = started.elapsed();
+    // Every path with its type, mode and owner (contents differ: keys, hashes).
+    let files = |root: &Path| -> BTreeMap<String, String> {
+        snapshot(root)
+            .into_iter()
+            .filter(|(k, _)| !k.ends_with("-wal") && !k.ends_with("-shm") && !k.ends_with("-journal"))
+            .map(|(k, v)| (k, v.split(' ').take(3).collect::<Vec<_>>().join(" ")))
+            .collect()
+    };
+    let expected = files(reference.path());
+
+    // Three kills at random points of the install (each run picks new ones; the failure
+    // message names the point).
+    for _ in 0..3 {
+        let step = 1 + rand::random::<u32>() % 99;
+        let root = target("debian-12");
+        let r = root.path();
+        let mut child = cli_install(r, &answers);
+        std::thread::sleep(full * step / 100);
+        let _ = child.kill(); // SIGKILL: no rollback, no clean-up
+        let _ = child.wait();
+        // The rerun finishes the job …
+        let out = cli_install(r, &answers).wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "rerun after a kill at {}/100 of the install failed:\n{}{}",
+            step,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // … to the same files as an uninterrupted install, with no temp files left …
+        let got = files(r);
+        assert_eq!(got, expected, "kill at {step}/100: the files differ from an uninterrupted install");
+        assert!(!got.keys().any(|f| f.contains("posthaste-tmp")), "{got:?}");
+        // … and the config the daemon loads, and a third run has nothing to do.
+        posthaste::config::Config::load(&r.join("etc/posthaste/posthaste.toml")).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_posthaste"))
+            .args(["install", "--dry-run", "--json", "--root"])
+            .arg(r)
+            .arg("--answers")
+            .arg(&answers)
+            .output()
+            .unwrap();
+        let plan: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        // (Packages and the system user are never created under --root without
+        // --run-commands, so they stay planned.)
+        let left: Vec<&serde_json::Value> = plan["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| {
+                c["action"] != "none"
+                    && !["package", "user", "command"].contains(&c["kind"].as_str().unwrap())
+            })
+            .collect();
+        assert!(left.is_empty(), "kill at {step}/100: the third run still plans {left:?}");
+    }
+}
