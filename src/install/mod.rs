@@ -265,7 +265,10 @@ pub fn install(host: &Host, args: &InstallArgs) -> anyhow::Result<Outcome> {
         host.say(plan.to_json());
     }
     say("Smoke test (posthaste check):".into());
-    match smoke_test(host, &ctx.layout, &answers)? {
+    let spinner = progress_spinner(host, "sending a message and reading it back over IMAP and POP3");
+    let smoke = smoke_test(host, &ctx.layout, &answers);
+    spinner.finish_and_clear();
+    match smoke? {
         None => {
             say("Not checked: the target is not running here (--root), there is no daemon to talk to.".into())
         }
@@ -359,6 +362,17 @@ fn write_secret(path: &std::path::Path, secret: &str) -> anyhow::Result<()> {
     f.write_all(format!("{secret}\n").as_bytes())?;
     f.sync_all()?;
     Ok(())
+}
+
+fn progress_spinner(host: &Host, message: &'static str) -> indicatif::ProgressBar {
+    let spinner = indicatif::ProgressBar::new_spinner();
+    if host.progress && host.smoke_test {
+        spinner.set_message(message);
+        spinner.enable_steady_tick(std::time::Duration::from_millis(100));
+    } else {
+        spinner.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    spinner
 }
 
 fn progress_bar(host: &Host, len: u64) -> indicatif::ProgressBar {
