@@ -70,6 +70,15 @@ fn everything_passes_with_a_temporary_account_that_is_removed_afterwards() {
         assert_eq!(rows.len(), 1, "{name}: {report:#}");
         assert_eq!(status(rows[0]), "pass", "{name}: {:#}", rows[0]);
     }
+    // Components that are off are skipped with the reason, never passed.
+    for (name, why) in
+        [("spam filter (GTUBE)", "antispam is off"), ("virus filter (EICAR)", "antivirus is off")]
+    {
+        let row = named(&report, name);
+        assert_eq!(row.len(), 1, "{name}: {report:#}");
+        assert_eq!(status(row[0]), "skip", "{:#}", row[0]);
+        assert!(row[0]["detail"].as_str().unwrap().contains(why), "{:#}", row[0]);
+    }
     let relay = named(&report, "mx refuses relaying")[0]["detail"].as_str().unwrap().to_owned();
     assert!(relay.contains("→ 5"), "{relay}");
 

@@ -276,7 +276,37 @@ pub async fn run(config: &Config, prepared: Prepared) -> Report {
         }
     }
 
-    // 5. Leave nothing behind: the message (a real account's INBOX), or the whole
+    // 5. The content checks: GTUBE must not reach INBOX, EICAR must be refused.
+    match (config.antispam.is_some(), first(&config.listen.smtp), &creds) {
+        (false, _, _) => r.skip("spam filter (GTUBE)", "antispam is off ([antispam] is not configured)"),
+        (true, None, _) => r.skip("spam filter (GTUBE)", "listen.smtp is not configured"),
+        (true, _, None) => r.skip("spam filter (GTUBE)", "no account to address"),
+        (true, Some(addr), Some(c)) => {
+            let started = Instant::now();
+            let mut result = content_check(addr, &c.address, &token, Content::Gtube).await;
+            // Accepted: it must be in Junk, not in INBOX.
+            if let (Ok(detail), Some((imap_at, implicit)), Ok((_, tls))) = (&result, imap_addr, &submit) {
+                if detail.starts_with("accepted") {
+                    result = find_in_junk(imap_at, implicit, tls, &host, c, &token, temporary.is_none())
+                        .await
+                        .map(|where_| format!("{detail}; {where_}"));
+                }
+            }
+            r.record(format!("spam filter (GTUBE) {addr}"), started, result);
+        }
+    }
+    match (config.antivirus.is_some(), first(&config.listen.smtp), &creds) {
+        (false, _, _) => r.skip("virus filter (EICAR)", "antivirus is off ([antivirus] is not configured)"),
+        (true, None, _) => r.skip("virus filter (EICAR)", "listen.smtp is not configured"),
+        (true, _, None) => r.skip("virus filter (EICAR)", "no account to address"),
+        (true, Some(addr), Some(c)) => {
+            let started = Instant::now();
+            let result = content_check(addr, &c.address, &token, Content::Eicar).await;
+            r.record(format!("virus filter (EICAR) {addr}"), started, result);
+        }
+    }
+
+    // 6. Leave nothing behind: the message (a real account's INBOX), or the whole
     // temporary account.
     if let (Some((mut conn, uid)), None) = (imap, &temporary) {
         let started = Instant::now();
@@ -341,6 +371,102 @@ fn expect(code: u16, want: u16, text: &str) -> anyhow::Result<()> {
         bail!("expected {want}, got `{code} {text}`");
     }
     Ok(())
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Content {
+    Gtube,
+    Eicar,
+}
+
+/// The GTUBE string: every spam filter scores it as certain spam (rspamd: reject).
+const GTUBE: &str = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X";
+
+/// The EICAR test file, which every virus scanner reports; assembled at run time so the
+/// binary itself never carries the signature.
+fn eicar() -> String {
+    ["X5O!P%@AP[4\\PZX54(P^)7CC)7}$", "EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"].concat()
+}
+
+/// Offer a test message to the MX: the filter must refuse it at the end of DATA (or, for
+/// spam, accept it only for the Junk folder — which the temporary account's removal or
+/// the account's own clean-up takes care of; a real account gets a visible Junk message).
+async fn content_check(
+    addr: SocketAddr,
+    rcpt: &Address,
+    token: &str,
+    what: Content,
+) -> anyhow::Result<String> {
+    let mut c = Conn::connect(addr).await?;
+    let (code, text) = c.smtp_reply().await?;
+    expect(code, 220, &text)?;
+    c.smtp("EHLO posthaste-check.invalid", 2).await?;
+    c.smtp("MAIL FROM:<>", 2).await?;
+    c.smtp(&format!("RCPT TO:<{rcpt}>"), 2).await?;
+    c.smtp("DATA", 3).await?;
+    let (subject, body) = match what {
+        Content::Gtube => ("spam filter test", GTUBE.to_owned()),
+        Content::Eicar => ("virus filter test", eicar()),
+    };
+    let message = format!(
+        "From: <check@posthaste-check.invalid>\r\nTo: <{rcpt}>\r\nSubject: {subject} {token}\r\n\
+         Message-ID: <{token}.{}@posthaste-check.invalid>\r\nMIME-Version: 1.0\r\n\
+         Content-Type: text/plain; charset=us-ascii\r\n\r\n{body}\r\n.\r\n",
+        if what == Content::Gtube { "gtube" } else { "eicar" }
+    );
+    c.send_raw(message.as_bytes()).await?;
+    let (code, text) = c.smtp_reply().await?;
+    let _ = c.send("QUIT").await;
+    match (what, code / 100) {
+        (_, 5) => Ok(format!("refused at the end of DATA: {code} {text}")),
+        (Content::Gtube, 2) => Ok(format!("accepted for the Junk folder: {code} {text}")),
+        (Content::Eicar, 2) => {
+            Err(anyhow!("the EICAR test virus was accepted ({code} {text}): clamd did not find it"))
+        }
+        (_, 4) => {
+            Err(anyhow!("temporary failure {code} {text}: is the filter running? (see the daemon's log)"))
+        }
+        _ => Err(anyhow!("unexpected reply {code} {text}")),
+    }
+}
+
+/// The GTUBE message with `token` must be in Junk (RFC 6154 \\Junk) and not in INBOX;
+/// `delete`: remove it afterwards (a real account).
+async fn find_in_junk(
+    addr: SocketAddr,
+    implicit: bool,
+    tls: &Arc<rustls::ClientConfig>,
+    host: &str,
+    creds: &Credentials,
+    token: &str,
+    delete: bool,
+) -> anyhow::Result<String> {
+    let mut c = imap_session(addr, implicit, tls, host, creds).await?;
+    let started = Instant::now();
+    let search = format!("UID SEARCH HEADER Subject \"spam filter test {token}\"");
+    let uid = loop {
+        c.imap("j1", "SELECT Junk").await?;
+        if let Some(uid) = search_uids(&c.imap("j2", &search).await?).first() {
+            break *uid;
+        }
+        c.imap("j3", "EXAMINE INBOX").await?;
+        if !search_uids(&c.imap("j4", &search).await?).is_empty() {
+            bail!("the GTUBE message was delivered to INBOX, not to Junk");
+        }
+        if started.elapsed() > DELIVERY_WAIT {
+            bail!(
+                "the accepted GTUBE message is in neither Junk nor INBOX after {}s",
+                DELIVERY_WAIT.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    if delete {
+        c.imap("j5", &format!("UID STORE {uid} +FLAGS.SILENT (\\Deleted)")).await?;
+        c.imap("j6", &format!("UID EXPUNGE {uid}")).await?;
+    }
+    c.imap("j7", "LOGOUT").await.ok();
+    Ok("found in Junk".into())
 }
 
 async fn mx_local(addr: SocketAddr, _host: &str, rcpt: &Address) -> anyhow::Result<String> {
