@@ -181,7 +181,8 @@ async fn deliver_local(inner: &Arc<Inner>, env: &Envelope, message: &Arc<Vec<u8>
     let mut out = Vec::new();
     for (idx, r) in env.recipients.iter().enumerate() {
         if r.status.is_pending() && matches!(r.target, Target::Local(_)) {
-            let (status, reply) = inner.deliver_local(&env.id, env.sender.as_ref(), env.folder.as_deref(), r, message).await;
+            let (status, reply) =
+                inner.deliver_local(&env.id, env.sender.as_ref(), env.folder.as_deref(), r, message).await;
             out.push(Outcome { idx, status, reply, mta: None });
         }
     }

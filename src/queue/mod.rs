@@ -189,8 +189,9 @@ impl Queue {
         if all_local {
             // Straight into the Maildirs: the store fsyncs, so this is as durable as the spool.
             for r in &mut env.recipients {
-                let (status, reply) =
-                    inner.deliver_local(&env.id, env.sender.as_ref(), env.folder.as_deref(), r, &message).await;
+                let (status, reply) = inner
+                    .deliver_local(&env.id, env.sender.as_ref(), env.folder.as_deref(), r, &message)
+                    .await;
                 r.status = status;
                 r.reply = Some(reply);
             }
