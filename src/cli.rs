@@ -342,7 +342,7 @@ async fn domain_cmd(config: &Config, dir: &Directory, store: &Store, cmd: Domain
             let d = dir.add_domain(&name).await?;
             println!("added domain {}", d.name);
             dkim_keys(config, &d.name)?;
-            println!("publish its DNS records (MX, SPF, DMARC, DKIM): posthaste dns {}", d.name);
+            eprintln!("publish its DNS records (MX, SPF, DMARC, DKIM): posthaste dns {}", d.name);
         }
         DomainCmd::List { json } => {
             let domains = dir.list_domains().await?;
