@@ -49,8 +49,14 @@ pub enum Command {
     /// The smoke test: TLS on every listener, the MX refuses to relay, and a message
     /// submitted with AUTH is read back over IMAP and POP3. Exit 0 only if all passed.
     Check(CheckArgs),
-    /// Print the DNS records to publish (MX, SPF, DMARC) for one domain or all of them.
-    Dns { domain: Option<String> },
+    /// Print the DNS records to publish (MX, SPF, DMARC, DKIM) for one domain or all of them.
+    /// Makes the DKIM keys of a domain that has none yet.
+    Dns {
+        domain: Option<String>,
+        /// The records as a JSON array of {domain, name, ttl, type, value, strings}.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show, add and lift bans of client addresses (the guard; also in nftables).
     #[command(subcommand)]
     Ban(BanCmd),
@@ -330,10 +336,10 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
                     .context("cannot open the account directory")?;
                 let store = Store::new(config.mail_dir());
                 match cmd {
-                    Command::Domain(c) => domain_cmd(&dir, &store, c).await,
+                    Command::Domain(c) => domain_cmd(&config, &dir, &store, c).await,
                     Command::User(c) => user_cmd(&dir, &store, c).await,
                     Command::Alias(c) => alias_cmd(&dir, c).await,
-                    Command::Dns { domain } => dns_cmd(&config, &dir, domain).await,
+                    Command::Dns { domain, json } => dns_cmd(&config, &dir, domain, json).await,
                     Command::Serve
                     | Command::Queue(_)
                     | Command::Install(_)
@@ -388,11 +394,13 @@ fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn domain_cmd(dir: &Directory, store: &Store, cmd: DomainCmd) -> anyhow::Result<()> {
+async fn domain_cmd(config: &Config, dir: &Directory, store: &Store, cmd: DomainCmd) -> anyhow::Result<()> {
     match cmd {
         DomainCmd::Add { name } => {
             let d = dir.add_domain(&name).await?;
             println!("added domain {}", d.name);
+            dkim_keys(config, &d.name)?;
+            eprintln!("publish its DNS records (MX, SPF, DMARC, DKIM): posthaste dns {}", d.name);
         }
         DomainCmd::List { json } => {
             let domains = dir.list_domains().await?;
@@ -933,8 +941,27 @@ fn is_posthaste_serve(pid: i32) -> bool {
     name.is_some_and(|n| n.contains("posthaste")) && args.any(|a| a == "serve")
 }
 
-/// `posthaste dns [DOMAIN]`: the records for one domain, or for every domain.
-async fn dns_cmd(config: &Config, dir: &Directory, domain: Option<String>) -> anyhow::Result<()> {
+/// Makes the domain's missing DKIM keys (the installer's directory step calls the same
+/// function). The CLI already runs as the data directory's owner (`become_data_owner`), so
+/// what it creates belongs to the daemon's user.
+fn dkim_keys(config: &Config, domain: &str) -> anyhow::Result<()> {
+    let created = crate::mailauth::keys::ensure_domain_keys(&config.dkim_dir(), domain, None)
+        .with_context(|| format!("cannot make the DKIM keys of {domain}"))?;
+    if !created.is_empty() {
+        eprintln!(
+            "made DKIM keys for {domain} (selectors {} and {}) in {}",
+            crate::mailauth::keys::ED25519_SELECTOR,
+            crate::mailauth::keys::RSA_SELECTOR,
+            crate::mailauth::keys::domain_dir(&config.dkim_dir(), domain).display()
+        );
+    }
+    Ok(())
+}
+
+/// `posthaste dns [DOMAIN] [--json]`: the records for one domain, or for every domain. A
+/// domain without DKIM keys (added before signing existed, or keys moved away) gets them
+/// here, so the printed records can be published at once.
+async fn dns_cmd(config: &Config, dir: &Directory, domain: Option<String>, json: bool) -> anyhow::Result<()> {
     let domains = match domain {
         Some(d) => vec![normalize_domain(&d).ok_or_else(|| anyhow::anyhow!("{d:?} is not a valid domain"))?],
         None => dir.list_domains().await?.into_iter().map(|d| d.name).collect(),
@@ -942,8 +969,28 @@ async fn dns_cmd(config: &Config, dir: &Directory, domain: Option<String>) -> an
     if domains.is_empty() {
         bail!("no domains yet\nhelp: posthaste domain add example.org");
     }
+    let known: Vec<String> = dir.list_domains().await?.into_iter().map(|d| d.name).collect();
+    for d in &domains {
+        // Keys only for domains we serve: `dns other.org` must not leave key files behind.
+        if known.contains(d) {
+            dkim_keys(config, d)?;
+        }
+    }
     let postmaster = format!("postmaster@{}", domains[0]);
-    print!("{}", crate::install::dns::records(&config.hostname, &domains, &postmaster));
+    let dkim_dir = config.dkim_dir();
+    if json {
+        let mut all = Vec::new();
+        for d in &domains {
+            all.extend(crate::install::dns::domain_records(
+                &config.hostname,
+                d,
+                &postmaster,
+                Some(&dkim_dir),
+            )?);
+        }
+        return print_json(&all);
+    }
+    print!("{}", crate::install::dns::records(&config.hostname, &domains, &postmaster, Some(&dkim_dir))?);
     Ok(())
 }
 

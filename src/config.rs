@@ -49,6 +49,8 @@ pub struct Config {
     pub pop3: Pop3Config,
     #[serde(default)]
     pub imap: ImapConfig,
+    #[serde(default)]
+    pub mailauth: MailAuthConfig,
 }
 
 /// Every listener is a list of addresses; a missing key means that listener is off.
@@ -247,6 +249,45 @@ impl Default for ImapConfig {
             max_connections_per_ip: 50,
             max_connections: 2000,
             idle_timeout: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+/// `[mailauth]`: DKIM signing of submitted mail and SPF/DKIM/DMARC/ARC/iprev verification on
+/// the MX (src/mailauth/). See docs/configuration.md.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MailAuthConfig {
+    /// Sign mail submitted by local users with the domain's DKIM keys.
+    pub sign: bool,
+    /// Verify inbound mail on the MX and add an `Authentication-Results` header.
+    pub verify: bool,
+    /// Apply the sender domain's DMARC policy: p=reject refuses (550 5.7.1), p=quarantine
+    /// delivers to Junk. Off = results are only recorded in the header.
+    pub dmarc_enforce: bool,
+    /// Refuse mail whose MAIL FROM domain's SPF record says `-all` for the client (550 5.7.23).
+    pub spf_fail_reject: bool,
+    /// Answer 451 when a DNS error leaves DMARC undecided (temperror), so the sender retries
+    /// later. Off = accept and record `temperror`.
+    pub temperror_defer: bool,
+    /// Timeout of one DNS query made by the checks.
+    #[serde(with = "duration_str")]
+    pub dns_timeout: Duration,
+    /// Upper bound for all checks of one message; what has not finished is a temperror.
+    #[serde(with = "duration_str")]
+    pub timeout: Duration,
+}
+
+impl Default for MailAuthConfig {
+    fn default() -> Self {
+        MailAuthConfig {
+            sign: true,
+            verify: true,
+            dmarc_enforce: true,
+            spf_fail_reject: false,
+            temperror_defer: false,
+            dns_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(20),
         }
     }
 }
@@ -485,6 +526,9 @@ impl Config {
         if g.ban_time.is_zero() || g.max_ban_time < g.ban_time {
             p.push("guard.ban_time must be > 0 and not larger than guard.max_ban_time".into());
         }
+        if self.mailauth.dns_timeout.is_zero() || self.mailauth.timeout < self.mailauth.dns_timeout {
+            p.push("mailauth.dns_timeout must be > 0 and not longer than mailauth.timeout".into());
+        }
         if !matches!(self.log.format.as_str(), "json" | "text") {
             p.push(format!("log.format {:?} must be \"json\" or \"text\"", self.log.format));
         }
@@ -515,6 +559,10 @@ impl Config {
     }
     pub fn queue_dir(&self) -> PathBuf {
         self.data_dir.join("queue")
+    }
+    /// DKIM private keys: `{dkim_dir}/{domain}/{selector}.pem`.
+    pub fn dkim_dir(&self) -> PathBuf {
+        self.data_dir.join("dkim")
     }
 }
 
@@ -669,6 +717,28 @@ retry_initial = "0s"
         .to_string();
         assert!(err.contains("guard.allow") && err.contains("guard.auth_failures"), "{err}");
         assert!(Config::parse(&format!("{base}[guard]\nnftables = \"yes\"\n"), Path::new("t.toml")).is_err());
+    }
+
+    #[test]
+    fn mailauth_section() {
+        let base = "hostname = \"mail.example.test\"\ndata_dir = \"/x\"\n";
+        let c = Config::parse(base, Path::new("t.toml")).unwrap();
+        assert!(c.mailauth.sign && c.mailauth.verify && c.mailauth.dmarc_enforce);
+        assert!(!c.mailauth.spf_fail_reject && !c.mailauth.temperror_defer);
+        let c = Config::parse(
+            &format!("{base}[mailauth]\nspf_fail_reject = true\ndns_timeout = \"2s\"\ntimeout = \"5s\"\n"),
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        assert!(c.mailauth.spf_fail_reject);
+        assert_eq!(c.mailauth.dns_timeout, Duration::from_secs(2));
+        let err = Config::parse(
+            &format!("{base}[mailauth]\ndns_timeout = \"30s\"\ntimeout = \"5s\"\n"),
+            Path::new("t.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("mailauth.dns_timeout"), "{err}");
     }
 
     #[test]

@@ -441,6 +441,18 @@ impl<'h> Applier<'h, '_> {
                 h.rt.block_on(h.dir.add_domain(name)).with_context(|| format!("cannot add domain {name}"))?;
                 Ok(())
             }
+            Op::DkimKeys { domain, dkim_dir } => {
+                let owner = Owner::of(super::steps::system_user::USER, super::steps::system_user::USER);
+                let owner = self.owner(&owner);
+                let created = crate::mailauth::keys::ensure_domain_keys(&host.path(dkim_dir), domain, owner)?;
+                // Directories come first in `created`, so rollback (in reverse) removes the
+                // keys before their directories.
+                for p in created {
+                    let entry = if p.is_dir() { Entry::CreatedDir(p) } else { Entry::Created(p) };
+                    self.journal.entries.push(entry);
+                }
+                Ok(())
+            }
             Op::AddAccount { address, hash } => {
                 let addr = Address::parse(address).map_err(|e| anyhow!("{e}"))?;
                 let h = self.directory()?;
@@ -563,7 +575,7 @@ pub fn apply(
         };
         for change in plan.changes.iter().filter(|c| c.is_change()) {
             // The database is closed as soon as the directory changes are over.
-            if !matches!(change.op, Op::AddDomain { .. } | Op::AddAccount { .. }) {
+            if !matches!(change.op, Op::AddDomain { .. } | Op::AddAccount { .. } | Op::DkimKeys { .. }) {
                 if let Err(e) = a.close_directory() {
                     failure = Some(("closing the account directory".to_owned(), e));
                     break;

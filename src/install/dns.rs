@@ -1,36 +1,125 @@
-//! The DNS records a mail domain needs, as zone-file lines: MX, SPF and DMARC (DKIM arrives
-//! with DKIM signing). Printed at the end of an install and by `posthaste dns [DOMAIN]`.
+//! The DNS records a mail domain needs: MX, SPF, DMARC and the DKIM keys. Printed as
+//! zone-file lines at the end of an install and by `posthaste dns [DOMAIN]` (`--json`: the
+//! same records as objects).
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::mailauth::keys;
+
+const TTL: u32 = 3600;
+
+/// One resource record to publish.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Record {
+    /// The mail domain it belongs to.
+    pub domain: String,
+    /// Owner name, without the final dot.
+    pub name: String,
+    pub ttl: u32,
+    #[serde(rename = "type")]
+    pub rtype: &'static str,
+    /// The record data; for TXT the whole text (the strings below concatenated).
+    pub value: String,
+    /// TXT only: the character-strings of at most 255 octets (RFC 1035 §3.3.14).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub strings: Vec<String>,
+}
+
+impl Record {
+    fn txt(domain: &str, name: String, value: String) -> Record {
+        let strings = value.as_bytes().chunks(255).map(|c| String::from_utf8_lossy(c).into_owned()).collect();
+        Record { domain: domain.to_owned(), name, ttl: TTL, rtype: "TXT", value, strings }
+    }
+
+    /// One zone-file line; a long TXT value is several quoted strings on that line.
+    pub fn zone_line(&self) -> String {
+        let data = if self.rtype == "TXT" {
+            self.strings.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(" ")
+        } else {
+            self.value.clone()
+        };
+        format!("{}.\t{}\tIN\t{}\t{data}\n", self.name, self.ttl, self.rtype)
+    }
+}
+
+/// The records of one domain. `dkim_dir` is where its keys are (`{data_dir}/dkim`); a key
+/// that does not exist (yet) has no record.
+pub fn domain_records(
+    hostname: &str,
+    domain: &str,
+    postmaster: &str,
+    dkim_dir: Option<&Path>,
+) -> anyhow::Result<Vec<Record>> {
+    let d = domain;
+    let rua = if postmaster.ends_with(&format!("@{d}")) {
+        postmaster.to_owned()
+    } else {
+        format!("postmaster@{d}")
+    };
+    let mut out = vec![
+        // RFC 5321 §5.1: the MX names the host that accepts mail for the domain.
+        Record {
+            domain: d.to_owned(),
+            name: d.to_owned(),
+            ttl: TTL,
+            rtype: "MX",
+            value: format!("10 {hostname}."),
+            strings: vec![],
+        },
+        // RFC 7208: only the domain's MX hosts send its mail.
+        Record::txt(d, d.to_owned(), "v=spf1 mx -all".into()),
+        // RFC 7489: quarantine what fails, aggregate reports to the postmaster.
+        Record::txt(d, format!("_dmarc.{d}"), format!("v=DMARC1; p=quarantine; rua=mailto:{rua}")),
+    ];
+    if let Some(dir) = dkim_dir {
+        // RFC 6376 §3.6.2.1: the key of selector S is the TXT record at S._domainkey.DOMAIN.
+        for k in keys::dns_records(dir, d)? {
+            out.push(Record::txt(d, k.name, k.value));
+        }
+    }
+    Ok(out)
+}
 
 /// Zone-file lines for every domain, with comments on what cannot be derived here.
-pub fn records(hostname: &str, domains: &[String], postmaster: &str) -> String {
+pub fn records(
+    hostname: &str,
+    domains: &[String],
+    postmaster: &str,
+    dkim_dir: Option<&Path>,
+) -> anyhow::Result<String> {
     let mut out = String::new();
     for d in domains {
-        let rua = if postmaster.ends_with(&format!("@{d}")) {
-            postmaster.to_owned()
-        } else {
-            format!("postmaster@{d}")
-        };
         out += &format!("; {d}\n");
-        // RFC 5321 §5.1: the MX names the host that accepts mail for the domain.
-        out += &format!("{d}.\t3600\tIN\tMX\t10 {hostname}.\n");
-        // RFC 7208: only the domain's MX hosts send its mail.
-        out += &format!("{d}.\t3600\tIN\tTXT\t\"v=spf1 mx -all\"\n");
-        // RFC 7489: quarantine what fails, aggregate reports to the postmaster.
-        out += &format!("_dmarc.{d}.\t3600\tIN\tTXT\t\"v=DMARC1; p=quarantine; rua=mailto:{rua}\"\n");
+        let recs = domain_records(hostname, d, postmaster, dkim_dir)?;
+        for r in &recs {
+            out += &r.zone_line();
+        }
+        if !recs.iter().any(|r| r.name.contains("._domainkey.")) {
+            out += &format!(
+                "; {d} has no DKIM keys yet: `posthaste dns {d}` makes them and prints their records\n"
+            );
+        }
     }
     out += &format!(
         "; {hostname} needs A (and AAAA) records with this server's public addresses, and the\n\
          ; reverse DNS (PTR) of those addresses should be {hostname} (set at your hosting provider).\n"
     );
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn mx_spf_dmarc_per_domain() {
-        let r =
-            super::records("mail.example.test", &["example.test".into(), "b.test".into()], "pm@example.test");
+        let r = super::records(
+            "mail.example.test",
+            &["example.test".into(), "b.test".into()],
+            "pm@example.test",
+            None,
+        )
+        .unwrap();
         assert!(r.contains("example.test.\t3600\tIN\tMX\t10 mail.example.test.\n"), "{r}");
         assert!(r.contains("b.test.\t3600\tIN\tTXT\t\"v=spf1 mx -all\"\n"), "{r}");
         assert!(
@@ -40,5 +129,30 @@ mod tests {
             "{r}"
         );
         assert!(r.contains("rua=mailto:postmaster@b.test"), "{r}");
+        assert!(r.contains("; b.test has no DKIM keys yet"), "{r}");
+    }
+
+    #[test]
+    fn dkim_records_split_long_keys() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dkim = tmp.path().join("dkim");
+        crate::mailauth::keys::ensure_domain_keys(&dkim, "example.test", None).unwrap();
+        let r = super::records("mail.example.test", &["example.test".into()], "pm@example.test", Some(&dkim))
+            .unwrap();
+        let ed = r.lines().find(|l| {
+            l.starts_with(
+                "posthaste-ed25519._domainkey.example.test.\t3600\tIN\tTXT\t\"v=DKIM1; k=ed25519; p=",
+            )
+        });
+        assert!(ed.is_some(), "{r}");
+        let rsa = r.lines().find(|l| {
+            l.starts_with("posthaste-rsa._domainkey.example.test.\t3600\tIN\tTXT\t\"v=DKIM1; k=rsa; p=")
+        });
+        let rsa = rsa.unwrap_or_else(|| panic!("{r}"));
+        // Two quoted strings, each at most 255 octets.
+        let strings: Vec<&str> = rsa.split('\t').nth(4).unwrap().split("\" \"").collect();
+        assert_eq!(strings.len(), 2, "{rsa}");
+        assert!(strings.iter().all(|s| s.trim_matches('"').len() <= 255), "{rsa}");
+        assert!(!r.contains("no DKIM keys"), "{r}");
     }
 }

@@ -286,10 +286,15 @@ pub fn install(host: &Host, args: &InstallArgs) -> anyhow::Result<Outcome> {
     if args.json {
         return Ok(Outcome { plan, applied: pending > 0 });
     }
-    host.say(format!(
-        "\nPublish these DNS records (posthaste dns prints them again):\n{}",
-        dns::records(&answers.hostname, &answers.domains, &answers.postmaster.address.to_string())
-    ));
+    // The DKIM keys are in the target's data directory (made by the directory step).
+    let dkim_dir = host.path(ctx.layout.dkim_dir());
+    let records = dns::records(
+        &answers.hostname,
+        &answers.domains,
+        &answers.postmaster.address.to_string(),
+        Some(&dkim_dir),
+    )?;
+    host.say(format!("\nPublish these DNS records (posthaste dns prints them again):\n{records}"));
     Ok(Outcome { plan, applied: pending > 0 })
 }
 

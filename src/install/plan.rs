@@ -87,6 +87,8 @@ pub enum Op {
     SelfSigned { hostname: String, cert: PathBuf, key: PathBuf, owner: Owner },
     /// Add a domain to the account directory.
     AddDomain { name: String },
+    /// Make the domain's missing DKIM keys (src/mailauth/keys.rs), owned by the daemon's user.
+    DkimKeys { domain: String, dkim_dir: PathBuf },
     /// Add an account with its password hash, and create its Maildir.
     AddAccount { address: String, hash: String },
     /// Skipped: the reason is shown (e.g. commands under `--root`).

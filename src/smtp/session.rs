@@ -743,15 +743,25 @@ impl Session {
                   "message refused by content checks");
             return self.error(reply.code, reply.enhanced, &reply.text);
         }
+        // RFC 8601 §5: Authentication-Results claiming our authserv-id did not come from
+        // us (ours is in decision.headers, added below); remove them before anyone trusts them.
+        let body = crate::mailauth::strip_own_results(body, &hostname);
         // Submitted mail is signed last, over the headers we added (Date, Message-ID).
         let mut signed_part = Vec::with_capacity(decision.headers.len() + extra.len() + body.len());
         signed_part.extend_from_slice(decision.headers.as_bytes());
         signed_part.extend_from_slice(extra.as_bytes());
         signed_part.extend_from_slice(&body);
         drop(body);
-        let signature = match (&self.auth, &sender) {
-            (Some(_), Some(from)) => self.ctx.mailauth.sign(from.domain(), &signed_part),
-            _ => String::new(),
+        // d= is the From: header's domain, which DMARC aligns with (RFC 7489 §3.1.1); the
+        // submission checks above made sure the account may use it.
+        let signature = match &self.auth {
+            Some(_) => match crate::mailauth::author_domain(&signed_part)
+                .or_else(|| sender.as_ref().map(|s| s.domain().to_owned()))
+            {
+                Some(domain) => self.ctx.mailauth.sign(&domain, &signed_part),
+                None => String::new(),
+            },
+            None => String::new(),
         };
         let received = self.received_header(&tx, &txid);
         let mut msg = Vec::with_capacity(received.len() + signature.len() + signed_part.len());

@@ -10,6 +10,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod client;
+pub mod dkimpy;
 pub mod dns;
 pub mod postfix;
 pub mod postgres;

@@ -66,6 +66,18 @@ pub fn plan(ctx: &Ctx, warnings: &mut Vec<String>) -> anyhow::Result<(Vec<Change
         } else {
             changes.push(Change::new(Kind::Domain, d, Action::Create, Op::AddDomain { name: d.clone() }));
         }
+        // The DKIM keys: made with the domain, and on a rerun if one is missing; existing
+        // keys are never replaced (their records are published).
+        let target = format!("dkim {d}");
+        let dkim_dir = ctx.layout.dkim_dir();
+        if crate::mailauth::keys::missing(&ctx.host.path(&dkim_dir), d) {
+            changes.push(
+                Change::new(Kind::Key, target, Action::Create, Op::DkimKeys { domain: d.clone(), dkim_dir })
+                    .note("Ed25519 and RSA-2048 DKIM keys (publish them: posthaste dns)"),
+            );
+        } else {
+            changes.push(Change::none(Kind::Key, target));
+        }
     }
     let address = pm.address.to_string();
     let hash = match (&snap.postmaster_hash, &pm.password) {

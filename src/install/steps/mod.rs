@@ -70,6 +70,10 @@ impl Layout {
     pub fn db(&self) -> PathBuf {
         self.data_dir.join("directory.db")
     }
+    /// The DKIM keys, `{data_dir}/dkim/{domain}/` (src/mailauth/keys.rs).
+    pub fn dkim_dir(&self) -> PathBuf {
+        self.data_dir.join("dkim")
+    }
     pub fn pidfile(&self) -> PathBuf {
         self.data_dir.join("posthaste.pid")
     }

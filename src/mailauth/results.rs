@@ -1,0 +1,110 @@
+//! RFC 8601 §5: an `Authentication-Results` header that names our host as its authserv-id
+//! but arrives from outside was not written by us; readers would trust it, so it is removed
+//! before ours is added.
+
+/// The authserv-id of an `Authentication-Results` value (RFC 8601 §2.2: `[CFWS]
+/// authserv-id [CFWS authres-version] ";" …`), without comments, lowercased.
+pub fn authserv_id(value: &str) -> Option<String> {
+    let mut plain = String::with_capacity(value.len());
+    let mut depth = 0usize;
+    let mut escaped = false;
+    for c in value.chars() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' if depth > 0 => escaped = true,
+            '(' => depth += 1,
+            ')' if depth > 0 => depth -= 1,
+            _ if depth > 0 => {}
+            ';' => break,
+            c => plain.push(c),
+        }
+    }
+    let id = plain.split_whitespace().next()?;
+    Some(id.trim_matches('"').trim_end_matches('.').to_ascii_lowercase())
+}
+
+/// The message without the `Authentication-Results` fields whose authserv-id is
+/// `hostname` (any case, with or without a final dot). Unchanged when there are none.
+pub fn strip_own_results(message: Vec<u8>, hostname: &str) -> Vec<u8> {
+    let ours = hostname.trim_end_matches('.').to_ascii_lowercase();
+    // The header fields as (start, end) byte ranges, each with its continuation lines.
+    let mut fields: Vec<(usize, usize)> = Vec::new();
+    let mut pos = 0;
+    while pos < message.len() {
+        let end = message[pos..].iter().position(|b| *b == b'\n').map_or(message.len(), |i| pos + i + 1);
+        let line = &message[pos..end];
+        if line == b"\r\n" || line == b"\n" {
+            break;
+        }
+        match (line[0], fields.last_mut()) {
+            (b' ' | b'\t', Some(last)) => last.1 = end,
+            _ => fields.push((pos, end)),
+        }
+        pos = end;
+    }
+    let drop: Vec<(usize, usize)> = fields
+        .into_iter()
+        .filter(|&(start, end)| {
+            let field = &message[start..end];
+            let Some(colon) = field.iter().position(|b| *b == b':') else { return false };
+            if !field[..colon].trim_ascii().eq_ignore_ascii_case(b"Authentication-Results") {
+                return false;
+            }
+            let value = String::from_utf8_lossy(&field[colon + 1..]);
+            authserv_id(&value).is_some_and(|id| id == ours)
+        })
+        .collect();
+    if drop.is_empty() {
+        return message;
+    }
+    let mut out = Vec::with_capacity(message.len());
+    let mut copied = 0;
+    for (start, end) in drop {
+        out.extend_from_slice(&message[copied..start]);
+        copied = end;
+    }
+    out.extend_from_slice(&message[copied..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authserv_ids() {
+        assert_eq!(authserv_id(" mail.example.test; spf=pass").as_deref(), Some("mail.example.test"));
+        assert_eq!(
+            authserv_id(" (comment; here) Mail.Example.Test 1 ; none").as_deref(),
+            Some("mail.example.test")
+        );
+        assert_eq!(authserv_id("\r\n\tmx.other.org;\r\n\tdkim=pass").as_deref(), Some("mx.other.org"));
+        assert_eq!(authserv_id(" ; none"), None);
+    }
+
+    #[test]
+    fn only_our_results_are_removed() {
+        let msg = b"Received: from x\r\n\tby y\r\n\
+Authentication-Results: MAIL.example.test;\r\n\tdkim=pass header.d=bank.test\r\n\
+Authentication-Results: mx.other.org; spf=fail\r\n\
+Subject: Authentication-Results: mail.example.test; fake\r\n\
+authentication-results: mail.example.test. 1; dmarc=pass\r\n\
+\r\n\
+Authentication-Results: mail.example.test; in the body\r\n"
+            .to_vec();
+        let out = String::from_utf8(strip_own_results(msg, "mail.example.test")).unwrap();
+        assert_eq!(
+            out,
+            "Received: from x\r\n\tby y\r\n\
+Authentication-Results: mx.other.org; spf=fail\r\n\
+Subject: Authentication-Results: mail.example.test; fake\r\n\
+\r\n\
+Authentication-Results: mail.example.test; in the body\r\n"
+        );
+        let untouched = b"From: a@b.test\r\n\r\nbody".to_vec();
+        assert_eq!(strip_own_results(untouched.clone(), "mail.example.test"), untouched);
+    }
+}
