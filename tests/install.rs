@@ -576,7 +576,11 @@ fn install_into_a_root_then_rerun_then_add_a_domain() {
     let s = |a: &str, b: &str, c: &str| (a.to_owned(), b.to_owned(), c.to_owned());
     assert_eq!(
         changed,
-        [s("domain", "second.test", "create"), s("file", "/etc/posthaste/answers.yaml", "update"),],
+        [
+            s("domain", "second.test", "create"),
+            s("key", "dkim second.test", "create"),
+            s("file", "/etc/posthaste/answers.yaml", "update"),
+        ],
         "{}",
         dry.plan.render()
     );
@@ -587,6 +591,24 @@ fn install_into_a_root_then_rerun_then_add_a_domain() {
         dir.list_domains().await.unwrap().into_iter().map(|d| d.name).collect::<Vec<_>>()
     });
     assert_eq!(domains, ["example.test", "second.test"]);
+    // Each domain's DKIM keys: private, owned like the data directory, printed as records.
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let data = std::fs::metadata(r.join("var/lib/posthaste")).unwrap();
+    for d in ["example.test", "second.test"] {
+        for sel in ["posthaste-ed25519", "posthaste-rsa"] {
+            let key = r.join(format!("var/lib/posthaste/dkim/{d}/{sel}.pem"));
+            let meta = std::fs::metadata(&key).unwrap_or_else(|e| panic!("{}: {e}", key.display()));
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{}", key.display());
+            assert_eq!((meta.uid(), meta.gid()), (data.uid(), data.gid()), "{}", key.display());
+        }
+    }
+    assert!(
+        run5.out
+            .text()
+            .contains("posthaste-rsa._domainkey.second.test.\t3600\tIN\tTXT\t\"v=DKIM1; k=rsa; p="),
+        "{}",
+        run5.out.text()
+    );
 }
 
 /// A target with systemd: a hardened unit, and every service enabled (not started).

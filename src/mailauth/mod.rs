@@ -16,7 +16,7 @@ mod verify;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use mail_auth::common::crypto::SigningKey;
 use mail_auth::common::headers::{HeaderWriter, Writable};
@@ -50,8 +50,11 @@ pub const SIGNED_HEADERS: [&str; 10] = [
 pub struct MailAuth {
     config: MailAuthConfig,
     dkim_dir: PathBuf,
-    /// None when no resolver could be built (the error was logged): nothing is verified.
-    authenticator: Option<MessageAuthenticator>,
+    nameservers: Vec<SocketAddr>,
+    /// Built on first use, not at startup: `serve` writes its pidfile before it installs
+    /// its signal handlers, and a slower start there lets a `queue flush` SIGUSR1 kill it.
+    /// None inside when no resolver could be built (logged once): nothing is verified.
+    authenticator: OnceLock<Option<MessageAuthenticator>>,
     /// Keys of domains we signed for. A domain without keys is looked up again each time
     /// (a key made by `posthaste domain add` is used without a restart).
     keys: Mutex<HashMap<String, Arc<keys::DomainKeys>>>,
@@ -67,24 +70,26 @@ impl std::fmt::Debug for MailAuth {
 
 impl MailAuth {
     pub fn from_config(config: &Config) -> MailAuth {
-        let authenticator = if config.mailauth.verify {
-            match resolver(&config.dns.nameservers, &config.mailauth) {
-                Ok(a) => Some(a),
-                Err(e) => {
-                    warn!(error = %e, "mailauth: no DNS resolver, inbound mail is not verified (help: check /etc/resolv.conf or set [dns] nameservers)");
-                    None
-                }
-            }
-        } else {
-            None
-        };
         MailAuth {
             config: config.mailauth.clone(),
             dkim_dir: config.dkim_dir(),
-            authenticator,
+            nameservers: config.dns.nameservers.clone(),
+            authenticator: OnceLock::new(),
             keys: Mutex::new(HashMap::new()),
             warned: Mutex::new(HashSet::new()),
         }
+    }
+
+    fn authenticator(&self) -> Option<&MessageAuthenticator> {
+        self.authenticator
+            .get_or_init(|| match resolver(&self.nameservers, &self.config) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    warn!(error = %e, "mailauth: no DNS resolver, mail is not verified (help: check /etc/resolv.conf or set [dns] nameservers)");
+                    None
+                }
+            })
+            .as_ref()
     }
 
     /// Verify an inbound (MX) message and decide by the sender domain's DMARC policy.
@@ -92,7 +97,7 @@ impl MailAuth {
         if !self.config.verify {
             return Decision::default();
         }
-        let Some(auth) = &self.authenticator else { return Decision::default() };
+        let Some(auth) = self.authenticator() else { return Decision::default() };
         verify::inbound(auth, &self.config, info, message).await
     }
 
@@ -171,14 +176,8 @@ impl MailAuth {
     /// on disk (not DNS), e.g. for `posthaste check` on a message it sent through us: proves
     /// the signing works before, and independently of, the records being published.
     pub async fn verify_own(&self, message: &[u8]) -> Vec<OwnSignature> {
-        let auth = match &self.authenticator {
-            Some(a) => a.clone(),
-            None => match resolver(&[], &self.config) {
-                Ok(a) => a,
-                Err(_) => return Vec::new(),
-            },
-        };
-        verify::own(&auth, &self.dkim_dir, message).await
+        let Some(auth) = self.authenticator() else { return Vec::new() };
+        verify::own(auth, &self.dkim_dir, message).await
     }
 }
 
@@ -276,6 +275,35 @@ mod tests {
             b"To: b@example.org,\r\n c@example.org\r\nFrom: a@example.test\r\n\r\nCc: not a header\r\n";
         assert_eq!(headers_to_sign(folded), ["From", "To", "From"]);
         assert!(headers_to_sign(b"To: b@example.org\r\n\r\nbody\r\n").is_empty());
+    }
+
+    /// Our two signatures verify against the key files (no DNS: the resolver points at a
+    /// port where nothing answers), and fail once the body changes.
+    #[tokio::test]
+    async fn signatures_verify_with_our_own_keys() {
+        let tmp = tempfile::tempdir().unwrap();
+        let text = format!(
+            "hostname = \"mail.example.test\"\ndata_dir = \"{}\"\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n[mailauth]\ndns_timeout = \"1s\"\n",
+            tmp.path().display()
+        );
+        let config = Config::parse(&text, std::path::Path::new("t.toml")).unwrap();
+        keys::ensure_domain_keys(&config.dkim_dir(), "example.test", None).unwrap();
+        let auth = MailAuth::from_config(&config);
+        let msg = "From: Alice <alice@example.test>\r\nTo: bob@example.org\r\nSubject: hi\r\n\r\nHello\r\n";
+        let sig = auth.sign("example.test", msg.as_bytes());
+        assert_eq!(sig.matches("DKIM-Signature:").count(), 2, "{sig}");
+        let signed = format!("{sig}{msg}");
+        let results = auth.verify_own(signed.as_bytes()).await;
+        assert_eq!(results.len(), 2, "{results:?}");
+        assert!(results.iter().all(OwnSignature::passed), "{results:?}");
+        let algs: Vec<&str> = results.iter().map(|r| r.algorithm.as_str()).collect();
+        assert_eq!(algs, ["ed25519-sha256", "rsa-sha256"]);
+        let altered = signed.replace("Hello", "Jello");
+        let results = auth.verify_own(altered.as_bytes()).await;
+        assert_eq!(results.len(), 2, "{results:?}");
+        assert!(results.iter().all(|r| !r.passed()), "{results:?}");
+        // Another domain's keys are not ours to check; a domain without keys signs nothing.
+        assert!(auth.sign("other.test", msg.as_bytes()).is_empty());
     }
 
     #[test]
