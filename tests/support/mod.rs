@@ -11,6 +11,7 @@
 
 pub mod client;
 pub mod dns;
+pub mod pebble;
 pub mod postfix;
 pub mod postgres;
 pub mod posthaste;
