@@ -217,7 +217,7 @@ pub fn served_serial(addr: SocketAddr, servername: &str) -> String {
     let end = out.stdout[start..].find("-----END CERTIFICATE-----").expect("PEM end") + start + 25;
     let mut cmd = Command::new(&openssl);
     cmd.args(["x509", "-noout", "-serial"]);
-    let x = run(cmd, Some(out.stdout[start..end].as_bytes()));
+    let x = run(cmd, Some(&out.stdout.as_bytes()[start..end]));
     assert!(x.success(), "{}", x.all());
     x.stdout.trim().trim_start_matches("serial=").to_owned()
 }
