@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use posthaste::tls::acme::{self, Settings};
 use support::pebble::{file_serial, served_serial, Pebble};
-use support::{free_port, run, Posthaste, TestDir};
+use support::{free_port, is_root, loopback_ip, run, Posthaste, TestDir};
 
 const HOST: &str = "mail.example.test";
 
@@ -211,6 +211,79 @@ fn the_daemon_renews_and_new_connections_get_the_new_certificate_without_a_resta
     assert_eq!(server.pid(), Some(pid));
     assert_eq!(norm(&file_serial(&s.cert)), norm(&new_serial));
     pebble.assert_verifies(&s.cert, HOST);
+}
+
+/// The production shape: started as root, `serve` binds the real port 80 for HTTP-01 with
+/// the mail ports, drops to the `posthaste` user, and then replaces the self-signed
+/// certificate it started with (a `mode: self-signed` install switched to ACME) by one
+/// from the CA, writing the files as that user.
+#[test]
+fn an_unprivileged_daemon_renews_through_port_80_bound_before_dropping_root() {
+    assert!(is_root(), "this test binds port 80 and drops root: run it as root (tests/run.sh does)");
+    let user = "posthaste";
+    if !Command::new("id").arg(user).output().unwrap().status.success() {
+        let out = Command::new("useradd")
+            .args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", user])
+            .output()
+            .unwrap();
+        // Another test binary may have created it at the same moment.
+        assert!(out.status.success() || String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    }
+    let dir = TestDir::new("acme-unprivileged");
+    // A loopback address of its own, so port 80 there is free.
+    let ip = loopback_ip();
+    let pebble = Pebble::start_with(&dir, ip, 80);
+    let mut server = Posthaste::builder(&dir)
+        .set("server.user", user)
+        .set("acme.directory", pebble.directory.clone())
+        .set("acme.email", "postmaster@example.test")
+        .set("acme.http_listen", pebble.http_listen().to_string())
+        .set("acme.directory_ca", pebble.https_ca.display().to_string())
+        .build();
+    for d in [server.data_dir(), dir.join("tls")] {
+        let ok = Command::new("chown").args(["-R", &format!("{user}:")]).arg(&d).status().unwrap();
+        assert!(ok.success());
+    }
+    let cert = server.cert().cert.clone();
+    let self_signed = file_serial(&cert);
+    server.start();
+    server.wait_for_log(|l| l["message"] == "dropped root privileges", Duration::from_secs(20));
+    let renewed = server.wait_for_log(|l| l["event"] == "certificate_renewed", Duration::from_secs(60));
+    let serial = renewed["serial"].as_str().unwrap().to_owned();
+
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid().unwrap())).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(!uid_line.split_whitespace().skip(1).any(|u| u == "0"), "still root: {uid_line}");
+    use std::os::unix::fs::MetadataExt;
+    assert_ne!(std::fs::metadata(&cert).unwrap().uid(), 0, "written by the server user");
+    assert_ne!(norm(&serial), norm(&self_signed));
+    assert_eq!(norm(&file_serial(&cert)), norm(&serial));
+    assert_eq!(norm(&served_serial(server.submissions(), HOST)), norm(&serial));
+    pebble.assert_verifies(&cert, HOST);
+    // The port-80 responder answers nothing but challenges.
+    let mut curl = Command::new(support::require("curl", "curl"));
+    curl.args(["-s", "-o", "/dev/null", "-w", "%{http_code}"]).arg(format!("http://{ip}/"));
+    assert_eq!(run(curl, None).stdout, "404");
+}
+
+/// A renewal that fails (the CA is gone) is logged with what to do, and the certificate
+/// in use stays.
+#[test]
+fn a_failed_renewal_keeps_the_current_certificate() {
+    let dir = TestDir::new("acme-renewal-fails");
+    let mut server = Posthaste::builder(&dir)
+        .set("acme.directory", format!("https://127.0.0.1:{}/dir", free_port()))
+        .set("acme.email", "postmaster@example.test")
+        .set("acme.http_listen", support::free_addr().to_string())
+        .build();
+    let before = file_serial(&server.cert().cert);
+    server.start();
+    let failed = server.wait_for_log(|l| l["event"] == "certificate_renewal_failed", Duration::from_secs(30));
+    let error = failed["error"].as_str().unwrap();
+    assert!(error.contains("cannot reach the ACME CA") && error.contains("help:"), "{failed}");
+    assert_eq!(norm(&served_serial(server.submissions(), HOST)), norm(&before));
+    assert_eq!(norm(&file_serial(&server.cert().cert)), norm(&before));
+    assert!(server.is_running());
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! and is fetched from its management interface (`/roots/0`).
 
 use std::fs;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -16,9 +16,11 @@ pub struct Pebble {
     pub directory: String,
     /// The CA that signed pebble's HTTPS certificate (`directory_ca`).
     pub https_ca: PathBuf,
-    /// The port pebble's validation authority connects to for HTTP-01 (on 127.0.0.1): the
+    /// The port pebble's validation authority connects to for HTTP-01 (on `http_ip`): the
     /// test's challenge listener must be there.
     pub http_port: u16,
+    /// The address every name resolves to.
+    pub http_ip: Ipv4Addr,
     management: SocketAddr,
     dir: PathBuf,
     _challtestsrv: ProcessGuard,
@@ -26,8 +28,15 @@ pub struct Pebble {
 }
 
 impl Pebble {
-    /// Start challtestsrv and pebble; returns once pebble's directory answers.
+    /// Start challtestsrv and pebble; returns once pebble's directory answers. Every name
+    /// resolves to 127.0.0.1 and HTTP-01 is validated on a free port there.
     pub fn start(dir: &TestDir) -> Pebble {
+        Pebble::start_with(dir, Ipv4Addr::LOCALHOST, free_port())
+    }
+
+    /// The same, with every name resolving to `ip` and HTTP-01 validated on `http_port`
+    /// (80, for a daemon that binds the real port before dropping root).
+    pub fn start_with(dir: &TestDir, ip: Ipv4Addr, http_port: u16) -> Pebble {
         let pebble_bin = require("pebble", "pebble");
         let challtestsrv = require("pebble-challtestsrv", "pebble");
         let openssl = require("openssl", "openssl");
@@ -91,25 +100,16 @@ impl Pebble {
             "localhost.pem",
         ]);
 
-        let (listen, management, http_port, tls_port, dns, dns_mgmt) =
-            (free_port(), free_port(), free_port(), free_port(), free_port(), free_port());
+        let (listen, management, tls_port, dns, dns_mgmt) =
+            (free_port(), free_port(), free_port(), free_port(), free_port());
         let mut cmd = Command::new(challtestsrv);
-        cmd.args([
-            "-defaultIPv4",
-            "127.0.0.1",
-            "-defaultIPv6",
-            "",
-            "-http01",
-            "",
-            "-https01",
-            "",
-            "-tlsalpn01",
-            "",
-        ])
-        .arg("-dns01")
-        .arg(format!("127.0.0.1:{dns}"))
-        .arg("-management")
-        .arg(format!("127.0.0.1:{dns_mgmt}"));
+        cmd.arg("-defaultIPv4")
+            .arg(ip.to_string())
+            .args(["-defaultIPv6", "", "-http01", "", "-https01", "", "-tlsalpn01", ""])
+            .arg("-dns01")
+            .arg(format!("127.0.0.1:{dns}"))
+            .arg("-management")
+            .arg(format!("127.0.0.1:{dns_mgmt}"));
         let mut challtestsrv = ProcessGuard::spawn("pebble-challtestsrv", cmd, &d.join("challtestsrv.log"));
         wait_for_port(
             SocketAddr::from(([127, 0, 0, 1], dns_mgmt)),
@@ -139,6 +139,7 @@ impl Pebble {
         Pebble {
             directory: format!("https://127.0.0.1:{listen}/dir"),
             https_ca: d.join("ca.pem"),
+            http_ip: ip,
             http_port,
             management: SocketAddr::from(([127, 0, 0, 1], management)),
             dir: d,
@@ -149,7 +150,7 @@ impl Pebble {
 
     /// The address to give the challenge listener: where pebble's VA connects.
     pub fn http_listen(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.http_port))
+        SocketAddr::from((self.http_ip, self.http_port))
     }
 
     /// The root pebble issues from (fetched with curl, written to a file).
