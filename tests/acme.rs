@@ -176,6 +176,29 @@ fn install_in_acme_mode_obtains_the_certificate_and_a_rerun_does_not_reissue() {
     assert_eq!(cert_action(&out), "update");
 }
 
+/// Under systemd the unit must let the unprivileged daemon replace the certificate
+/// (`ProtectSystem=strict` makes everything else read-only), and `systemctl reload` is SIGHUP.
+#[test]
+fn the_systemd_unit_lets_the_daemon_renew_into_the_tls_directory() {
+    let dir = TestDir::new("acme-unit");
+    let pebble = Pebble::start(&dir);
+    let root = target(&dir);
+    // A target with systemd installed: the install writes a unit (and, under --root, does
+    // not run systemctl).
+    dir.write("root/lib/systemd/systemd", "");
+    let answers = answers(&dir, &pebble.directory, pebble.http_listen(), &pebble.https_ca);
+    let out = install(&root, &answers, &["--yes"]);
+    out.assert_success();
+    let unit = std::fs::read_to_string(root.join("etc/systemd/system/posthaste.service")).unwrap();
+    assert!(
+        unit.contains("ReadWritePaths=/var/lib/posthaste\nReadWritePaths=/etc/posthaste/tls\n"),
+        "{unit}"
+    );
+    assert!(unit.contains("ExecReload=/bin/kill -HUP $MAINPID"), "{unit}");
+    assert_eq!(mode(&root.join("etc/posthaste/tls")), 0o750);
+    pebble.assert_verifies(&root.join("etc/posthaste/tls/fullchain.pem"), HOST);
+}
+
 #[test]
 fn the_daemon_renews_and_new_connections_get_the_new_certificate_without_a_restart() {
     let dir = TestDir::new("acme-renew");
