@@ -772,6 +772,49 @@ mod tests {
     }
 
     #[test]
+    fn acme_answers_with_listener_and_private_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), "x").unwrap();
+        let head = format!("hostname: mail.example.test\ndomains: [example.test]\npostmaster: {{password_hash: \"{HASH}\"}}\n");
+        let a = Answers::from_str(
+            &format!("{head}tls: {{mode: acme, email: pm@example.test, directory: \"https://ca.test/dir\", http_listen: \"127.0.0.1:8080\", directory_ca: ./ca.pem}}\n"),
+            dir.path(),
+        )
+        .unwrap();
+        let Tls::Acme { http_listen, directory_ca, .. } = &a.tls else { panic!("{:?}", a.tls) };
+        assert_eq!(http_listen.unwrap().port(), 8080);
+        // Relative to the answers file, kept absolute so the saved answers work from /etc.
+        assert!(directory_ca.as_ref().unwrap().is_absolute());
+        assert_eq!(Answers::from_str(&a.to_yaml(HASH), Path::new("/")).unwrap(), a);
+        // Defaults: Let's Encrypt, port 80, the system's trust store.
+        let a = parse(&format!("{head}tls: {{mode: acme, email: pm@example.test}}\n")).unwrap();
+        assert_eq!(
+            a.tls,
+            Tls::Acme {
+                email: "pm@example.test".into(),
+                directory: LETSENCRYPT.into(),
+                http_listen: None,
+                directory_ca: None
+            }
+        );
+        let problems = Answers::from_str(
+            &format!("{head}tls: {{mode: acme, email: pm@example.test, http_listen: port80, directory_ca: ./missing.pem}}\n"),
+            dir.path(),
+        )
+        .unwrap_err();
+        let all: String = problems.iter().map(|p| format!("{} ({:?})\n", p.message, p.help)).collect();
+        assert!(all.contains("tls.http_listen \"port80\" is not an address:port"), "{all}");
+        assert!(all.contains("missing.pem does not exist"), "{all}");
+        assert!(problems.iter().all(|p| p.help.is_some()), "{all}");
+        // They do not apply to other modes.
+        let problems =
+            parse(&format!("{head}tls: {{mode: self-signed, http_listen: \"0.0.0.0:80\"}}\n")).unwrap_err();
+        assert!(problems
+            .iter()
+            .any(|p| p.message.contains("`tls.http_listen` does not apply to mode self-signed")));
+    }
+
+    #[test]
     fn every_problem_is_reported_with_its_line() {
         let text = "hostnmae: mail.example.test\n\
                     domains: example.test\n\
