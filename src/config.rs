@@ -24,6 +24,9 @@ pub struct Config {
     pub listen: Listen,
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// Present = the certificate in [tls] comes from an ACME CA and the daemon renews it.
+    #[serde(default)]
+    pub acme: Option<AcmeConfig>,
     #[serde(default)]
     pub dns: DnsConfig,
     #[serde(default)]
@@ -78,6 +81,76 @@ pub struct Listen {
 pub struct TlsConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
+}
+
+/// `[acme]`: where the [tls] certificate comes from and when it is renewed (RFC 8555).
+/// See docs/configuration.md.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeConfig {
+    /// The CA's directory URL.
+    #[serde(default = "default_acme_directory")]
+    pub directory: String,
+    /// Account contact; the CA sends expiry warnings there.
+    pub email: String,
+    /// Only `http-01` (RFC 8555 §8.3) for now.
+    #[serde(default = "default_acme_challenge")]
+    pub challenge: String,
+    /// Where the HTTP-01 responder listens. The CA connects to port 80 of the hostname; bound
+    /// before root is dropped and kept for the daemon's lifetime.
+    #[serde(default = "default_http_listen")]
+    pub http_listen: SocketAddr,
+    /// Names besides `hostname` the certificate must cover.
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// Account key and id (JSON, mode 0600); default `acme-account.json` beside tls.cert.
+    #[serde(default)]
+    pub account: Option<PathBuf>,
+    /// A PEM CA certificate to trust for the directory's HTTPS (a private CA; tests).
+    /// Absent: the system's trust store.
+    #[serde(default)]
+    pub directory_ca: Option<PathBuf>,
+    /// Renew when the certificate expires within this; absent = at 2/3 of its lifetime.
+    #[serde(default, with = "opt_duration_str", skip_serializing_if = "Option::is_none")]
+    pub renew_before: Option<Duration>,
+    /// How often the daemon looks at the certificate (and retries after a failure).
+    #[serde(default = "default_check_interval", with = "duration_str")]
+    pub check_interval: Duration,
+}
+
+pub const LETSENCRYPT_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+fn default_acme_directory() -> String {
+    LETSENCRYPT_DIRECTORY.into()
+}
+fn default_acme_challenge() -> String {
+    "http-01".into()
+}
+fn default_http_listen() -> SocketAddr {
+    "0.0.0.0:80".parse().expect("a valid address")
+}
+fn default_check_interval() -> Duration {
+    Duration::from_secs(12 * 3600)
+}
+
+impl AcmeConfig {
+    /// The names the certificate must cover: the hostname first, then `names`.
+    pub fn all_names(&self, hostname: &str) -> Vec<String> {
+        let mut all = vec![hostname.to_ascii_lowercase()];
+        for n in &self.names {
+            let n = n.to_ascii_lowercase();
+            if !all.contains(&n) {
+                all.push(n);
+            }
+        }
+        all
+    }
+
+    pub fn account_path(&self, tls: &TlsConfig) -> PathBuf {
+        self.account.clone().unwrap_or_else(|| {
+            tls.cert.parent().unwrap_or(Path::new("/etc/posthaste/tls")).join("acme-account.json")
+        })
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -529,6 +602,46 @@ impl Config {
         if self.mailauth.dns_timeout.is_zero() || self.mailauth.timeout < self.mailauth.dns_timeout {
             p.push("mailauth.dns_timeout must be > 0 and not longer than mailauth.timeout".into());
         }
+        if let Some(a) = &self.acme {
+            if self.tls.is_none() {
+                p.push("[acme] needs a [tls] section: cert and key name the files the certificate is written to (help: add [tls] cert = \"/etc/posthaste/tls/fullchain.pem\" and key = \"/etc/posthaste/tls/privkey.pem\")".into());
+            }
+            if !a.directory.starts_with("https://") {
+                p.push(format!(
+                    "acme.directory {:?} must be an https:// URL (help: Let's Encrypt's is {LETSENCRYPT_DIRECTORY})",
+                    a.directory
+                ));
+            }
+            if crate::address::Address::parse(&a.email).is_err() {
+                p.push(format!(
+                    "acme.email {:?} is not an email address (help: the CA sends certificate expiry warnings there)",
+                    a.email
+                ));
+            }
+            if a.challenge != "http-01" {
+                p.push(format!(
+                    "acme.challenge {:?} is not supported (help: use \"http-01\"; the CA then connects to port 80 of the hostname)",
+                    a.challenge
+                ));
+            }
+            for n in &a.names {
+                if !is_valid_hostname(n) || !n.contains('.') {
+                    p.push(format!("acme.names: {n:?} is not a fully qualified host name (help: wildcards need DNS-01, which is not supported)"));
+                }
+            }
+            if self.listeners().iter().any(|(_, addrs)| addrs.contains(&a.http_listen)) {
+                p.push(format!(
+                    "acme.http_listen {} is also a mail listener (help: the HTTP-01 responder needs its own port, normally 0.0.0.0:80)",
+                    a.http_listen
+                ));
+            }
+            if a.check_interval < Duration::from_secs(1) {
+                p.push("acme.check_interval must be at least 1s (help: the default, 12h, is right outside tests)".into());
+            }
+            if a.renew_before.is_some_and(|d| d.is_zero()) {
+                p.push("acme.renew_before must be more than 0s (help: leave it out to renew at 2/3 of the lifetime)".into());
+            }
+        }
         if !matches!(self.log.format.as_str(), "json" | "text") {
             p.push(format!("log.format {:?} must be \"json\" or \"text\"", self.log.format));
         }
@@ -578,6 +691,23 @@ pub fn is_valid_hostname(name: &str) -> bool {
                 && !label.ends_with('-')
                 && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
+}
+
+/// An optional duration in the [`duration_str`] format.
+pub mod opt_duration_str {
+    use serde::{Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::duration_str::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        super::duration_str::deserialize(d).map(Some)
+    }
 }
 
 /// Durations as `30s`, `5m`, `4h`, `5d` (or a bare number of seconds).
@@ -739,6 +869,45 @@ retry_initial = "0s"
         .unwrap_err()
         .to_string();
         assert!(err.contains("mailauth.dns_timeout"), "{err}");
+    }
+
+    #[test]
+    fn acme_section() {
+        let base = "hostname = \"mail.example.test\"\ndata_dir = \"/x\"\n[tls]\ncert = \"/t/fullchain.pem\"\nkey = \"/t/privkey.pem\"\n";
+        let c = Config::parse(&format!("{base}[acme]\nemail = \"pm@example.test\"\n"), Path::new("t.toml"))
+            .unwrap();
+        let a = c.acme.as_ref().unwrap();
+        assert_eq!(a.directory, LETSENCRYPT_DIRECTORY);
+        assert_eq!(a.http_listen.port(), 80);
+        assert_eq!(a.check_interval, Duration::from_secs(43200));
+        assert_eq!(a.renew_before, None);
+        assert_eq!(a.account_path(c.tls.as_ref().unwrap()), Path::new("/t/acme-account.json"));
+        assert_eq!(a.all_names("Mail.example.test"), ["mail.example.test"]);
+        let c = Config::parse(
+            &format!("{base}[acme]\nemail = \"pm@example.test\"\nrenew_before = \"30d\"\nnames = [\"imap.example.test\"]\n"),
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.acme.as_ref().unwrap().renew_before, Some(Duration::from_secs(30 * 86400)));
+        assert_eq!(c.acme.as_ref().unwrap().all_names("mail.example.test").len(), 2);
+
+        let err = Config::parse(
+            "hostname = \"mail.example.test\"\ndata_dir = \"/x\"\n[listen]\nsmtp = [\"0.0.0.0:80\"]\n[acme]\nemail = \"nope\"\ndirectory = \"http://ca\"\nchallenge = \"dns-01\"\ncheck_interval = \"0s\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "needs a [tls]",
+            "acme.directory",
+            "acme.email",
+            "acme.challenge",
+            "acme.http_listen",
+            "acme.check_interval",
+        ] {
+            assert!(err.contains(needle), "{needle} missing from {err}");
+        }
+        assert_eq!(err.matches("help:").count(), 6, "{err}");
     }
 
     #[test]

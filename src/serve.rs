@@ -20,10 +20,15 @@ use crate::store::Store;
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    let tls = match &config.tls {
-        Some(t) => Some(crate::tls::load_acceptor(t)?),
+    // One certificate store for every listener: SIGHUP and ACME renewal swap its contents.
+    let certs = match &config.tls {
+        Some(t) => Some(crate::tls::CertStore::load(t).map_err(|e| match &config.acme {
+            Some(_) => e.context("no usable certificate yet\nhelp: `posthaste install` obtains the first ACME certificate (the daemon only renews)"),
+            None => e,
+        })?),
         None => None,
     };
+    let tls = certs.as_ref().map(|c| c.acceptor());
 
     // Bind while we still may use ports below 1024; then give up root.
     let mut listeners: Vec<(Profile, TcpListener)> = Vec::new();
@@ -53,6 +58,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             imap_listeners.push((profile, bind(*addr, profile.name()).await?));
         }
     }
+    // The ACME HTTP-01 responder's port (80) is bound now, while we may, and served for the
+    // daemon's lifetime so renewals work unprivileged (see src/tls/acme.rs for why HTTP-01).
+    let acme_http = match &config.acme {
+        Some(a) => Some(crate::tls::acme::bind_http(a.http_listen).await?),
+        None => None,
+    };
     if listeners.is_empty() {
         bail!("no SMTP listener is configured\nhelp: add e.g. smtp = [\"0.0.0.0:25\"] under [listen]");
     }
@@ -113,6 +124,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
         }
     }));
+    if let (Some(listener), Some(store)) = (acme_http, certs.clone()) {
+        let challenges = crate::tls::acme::Challenges::default();
+        tasks.push(tokio::spawn(challenges.clone().serve(listener, shutdown_rx.clone())));
+        check_writable(&config);
+        tasks.push(tokio::spawn(crate::tls::acme::renew_loop(
+            config.clone(),
+            store,
+            challenges,
+            shutdown_rx.clone(),
+        )));
+    }
     let queue_task = {
         let q = queue.clone();
         let rx = shutdown_rx.clone();
@@ -120,7 +142,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     info!(event = "started", pid = std::process::id(), hostname = %config.hostname, "posthaste is running");
 
-    wait_for_signals(&queue).await;
+    wait_for_signals(&queue, certs.as_deref()).await;
     info!(event = "stopping", "shutting down");
     let _ = shutdown_tx.send(true);
     for t in tasks {
@@ -142,7 +164,24 @@ async fn bind(addr: SocketAddr, name: &str) -> anyhow::Result<TcpListener> {
     })
 }
 
-async fn wait_for_signals(queue: &Queue) {
+/// ACME renewal replaces the certificate files: warn at start when this user cannot.
+fn check_writable(config: &Config) {
+    let Some(tls) = &config.tls else { return };
+    let dir = tls.cert.parent().unwrap_or(Path::new("/"));
+    let probe = dir.join(".posthaste-write-test");
+    match std::fs::write(&probe, b"") {
+        Ok(()) => {
+            let _ = std::fs::remove_file(probe);
+        }
+        Err(e) => warn!(
+            dir = %dir.display(),
+            error = %e,
+            "ACME renewal will fail: the certificate directory is not writable by this user; help: chown it to the [server] user (the installer does)"
+        ),
+    }
+}
+
+async fn wait_for_signals(queue: &Queue, certs: Option<&crate::tls::CertStore>) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int), Ok(mut usr1), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -159,8 +198,13 @@ async fn wait_for_signals(queue: &Queue) {
             _ = int.recv() => return,
             // `posthaste queue flush` sends SIGUSR1: retry deferred mail now.
             _ = usr1.recv() => queue.wake(),
-            // SIGHUP's default action would kill the server (log rotation tools send it).
-            _ = hup.recv() => tracing::warn!("SIGHUP received: configuration reload is not supported yet; restart to apply changes"),
+            // SIGHUP: read the certificate files again (for `mode: files` users who rotate
+            // them). The rest of the config is read at start only.
+            _ = hup.recv() => match certs.map(|c| c.reload()) {
+                Some(Ok(info)) => info!(event = "certificate_reloaded", serial = %info.serial, "SIGHUP: certificate reloaded (other config changes need a restart)"),
+                Some(Err(e)) => error!(event = "certificate_reload_failed", error = %format!("{e:#}"), "SIGHUP: the certificate files cannot be used; the previous certificate stays in use"),
+                None => warn!("SIGHUP received: no [tls] section, nothing to reload; restart to apply config changes"),
+            },
         }
     }
 }

@@ -79,6 +79,11 @@ pub enum Tls {
     Acme {
         email: String,
         directory: String,
+        /// Where the HTTP-01 responder listens (install and daemon); default 0.0.0.0:80.
+        http_listen: Option<std::net::SocketAddr>,
+        /// A PEM CA certificate (on the installing machine, absolute) that signed the
+        /// directory's HTTPS certificate: a private CA. Copied to the target.
+        directory_ca: Option<PathBuf>,
     },
 }
 
@@ -278,8 +283,15 @@ impl Answers {
                 q(&cert.display().to_string()),
                 q(&key.display().to_string())
             ),
-            Tls::Acme { email, directory } => {
-                format!("tls: {{mode: acme, email: {}, directory: {}}}\n", q(email), q(directory))
+            Tls::Acme { email, directory, http_listen, directory_ca } => {
+                let mut extra = String::new();
+                if let Some(h) = http_listen {
+                    extra += &format!(", http_listen: {}", q(&h.to_string()));
+                }
+                if let Some(ca) = directory_ca {
+                    extra += &format!(", directory_ca: {}", q(&ca.display().to_string()));
+                }
+                format!("tls: {{mode: acme, email: {}, directory: {}{extra}}}\n", q(email), q(directory))
             }
         };
         s += &format!("replace_existing_mta: {}\n", self.replace_existing_mta);
@@ -399,7 +411,7 @@ fn validate(c: &mut Check, root: &Node, base: &Path) -> Option<Answers> {
 
     let tls = match get(&top, "tls") {
         None => Some(Tls::SelfSigned),
-        Some(n) => tls(c, n),
+        Some(n) => tls(c, n, base),
     };
 
     let replace_existing_mta = match get(&top, "replace_existing_mta") {
@@ -518,8 +530,8 @@ fn postmaster(c: &mut Check, n: &Node, domains: Option<&[String]>, base: &Path) 
     Some(Postmaster { address: address?, password: password?, generated_file })
 }
 
-fn tls(c: &mut Check, n: &Node) -> Option<Tls> {
-    let e = c.map(n, "tls", &["mode", "cert", "key", "email", "directory"])?;
+fn tls(c: &mut Check, n: &Node, base: &Path) -> Option<Tls> {
+    let e = c.map(n, "tls", &["mode", "cert", "key", "email", "directory", "http_listen", "directory_ca"])?;
     let Some(mode_node) = get(&e, "mode") else {
         c.add(n.line, "`tls.mode` is missing", Some("use mode: self-signed, files or acme".into()));
         return None;
@@ -528,7 +540,7 @@ fn tls(c: &mut Check, n: &Node) -> Option<Tls> {
     let allowed: &[&str] = match mode.as_str() {
         "self-signed" => &["mode"],
         "files" => &["mode", "cert", "key"],
-        "acme" => &["mode", "email", "directory"],
+        "acme" => &["mode", "email", "directory", "http_listen", "directory_ca"],
         other => {
             c.add(
                 mode_node.line,
@@ -615,7 +627,42 @@ fn tls(c: &mut Check, n: &Node) -> Option<Tls> {
                     }
                 }),
             };
-            Some(Tls::Acme { email: email?, directory: directory? })
+            let http_listen = match get(&e, "http_listen") {
+                None => Some(None),
+                Some(v) => c.string(v, "http_listen").and_then(|s| match s.parse::<std::net::SocketAddr>() {
+                    Ok(a) => Some(Some(a)),
+                    Err(_) => {
+                        c.add(
+                            v.line,
+                            format!("tls.http_listen {s:?} is not an address:port"),
+                            Some("the CA connects to port 80: leave it out (0.0.0.0:80) unless a proxy forwards port 80 elsewhere".into()),
+                        );
+                        None
+                    }
+                }),
+            };
+            let directory_ca = match get(&e, "directory_ca") {
+                None => Some(None),
+                Some(v) => c.string(v, "directory_ca").and_then(|s| {
+                    let path = base.join(&s);
+                    if path.is_file() {
+                        Some(Some(std::path::absolute(&path).unwrap_or(path)))
+                    } else {
+                        c.add(
+                            v.line,
+                            format!("tls.directory_ca {} does not exist", path.display()),
+                            Some("give the PEM file of the CA that signed the ACME directory's HTTPS certificate (relative to the answers file), or leave it out for a public CA".into()),
+                        );
+                        None
+                    }
+                }),
+            };
+            Some(Tls::Acme {
+                email: email?,
+                directory: directory?,
+                http_listen: http_listen?,
+                directory_ca: directory_ca?,
+            })
         }
     }
 }
@@ -694,6 +741,8 @@ pub fn ask(
         _ => Tls::Acme {
             email: p.input("Email address for the CA", Some(&address.to_string()))?.trim().to_owned(),
             directory: LETSENCRYPT.to_owned(),
+            http_listen: None,
+            directory_ca: None,
         },
     };
     Ok(Answers {
@@ -737,6 +786,49 @@ mod tests {
         .unwrap();
         let again = parse(&a.to_yaml(HASH)).unwrap();
         assert_eq!(a, again);
+    }
+
+    #[test]
+    fn acme_answers_with_listener_and_private_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), "x").unwrap();
+        let head = format!("hostname: mail.example.test\ndomains: [example.test]\npostmaster: {{password_hash: \"{HASH}\"}}\n");
+        let a = Answers::from_str(
+            &format!("{head}tls: {{mode: acme, email: pm@example.test, directory: \"https://ca.test/dir\", http_listen: \"127.0.0.1:8080\", directory_ca: ./ca.pem}}\n"),
+            dir.path(),
+        )
+        .unwrap();
+        let Tls::Acme { http_listen, directory_ca, .. } = &a.tls else { panic!("{:?}", a.tls) };
+        assert_eq!(http_listen.unwrap().port(), 8080);
+        // Relative to the answers file, kept absolute so the saved answers work from /etc.
+        assert!(directory_ca.as_ref().unwrap().is_absolute());
+        assert_eq!(Answers::from_str(&a.to_yaml(HASH), Path::new("/")).unwrap(), a);
+        // Defaults: Let's Encrypt, port 80, the system's trust store.
+        let a = parse(&format!("{head}tls: {{mode: acme, email: pm@example.test}}\n")).unwrap();
+        assert_eq!(
+            a.tls,
+            Tls::Acme {
+                email: "pm@example.test".into(),
+                directory: LETSENCRYPT.into(),
+                http_listen: None,
+                directory_ca: None
+            }
+        );
+        let problems = Answers::from_str(
+            &format!("{head}tls: {{mode: acme, email: pm@example.test, http_listen: port80, directory_ca: ./missing.pem}}\n"),
+            dir.path(),
+        )
+        .unwrap_err();
+        let all: String = problems.iter().map(|p| format!("{} ({:?})\n", p.message, p.help)).collect();
+        assert!(all.contains("tls.http_listen \"port80\" is not an address:port"), "{all}");
+        assert!(all.contains("missing.pem does not exist"), "{all}");
+        assert!(problems.iter().all(|p| p.help.is_some()), "{all}");
+        // They do not apply to other modes.
+        let problems =
+            parse(&format!("{head}tls: {{mode: self-signed, http_listen: \"0.0.0.0:80\"}}\n")).unwrap_err();
+        assert!(problems
+            .iter()
+            .any(|p| p.message.contains("`tls.http_listen` does not apply to mode self-signed")));
     }
 
     #[test]

@@ -436,6 +436,40 @@ impl<'h> Applier<'h, '_> {
                 std::fs::set_permissions(&c, std::fs::Permissions::from_mode(0o644))?;
                 Ok(())
             }
+            Op::AcmeIssue { settings, http_listen, owner } => {
+                let real = crate::tls::acme::Settings {
+                    cert: host.path(&settings.cert),
+                    key: host.path(&settings.key),
+                    account: host.path(&settings.account),
+                    ..settings.clone()
+                };
+                // Existing files are backed up first; new ones are journaled once they exist
+                // (even when the issuance fails half-way, e.g. after the account was stored),
+                // so the rollback report lists only what was really there.
+                let files = [&real.cert, &real.key, &real.account];
+                let existed: Vec<bool> = files.iter().map(|p| p.exists()).collect();
+                for (p, existed) in files.iter().zip(&existed) {
+                    self.journal.make_parents(p)?;
+                    if *existed {
+                        self.journal.will_write(p)?;
+                    }
+                }
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                let result = rt.block_on(crate::tls::acme::issue_with_listener(&real, *http_listen));
+                for (p, existed) in files.iter().zip(&existed) {
+                    if !existed && p.exists() {
+                        self.journal.entries.push(Entry::Created(p.to_path_buf()));
+                    }
+                }
+                result?;
+                if let Some((uid, gid)) = self.owner(owner) {
+                    for p in [&real.cert, &real.key, &real.account] {
+                        std::os::unix::fs::lchown(p, Some(uid), Some(gid))
+                            .with_context(|| format!("cannot chown {}", p.display()))?;
+                    }
+                }
+                Ok(())
+            }
             Op::AddDomain { name } => {
                 let h = self.directory()?;
                 h.rt.block_on(h.dir.add_domain(name)).with_context(|| format!("cannot add domain {name}"))?;

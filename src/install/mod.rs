@@ -100,8 +100,8 @@ pub fn plan_install(ctx: &Ctx) -> anyhow::Result<Plan> {
     changes.extend(steps::packages::plan(ctx));
     changes.extend(steps::system_user::plan(ctx));
     changes.extend(steps::layout::plan(ctx));
-    let (cert, key, tls) = steps::tls::plan(ctx, &mut warnings)?;
-    changes.extend(tls);
+    let tls = steps::tls::plan(ctx, &mut warnings)?;
+    changes.extend(tls.changes.iter().cloned());
     let mut changed_components = Vec::new();
     for (name, step) in
         [("antispam", steps::antispam::plan(ctx)?), ("antivirus", steps::antivirus::plan(ctx)?)]
@@ -111,7 +111,7 @@ pub fn plan_install(ctx: &Ctx) -> anyhow::Result<Plan> {
         }
         changes.extend(step);
     }
-    changes.extend(steps::daemon_config::plan(ctx, &cert, &key)?);
+    changes.extend(steps::daemon_config::plan(ctx, &tls)?);
     changes.extend(steps::service::unit(ctx)?);
     // The daemon reads these: when one changes, a running daemon is restarted.
     let l = &ctx.layout;

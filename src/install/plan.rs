@@ -85,6 +85,9 @@ pub enum Op {
     StartDaemon { stop: Option<Cmd>, cmd: Cmd, pidfile: PathBuf, log: PathBuf },
     /// Make a self-signed certificate and its key.
     SelfSigned { hostname: String, cert: PathBuf, key: PathBuf, owner: Owner },
+    /// Obtain a certificate from an ACME CA (HTTP-01 answered on `http_listen` for the
+    /// duration), written to the settings' cert/key; account, cert and key get `owner`.
+    AcmeIssue { settings: crate::tls::acme::Settings, http_listen: std::net::SocketAddr, owner: Owner },
     /// Add a domain to the account directory.
     AddDomain { name: String },
     /// Make the domain's missing DKIM keys (src/mailauth/keys.rs), owned by the daemon's user.

@@ -12,6 +12,7 @@
 pub mod client;
 pub mod dkimpy;
 pub mod dns;
+pub mod pebble;
 pub mod postfix;
 pub mod postgres;
 pub mod posthaste;

@@ -8,7 +8,7 @@ use super::{file_change, Ctx};
 use crate::config::Config;
 use crate::install::plan::{Change, Kind, Owner};
 
-pub fn plan(ctx: &Ctx, cert: &str, key: &str) -> anyhow::Result<Vec<Change>> {
+pub fn plan(ctx: &Ctx, tls: &super::tls::TlsPlan) -> anyhow::Result<Vec<Change>> {
     let c = &ctx.answers.components;
     // Never banned: loopback, and the administrator's own address (the SSH client this
     // install runs under), so the guard cannot lock them out.
@@ -16,12 +16,22 @@ pub fn plan(ctx: &Ctx, cert: &str, key: &str) -> anyhow::Result<Vec<Change>> {
     if let Some(ip) = ctx.host.probe.admin_ip().filter(|ip| !ip.is_loopback()) {
         allow.push(ipnet::IpNet::from(ip).to_string());
     }
+    let acme = tls.acme.as_ref().map(|a| {
+        serde_json::json!({
+            "directory": a.directory,
+            "email": a.email,
+            "http_listen": a.http_listen.to_string(),
+            "directory_ca": a.directory_ca.as_ref().map(|p| p.display().to_string()),
+            "account": a.account.display().to_string(),
+        })
+    });
     let vars = serde_json::json!({
         "guard_allow": allow,
         "hostname": ctx.answers.hostname,
         "data_dir": ctx.layout.data_dir.display().to_string(),
-        "tls_cert": cert,
-        "tls_key": key,
+        "tls_cert": tls.cert,
+        "tls_key": tls.key,
+        "acme": acme,
         "antispam": c.antispam,
         "antivirus": c.antivirus,
         "guard": c.guard,

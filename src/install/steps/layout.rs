@@ -8,9 +8,15 @@ pub fn plan(ctx: &Ctx) -> Vec<Change> {
     let l = &ctx.layout;
     let daemon = || Owner::of(super::system_user::USER, super::system_user::USER);
     let config_group = Owner::of("root", super::system_user::USER);
+    // With ACME the daemon renews the certificate itself, so it must be able to replace the
+    // files in the TLS directory (atomically: a new file renamed over the old one).
+    let tls_owner = match ctx.answers.tls {
+        crate::install::answers::Tls::Acme { .. } => daemon(),
+        _ => config_group.clone(),
+    };
     let mut changes = vec![
-        dir_change(ctx, &l.config_dir, 0o750, config_group.clone()),
-        dir_change(ctx, &l.tls_dir, 0o750, config_group),
+        dir_change(ctx, &l.config_dir, 0o750, config_group),
+        dir_change(ctx, &l.tls_dir, 0o750, tls_owner),
         dir_change(ctx, &l.data_dir, 0o750, daemon()),
     ];
     if ctx.mode == Mode::Direct {

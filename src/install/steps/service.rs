@@ -21,6 +21,9 @@ pub fn unit(ctx: &Ctx) -> anyhow::Result<Vec<Change>> {
         "binary": ctx.layout.binary.display().to_string(),
         "config": ctx.layout.config.display().to_string(),
         "data_dir": ctx.layout.data_dir.display().to_string(),
+        // ACME renewal replaces the certificate files in the TLS directory.
+        "acme_tls_dir": matches!(ctx.answers.tls, crate::install::answers::Tls::Acme { .. })
+            .then(|| ctx.layout.tls_dir.display().to_string()),
         "after": after,
         // The guard adds bans to an nftables set: that needs CAP_NET_ADMIN and netlink.
         "net_admin": ctx.answers.components.guard,

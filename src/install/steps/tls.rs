@@ -1,16 +1,45 @@
 //! The TLS certificate. Self-signed: made once and never regenerated (a rerun keeps the
 //! pair, so clients that pinned it keep working). Files: used where they are, after
-//! checking they exist. ACME: not available in this version; a self-signed pair stands in.
+//! checking they exist. ACME: obtained from the CA during the install (HTTP-01, with a
+//! temporary listener on port 80), unless the certificate in place is still good for the
+//! hostname; the running daemon renews it from then on (`[acme]` in its config).
 
-use anyhow::bail;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 
-use super::Ctx;
+use anyhow::{bail, Context as _};
+
+use super::{file_change, Ctx};
 use crate::install::answers::Tls;
 use crate::install::plan::{Action, Change, Kind, Op, Owner};
+use crate::tls::acme::{self, Due};
+
+/// Where the ACME directory's CA certificate is copied on the target (`directory_ca`).
+pub const DIRECTORY_CA: &str = "/etc/posthaste/tls/acme-directory-ca.pem";
+/// The ACME account (key and id) on the target.
+pub const ACCOUNT: &str = "/etc/posthaste/tls/acme-account.json";
+
+/// What the daemon config's `[acme]` section says (None: not ACME).
+#[derive(Debug, Clone)]
+pub struct AcmeOut {
+    pub directory: String,
+    pub email: String,
+    pub http_listen: SocketAddr,
+    pub directory_ca: Option<PathBuf>,
+    pub account: PathBuf,
+}
 
 /// The cert and key paths the daemon config names, plus the changes to get them there.
-pub fn plan(ctx: &Ctx, warnings: &mut Vec<String>) -> anyhow::Result<(String, String, Vec<Change>)> {
+pub struct TlsPlan {
+    pub cert: String,
+    pub key: String,
+    pub acme: Option<AcmeOut>,
+    pub changes: Vec<Change>,
+}
+
+pub fn plan(ctx: &Ctx, warnings: &mut Vec<String>) -> anyhow::Result<TlsPlan> {
     let l = &ctx.layout;
+    let daemon = || Owner::of(super::system_user::USER, super::system_user::USER);
     match &ctx.answers.tls {
         Tls::Files { cert, key } => {
             for (what, p) in [("certificate", cert), ("key", key)] {
@@ -22,16 +51,85 @@ pub fn plan(ctx: &Ctx, warnings: &mut Vec<String>) -> anyhow::Result<(String, St
                 "the daemon runs as user posthaste and must be able to read {}",
                 key.display()
             ));
-            Ok((
-                cert.display().to_string(),
-                key.display().to_string(),
-                vec![Change::none(Kind::Key, key.display().to_string())],
-            ))
+            Ok(TlsPlan {
+                cert: cert.display().to_string(),
+                key: key.display().to_string(),
+                acme: None,
+                changes: vec![Change::none(Kind::Key, key.display().to_string())],
+            })
         }
-        tls => {
-            if matches!(tls, Tls::Acme { .. }) {
-                warnings.push("tls mode acme is not implemented in this version yet: a self-signed certificate is used until it is (rerun the install after upgrading)".into());
+        Tls::Acme { email, directory, http_listen, directory_ca } => {
+            let http_listen = http_listen.unwrap_or_else(|| "0.0.0.0:80".parse().expect("valid"));
+            let mut changes = Vec::new();
+            // The CA of a private ACME directory goes to the target for the daemon's renewals.
+            let target_ca = match directory_ca {
+                Some(src) => {
+                    let pem = std::fs::read(src)
+                        .with_context(|| format!("cannot read tls.directory_ca {}", src.display()))?;
+                    changes.push(file_change(
+                        ctx,
+                        Kind::File,
+                        &PathBuf::from(DIRECTORY_CA),
+                        pem,
+                        0o644,
+                        Owner::root(),
+                    ));
+                    Some(PathBuf::from(DIRECTORY_CA))
+                }
+                None => None,
+            };
+            let names = vec![ctx.answers.hostname.clone()];
+            let state = acme::due(&ctx.host.path(&l.cert), &names, None, acme::now());
+            let key_there = ctx.host.path(&l.key).is_file();
+            let target = l.cert.display().to_string();
+            let change = if !state.is_due() && key_there {
+                Change::none(Kind::Key, target).note(state.reason())
+            } else {
+                let action = if state == Due::Missing { Action::Create } else { Action::Update };
+                let settings = acme::Settings {
+                    directory: directory.clone(),
+                    email: email.clone(),
+                    names,
+                    // Read from the installing machine: the target may not be running yet.
+                    directory_ca: directory_ca.clone(),
+                    account: ACCOUNT.into(),
+                    cert: l.cert.clone(),
+                    key: l.key.clone(),
+                };
+                let note = format!(
+                    "from the ACME CA {directory} for {} over HTTP-01 on {http_listen}; {}",
+                    ctx.answers.hostname,
+                    if state.is_due() { state.reason() } else { "the key is missing".into() }
+                );
+                Change::new(
+                    Kind::Key,
+                    target,
+                    action,
+                    Op::AcmeIssue { settings, http_listen, owner: daemon() },
+                )
+                .note(note)
+            };
+            if change.is_change() {
+                warnings.push(format!(
+                    "the ACME CA will connect to http://{}/ (port 80): it must resolve to this host and reach {http_listen}",
+                    ctx.answers.hostname
+                ));
             }
+            changes.push(change);
+            Ok(TlsPlan {
+                cert: l.cert.display().to_string(),
+                key: l.key.display().to_string(),
+                acme: Some(AcmeOut {
+                    directory: directory.clone(),
+                    email: email.clone(),
+                    http_listen,
+                    directory_ca: target_ca,
+                    account: ACCOUNT.into(),
+                }),
+                changes,
+            })
+        }
+        Tls::SelfSigned => {
             let (c, k) = (ctx.host.path(&l.cert), ctx.host.path(&l.key));
             let target = l.key.display().to_string();
             let change = match (c.exists(), k.exists()) {
@@ -44,7 +142,7 @@ pub fn plan(ctx: &Ctx, warnings: &mut Vec<String>) -> anyhow::Result<(String, St
                         hostname: ctx.answers.hostname.clone(),
                         cert: l.cert.clone(),
                         key: l.key.clone(),
-                        owner: Owner::of(super::system_user::USER, super::system_user::USER),
+                        owner: daemon(),
                     },
                 )
                 .note(format!("self-signed for {}, with {}", ctx.answers.hostname, l.cert.display())),
@@ -54,7 +152,12 @@ pub fn plan(ctx: &Ctx, warnings: &mut Vec<String>) -> anyhow::Result<(String, St
                     l.key.display()
                 ),
             };
-            Ok((l.cert.display().to_string(), l.key.display().to_string(), vec![change]))
+            Ok(TlsPlan {
+                cert: l.cert.display().to_string(),
+                key: l.key.display().to_string(),
+                acme: None,
+                changes: vec![change],
+            })
         }
     }
 }
