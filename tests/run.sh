@@ -21,7 +21,7 @@ die() { printf '\nerror: %s\n' "$*" >&2; exit 1; }
 PACKAGES=(
     postfix swaks dnsmasq postgresql dovecot-imapd dovecot-pop3d dovecot-lmtpd isync
     fetchmail curl openssl python3 libnet-ssleay-perl libio-socket-ssl-perl ca-certificates
-    nftables iproute2
+    nftables iproute2 rspamd redis-server redis-tools clamav-daemon clamav clamdscan clamav-milter
 )
 
 installed() {

@@ -9,11 +9,13 @@
 //! below), so unused ones are expected rather than warnings.
 #![allow(dead_code, unused_imports)]
 
+pub mod clamd;
 pub mod client;
 pub mod dns;
 pub mod postfix;
 pub mod postgres;
 pub mod posthaste;
+pub mod rspamd;
 pub mod sink;
 pub mod tls;
 
