@@ -141,6 +141,14 @@ m.logout()
     assert!(out.success(), "imap MOVE {from} -> {to} failed:\n{}", out.all());
 }
 
+/// `Filter::health()` (what `posthaste check` reports) for a config with these sections.
+fn health(sections: &str) -> Vec<(&'static str, Result<String, String>)> {
+    let text = format!("hostname = \"mail.example.test\"\ndata_dir = \"/nonexistent\"\n{sections}");
+    let config = ::posthaste::config::Config::parse(&text, std::path::Path::new("t.toml")).unwrap();
+    let filter = ::posthaste::filter::Filter::from_config(&config);
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(filter.health())
+}
+
 #[test]
 fn rspamd_and_clamd_verdicts_learning_and_timeouts() {
     let dir = TestDir::new("filter-verdicts");
@@ -154,6 +162,26 @@ fn rspamd_and_clamd_verdicts_learning_and_timeouts() {
             .set("antispam.timeout", "3s")
             .set("antivirus.clamd", clamd.socket_str())
     });
+
+    // The health check sees all three, and a wrong controller password.
+    let ok = health(&format!(
+        "[antispam]\nrspamd = \"{}\"\ncontroller = \"{}\"\ncontroller_password = \"{}\"\n[antivirus]\nclamd = \"{}\"\n",
+        rspamd.url(), rspamd.controller_url(), Rspamd::PASSWORD, clamd.socket_str()
+    ));
+    let names: Vec<&str> = ok.iter().map(|(n, _)| *n).collect();
+    assert_eq!(names, ["rspamd", "rspamd controller", "clamd"]);
+    assert!(ok.iter().all(|(_, r)| r.is_ok()), "{ok:?}");
+    assert!(
+        ok[0].1.as_ref().unwrap().contains("pong") && ok[2].1.as_ref().unwrap().contains("PONG"),
+        "{ok:?}"
+    );
+    let bad = health(&format!(
+        "[antispam]\nrspamd = \"{}\"\ncontroller = \"{}\"\ncontroller_password = \"wrong\"\n",
+        rspamd.url(),
+        rspamd.controller_url()
+    ));
+    let e = bad[1].1.as_ref().unwrap_err();
+    assert!(e.contains("controller_password"), "{e}");
 
     // A clean message: INBOX, with rspamd's and clamd's status headers.
     let t = mx_send(&p, "garden minutes", &prose("garden"));
@@ -281,8 +309,11 @@ fn clamd_down_and_size_limit() {
     p.remove("antivirus.max_size");
     p.remove("antivirus.oversize");
 
-    // clamd down: 451 4.7.1 (default), the message accepted with a header when fail-open.
+    // clamd down: the health check says so, 451 4.7.1 (default), the message accepted with
+    // a header when fail-open.
     clamd.stop();
+    let h = health(&format!("[antivirus]\nclamd = \"{}\"\n", clamd.socket_str()));
+    assert!(h[0].1.as_ref().unwrap_err().contains("help:"), "{h:?}");
     p.restart();
     let t = mx_send(&p, "clamd down", "hello\n");
     assert_refused(&t, 451, "4.7.1", "clamd down");

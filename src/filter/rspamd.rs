@@ -156,7 +156,7 @@ impl Rspamd {
             200 => Ok(text),
             // rspamd answers 208 when it has learned this very message before.
             208 => Ok(format!("already learned: {text}")),
-            403 => Err(format!("{ctl} refused the password (help: antispam.controller_password must match the controller's password): {text}")),
+            401 | 403 => Err(format!("{ctl} refused the password (help: antispam.controller_password must match the controller's password): {text}")),
             _ => Err(format!("{ctl} answered HTTP {status}: {text}")),
         }
     }
@@ -218,7 +218,7 @@ impl Rspamd {
                     )),
                     Ok(Ok((status, _))) => Err(format!(
                         "{ep} {path} answered HTTP {status}{}",
-                        if status == 403 {
+                        if status == 401 || status == 403 {
                             " (help: antispam.controller_password does not match rspamd's controller password)"
                         } else {
                             ""

@@ -114,7 +114,8 @@ impl Rspamd {
         ] {
             fs::write(root.join(format!("local.d/{m}.conf")), "enabled = false;\n").unwrap();
         }
-        // override.d replaces the distro's `bind_socket = "localhost:1133x"` (local.d would
+        // override.d replaces the distro's `secure_ip = 127.0.0.1` (which lets every local
+        // process in without the password, so a wrong one would go unnoticed) and its `bind_socket = "localhost:1133x"` (local.d would
         // add to it, and other test runs may hold the default ports).
         fs::write(
             root.join("override.d/worker-normal.inc"),
@@ -124,7 +125,7 @@ impl Rspamd {
         fs::write(
             root.join("override.d/worker-controller.inc"),
             format!(
-                "bind_socket = \"{controller}\";\ncount = 1;\npassword = \"{p}\";\nenable_password = \"{p}\";\n",
+                "bind_socket = \"{controller}\";\ncount = 1;\npassword = \"{p}\";\nenable_password = \"{p}\";\nsecure_ip = [];\n",
                 p = Self::PASSWORD
             ),
         )
