@@ -792,6 +792,42 @@ retry_initial = "0s"
     }
 
     #[test]
+    fn antispam_and_antivirus_sections() {
+        let base = "hostname = \"mail.example.test\"\ndata_dir = \"/x\"\n";
+        let c = Config::parse(base, Path::new("t.toml")).unwrap();
+        assert!(c.antispam.is_none() && c.antivirus.is_none());
+        let c = Config::parse(
+            &format!("{base}[antispam]\nrspamd = \"http://127.0.0.1:11333\"\n[antivirus]\nclamd = \"/run/clamav/clamd.ctl\"\n"),
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let a = c.antispam.unwrap();
+        assert_eq!(
+            (a.on_failure, a.timeout, a.check_submissions),
+            (FailMode::Accept, Duration::from_secs(15), false)
+        );
+        let v = c.antivirus.unwrap();
+        assert_eq!((v.on_failure, v.oversize), (FailMode::Tempfail, OversizePolicy::Accept));
+        let err = Config::parse(
+            &format!(
+                "{base}[antispam]\nrspamd = \"https://rspamd\"\ncontroller = \"http://127.0.0.1:11334\"\n\
+                 [antivirus]\nclamd = \"clamd.ctl\"\n"
+            ),
+            Path::new("t.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        for needle in ["antispam.rspamd", "controller_password", "antivirus.clamd"] {
+            assert!(err.contains(needle), "{needle} missing from {err}");
+        }
+        assert!(Config::parse(
+            &format!("{base}[antivirus]\nclamd = \"/s\"\non_failure = \"maybe\"\n"),
+            Path::new("t.toml")
+        )
+        .is_err());
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(duration_str::parse("5m").unwrap(), Duration::from_secs(300));
         assert_eq!(duration_str::parse("5d").unwrap(), Duration::from_secs(432000));

@@ -1,7 +1,9 @@
 //! The rspamd client: `POST /checkv2` on the normal worker with the envelope in request
 //! headers (rspamd "protocol" documentation: `IP`, `Helo`, `From`, `Rcpt` once per
-//! recipient, `User` for authenticated senders, `MTA-Name`, `Queue-Id`), and learning
+//! recipient, `User` for authenticated senders, `MTA-Name`), and learning
 //! through the controller (`/learnspam`, `/learnham`, authenticated with `Password`).
+//! No `Hostname` header: posthaste does no reverse DNS lookup of its clients, and without
+//! the header rspamd resolves the client's name itself (its HFILTER/RDNS rules need it).
 //!
 //! A small HTTP/1.1 client of our own (one request per connection, `Connection: close`):
 //! rspamd is on loopback, requests are one POST each, and a general HTTP crate would bring
