@@ -176,7 +176,7 @@ impl Rspamd {
             .arg(format!("--var=LOGDIR={}", root.join("log").display()));
         let mut guard = ProcessGuard::spawn("rspamd", cmd, &dir.join("rspamd.out"));
         // A cold start compiles rules for seconds (much longer on a loaded machine).
-        let limit = Duration::from_secs(180);
+        let limit = Duration::from_secs(300);
         wait_for_port(normal, limit, &mut guard);
         wait_for_port(controller, limit, &mut guard);
         let r = Rspamd { normal, controller, log, guard };
