@@ -17,7 +17,9 @@
 //! /etc/posthaste/rspamd-controller.pass (0600, root) and in posthaste.toml (0640,
 //! root:posthaste); rspamd gets it hashed with `rspamadm pw` when that program can run at
 //! install time, else in plain text in a file only root can read (rspamd reads its config
-//! as root before dropping privileges). A rerun keeps the password and an existing hash.
+//! as root before dropping privileges). A rerun keeps the password and the controller file
+//! (so a first install on a host without rspamd keeps the plain-text form until the file
+//! is removed; the next run then hashes it).
 
 use std::path::Path;
 use std::sync::OnceLock;
@@ -55,7 +57,7 @@ pub fn plan(ctx: &Ctx) -> anyhow::Result<Vec<Change>> {
         0o600,
         Owner::root(),
     ));
-    let controller = match existing_hashed(ctx) {
+    let controller = match existing_controller(ctx, &password) {
         Some(text) => text,
         None => {
             let secret = hash_password(ctx, &password).unwrap_or(password);
@@ -94,12 +96,15 @@ pub fn controller_password(ctx: &Ctx) -> String {
         .clone()
 }
 
-/// An earlier install's controller file with a hashed password, kept as it is when the
-/// stored plain-text password still exists (a new salt would rewrite it on every run).
-fn existing_hashed(ctx: &Ctx) -> Option<String> {
+/// An earlier install's controller file for this password (hashed, or in plain text when
+/// rspamadm could not run then), kept as it is: a new salt would rewrite it on every run,
+/// and a rerun with unchanged answers must plan nothing.
+fn existing_controller(ctx: &Ctx, password: &str) -> Option<String> {
     std::fs::metadata(ctx.host.path(PASSWORD_FILE)).ok()?;
     let text = std::fs::read_to_string(ctx.host.path(CONTROLLER_INC)).ok()?;
-    (text.contains("posthaste install") && text.contains("\"$2$")).then_some(text)
+    let ours = text.contains("posthaste install");
+    (ours && (text.contains("\"$2$") || text.contains(&format!("password = \"{password}\";"))))
+        .then_some(text)
 }
 
 /// `rspamadm pw -p PASSWORD` → `$2$…` (catena hash), when rspamadm can run now.
