@@ -39,12 +39,12 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub server: ServerConfig,
-    /// Parsed now so a config written for a later feature set is not rejected; the spam
-    /// checks use it.
+    /// Spam checks with rspamd; absent = no spam checks (DESIGN.md contract).
     #[serde(default)]
-    pub antispam: Option<toml::Table>,
+    pub antispam: Option<AntispamConfig>,
+    /// Virus checks with clamd; absent = no virus checks.
     #[serde(default)]
-    pub antivirus: Option<toml::Table>,
+    pub antivirus: Option<AntivirusConfig>,
     /// Absent = guard on with the defaults (DESIGN.md contract).
     #[serde(default)]
     pub guard: GuardConfig,
@@ -365,6 +365,103 @@ impl Default for MailAuthConfig {
     }
 }
 
+/// What to do with a message when a checker cannot give a verdict (down, slow, broken).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    /// Accept it, with a header saying it was not checked.
+    Accept,
+    /// `451 4.7.1`: the client retries later.
+    Tempfail,
+}
+
+/// What to do with a message larger than a checker's size limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OversizePolicy {
+    /// Accept it unscanned, with a header saying so.
+    Accept,
+    /// `451 4.7.1`.
+    Tempfail,
+    /// `552 5.3.4` (RFC 3463: message too big for the system).
+    Reject,
+}
+
+/// `[antispam]`: rspamd. See docs/configuration.md and src/filter/rspamd.rs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AntispamConfig {
+    /// rspamd's normal worker: `http://127.0.0.1:11333` (or a unix socket path).
+    pub rspamd: String,
+    /// Also check mail from authenticated users (submission); rspamd then applies its
+    /// outbound rules (it is told the `User`).
+    #[serde(default)]
+    pub check_submissions: bool,
+    /// How long one check may take before `on_failure` applies.
+    #[serde(default = "default_rspamd_timeout", with = "duration_str")]
+    pub timeout: Duration,
+    /// rspamd down, slow or broken: `accept` (default, with an `X-Spam-Status: Unchecked`
+    /// header) or `tempfail`.
+    #[serde(default = "default_fail_accept")]
+    pub on_failure: FailMode,
+    /// Messages larger than this (bytes) are not sent to rspamd; they are accepted with an
+    /// `Unchecked` header.
+    #[serde(default = "default_rspamd_max_size")]
+    pub max_size: u64,
+    /// rspamd's controller worker, for learning from IMAP moves into and out of Junk:
+    /// `http://127.0.0.1:11334`. Absent = no learning.
+    #[serde(default)]
+    pub controller: Option<String>,
+    /// The controller's (enable_)password, sent in the `Password` header.
+    #[serde(default)]
+    pub controller_password: Option<String>,
+}
+
+fn default_rspamd_timeout() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_fail_accept() -> FailMode {
+    FailMode::Accept
+}
+fn default_fail_tempfail() -> FailMode {
+    FailMode::Tempfail
+}
+fn default_rspamd_max_size() -> u64 {
+    20 * 1024 * 1024
+}
+fn default_clamd_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_clamd_max_size() -> u64 {
+    // clamd's own StreamMaxLength default is 25 MB; larger streams it refuses.
+    25 * 1024 * 1024
+}
+fn default_oversize() -> OversizePolicy {
+    OversizePolicy::Accept
+}
+
+/// `[antivirus]`: clamd. See docs/configuration.md and src/filter/clamd.rs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AntivirusConfig {
+    /// clamd's socket: a unix socket path (`/run/clamav/clamd.ctl`) or `host:port`.
+    pub clamd: String,
+    /// How long one scan may take before `on_failure` applies.
+    #[serde(default = "default_clamd_timeout", with = "duration_str")]
+    pub timeout: Duration,
+    /// clamd down, slow or broken: `tempfail` (default) or `accept` (fail open, with an
+    /// `X-Virus-Status: Unchecked` header).
+    #[serde(default = "default_fail_tempfail")]
+    pub on_failure: FailMode,
+    /// Largest message streamed to clamd, in bytes; keep it at or below clamd's
+    /// `StreamMaxLength`.
+    #[serde(default = "default_clamd_max_size")]
+    pub max_size: u64,
+    /// Larger messages: `accept` (unscanned, with a header), `tempfail` or `reject`.
+    #[serde(default = "default_oversize")]
+    pub oversize: OversizePolicy,
+}
+
 /// `[guard]`: abuse counters per client IP, bans, the nftables set, and per-user sending
 /// limits on submission. See docs/configuration.md and src/guard/.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -642,6 +739,29 @@ impl Config {
                 p.push("acme.renew_before must be more than 0s (help: leave it out to renew at 2/3 of the lifetime)".into());
             }
         }
+        if let Some(a) = &self.antispam {
+            for (key, url) in [("rspamd", Some(&a.rspamd)), ("controller", a.controller.as_ref())] {
+                if let Some(url) = url {
+                    if let Err(e) = crate::filter::Endpoint::parse_http(url) {
+                        p.push(format!("antispam.{key}: {e}"));
+                    }
+                }
+            }
+            if a.timeout.is_zero() {
+                p.push("antispam.timeout must be at least 1s".into());
+            }
+            if a.controller.is_some() && a.controller_password.is_none() {
+                p.push("antispam.controller needs antispam.controller_password (help: the password rspamd's controller worker has; `posthaste install` sets both)".into());
+            }
+        }
+        if let Some(v) = &self.antivirus {
+            if let Err(e) = crate::filter::Endpoint::parse_socket(&v.clamd) {
+                p.push(format!("antivirus.clamd: {e}"));
+            }
+            if v.timeout.is_zero() {
+                p.push("antivirus.timeout must be at least 1s".into());
+            }
+        }
         if !matches!(self.log.format.as_str(), "json" | "text") {
             p.push(format!("log.format {:?} must be \"json\" or \"text\"", self.log.format));
         }
@@ -908,6 +1028,42 @@ retry_initial = "0s"
             assert!(err.contains(needle), "{needle} missing from {err}");
         }
         assert_eq!(err.matches("help:").count(), 6, "{err}");
+    }
+
+    #[test]
+    fn antispam_and_antivirus_sections() {
+        let base = "hostname = \"mail.example.test\"\ndata_dir = \"/x\"\n";
+        let c = Config::parse(base, Path::new("t.toml")).unwrap();
+        assert!(c.antispam.is_none() && c.antivirus.is_none());
+        let c = Config::parse(
+            &format!("{base}[antispam]\nrspamd = \"http://127.0.0.1:11333\"\n[antivirus]\nclamd = \"/run/clamav/clamd.ctl\"\n"),
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let a = c.antispam.unwrap();
+        assert_eq!(
+            (a.on_failure, a.timeout, a.check_submissions),
+            (FailMode::Accept, Duration::from_secs(15), false)
+        );
+        let v = c.antivirus.unwrap();
+        assert_eq!((v.on_failure, v.oversize), (FailMode::Tempfail, OversizePolicy::Accept));
+        let err = Config::parse(
+            &format!(
+                "{base}[antispam]\nrspamd = \"https://rspamd\"\ncontroller = \"http://127.0.0.1:11334\"\n\
+                 [antivirus]\nclamd = \"clamd.ctl\"\n"
+            ),
+            Path::new("t.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        for needle in ["antispam.rspamd", "controller_password", "antivirus.clamd"] {
+            assert!(err.contains(needle), "{needle} missing from {err}");
+        }
+        assert!(Config::parse(
+            &format!("{base}[antivirus]\nclamd = \"/s\"\non_failure = \"maybe\"\n"),
+            Path::new("t.toml")
+        )
+        .is_err());
     }
 
     #[test]

@@ -517,6 +517,41 @@ fn install_into_a_root_then_rerun_then_add_a_domain() {
     })
     .unwrap();
 
+    // rspamd's controller password: one generated secret in posthaste.toml, in the 0600
+    // copy and in rspamd's controller file (in plain text here: no rspamadm ran).
+    let pass = std::fs::read_to_string(r.join("etc/posthaste/rspamd-controller.pass")).unwrap();
+    let pass = pass.trim();
+    assert_eq!(pass.len(), 32, "{pass:?}");
+    let spam = config.antispam.clone().unwrap();
+    assert_eq!(spam.controller_password.as_deref(), Some(pass));
+    assert_eq!(spam.controller.as_deref(), Some("http://127.0.0.1:11334"));
+    let ctl = std::fs::read_to_string(r.join("etc/rspamd/override.d/worker-controller.inc")).unwrap();
+    assert!(ctl.contains(&format!("password = \"{pass}\";")) && ctl.contains("\"127.0.0.1:11334\""), "{ctl}");
+    for (p, m) in [
+        ("etc/posthaste/rspamd-controller.pass", 0o600),
+        ("etc/rspamd/override.d/worker-controller.inc", 0o600),
+    ] {
+        assert_eq!(mode(&r.join(p)), m, "{p}");
+    }
+    let signing = std::fs::read_to_string(r.join("etc/rspamd/local.d/dkim_signing.conf")).unwrap();
+    assert!(signing.contains("enabled = false;"), "{signing}");
+    // rspamd itself accepts the installer's local.d/ and override.d/ files.
+    let rspamadm = ["/usr/bin/rspamadm", "/usr/sbin/rspamadm"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("rspamadm not found: install the Debian package `rspamd` (bash tests/run.sh does)");
+    let out = std::process::Command::new(rspamadm)
+        .arg(format!("--var=LOCAL_CONFDIR={}", r.join("etc/rspamd").display()))
+        .arg("configtest")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rspamadm configtest: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // The directory has the domain and the postmaster with an Argon2id hash of the password.
     let db = format!("sqlite://{}", r.join("var/lib/posthaste/directory.db").display());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

@@ -23,6 +23,7 @@ PACKAGES=(
     postfix swaks dnsmasq postgresql dovecot-imapd dovecot-pop3d dovecot-lmtpd isync
     fetchmail curl openssl python3 libnet-ssleay-perl libio-socket-ssl-perl ca-certificates
     nftables iproute2 mmdebstrap systemd-container python3-dkim python3-nacl pebble
+    rspamd redis-server redis-tools clamav-daemon clamav clamdscan clamav-milter
 )
 
 installed() {

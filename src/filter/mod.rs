@@ -4,8 +4,22 @@
 //! Every stage returns a [`Decision`]; the SMTP session merges them in order (the first
 //! rejection wins, headers accumulate, any stage may route the message to Junk) and only
 //! then queues the message, so a rejected message is never on disk.
+//!
+//! [`Filter`] holds the two clients configured in `[antispam]` ([`rspamd`]) and
+//! `[antivirus]` ([`clamd`]). Both checks of one message run at the same time; the virus
+//! verdict is merged first, so an infected message is refused as a virus even when rspamd
+//! would also reject it. Learning (IMAP moves into and out of Junk, [`Filter::learn_moved`])
+//! goes to rspamd's controller in the background. [`Filter::health`] pings every
+//! configured component for `posthaste check`.
+
+pub mod clamd;
+pub mod rspamd;
 
 use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::address::Address;
 use crate::config::Config;
@@ -16,6 +30,13 @@ pub struct Reply {
     pub code: u16,
     pub enhanced: &'static str,
     pub text: String,
+}
+
+impl Reply {
+    /// `451 4.7.1`: a check could not be done now; the client retries later.
+    pub fn tempfail(text: impl Into<String>) -> Reply {
+        Reply { code: 451, enhanced: "4.7.1", text: text.into() }
+    }
 }
 
 /// What one stage decided about a message.
@@ -38,6 +59,36 @@ impl Decision {
             self.reject = other.reject;
         }
     }
+
+    fn header(mut self, name: &str, value: &str) -> Decision {
+        self.headers.push_str(&fold_header(name, value));
+        self
+    }
+}
+
+/// `Name: value\r\n`, folded (RFC 5322 §2.2.3) at spaces so lines stay under 78 characters.
+fn fold_header(name: &str, value: &str) -> String {
+    let mut out = format!("{name}:");
+    let mut line_len = out.len();
+    for word in value.split(' ').filter(|w| !w.is_empty()) {
+        if line_len + 1 + word.len() > 78 && line_len > name.len() + 1 {
+            out.push_str("\r\n\t");
+            line_len = 1;
+        } else {
+            out.push(' ');
+            line_len += 1;
+        }
+        out.push_str(word);
+        line_len += word.len();
+    }
+    out.push_str("\r\n");
+    out
+}
+
+/// Text from a checker (a virus name, rspamd's message) made safe for a reply or header:
+/// printable ASCII only, bounded length.
+fn sanitize(s: &str) -> String {
+    s.chars().filter(|c| c.is_ascii_graphic() || *c == ' ').take(200).collect()
 }
 
 /// The envelope of the message being checked.
@@ -56,18 +107,233 @@ pub struct MessageInfo<'a> {
     pub hostname: &'a str,
 }
 
-/// The spam and virus checks configured in `[antispam]` and `[antivirus]`.
-#[derive(Debug, Default)]
-pub struct Filter {}
+/// Where a checker listens: TCP `host:port` or a unix socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Tcp { host: String, port: u16 },
+    Unix(PathBuf),
+}
 
-impl Filter {
-    /// The checks the config asks for (none when both sections are absent).
-    pub fn from_config(_config: &Config) -> Filter {
-        Filter::default()
+/// A connected checker socket.
+pub trait Conn: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn for T {}
+
+impl Endpoint {
+    /// `http://host:port[/]` (rspamd) or an absolute unix socket path.
+    pub fn parse_http(url: &str) -> Result<Endpoint, String> {
+        if url.starts_with('/') {
+            return Ok(Endpoint::Unix(url.into()));
+        }
+        let Some(rest) = url.strip_prefix("http://") else {
+            return Err(format!(
+                "{url:?} is not an http:// URL (help: rspamd listens on loopback without TLS, e.g. http://127.0.0.1:11333)"
+            ));
+        };
+        let authority = rest.split('/').next().unwrap_or("");
+        Self::host_port(authority, 80)
+            .ok_or_else(|| format!("{url:?} has no valid host:port (help: e.g. http://127.0.0.1:11333)"))
     }
 
-    /// Scan one complete message.
-    pub async fn scan(&self, _info: &MessageInfo<'_>, _message: &[u8]) -> Decision {
-        Decision::default()
+    /// An absolute unix socket path (clamd's `LocalSocket`) or `host:port` (`TCPSocket`).
+    pub fn parse_socket(s: &str) -> Result<Endpoint, String> {
+        if s.starts_with('/') {
+            return Ok(Endpoint::Unix(s.into()));
+        }
+        match s.rsplit_once(':') {
+            Some((_, port)) if port.parse::<u16>().is_ok() => {}
+            _ => {
+                return Err(format!(
+                    "{s:?} is neither an absolute socket path nor host:port (help: e.g. /run/clamav/clamd.ctl or 127.0.0.1:3310)"
+                ))
+            }
+        }
+        Self::host_port(s, 0).ok_or_else(|| format!("{s:?} is not a valid host:port"))
+    }
+
+    fn host_port(authority: &str, default_port: u16) -> Option<Endpoint> {
+        // [v6]:port, host:port or host.
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (h, rest) = v6.split_once(']')?;
+            (h, rest.strip_prefix(':'))
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            }
+        };
+        let port = match port {
+            Some(p) => p.parse().ok()?,
+            None if default_port != 0 => default_port,
+            None => return None,
+        };
+        (!host.is_empty() && port != 0).then(|| Endpoint::Tcp { host: host.to_owned(), port })
+    }
+
+    pub async fn connect(&self) -> std::io::Result<Box<dyn Conn>> {
+        match self {
+            Endpoint::Tcp { host, port } => {
+                let s = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+                let _ = s.set_nodelay(true);
+                Ok(Box::new(s))
+            }
+            Endpoint::Unix(path) => Ok(Box::new(tokio::net::UnixStream::connect(path).await?)),
+        }
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
+            Endpoint::Tcp { host, port } => write!(f, "{host}:{port}"),
+            Endpoint::Unix(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// The spam and virus checks configured in `[antispam]` and `[antivirus]`.
+#[derive(Debug, Default)]
+pub struct Filter {
+    rspamd: Option<Arc<rspamd::Rspamd>>,
+    clamd: Option<clamd::Clamd>,
+}
+
+impl Filter {
+    /// The checks the config asks for (none when both sections are absent). The config was
+    /// validated, so the endpoints parse.
+    pub fn from_config(config: &Config) -> Filter {
+        Filter {
+            rspamd: config.antispam.as_ref().and_then(|c| rspamd::Rspamd::new(c).ok()).map(Arc::new),
+            clamd: config.antivirus.as_ref().and_then(|c| clamd::Clamd::new(c).ok()),
+        }
+    }
+
+    /// Whether any check is configured.
+    pub fn is_enabled(&self) -> bool {
+        self.rspamd.is_some() || self.clamd.is_some()
+    }
+
+    /// Scan one complete message: clamd and rspamd at the same time, the virus verdict first.
+    pub async fn scan(&self, info: &MessageInfo<'_>, message: &[u8]) -> Decision {
+        let virus = async {
+            match &self.clamd {
+                Some(c) => c.check(info, message).await,
+                None => Decision::default(),
+            }
+        };
+        let spam = async {
+            match &self.rspamd {
+                Some(r) if !info.submission || r.check_submissions() => r.check(info, message).await,
+                _ => Decision::default(),
+            }
+        };
+        let (virus, spam) = tokio::join!(virus, spam);
+        let mut d = virus;
+        d.merge(spam);
+        d
+    }
+
+    /// After an IMAP COPY or MOVE from folder `from` into `to`: messages that arrive in
+    /// Junk from elsewhere are learned as spam, messages that leave Junk for anything but
+    /// Trash as ham (deleting spam says nothing about it). `dest_uids` are the copies' UIDs
+    /// in `to`. The learning runs in the background; the IMAP reply does not wait for it.
+    /// Nothing happens without `[antispam] controller`.
+    pub fn learn_moved(
+        &self,
+        store: &crate::store::Store,
+        account: &Address,
+        from: &str,
+        to: &str,
+        dest_uids: &[u32],
+    ) {
+        let Some(r) = &self.rspamd else { return };
+        let is_junk = |f: &str| crate::store::special_use(f) == Some("\\Junk");
+        let spam = if is_junk(to) && !is_junk(from) {
+            true
+        } else if is_junk(from) && !is_junk(to) && crate::store::special_use(to) != Some("\\Trash") {
+            false
+        } else {
+            return;
+        };
+        if !r.can_learn() || dest_uids.is_empty() {
+            return;
+        }
+        let (r, store, account, to, uids) =
+            (r.clone(), store.clone(), account.clone(), to.to_owned(), dest_uids.to_vec());
+        tokio::spawn(async move { r.learn_from_store(store, account, to, uids, spam).await });
+    }
+
+    /// Pings every configured component (`posthaste check`): one entry per component —
+    /// `rspamd`, `rspamd controller` (also checks the password), `clamd` — with what it
+    /// answered, or what is wrong and what to do.
+    pub async fn health(&self) -> Vec<(&'static str, Result<String, String>)> {
+        let mut out = Vec::new();
+        if let Some(r) = &self.rspamd {
+            out.extend(r.health().await);
+        }
+        if let Some(c) = &self.clamd {
+            out.push(("clamd", c.health().await));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints() {
+        assert_eq!(
+            Endpoint::parse_http("http://127.0.0.1:11333").unwrap(),
+            Endpoint::Tcp { host: "127.0.0.1".into(), port: 11333 }
+        );
+        assert_eq!(
+            Endpoint::parse_http("http://[::1]:11334/").unwrap(),
+            Endpoint::Tcp { host: "::1".into(), port: 11334 }
+        );
+        assert_eq!(
+            Endpoint::parse_http("http://localhost").unwrap(),
+            Endpoint::Tcp { host: "localhost".into(), port: 80 }
+        );
+        assert!(Endpoint::parse_http("https://127.0.0.1:11333").unwrap_err().contains("help:"));
+        assert_eq!(
+            Endpoint::parse_socket("/run/clamav/clamd.ctl").unwrap(),
+            Endpoint::Unix("/run/clamav/clamd.ctl".into())
+        );
+        assert_eq!(
+            Endpoint::parse_socket("127.0.0.1:3310").unwrap(),
+            Endpoint::Tcp { host: "127.0.0.1".into(), port: 3310 }
+        );
+        assert!(Endpoint::parse_socket("clamd.ctl").is_err());
+        assert!(Endpoint::parse_socket("127.0.0.1").is_err());
+    }
+
+    #[test]
+    fn folding_keeps_lines_short() {
+        let v: Vec<String> = (0..30).map(|i| format!("SYMBOL_NUMBER_{i}(1.00)")).collect();
+        let h = fold_header("X-Spam-Symbols", &v.join(", "));
+        assert!(h.ends_with("\r\n"));
+        for line in h.trim_end().split("\r\n") {
+            assert!(line.len() <= 78, "{line:?}");
+        }
+        assert!(h.lines().skip(1).all(|l| l.starts_with('\t')));
+        assert_eq!(fold_header("X-A", "b c"), "X-A: b c\r\n");
+    }
+
+    #[test]
+    fn merge_first_reject_wins() {
+        let mut d = Decision::default().header("X-A", "1");
+        d.merge(
+            Decision { junk: true, reject: Some(Reply::tempfail("x")), ..Default::default() }
+                .header("X-B", "2"),
+        );
+        d.merge(Decision {
+            reject: Some(Reply { code: 550, enhanced: "5.7.1", text: "y".into() }),
+            ..Default::default()
+        });
+        assert_eq!(d.headers, "X-A: 1\r\nX-B: 2\r\n");
+        assert!(d.junk);
+        assert_eq!(d.reject.unwrap().code, 451);
     }
 }

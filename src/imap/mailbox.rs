@@ -483,6 +483,14 @@ impl Session {
         match r {
             Ok(res) => {
                 let (src, dst): (Vec<u32>, Vec<u32>) = res.mapping.iter().copied().unzip();
+                // Into Junk = spam, out of Junk = ham, learned by rspamd in the background.
+                self.ctx.filter.learn_moved(
+                    &self.ctx.store,
+                    self.user.as_ref().expect("authenticated"),
+                    sel.mb.folder(),
+                    &name,
+                    &dst,
+                );
                 let code = if src.is_empty() {
                     String::new()
                 } else {

@@ -58,6 +58,8 @@ pub struct Context {
     pub tls: Option<TlsAcceptor>,
     /// Bans and abuse counters shared with SMTP and POP3 (src/guard/).
     pub guard: Arc<crate::guard::Guard>,
+    /// Spam learning when messages move into or out of Junk (src/filter/).
+    pub filter: Arc<crate::filter::Filter>,
     connections: Arc<ConnectionLimiter>,
 }
 
@@ -66,7 +68,8 @@ impl Context {
         let guard = Arc::new(crate::guard::Guard::off());
         let connections =
             ConnectionLimiter::new(config.imap.max_connections, config.imap.max_connections_per_ip);
-        Context { config, directory, store, tls, guard, connections }
+        let filter = Arc::new(crate::filter::Filter::from_config(&config));
+        Context { config, directory, store, tls, guard, filter, connections }
     }
 
     /// Use the daemon's shared guard (the default one counts nothing and bans nobody).

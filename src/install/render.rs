@@ -9,6 +9,12 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("posthaste.toml", include_str!("../../templates/posthaste.toml.tera")),
     ("posthaste.service", include_str!("../../templates/posthaste.service.tera")),
     ("rspamd-redis.conf", include_str!("../../templates/rspamd-redis.conf.tera")),
+    ("rspamd-worker-normal.inc", include_str!("../../templates/rspamd-worker-normal.inc.tera")),
+    ("rspamd-worker-controller.inc", include_str!("../../templates/rspamd-worker-controller.inc.tera")),
+    ("rspamd-worker-proxy.inc", include_str!("../../templates/rspamd-worker-proxy.inc.tera")),
+    ("rspamd-classifier-bayes.conf", include_str!("../../templates/rspamd-classifier-bayes.conf.tera")),
+    ("rspamd-greylist.conf", include_str!("../../templates/rspamd-greylist.conf.tera")),
+    ("rspamd-dkim-signing.conf", include_str!("../../templates/rspamd-dkim-signing.conf.tera")),
     ("rspamd-el.repo", include_str!("../../templates/rspamd-el.repo.tera")),
     ("clamd-el.conf", include_str!("../../templates/clamd-el.conf.tera")),
     ("clamd-el-tmpfiles.conf", include_str!("../../templates/clamd-el-tmpfiles.conf.tera")),
@@ -57,7 +63,7 @@ mod tests {
         let r = Renderer::new();
         let ctx = serde_json::json!({
             "hostname": "mail.example.test", "data_dir": "/var/lib/posthaste",
-            "tls_cert": "/c", "tls_key": "/k", "antispam": true, "antivirus": true, "guard": false,
+            "tls_cert": "/c", "tls_key": "/k", "rspamd_password": "pw", "password": "pw", "password_file": "/p", "antispam": true, "antivirus": true, "guard": false,
             "clamd_socket": "/run/clamd.posthaste/clamd.sock", "clamd_socket_dir": "/run/clamd.posthaste",
             "binary": "/usr/local/sbin/posthaste", "config": "/etc/posthaste/posthaste.toml",
             "after": ["rspamd"], "major": "9",

@@ -9,6 +9,7 @@
 //! below), so unused ones are expected rather than warnings.
 #![allow(dead_code, unused_imports)]
 
+pub mod clamd;
 pub mod client;
 pub mod dkimpy;
 pub mod dns;
@@ -16,6 +17,7 @@ pub mod pebble;
 pub mod postfix;
 pub mod postgres;
 pub mod posthaste;
+pub mod rspamd;
 pub mod sink;
 pub mod tls;
 

@@ -36,6 +36,7 @@ pub fn plan(ctx: &Ctx, tls: &super::tls::TlsPlan) -> anyhow::Result<Vec<Change>>
         "antivirus": c.antivirus,
         "guard": c.guard,
         "clamd_socket": ctx.distro.clamd_socket,
+        "rspamd_password": if c.antispam { super::antispam::controller_password(ctx) } else { String::new() },
     });
     let text = ctx.renderer.render("posthaste.toml", &vars)?;
     Config::parse(&text, &ctx.layout.config)
