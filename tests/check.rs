@@ -7,6 +7,8 @@ mod support;
 use std::time::Duration;
 
 use serde_json::Value;
+use support::clamd::Clamd;
+use support::rspamd::Rspamd;
 use support::tls::self_signed;
 use support::*;
 
@@ -79,6 +81,16 @@ fn everything_passes_with_a_temporary_account_that_is_removed_afterwards() {
         assert_eq!(status(row[0]), "skip", "{:#}", row[0]);
         assert!(row[0]["detail"].as_str().unwrap().contains(why), "{:#}", row[0]);
     }
+    // The message read back carries both our DKIM signatures, and they verify.
+    let dkim = named(&report, "dkim signatures");
+    assert_eq!(status(dkim[0]), "pass", "{:#}", dkim[0]);
+    let detail = dkim[0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("ed25519-sha256")
+            && detail.contains("rsa-sha256")
+            && detail.contains("d=example.test"),
+        "{detail}"
+    );
     let relay = named(&report, "mx refuses relaying")[0]["detail"].as_str().unwrap().to_owned();
     assert!(relay.contains("→ 5"), "{relay}");
 
@@ -165,4 +177,48 @@ fn a_stopped_daemon_fails_every_network_check() {
     }
     // The temporary account was still cleaned up.
     assert!(!p.cmd_ok(&["user", "list"]).stdout.contains("posthaste-check-"));
+}
+
+#[test]
+fn with_rspamd_and_clamd_the_filters_answer_gtube_is_stopped_and_eicar_refused() {
+    let dir = TestDir::new("check-filters");
+    let rspamd = Rspamd::start(&dir, None);
+    let mut clamd = Clamd::start(&dir);
+    let mut p = Posthaste::builder(&dir)
+        .all_listeners()
+        .set("antispam.rspamd", rspamd.url())
+        .set("antispam.controller", rspamd.controller_url())
+        .set("antispam.controller_password", Rspamd::PASSWORD)
+        .set("antivirus.clamd", clamd.socket_str())
+        .build();
+    p.add_domain("example.test");
+    p.start();
+    let (out, report) = check_json(&p, &[]);
+    assert!(out.success(), "check failed:\n{}", out.all());
+    for name in [
+        "rspamd answers",
+        "rspamd controller answers",
+        "clamd answers",
+        "spam filter (GTUBE)",
+        "virus filter (EICAR)",
+    ] {
+        let rows = named(&report, name);
+        assert_eq!(rows.len(), 1, "{name}: {report:#}");
+        assert_eq!(status(rows[0]), "pass", "{name}: {:#}", rows[0]);
+    }
+    let eicar = named(&report, "virus filter (EICAR)")[0]["detail"].as_str().unwrap();
+    assert!(eicar.contains("554"), "{eicar}");
+    // rspamd's verdict for GTUBE is reject; were it add-header, the row would have found it in Junk.
+    let gtube = named(&report, "spam filter (GTUBE)")[0]["detail"].as_str().unwrap();
+    assert!(gtube.contains("refused") || gtube.contains("found in Junk"), "{gtube}");
+
+    // clamd down: the check says so, and fails.
+    clamd.stop();
+    let (out, report) = check_json(&p, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", out.all());
+    assert_eq!(status(named(&report, "clamd answers")[0]), "fail", "{report:#}");
+    let eicar = named(&report, "virus filter (EICAR)")[0];
+    assert_eq!(status(eicar), "fail", "{eicar:#}");
+    // Mail itself is refused temporarily while clamd is down (fail closed by default).
+    assert_eq!(status(named(&report, "submission")[0]), "fail", "{report:#}");
 }

@@ -97,6 +97,8 @@ pub struct Conn {
     reader: BufReader<Box<dyn Stream>>,
     /// What TLS was negotiated, e.g. "TLSv1.3" (None: plain text).
     pub tls: Option<String>,
+    /// The literals of the last IMAP response, byte for byte (a fetched message).
+    pub literals: Vec<Vec<u8>>,
 }
 
 async fn step<T>(what: &str, fut: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
@@ -113,7 +115,7 @@ impl Conn {
         })
         .await?;
         let _ = tcp.set_nodelay(true);
-        Ok(Conn { reader: BufReader::new(Box::new(tcp)), tls: None })
+        Ok(Conn { reader: BufReader::new(Box::new(tcp)), tls: None, literals: Vec::new() })
     }
 
     /// Implicit TLS (465, 993, 995).
@@ -215,6 +217,7 @@ impl Conn {
     /// response (`{N}`) are read and appended to their line.
     pub async fn imap(&mut self, tag: &str, cmd: &str) -> anyhow::Result<Vec<String>> {
         self.send(&format!("{tag} {cmd}")).await?;
+        self.literals.clear();
         let mut lines = Vec::new();
         loop {
             let mut line = self.line().await?;
@@ -228,6 +231,7 @@ impl Conn {
                 .await?;
                 line.push('\n');
                 line.push_str(&String::from_utf8_lossy(&buf));
+                self.literals.push(buf);
                 line.push_str(&self.line().await?);
             }
             if let Some(rest) = line.strip_prefix(tag).and_then(|r| r.strip_prefix(' ')) {

@@ -251,14 +251,16 @@ pub async fn run(config: &Config, prepared: Prepared) -> Report {
     };
     // The IMAP session stays open until the POP3 check is done, then removes the message.
     let mut imap = None;
+    let mut delivered: Option<Vec<u8>> = None;
     match (imap_addr, sent, &submit) {
         (None, _, _) => r.skip("imap reads it back", "neither listen.imaps nor listen.imap is configured"),
         (Some(_), false, _) | (Some(_), _, Err(_)) => r.skip("imap reads it back", "nothing was submitted"),
         (Some((addr, implicit)), true, Ok((c, tls))) => {
             let started = Instant::now();
             let result = match imap_read_back(addr, implicit, tls, &host, c, &token).await {
-                Ok((detail, conn, uid)) => {
+                Ok((detail, conn, uid, message)) => {
                     imap = Some((conn, uid));
+                    delivered = Some(message);
                     Ok(detail)
                 }
                 Err(e) => Err(e),
@@ -276,7 +278,24 @@ pub async fn run(config: &Config, prepared: Prepared) -> Report {
         }
     }
 
-    // 5. The content checks: GTUBE must not reach INBOX, EICAR must be refused.
+    // The delivered message carries our DKIM signatures, and they verify with the keys
+    // (the same keys `posthaste dns` publishes).
+    match (&delivered, config.mailauth.sign) {
+        (_, false) => r.skip("dkim signatures", "signing is off ([mailauth] sign = false)"),
+        (None, true) => r.skip("dkim signatures", "no message was read back"),
+        (Some(message), true) => {
+            let started = Instant::now();
+            let result = dkim_check(config, message).await;
+            r.record("dkim signatures", started, result);
+        }
+    }
+
+    // 5. The filters answer, and act: GTUBE must not reach INBOX, EICAR must be refused.
+    let filter = crate::filter::Filter::from_config(config);
+    for (component, result) in filter.health().await {
+        let started = Instant::now();
+        r.record(format!("{component} answers"), started, result.map_err(|e| anyhow!("{e}")));
+    }
     match (config.antispam.is_some(), first(&config.listen.smtp), &creds) {
         (false, _, _) => r.skip("spam filter (GTUBE)", "antispam is off ([antispam] is not configured)"),
         (true, None, _) => r.skip("spam filter (GTUBE)", "listen.smtp is not configured"),
@@ -371,6 +390,30 @@ fn expect(code: u16, want: u16, text: &str) -> anyhow::Result<()> {
         bail!("expected {want}, got `{code} {text}`");
     }
     Ok(())
+}
+
+async fn dkim_check(config: &Config, message: &[u8]) -> anyhow::Result<String> {
+    let signatures = crate::mailauth::MailAuth::from_config(config).verify_own(message).await;
+    if signatures.is_empty() {
+        bail!(
+            "the message has no DKIM signature of ours (are the domain's keys in {}?)",
+            config.dkim_dir().display()
+        );
+    }
+    let shown: Vec<String> =
+        signatures.iter().map(|s| format!("{} {}={}", s.algorithm, s.selector, s.result)).collect();
+    if let Some(bad) = signatures.iter().find(|s| !s.passed()) {
+        bail!(
+            "{} does not verify: {} ({})",
+            bad.algorithm,
+            bad.result,
+            bad.reason.clone().unwrap_or_default()
+        );
+    }
+    if signatures.len() < 2 {
+        bail!("only {} signature(s), expected Ed25519 and RSA: {}", signatures.len(), shown.join(", "));
+    }
+    Ok(format!("d={}: {}", signatures[0].domain, shown.join(", ")))
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -587,7 +630,7 @@ async fn imap_read_back(
     host: &str,
     creds: &Credentials,
     token: &str,
-) -> anyhow::Result<(String, Conn, u32)> {
+) -> anyhow::Result<(String, Conn, u32, Vec<u8>)> {
     let started = Instant::now();
     let mut c = imap_session(addr, implicit, tls, host, creds).await?;
     let mut n = 0;
@@ -606,11 +649,12 @@ async fn imap_read_back(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let body = c.imap("b1", &format!("UID FETCH {uid} BODY.PEEK[]")).await?.join("\n");
-    if !body.contains(&format!("Token: {token}")) {
+    c.imap("b1", &format!("UID FETCH {uid} BODY.PEEK[]")).await?;
+    let message = c.literals.first().cloned().unwrap_or_default();
+    if !String::from_utf8_lossy(&message).contains(&format!("Token: {token}")) {
         bail!("message UID {uid} was found but its body is not the one sent");
     }
-    Ok((format!("INBOX UID {uid} after {} ms, body intact", started.elapsed().as_millis()), c, uid))
+    Ok((format!("INBOX UID {uid} after {} ms, body intact", started.elapsed().as_millis()), c, uid, message))
 }
 
 async fn imap_delete(c: &mut Conn, uid: u32) -> anyhow::Result<String> {
