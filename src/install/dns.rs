@@ -1,4 +1,5 @@
-//! The DNS records a mail domain needs: MX, SPF, DMARC and the DKIM keys. Printed as
+//! The DNS records a mail domain needs: MX, SPF, DMARC, the DKIM keys and the SRV records
+//! mail clients use to configure themselves (RFC 6186). Printed as
 //! zone-file lines at the end of an install and by `posthaste dns [DOMAIN]` (`--json`: the
 //! same records as objects).
 
@@ -73,6 +74,26 @@ pub fn domain_records(
         // RFC 7489: quarantine what fails, aggregate reports to the postmaster.
         Record::txt(d, format!("_dmarc.{d}"), format!("v=DMARC1; p=quarantine; rua=mailto:{rua}")),
     ];
+    // RFC 6186 §3.1: mail clients find the submission, IMAP and POP3 servers by SRV
+    // (priority weight port target); RFC 8314 §5.1 prefers implicit TLS, so 465/993/995 get
+    // the higher priority (lower number) where both forms exist.
+    for (service, priority, port) in [
+        ("_submissions._tcp", 0, 465),
+        ("_submission._tcp", 10, 587),
+        ("_imaps._tcp", 0, 993),
+        ("_imap._tcp", 10, 143),
+        ("_pop3s._tcp", 0, 995),
+        ("_pop3._tcp", 10, 110),
+    ] {
+        out.push(Record {
+            domain: d.to_owned(),
+            name: format!("{service}.{d}"),
+            ttl: TTL,
+            rtype: "SRV",
+            value: format!("{priority} 1 {port} {hostname}."),
+            strings: vec![],
+        });
+    }
     if let Some(dir) = dkim_dir {
         // RFC 6376 §3.6.2.1: the key of selector S is the TXT record at S._domainkey.DOMAIN.
         for k in keys::dns_records(dir, d)? {
@@ -122,6 +143,9 @@ mod tests {
         .unwrap();
         assert!(r.contains("example.test.\t3600\tIN\tMX\t10 mail.example.test.\n"), "{r}");
         assert!(r.contains("b.test.\t3600\tIN\tTXT\t\"v=spf1 mx -all\"\n"), "{r}");
+        assert!(r.contains("_submissions._tcp.b.test.\t3600\tIN\tSRV\t0 1 465 mail.example.test.\n"), "{r}");
+        assert!(r.contains("_imaps._tcp.example.test.\t3600\tIN\tSRV\t0 1 993 mail.example.test.\n"), "{r}");
+        assert!(r.contains("_pop3._tcp.example.test.\t3600\tIN\tSRV\t10 1 110 mail.example.test.\n"), "{r}");
         assert!(
             r.contains(
                 "_dmarc.example.test.\t3600\tIN\tTXT\t\"v=DMARC1; p=quarantine; rua=mailto:pm@example.test\""
