@@ -193,6 +193,34 @@ fn rspamd_and_clamd_verdicts_learning_and_timeouts() {
     assert!(head.contains("X-Virus-Scanned: clamd; clean"), "{head}");
     assert!(junk_files(&p, "alice@example.test").is_empty());
 
+    // A sender's own verdict headers are removed; only ours arrive.
+    let forged = dir.write(
+        "forged.eml",
+        format!(
+            "From: bob@remote.test\r\nTo: alice@example.test\r\nSubject: forged verdict\r\n\
+             Date: Sat, 28 Nov 2026 08:00:00 +0000\r\nMessage-ID: <forged@remote.test>\r\n\
+             X-Spam-Status: No, score=-100 (trust me)\r\nX-Spam-Flag: NO\r\nX-Virus-Scanned: clean, honest\r\n\r\n{}",
+            prose("forged").replace('\n', "\r\n")
+        ),
+    );
+    let before = p.maildir_messages("alice@example.test").len();
+    let t = mx_send_file(&p, &forged);
+    assert!(t.accepted(), "{}", t.raw);
+    let files = p.wait_for_maildir_count("alice@example.test", before + 1, T);
+    let path = files
+        .iter()
+        .find(|f| String::from_utf8_lossy(&std::fs::read(f).unwrap()).contains("forged verdict"))
+        .unwrap()
+        .clone();
+    let head = header_block(&std::fs::read(&path).unwrap());
+    assert!(
+        !head.contains("trust me") && !head.contains("X-Spam-Flag: NO") && !head.contains("honest"),
+        "{head}"
+    );
+    assert_eq!(head.matches("X-Spam-Status:").count(), 1, "{head}");
+    // Out of the way of the counts below.
+    std::fs::remove_file(&path).unwrap();
+
     // GTUBE: rspamd's action is "reject" (asserted on rspamd's own counter too) → 550 5.7.1.
     let rejects_before = rspamd.stat()["actions"]["reject"].as_u64().unwrap();
     let t = mx_send(&p, "gtube", &format!("Spam test {GTUBE_REJECT}\n"));

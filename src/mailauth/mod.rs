@@ -27,7 +27,7 @@ use tracing::warn;
 
 use crate::config::{Config, MailAuthConfig};
 use crate::filter::{Decision, MessageInfo};
-pub use results::{authserv_id, strip_own_results};
+pub use results::{authserv_id, strip_fields, strip_own_results};
 pub use verify::OwnSignature;
 
 /// RFC 6376 §5.4: the header fields we sign, when present. §5.4.1 recommends these; From

@@ -30,6 +30,15 @@ pub fn authserv_id(value: &str) -> Option<String> {
 /// `hostname` (any case, with or without a final dot). Unchanged when there are none.
 pub fn strip_own_results(message: Vec<u8>, hostname: &str) -> Vec<u8> {
     let ours = hostname.trim_end_matches('.').to_ascii_lowercase();
+    strip_fields(message, |name, value| {
+        name.eq_ignore_ascii_case(b"Authentication-Results")
+            && authserv_id(value).is_some_and(|id| id == ours)
+    })
+}
+
+/// Remove the header fields (with their continuation lines) for which `drop(name, value)`
+/// is true; the body is untouched. Returns the message itself when nothing matches.
+pub fn strip_fields(message: Vec<u8>, drop: impl Fn(&[u8], &str) -> bool) -> Vec<u8> {
     // The header fields as (start, end) byte ranges, each with its continuation lines.
     let mut fields: Vec<(usize, usize)> = Vec::new();
     let mut pos = 0;
@@ -45,24 +54,20 @@ pub fn strip_own_results(message: Vec<u8>, hostname: &str) -> Vec<u8> {
         }
         pos = end;
     }
-    let drop: Vec<(usize, usize)> = fields
+    let dropped: Vec<(usize, usize)> = fields
         .into_iter()
         .filter(|&(start, end)| {
             let field = &message[start..end];
             let Some(colon) = field.iter().position(|b| *b == b':') else { return false };
-            if !field[..colon].trim_ascii().eq_ignore_ascii_case(b"Authentication-Results") {
-                return false;
-            }
-            let value = String::from_utf8_lossy(&field[colon + 1..]);
-            authserv_id(&value).is_some_and(|id| id == ours)
+            drop(field[..colon].trim_ascii(), &String::from_utf8_lossy(&field[colon + 1..]))
         })
         .collect();
-    if drop.is_empty() {
+    if dropped.is_empty() {
         return message;
     }
     let mut out = Vec::with_capacity(message.len());
     let mut copied = 0;
-    for (start, end) in drop {
+    for (start, end) in dropped {
         out.extend_from_slice(&message[copied..start]);
         copied = end;
     }

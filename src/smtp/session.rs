@@ -745,7 +745,16 @@ impl Session {
         }
         // RFC 8601 §5: Authentication-Results claiming our authserv-id did not come from
         // us (ours is in decision.headers, added below); remove them before anyone trusts them.
-        let body = crate::mailauth::strip_own_results(body, &hostname);
+        let mut body = crate::mailauth::strip_own_results(body, &hostname);
+        // Our filters write X-Spam-* and X-Virus-* headers; the sender's own claims of a
+        // clean verdict must not reach mail clients that filter on them.
+        let (spam, virus) = (self.ctx.config.antispam.is_some(), self.ctx.config.antivirus.is_some());
+        if spam || virus {
+            body = crate::mailauth::strip_fields(body, |name, _| {
+                let name = name.to_ascii_lowercase();
+                (spam && name.starts_with(b"x-spam-")) || (virus && name.starts_with(b"x-virus-"))
+            });
+        }
         // Submitted mail is signed last, over the headers we added (Date, Message-ID).
         let mut signed_part = Vec::with_capacity(decision.headers.len() + extra.len() + body.len());
         signed_part.extend_from_slice(decision.headers.as_bytes());
