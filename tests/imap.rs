@@ -390,6 +390,46 @@ async fn list_special_use_children_and_names() {
     c.expect("v STATUS Nope (MESSAGES)", "NO").await;
 }
 
+/// posthaste issue #3: Maildir++ can hold `.a.b` without `.a` (Dovecot and other tools
+/// create such trees); LIST shows the missing level as \Noselect with children (RFC 3501
+/// §6.3.8), for `%` and `*` alike, and SELECT of it fails.
+#[tokio::test]
+async fn list_shows_missing_hierarchy_levels_as_noselect() {
+    let env = env().await;
+    let base = env.store.account_dir(&alice());
+    for d in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(base.join(".a.b").join(d)).unwrap();
+        std::fs::create_dir_all(base.join(".x.y.z").join(d)).unwrap();
+    }
+    let mut c = Client::logged_in(&env).await;
+    let r = c.ok("a LIST \"\" \"%\"").await;
+    assert!(r.contains("* LIST (\\Noselect \\HasChildren) \"/\" \"a\"\r\n"), "{r}");
+    assert!(r.contains("* LIST (\\Noselect \\HasChildren) \"/\" \"x\"\r\n"), "{r}");
+    assert!(!r.contains("\"a/b\"") && !r.contains("\"x/y\""), "% stops at the first level: {r}");
+    let r = c.ok("b LIST \"\" \"*\"").await;
+    assert!(r.contains("* LIST (\\Noselect \\HasChildren) \"/\" \"a\"\r\n"), "{r}");
+    assert!(r.contains("* LIST (\\HasNoChildren) \"/\" \"a/b\"\r\n"), "{r}");
+    assert!(r.contains("* LIST (\\Noselect \\HasChildren) \"/\" \"x/y\"\r\n"), "{r}");
+    assert!(r.contains("* LIST (\\HasNoChildren) \"/\" \"x/y/z\"\r\n"), "{r}");
+    // The order stays INBOX first, then by name.
+    let names: Vec<&str> =
+        r.lines().filter(|l| l.starts_with("* LIST")).map(|l| l.rsplit(' ').next().unwrap()).collect();
+    assert_eq!(names[0], "\"INBOX\"", "{r}");
+    let pos = |n: &str| names.iter().position(|x| *x == n).unwrap();
+    assert!(pos("\"a\"") < pos("\"a/b\"") && pos("\"x/y\"") < pos("\"x/y/z\""), "{r}");
+    let r = c.ok("c LIST \"x/\" \"%\"").await;
+    assert!(r.contains("(\\Noselect \\HasChildren) \"/\" \"x/y\""), "{r}");
+    c.expect("d SELECT a", "NO").await;
+    // A real folder is never \Noselect; creating the level makes it selectable.
+    c.ok("e CREATE a").await;
+    let r = c.ok("f LIST \"\" \"a\"").await;
+    assert!(r.contains("* LIST (\\HasChildren) \"/\" \"a\""), "{r}");
+    c.ok("g SELECT a").await;
+    // LSUB lists subscriptions only.
+    let r = c.ok("h LSUB \"\" \"*\"").await;
+    assert!(!r.contains("Noselect"), "{r}");
+}
+
 #[tokio::test]
 async fn select_fetch_sections_and_seen() {
     let env = env().await;
