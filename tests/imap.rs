@@ -430,6 +430,48 @@ async fn list_shows_missing_hierarchy_levels_as_noselect() {
     assert!(!r.contains("Noselect"), "{r}");
 }
 
+/// posthaste issue #3 (b): what FETCH and SEARCH derive from a message file (size, header
+/// block, ENVELOPE, BODYSTRUCTURE) is kept per folder and shared by its sessions, so the
+/// file is read once. The test swaps the file's content behind the server's back (which no
+/// real writer does: Maildir content never changes) to show the answers come from the cache.
+#[tokio::test]
+async fn fetch_and_search_answer_from_the_shared_message_cache() {
+    let env = env().await;
+    let d = env.store.deliver(&alice(), "INBOX", &msg("cached", "body")).unwrap();
+    let mut c = Client::logged_in(&env).await;
+    c.ok("a SELECT INBOX").await;
+    let items = "(RFC822.SIZE ENVELOPE BODYSTRUCTURE BODY.PEEK[HEADER.FIELDS (Subject)])";
+    let first = c.ok(&format!("b FETCH 1 {items}")).await;
+    assert!(first.contains("Subject: cached"), "{first}");
+    // SELECT moved the file from new/ to cur/.
+    let cur = env.store.account_dir(&alice()).join("cur");
+    let path = std::fs::read_dir(&cur).unwrap().next().unwrap().unwrap().path();
+    assert!(path
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .starts_with(d.path.file_name().unwrap().to_str().unwrap()));
+    let size = std::fs::metadata(&path).unwrap().len();
+    std::fs::write(&path, "Subject: swapped\r\n\r\nother body, longer than before\r\n").unwrap();
+    let again = c.ok(&format!("c FETCH 1 {items}")).await;
+    assert_eq!(
+        again.replacen("* 1 FETCH", "", 1).lines().next(),
+        first.replacen("* 1 FETCH", "", 1).lines().next()
+    );
+    assert!(again.contains(&format!("RFC822.SIZE {size}")), "{again}");
+    let r = c.ok("d SEARCH SUBJECT cached").await;
+    assert!(r.contains("* SEARCH 1\r\n"), "SEARCH reads the cached header: {r}");
+    // Another session of the same folder gets the same cached answers.
+    let mut c2 = Client::logged_in(&env).await;
+    c2.ok("e EXAMINE INBOX").await;
+    let r = c2.ok("f FETCH 1 (BODY.PEEK[HEADER.FIELDS (Subject)])").await;
+    assert!(r.contains("Subject: cached"), "{r}");
+    // The body itself is read from the file, as always.
+    let r = c2.ok("g FETCH 1 (BODY.PEEK[TEXT])").await;
+    assert!(r.contains("other body"), "{r}");
+}
+
 #[tokio::test]
 async fn select_fetch_sections_and_seen() {
     let env = env().await;

@@ -189,14 +189,7 @@ impl Session {
         self.line(&format!("* OK [UIDVALIDITY {}] UIDs valid", mb.uidvalidity()));
         self.line(&format!("* OK [UIDNEXT {}] Predicted next UID", mb.uid_next()));
         self.line(&format!("* OK [HIGHESTMODSEQ {}] Highest", mb.highest_modseq().max(1)));
-        self.selected = Some(Selected {
-            mb,
-            uids,
-            read_only,
-            pending_expunge: BTreeSet::new(),
-            sizes: Default::default(),
-            keywords,
-        });
+        self.selected = Some(Selected { mb, uids, read_only, pending_expunge: BTreeSet::new(), keywords });
         let code = if read_only { "READ-ONLY" } else { "READ-WRITE" };
         let cmd = if read_only { "EXAMINE" } else { "SELECT" };
         self.ok(tag, &format!("[{code}] {cmd} completed"));

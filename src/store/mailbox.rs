@@ -1,18 +1,23 @@
 //! An open folder: the view IMAP and POP3 sessions work on.
 //!
-//! A `Mailbox` keeps the folder's index in memory and brings it up to date on `sync`:
-//! it reads what other writers appended to the index, and reads the directories only when
-//! their mtimes say something changed (or not long ago enough to trust that). Every change
-//! it sees — its own or others' — is collected and handed out by `sync`, so the IMAP layer
-//! can send EXISTS, EXPUNGE and FETCH FLAGS at the moments RFC 3501 §7 allows.
+//! Every `Mailbox` of a folder shares the one in-memory index the `Store` keeps for it
+//! (`Store::indexes`), so a session costs a few integers, not a copy of the index and an
+//! open file. `sync` brings the shared index up to date: it reads what other writers
+//! appended to the index file, and reads the directories only when their mtimes say
+//! something changed (`Index::dirs_unchanged`). A session remembers the UIDNEXT and
+//! HIGHESTMODSEQ it last reported, and `sync` hands out everything that changed since —
+//! its own changes and others' — from the index's MODSEQ order and expunge tombstones, so
+//! the IMAP layer can send EXISTS, EXPUNGE and FETCH FLAGS at the moments RFC 3501 §7
+//! allows.
 
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::MutexGuard;
 
-use super::index::{Changes, Entry, Index, IndexLock, Record};
-use super::{name, Flag, Store};
+use super::index::{CachedMessage, Changes, Entry, Index, IndexLock, Record};
+use super::{name, Flag, SharedIndex, Store};
 use crate::address::Address;
 
 /// A message as a session sees it.
@@ -89,10 +94,33 @@ pub struct Mailbox {
     store: Store,
     account: Address,
     folder: String,
-    index: Index,
+    dir: PathBuf,
+    pub(super) shared: SharedIndex,
     claim_recent: bool,
     recent: BTreeSet<u32>,
-    pending: Changes,
+    /// What this session last reported: UIDVALIDITY (0 before the first sync), UIDNEXT
+    /// and HIGHESTMODSEQ.
+    seen_uidvalidity: u32,
+    seen_next_uid: u32,
+    seen_modseq: u64,
+}
+
+/// A message of the index as a session sees it.
+fn view(e: &Entry, dir: &Path, recent: &BTreeSet<u32>) -> Message {
+    let mut flags: Vec<Flag> = e.letters().chars().filter_map(Flag::from_letter).collect();
+    flags.extend(e.keywords.iter().map(|k| Flag::Keyword(k.clone())));
+    flags.sort();
+    flags.dedup();
+    Message {
+        uid: e.uid,
+        modseq: e.modseq,
+        flags,
+        size: e.size,
+        internal_date: e.date,
+        path: e.path(dir),
+        recent: recent.contains(&e.uid),
+        base: e.base().to_owned(),
+    }
 }
 
 impl Mailbox {
@@ -103,17 +131,25 @@ impl Mailbox {
         dir: PathBuf,
         claim_recent: bool,
     ) -> io::Result<Mailbox> {
+        let shared = store.indexes.get(&dir);
         let mut mb = Mailbox {
             store,
             account,
             folder,
-            index: Index::new(dir),
+            dir,
+            shared,
             claim_recent,
             recent: BTreeSet::new(),
-            pending: Changes::default(),
+            seen_uidvalidity: 0,
+            seen_next_uid: 0,
+            seen_modseq: 0,
         };
         mb.sync()?;
         Ok(mb)
+    }
+
+    pub(super) fn index(&self) -> MutexGuard<'_, Index> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn folder(&self) -> &str {
@@ -123,84 +159,111 @@ impl Mailbox {
         &self.account
     }
     pub fn uidvalidity(&self) -> u32 {
-        self.index.state.uidvalidity
+        self.index().state.uidvalidity
     }
     /// UIDNEXT (RFC 3501 §2.3.1.1).
     pub fn uid_next(&self) -> u32 {
-        self.index.state.next_uid
+        self.index().state.next_uid
     }
     /// HIGHESTMODSEQ (RFC 7162 §3.1.1).
     pub fn highest_modseq(&self) -> u64 {
-        self.index.state.highest_modseq
+        self.index().state.highest_modseq
     }
     /// Messages no session has claimed as \Recent yet (IMAP STATUS RECENT).
     pub fn unclaimed_recent(&self) -> usize {
-        let st = &self.index.state;
+        let idx = self.index();
+        let st = &idx.state;
         st.entries.range(st.first_recent..).count()
     }
     pub fn len(&self) -> usize {
-        self.index.state.entries.len()
+        self.index().state.entries.len()
     }
     pub fn is_empty(&self) -> bool {
-        self.index.state.entries.is_empty()
+        self.index().state.entries.is_empty()
     }
     /// All UIDs, ascending (the IMAP sequence order).
     pub fn uids(&self) -> Vec<u32> {
-        self.index.state.entries.keys().copied().collect()
+        self.index().state.entries.keys().copied().collect()
     }
 
     pub fn messages(&self) -> Vec<Message> {
-        self.index.state.entries.values().map(|e| self.view(e)).collect()
+        let idx = self.index();
+        idx.state.entries.values().map(|e| view(e, &self.dir, &self.recent)).collect()
     }
 
     pub fn message(&self, uid: u32) -> Option<Message> {
-        self.index.state.entries.get(&uid).map(|e| self.view(e))
+        self.index().state.entries.get(&uid).map(|e| view(e, &self.dir, &self.recent))
     }
 
-    fn view(&self, e: &Entry) -> Message {
-        let mut flags: Vec<Flag> = e.letters().chars().filter_map(Flag::from_letter).collect();
-        flags.extend(e.keywords.iter().map(|k| Flag::Keyword(k.clone())));
-        flags.sort();
-        flags.dedup();
-        Message {
-            uid: e.uid,
-            modseq: e.modseq,
-            flags,
-            size: e.size,
-            internal_date: e.date,
-            path: e.path(self.index.dir()),
-            recent: self.recent.contains(&e.uid),
-            base: e.base().to_owned(),
-        }
+    /// Run `f` on each message of `uids` that exists, under one lock of the index (for
+    /// loops over many messages: SEARCH, FETCH).
+    pub fn with_messages<R>(&self, uids: &[u32], mut f: impl FnMut(&Message) -> R) -> Vec<Option<R>> {
+        let idx = self.index();
+        uids.iter().map(|u| idx.state.entries.get(u).map(|e| f(&view(e, &self.dir, &self.recent)))).collect()
+    }
+
+    /// \Recent for this session (RFC 3501 §2.3.2).
+    pub fn is_recent(&self, uid: u32) -> bool {
+        self.recent.contains(&uid)
+    }
+
+    /// What the folder's shared cache holds for `uid` (see `index::MessageCache`).
+    pub fn cached(&self, uid: u32) -> Option<CachedMessage> {
+        let idx = self.index();
+        let e = idx.state.entries.get(&uid)?;
+        idx.cache.get(uid, e.base()).cloned()
+    }
+
+    /// Add to the shared cache entry of `uid` (ignored if the message is gone).
+    pub fn cache_update(&self, uid: u32, f: impl FnOnce(&mut CachedMessage)) {
+        let mut idx = self.index();
+        let Some(base) = idx.state.entries.get(&uid).map(|e| e.base().to_owned()) else { return };
+        idx.cache.update(uid, &base, f);
     }
 
     /// Bring the view up to date with the disk and return everything that changed since the
     /// last call (including this session's own changes). Cheap when nothing happened: one
     /// stat of the index, a read of its new bytes, two stats of new/ and cur/.
     pub fn sync(&mut self) -> io::Result<Changes> {
-        let loaded = self.index.refresh(&mut self.pending)?;
-        let fresh = matches!(loaded, super::index::Loaded::Ok) && self.index.dirs_unchanged();
-        let unclaimed = self.claim_recent && self.index.state.first_recent < self.index.state.next_uid;
+        let shared = self.shared.clone();
+        let mut idx = shared.lock().unwrap_or_else(|e| e.into_inner());
+        let mut scratch = Changes::default();
+        let loaded = idx.refresh(&mut scratch)?;
+        let fresh = matches!(loaded, super::index::Loaded::Ok) && idx.dirs_unchanged();
+        let unclaimed = self.claim_recent && idx.state.first_recent < idx.state.next_uid;
         if !fresh || unclaimed {
-            let lock = IndexLock::acquire(self.index.dir())?;
-            self.index.refresh_locked(&lock, &mut self.pending)?;
-            if !self.index.dirs_unchanged() {
-                self.index.scan(&lock, true, &mut self.pending)?;
+            let lock = IndexLock::acquire(&self.dir)?;
+            idx.refresh_locked(&lock, &mut scratch)?;
+            if !idx.dirs_unchanged() {
+                idx.scan(&lock, true, &mut scratch)?;
             }
-            let st = &self.index.state;
+            let st = &idx.state;
             if self.claim_recent && st.first_recent < st.next_uid {
                 let first = st.first_recent;
                 let next = st.next_uid;
                 self.recent.extend(st.entries.range(first..).map(|(u, _)| *u));
-                self.index.commit(&lock, vec![Record::Recent(next)], &mut self.pending)?;
+                idx.commit(&lock, vec![Record::Recent(next)], &mut scratch)?;
             }
         }
-        let ch = std::mem::take(&mut self.pending);
-        if ch.uidvalidity_changed {
+        let st = &idx.state;
+        let ch = if self.seen_uidvalidity == 0 {
+            // The first sync (open): the caller reads the whole state.
+            Changes::default()
+        } else if st.uidvalidity != self.seen_uidvalidity {
+            // RFC 3501 §2.3.1.1: every UID the session holds is void (the IMAP layer ends it).
             self.recent.clear();
-        }
+            Changes { uidvalidity_changed: true, ..Default::default() }
+        } else {
+            st.changes_since(self.seen_modseq, self.seen_next_uid)
+        };
+        self.seen_uidvalidity = st.uidvalidity;
+        self.seen_next_uid = st.next_uid;
+        self.seen_modseq = st.highest_modseq;
         for uid in &ch.expunged {
             self.recent.remove(uid);
+        }
+        if ch.resync {
+            self.recent.retain(|u| st.entries.contains_key(u));
         }
         Ok(ch)
     }
@@ -209,22 +272,19 @@ impl Mailbox {
     /// change elsewhere) if needed.
     pub fn open_message(&mut self, uid: u32) -> io::Result<File> {
         let e = self.entry(uid)?;
-        match File::open(e.path(self.index.dir())) {
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                match find_file(self.index.dir(), e.base())? {
-                    Some(p) => File::open(p),
-                    None => Err(io::Error::new(
-                        io::ErrorKind::NotFound,
-                        format!("message UID {uid} was expunged"),
-                    )),
+        match File::open(e.path(&self.dir)) {
+            Err(err) if err.kind() == io::ErrorKind::NotFound => match find_file(&self.dir, e.base())? {
+                Some(p) => File::open(p),
+                None => {
+                    Err(io::Error::new(io::ErrorKind::NotFound, format!("message UID {uid} was expunged")))
                 }
-            }
+            },
             other => other,
         }
     }
 
     fn entry(&self, uid: u32) -> io::Result<Entry> {
-        self.index
+        self.index()
             .state
             .entries
             .get(&uid)
@@ -242,14 +302,18 @@ impl Mailbox {
         flags: &[Flag],
         unchanged_since: Option<u64>,
     ) -> io::Result<StoreResult> {
-        let lock = IndexLock::acquire(self.index.dir())?;
-        self.index.refresh_locked(&lock, &mut self.pending)?;
-        let dir = self.index.dir().to_path_buf();
+        let shared = self.shared.clone();
+        let mut idx = shared.lock().unwrap_or_else(|e| e.into_inner());
+        let lock = IndexLock::acquire(&self.dir)?;
+        let mut scratch = Changes::default();
+        idx.refresh_locked(&lock, &mut scratch)?;
+        let was_complete = idx.dirs_unchanged();
+        let dir = self.dir.clone();
         let mut result = StoreResult::default();
         let mut recs = Vec::new();
-        let mut modseq = self.index.state.highest_modseq;
+        let mut modseq = idx.state.highest_modseq;
         for uid in sorted(uids) {
-            let Some(e) = self.index.state.entries.get(&uid) else { continue };
+            let Some(e) = idx.state.entries.get(&uid) else { continue };
             if unchanged_since.is_some_and(|us| e.modseq > us) {
                 result.modified.push(uid);
                 continue;
@@ -304,21 +368,26 @@ impl Mailbox {
             }
             recs.push(Record::Update(n));
         }
-        self.index.commit(&lock, recs, &mut self.pending)?;
+        idx.commit(&lock, recs, &mut scratch)?;
+        idx.note_own_change(was_complete);
         Ok(result)
     }
 
     /// Expunge the given UIDs (UID EXPUNGE, RFC 4315 §2.1; POP3 QUIT). Returns the UIDs that
     /// were removed.
     pub fn expunge(&mut self, uids: &[u32]) -> io::Result<Vec<u32>> {
-        let lock = IndexLock::acquire(self.index.dir())?;
-        self.index.refresh_locked(&lock, &mut self.pending)?;
-        let dir = self.index.dir().to_path_buf();
+        let shared = self.shared.clone();
+        let mut idx = shared.lock().unwrap_or_else(|e| e.into_inner());
+        let lock = IndexLock::acquire(&self.dir)?;
+        let mut scratch = Changes::default();
+        idx.refresh_locked(&lock, &mut scratch)?;
+        let was_complete = idx.dirs_unchanged();
+        let dir = self.dir.clone();
         let mut recs = Vec::new();
         let mut done = Vec::new();
-        let mut modseq = self.index.state.highest_modseq;
+        let mut modseq = idx.state.highest_modseq;
         for uid in sorted(uids) {
-            let Some(e) = self.index.state.entries.get(&uid) else { continue };
+            let Some(e) = idx.state.entries.get(&uid) else { continue };
             match std::fs::remove_file(e.path(&dir)) {
                 Ok(()) => {}
                 Err(err) if err.kind() == io::ErrorKind::NotFound => {
@@ -338,31 +407,40 @@ impl Mailbox {
             super::fsync_dir(&dir.join("cur"))?;
             super::fsync_dir(&dir.join("new"))?;
         }
-        self.index.commit(&lock, recs, &mut self.pending)?;
+        idx.commit(&lock, recs, &mut scratch)?;
+        idx.note_own_change(was_complete);
         Ok(done)
     }
 
     /// IMAP EXPUNGE/CLOSE (RFC 3501 §6.4.3): remove every message flagged \Deleted.
     pub fn expunge_deleted(&mut self) -> io::Result<Vec<u32>> {
         self.sync_for_write()?;
-        let uids: Vec<u32> =
-            self.index.state.entries.values().filter(|e| e.letters().contains('T')).map(|e| e.uid).collect();
+        let uids: Vec<u32> = self
+            .index()
+            .state
+            .entries
+            .values()
+            .filter(|e| e.letters().contains('T'))
+            .map(|e| e.uid)
+            .collect();
         self.expunge(&uids)
     }
 
     #[cfg(test)]
     pub(super) fn index_dirs_unchanged_for_test(&self) -> bool {
-        self.index.dirs_unchanged()
+        self.index().dirs_unchanged()
     }
 
+    /// Make the shared index complete (scan if the directories changed) without reporting
+    /// anything: the changes stay for the next `sync`.
     fn sync_for_write(&mut self) -> io::Result<()> {
-        let mut ch = std::mem::take(&mut self.pending);
-        let lock = IndexLock::acquire(self.index.dir())?;
-        self.index.refresh_locked(&lock, &mut ch)?;
-        if !self.index.dirs_unchanged() {
-            self.index.scan(&lock, true, &mut ch)?;
+        let mut idx = self.index();
+        let mut scratch = Changes::default();
+        let lock = IndexLock::acquire(&self.dir)?;
+        idx.refresh_locked(&lock, &mut scratch)?;
+        if !idx.dirs_unchanged() {
+            idx.scan(&lock, true, &mut scratch)?;
         }
-        self.pending = ch;
         Ok(())
     }
 
@@ -375,15 +453,19 @@ impl Mailbox {
         if !dest_dir.join("cur").is_dir() {
             return Err(io::Error::new(io::ErrorKind::NotFound, format!("folder {dest:?} does not exist")));
         }
-        let src_dir = self.index.dir().to_path_buf();
-        let sources: Vec<Entry> =
-            sorted(uids).into_iter().filter_map(|u| self.index.state.entries.get(&u).cloned()).collect();
+        let src_dir = self.dir.clone();
+        let sources: Vec<Entry> = {
+            let idx = self.index();
+            sorted(uids).into_iter().filter_map(|u| idx.state.entries.get(&u).cloned()).collect()
+        };
         // Only the destination is locked: we read the source files (following renames), and
         // holding one lock at a time keeps two opposite copies from deadlocking.
+        let dest_shared = self.store.indexes.get(&dest_dir);
+        let mut didx = dest_shared.lock().unwrap_or_else(|e| e.into_inner());
         let lock = IndexLock::acquire(&dest_dir)?;
-        let mut didx = Index::new(dest_dir.clone());
         let mut scratch = Changes::default();
         didx.refresh_locked(&lock, &mut scratch)?;
+        let was_complete = didx.dirs_unchanged();
         let mut uid = didx.state.next_uid;
         let mut modseq = didx.state.highest_modseq;
         let mut recs = Vec::new();
@@ -410,6 +492,7 @@ impl Mailbox {
             super::fsync_dir(&dest_dir.join("cur"))?;
         }
         didx.commit(&lock, recs, &mut scratch)?;
+        didx.note_own_change(was_complete);
         Ok(CopyResult { uidvalidity: didx.state.uidvalidity, mapping })
     }
 
