@@ -167,23 +167,16 @@ impl Session {
                 return Ok(());
             }
         };
-        let messages = mb.messages();
-        let uids: Vec<u32> = messages.iter().map(|m| m.uid).collect();
-        let mut keywords: BTreeSet<String> = BTreeSet::new();
-        for m in &messages {
-            for f in &m.flags {
-                if let Flag::Keyword(k) = f {
-                    keywords.insert(k.clone());
-                }
-            }
-        }
+        let summary = mb.summary();
+        let uids = summary.uids;
+        let mut keywords = summary.keywords;
         keywords.insert("$Forwarded".into());
         for l in flags_lines(&keywords, read_only) {
             self.line(&l);
         }
         self.line(&format!("* {} EXISTS", uids.len()));
-        self.line(&format!("* {} RECENT", messages.iter().filter(|m| m.recent).count()));
-        if let Some(i) = messages.iter().position(|m| !m.flags.contains(&Flag::Seen)) {
+        self.line(&format!("* {} RECENT", summary.recent));
+        if let Some(i) = summary.first_unseen {
             self.line(&format!("* OK [UNSEEN {}] First unseen message", i + 1));
         }
         self.line(&format!("* OK [UIDVALIDITY {}] UIDs valid", mb.uidvalidity()));

@@ -64,6 +64,15 @@ impl Message {
     }
 }
 
+/// See [`Mailbox::summary`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub uids: Vec<u32>,
+    pub keywords: BTreeSet<String>,
+    pub first_unseen: Option<usize>,
+    pub recent: usize,
+}
+
 /// How STORE changes flags (RFC 3501 §6.4.6: FLAGS, +FLAGS, -FLAGS).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlagOp {
@@ -200,6 +209,30 @@ impl Mailbox {
     pub fn with_messages<R>(&self, uids: &[u32], mut f: impl FnMut(&Message) -> R) -> Vec<Option<R>> {
         let idx = self.index();
         uids.iter().map(|u| idx.state.entries.get(u).map(|e| f(&view(e, &self.dir, &self.recent)))).collect()
+    }
+
+    /// What SELECT reports, in one pass under one lock (no `Message` per message): the
+    /// UIDs, the keywords in use, the 0-based position of the first message without \Seen
+    /// and the number of messages \Recent for this session.
+    pub fn summary(&self) -> Summary {
+        let idx = self.index();
+        let mut s = Summary { uids: Vec::with_capacity(idx.state.entries.len()), ..Default::default() };
+        for (i, e) in idx.state.entries.values().enumerate() {
+            s.uids.push(e.uid);
+            for k in &e.keywords {
+                if !s.keywords.contains(k) {
+                    s.keywords.insert(k.clone());
+                }
+            }
+            if e.letters().contains('P') {
+                s.keywords.insert("$Forwarded".to_owned());
+            }
+            if s.first_unseen.is_none() && !e.letters().contains('S') {
+                s.first_unseen = Some(i);
+            }
+        }
+        s.recent = self.recent.len();
+        s
     }
 
     /// \Recent for this session (RFC 3501 §2.3.2).

@@ -33,7 +33,7 @@ use std::time::SystemTime;
 use crate::address::Address;
 
 pub use index::{CachedMessage, Changes};
-pub use mailbox::{CopyResult, FlagOp, Mailbox, Message, StoreResult};
+pub use mailbox::{CopyResult, FlagOp, Mailbox, Message, StoreResult, Summary};
 
 #[derive(Debug, Clone)]
 pub struct Store {
