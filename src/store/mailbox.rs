@@ -16,7 +16,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::MutexGuard;
 
-use super::index::{CachedMessage, Changes, Entry, Index, IndexLock, Record};
+use super::index::{CachedMessage, Changes, DovecotKeywords, Entry, Index, IndexLock, Record};
 use super::{name, Flag, SharedIndex, Store};
 use crate::address::Address;
 
@@ -115,8 +115,15 @@ pub struct Mailbox {
 }
 
 /// A message of the index as a session sees it.
-fn view(e: &Entry, dir: &Path, recent: &BTreeSet<u32>) -> Message {
-    let mut flags: Vec<Flag> = e.letters().chars().filter_map(Flag::from_letter).collect();
+fn view(e: &Entry, dir: &Path, recent: &BTreeSet<u32>, kw: &DovecotKeywords) -> Message {
+    let mut flags: Vec<Flag> = Vec::new();
+    for c in e.letters().chars() {
+        if let Some(f) = Flag::from_letter(c) {
+            flags.push(f);
+        } else if let Some(k) = kw.name(c) {
+            flags.push(Flag::Keyword(k.to_owned()));
+        }
+    }
     flags.extend(e.keywords.iter().map(|k| Flag::Keyword(k.clone())));
     flags.sort();
     flags.dedup();
@@ -197,18 +204,21 @@ impl Mailbox {
 
     pub fn messages(&self) -> Vec<Message> {
         let idx = self.index();
-        idx.state.entries.values().map(|e| view(e, &self.dir, &self.recent)).collect()
+        idx.state.entries.values().map(|e| view(e, &self.dir, &self.recent, &idx.keywords)).collect()
     }
 
     pub fn message(&self, uid: u32) -> Option<Message> {
-        self.index().state.entries.get(&uid).map(|e| view(e, &self.dir, &self.recent))
+        let idx = self.index();
+        idx.state.entries.get(&uid).map(|e| view(e, &self.dir, &self.recent, &idx.keywords))
     }
 
     /// Run `f` on each message of `uids` that exists, under one lock of the index (for
     /// loops over many messages: SEARCH, FETCH).
     pub fn with_messages<R>(&self, uids: &[u32], mut f: impl FnMut(&Message) -> R) -> Vec<Option<R>> {
         let idx = self.index();
-        uids.iter().map(|u| idx.state.entries.get(u).map(|e| f(&view(e, &self.dir, &self.recent)))).collect()
+        uids.iter()
+            .map(|u| idx.state.entries.get(u).map(|e| f(&view(e, &self.dir, &self.recent, &idx.keywords))))
+            .collect()
     }
 
     /// What SELECT reports, in one pass under one lock (no `Message` per message): the
@@ -224,8 +234,14 @@ impl Mailbox {
                     s.keywords.insert(k.clone());
                 }
             }
-            if e.letters().contains('P') {
-                s.keywords.insert("$Forwarded".to_owned());
+            for c in e.letters().chars() {
+                if c == 'P' {
+                    s.keywords.insert("$Forwarded".to_owned());
+                } else if let Some(k) = idx.keywords.name(c) {
+                    if !s.keywords.contains(k) {
+                        s.keywords.insert(k.to_owned());
+                    }
+                }
             }
             if s.first_unseen.is_none() && !e.letters().contains('S') {
                 s.first_unseen = Some(i);
@@ -345,6 +361,12 @@ impl Mailbox {
         let mut result = StoreResult::default();
         let mut recs = Vec::new();
         let mut modseq = idx.state.highest_modseq;
+        if op != FlagOp::Remove {
+            let names: Vec<&str> =
+                flags.iter().filter(|f| f.letter().is_none()).map(|f| f.as_imap()).collect();
+            idx.keywords.assign(&dir, &names)?;
+        }
+        let idx = &mut *idx;
         for uid in sorted(uids) {
             let Some(e) = idx.state.entries.get(&uid) else { continue };
             if unchanged_since.is_some_and(|us| e.modseq > us) {
@@ -352,11 +374,7 @@ impl Mailbox {
                 continue;
             }
             let old_letters = e.letters();
-            // Letters we do not interpret (Dovecot's a–z keyword letters) are kept as they are.
-            let foreign: String = old_letters.chars().filter(|c| !name::KNOWN_LETTERS.contains(*c)).collect();
-            let mut letters: BTreeSet<char> =
-                old_letters.chars().filter(|c| name::KNOWN_LETTERS.contains(*c)).collect();
-            let mut keywords = e.keywords.clone();
+            let (mut letters, mut keywords, foreign) = decode(e, &idx.keywords);
             if op == FlagOp::Replace {
                 letters.clear();
                 keywords.clear();
@@ -369,15 +387,18 @@ impl Mailbox {
                     (Some(l), _) => {
                         letters.insert(l);
                     }
-                    (None, FlagOp::Remove) => {
-                        keywords.remove(f.as_imap());
-                    }
+                    // RFC 3501 §2.3.2: keywords compare case-insensitively.
+                    (None, FlagOp::Remove) => keywords.retain(|k| !k.eq_ignore_ascii_case(f.as_imap())),
                     (None, _) => {
-                        keywords.insert(f.as_imap().to_owned());
+                        if !keywords.iter().any(|k| k.eq_ignore_ascii_case(f.as_imap())) {
+                            keywords.insert(f.as_imap().to_owned());
+                        }
                     }
                 }
             }
-            let new_letters = name::sort_letters(&(letters.iter().collect::<String>() + &foreign));
+            let (kw_letters, keywords) = encode(&keywords, &idx.keywords);
+            let new_letters =
+                name::sort_letters(&(letters.iter().collect::<String>() + &kw_letters + &foreign));
             let letters_changed = e.in_new || new_letters != name::sort_letters(old_letters);
             if !letters_changed && keywords == e.keywords {
                 continue;
@@ -487,9 +508,18 @@ impl Mailbox {
             return Err(io::Error::new(io::ErrorKind::NotFound, format!("folder {dest:?} does not exist")));
         }
         let src_dir = self.dir.clone();
-        let sources: Vec<Entry> = {
+        // Each message with its system letters and keywords by name: Dovecot's a–z letters
+        // index the source folder's keyword list and mean something else in the destination.
+        let sources: Vec<(Entry, String, BTreeSet<String>)> = {
             let idx = self.index();
-            sorted(uids).into_iter().filter_map(|u| idx.state.entries.get(&u).cloned()).collect()
+            sorted(uids)
+                .into_iter()
+                .filter_map(|u| idx.state.entries.get(&u))
+                .map(|e| {
+                    let (letters, keywords, _) = decode(e, &idx.keywords);
+                    (e.clone(), letters.into_iter().collect(), keywords)
+                })
+                .collect()
         };
         // Only the destination is locked: we read the source files (following renames), and
         // holding one lock at a time keeps two opposite copies from deadlocking.
@@ -499,14 +529,16 @@ impl Mailbox {
         let mut scratch = Changes::default();
         didx.refresh_locked(&lock, &mut scratch)?;
         let was_complete = didx.dirs_unchanged();
+        let wanted: BTreeSet<&str> =
+            sources.iter().flat_map(|(_, _, k)| k.iter().map(String::as_str)).collect();
+        didx.keywords.assign(&dest_dir, &wanted.into_iter().collect::<Vec<_>>())?;
         let mut uid = didx.state.next_uid;
         let mut modseq = didx.state.highest_modseq;
         let mut recs = Vec::new();
         let mut mapping = Vec::new();
-        for e in &sources {
-            // Dovecot's a–z letters index the source folder's keyword list; they would mean
-            // something else in the destination, so only our letters are copied.
-            let letters: String = e.letters().chars().filter(|c| name::KNOWN_LETTERS.contains(*c)).collect();
+        for (e, letters, keywords) in &sources {
+            let (kw_letters, keywords) = encode(keywords, &didx.keywords);
+            let letters = format!("{letters}{kw_letters}");
             let Some(filename) = link_or_copy(&src_dir, e, &dest_dir, &letters)? else { continue };
             modseq += 1;
             recs.push(Record::Add(Entry {
@@ -515,7 +547,7 @@ impl Mailbox {
                 date: e.date,
                 size: e.size,
                 in_new: false,
-                keywords: e.keywords.clone(),
+                keywords,
                 filename,
             }));
             mapping.push((e.uid, uid));
@@ -537,6 +569,43 @@ impl Mailbox {
         self.expunge(&moved)?;
         Ok(res)
     }
+}
+
+/// A message's flags as (system letters, keywords by name, letters nobody can name): the
+/// keywords of Dovecot's a–z letters (through the folder's `dovecot-keywords`) and those of
+/// our index together.
+pub(super) fn decode(e: &Entry, kw: &DovecotKeywords) -> (BTreeSet<char>, BTreeSet<String>, String) {
+    let mut letters = BTreeSet::new();
+    let mut keywords = e.keywords.clone();
+    let mut unknown = String::new();
+    for c in e.letters().chars() {
+        if name::KNOWN_LETTERS.contains(c) {
+            letters.insert(c);
+        } else if let Some(k) = kw.name(c) {
+            if !keywords.iter().any(|x| x.eq_ignore_ascii_case(k)) {
+                keywords.insert(k.to_owned());
+            }
+        } else {
+            unknown.push(c);
+        }
+    }
+    (letters, keywords, unknown)
+}
+
+/// Keywords as (Dovecot letters, the rest for our index). Call `DovecotKeywords::assign`
+/// for them first, so new keywords get letters while there are free ones.
+pub(super) fn encode(keywords: &BTreeSet<String>, kw: &DovecotKeywords) -> (String, BTreeSet<String>) {
+    let mut letters = String::new();
+    let mut rest = BTreeSet::new();
+    for k in keywords {
+        match kw.letter(k) {
+            Some(c) => letters.push(c),
+            None => {
+                rest.insert(k.clone());
+            }
+        }
+    }
+    (letters, rest)
 }
 
 fn sorted(uids: &[u32]) -> Vec<u32> {

@@ -115,7 +115,8 @@ pub enum Flag {
     Deleted,
     Draft,
     /// A keyword (RFC 3501 §2.3.2). `$Forwarded` is stored as the Maildir `P` (passed)
-    /// letter, so other Maildir clients see it; other keywords live in the index.
+    /// letter, so other Maildir clients see it; other keywords are Dovecot's a–z letters
+    /// (see `index::DovecotKeywords`), or live in our index when a folder has all 26.
     Keyword(String),
 }
 
@@ -328,7 +329,7 @@ impl Store {
             }
         }
         let tmp = write_tmp(&dir, message, None)?;
-        self.index_new_message(&dir, tmp, Target::New, message.len() as u64, BTreeSet::new())
+        self.index_new_message(&dir, tmp, None, message.len() as u64)
     }
 
     /// Put the message written to tmp/ into new/ or cur/ and give it its UID, both under the
@@ -338,9 +339,8 @@ impl Store {
         &self,
         dir: &Path,
         tmp: Tmp,
-        target: Target,
+        cur_flags: Option<&[Flag]>,
         size: u64,
-        keywords: BTreeSet<String>,
     ) -> io::Result<Delivered> {
         let cached = self.indexes.get(dir);
         // In-process deliveries to one folder queue here; other processes on the flock below.
@@ -359,6 +359,23 @@ impl Store {
         }
         let was_complete = idx.dirs_unchanged();
         let date = tmp.mtime;
+        // Keywords become Dovecot letters where the folder has (or can give) one.
+        let (letters, keywords) = match cur_flags {
+            None => (String::new(), BTreeSet::new()),
+            Some(flags) => {
+                let names: Vec<&str> =
+                    flags.iter().filter(|f| f.letter().is_none()).map(Flag::as_imap).collect();
+                if let Err(e) = idx.keywords.assign(dir, &names) {
+                    let _ = std::fs::remove_file(&tmp.path);
+                    return Err(e);
+                }
+                let (kw_letters, rest) =
+                    mailbox::encode(&names.iter().map(|k| k.to_string()).collect(), &idx.keywords);
+                let system: String = flags.iter().filter_map(Flag::letter).collect();
+                (system + &kw_letters, rest)
+            }
+        };
+        let target = if cur_flags.is_some() { Target::Cur(&letters) } else { Target::New };
         let (filename, in_new) = link_into(dir, tmp, target)?;
         let base = name::base(&filename).to_owned();
         let uid = match idx.state.by_base.get(&base).copied() {
@@ -407,14 +424,8 @@ impl Store {
         if !dir.join("cur").is_dir() {
             return Err(io::Error::new(io::ErrorKind::NotFound, format!("folder {folder:?} does not exist")));
         }
-        let letters: String = flags.iter().filter_map(Flag::letter).collect();
-        let keywords = flags
-            .iter()
-            .filter(|f| f.letter().is_none())
-            .map(|f| f.as_imap().to_owned())
-            .collect::<BTreeSet<_>>();
         let tmp = write_tmp(&dir, message, date)?;
-        self.index_new_message(&dir, tmp, Target::Cur(&letters), message.len() as u64, keywords)
+        self.index_new_message(&dir, tmp, Some(flags), message.len() as u64)
     }
 
     /// Open a folder for reading and changing (IMAP SELECT/EXAMINE, a POP3 session). It is
