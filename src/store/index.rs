@@ -589,11 +589,19 @@ impl DovecotKeywords {
 /// every session of the folder in this process: a message's content never changes, so an
 /// entry stays valid as long as the UID names the same file base (checked on every read,
 /// which also covers a rebuild that reuses UIDs). Filled lazily; dropped as a whole when it
-/// grows beyond [`MessageCache::BUDGET`] bytes.
+/// grows beyond [`MessageCache::BUDGET`] bytes, or when the caches of all folders together
+/// (`total`, shared through the `Store`) pass [`MessageCache::TOTAL_BUDGET`].
 #[derive(Default)]
 pub struct MessageCache {
     map: HashMap<u32, CachedMessage>,
     bytes: usize,
+    pub(super) total: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Drop for MessageCache {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.bytes, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 #[derive(Default, Clone)]
@@ -622,6 +630,18 @@ impl MessageCache {
     /// Per folder; a 10,000-message folder with headers, BODYSTRUCTURE and ENVELOPE cached
     /// needs about 15 MB.
     pub const BUDGET: usize = 48 << 20;
+    /// All folders of the process together.
+    pub const TOTAL_BUDGET: usize = 256 << 20;
+
+    fn set_bytes(&mut self, bytes: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if bytes >= self.bytes {
+            self.total.fetch_add(bytes - self.bytes, Relaxed);
+        } else {
+            self.total.fetch_sub(self.bytes - bytes, Relaxed);
+        }
+        self.bytes = bytes;
+    }
 
     pub fn get(&self, uid: u32, base: &str) -> Option<&CachedMessage> {
         self.map.get(&uid).filter(|c| &*c.base == base)
@@ -629,24 +649,27 @@ impl MessageCache {
 
     /// Change (or create) the entry of `uid`, whose file base is `base`.
     pub fn update(&mut self, uid: u32, base: &str, f: impl FnOnce(&mut CachedMessage)) {
+        let existed = self.map.contains_key(&uid);
         let e = self.map.entry(uid).or_default();
+        let before = if existed { e.weight() } else { 0 };
         if &*e.base != base {
-            self.bytes -= e.weight().min(self.bytes);
             *e = CachedMessage { base: base.into(), ..Default::default() };
-        } else {
-            self.bytes -= e.weight().min(self.bytes);
         }
         f(e);
-        self.bytes += e.weight();
-        if self.bytes > Self::BUDGET {
+        let after = e.weight();
+        let bytes = self.bytes.saturating_sub(before) + after;
+        self.set_bytes(bytes);
+        let total = self.total.load(std::sync::atomic::Ordering::Relaxed);
+        if self.bytes > Self::BUDGET || total > Self::TOTAL_BUDGET {
             self.map.clear();
-            self.bytes = 0;
+            self.set_bytes(0);
         }
     }
 
     fn forget(&mut self, uid: u32) {
         if let Some(e) = self.map.remove(&uid) {
-            self.bytes -= e.weight().min(self.bytes);
+            let bytes = self.bytes.saturating_sub(e.weight());
+            self.set_bytes(bytes);
         }
     }
 }

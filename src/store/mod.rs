@@ -55,6 +55,8 @@ pub(crate) type SharedIndex = std::sync::Arc<std::sync::Mutex<index::Index>>;
 #[derive(Default)]
 struct IndexCache {
     map: std::sync::Mutex<std::collections::HashMap<PathBuf, SharedIndex>>,
+    /// Bytes in the message caches of all folders (see `index::MessageCache`).
+    cached_bytes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl std::fmt::Debug for IndexCache {
@@ -77,7 +79,9 @@ impl IndexCache {
             // Folders an open session holds stay: dropping them would split their state.
             map.retain(|_, i| std::sync::Arc::strong_count(i) > 1);
         }
-        let i = std::sync::Arc::new(std::sync::Mutex::new(index::Index::new(dir.to_path_buf())));
+        let mut index = index::Index::new(dir.to_path_buf());
+        index.cache.total = self.cached_bytes.clone();
+        let i = std::sync::Arc::new(std::sync::Mutex::new(index));
         map.insert(dir.to_path_buf(), i.clone());
         i
     }

@@ -223,3 +223,21 @@ fn message_cache_is_shared_and_checked_against_the_file() {
     drop(idx);
     assert!(s2.cached(d1.uid).is_none());
 }
+
+/// The caches of all folders count against one total, and an evicted folder gives its
+/// bytes back.
+#[test]
+fn message_cache_bytes_are_counted_across_folders() {
+    let (_t, store, a) = setup();
+    let d = store.deliver(&a, "INBOX", b"Subject: x\r\n\r\nx\r\n").unwrap();
+    let total = || store.indexes.cached_bytes.load(std::sync::atomic::Ordering::Relaxed);
+    let mb = store.open_mailbox(&a, "INBOX", false).unwrap();
+    mb.cache_update(d.uid, |c| c.header = Some(vec![b'h'; 1000].into()));
+    let after = total();
+    assert!(after >= 1000, "{after}");
+    mb.cache_update(d.uid, |c| c.size = Some(1));
+    assert_eq!(total(), after, "an update replaces, it does not add");
+    drop(mb);
+    store.indexes.map.lock().unwrap().clear();
+    assert_eq!(total(), 0, "a dropped folder index returns its bytes");
+}
