@@ -22,9 +22,8 @@
 #   1. RSS per idle connection: IDLE logged-in connections with INBOX selected; posthaste:
 #      VmRSS of its process before/after; Dovecot: sum of PSS of all its processes.
 #   2. posthaste only: BIG_IDLE concurrent idle connections (are they all still answered?),
-#      INBOX selected (BIG_NOSELECT=1: only logged in). posthaste keeps the folder index
-#      open per selected session: 2 descriptors per connection, so 10,000 selected sessions
-#      need `ulimit -Hn` above 20,000.
+#      INBOX selected (BIG_NOSELECT=1: only logged in). One descriptor per connection
+#      (selected sessions share the folder's index; before that each kept the index open).
 #   3. single connection, best of 3: SELECT, FETCH 1:* (FLAGS UID RFC822.SIZE), header
 #      fields, BODYSTRUCTURE, ENVELOPE, SEARCH SUBJECT/FROM/UNSEEN/SINCE/BODY. The first
 #      SELECT (the server building its index from the copied Maildir) is timed on its own.

@@ -390,6 +390,88 @@ async fn list_special_use_children_and_names() {
     c.expect("v STATUS Nope (MESSAGES)", "NO").await;
 }
 
+/// posthaste issue #3: Maildir++ can hold `.a.b` without `.a` (Dovecot and other tools
+/// create such trees); LIST shows the missing level as \Noselect with children (RFC 3501
+/// §6.3.8), for `%` and `*` alike, and SELECT of it fails.
+#[tokio::test]
+async fn list_shows_missing_hierarchy_levels_as_noselect() {
+    let env = env().await;
+    let base = env.store.account_dir(&alice());
+    for d in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(base.join(".a.b").join(d)).unwrap();
+        std::fs::create_dir_all(base.join(".x.y.z").join(d)).unwrap();
+    }
+    let mut c = Client::logged_in(&env).await;
+    let r = c.ok("a LIST \"\" \"%\"").await;
+    assert!(r.contains("* LIST (\\Noselect \\HasChildren) \"/\" \"a\"\r\n"), "{r}");
+    assert!(r.contains("* LIST (\\Noselect \\HasChildren) \"/\" \"x\"\r\n"), "{r}");
+    assert!(!r.contains("\"a/b\"") && !r.contains("\"x/y\""), "% stops at the first level: {r}");
+    let r = c.ok("b LIST \"\" \"*\"").await;
+    assert!(r.contains("* LIST (\\Noselect \\HasChildren) \"/\" \"a\"\r\n"), "{r}");
+    assert!(r.contains("* LIST (\\HasNoChildren) \"/\" \"a/b\"\r\n"), "{r}");
+    assert!(r.contains("* LIST (\\Noselect \\HasChildren) \"/\" \"x/y\"\r\n"), "{r}");
+    assert!(r.contains("* LIST (\\HasNoChildren) \"/\" \"x/y/z\"\r\n"), "{r}");
+    // The order stays INBOX first, then by name.
+    let names: Vec<&str> =
+        r.lines().filter(|l| l.starts_with("* LIST")).map(|l| l.rsplit(' ').next().unwrap()).collect();
+    assert_eq!(names[0], "\"INBOX\"", "{r}");
+    let pos = |n: &str| names.iter().position(|x| *x == n).unwrap();
+    assert!(pos("\"a\"") < pos("\"a/b\"") && pos("\"x/y\"") < pos("\"x/y/z\""), "{r}");
+    let r = c.ok("c LIST \"x/\" \"%\"").await;
+    assert!(r.contains("(\\Noselect \\HasChildren) \"/\" \"x/y\""), "{r}");
+    c.expect("d SELECT a", "NO").await;
+    // A real folder is never \Noselect; creating the level makes it selectable.
+    c.ok("e CREATE a").await;
+    let r = c.ok("f LIST \"\" \"a\"").await;
+    assert!(r.contains("* LIST (\\HasChildren) \"/\" \"a\""), "{r}");
+    c.ok("g SELECT a").await;
+    // LSUB lists subscriptions only.
+    let r = c.ok("h LSUB \"\" \"*\"").await;
+    assert!(!r.contains("Noselect"), "{r}");
+}
+
+/// posthaste issue #3 (b): what FETCH and SEARCH derive from a message file (size, header
+/// block, ENVELOPE, BODYSTRUCTURE) is kept per folder and shared by its sessions, so the
+/// file is read once. The test swaps the file's content behind the server's back (which no
+/// real writer does: Maildir content never changes) to show the answers come from the cache.
+#[tokio::test]
+async fn fetch_and_search_answer_from_the_shared_message_cache() {
+    let env = env().await;
+    let d = env.store.deliver(&alice(), "INBOX", &msg("cached", "body")).unwrap();
+    let mut c = Client::logged_in(&env).await;
+    c.ok("a SELECT INBOX").await;
+    let items = "(RFC822.SIZE ENVELOPE BODYSTRUCTURE BODY.PEEK[HEADER.FIELDS (Subject)])";
+    let first = c.ok(&format!("b FETCH 1 {items}")).await;
+    assert!(first.contains("Subject: cached"), "{first}");
+    // SELECT moved the file from new/ to cur/.
+    let cur = env.store.account_dir(&alice()).join("cur");
+    let path = std::fs::read_dir(&cur).unwrap().next().unwrap().unwrap().path();
+    assert!(path
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .starts_with(d.path.file_name().unwrap().to_str().unwrap()));
+    let size = std::fs::metadata(&path).unwrap().len();
+    std::fs::write(&path, "Subject: swapped\r\n\r\nother body, longer than before\r\n").unwrap();
+    let again = c.ok(&format!("c FETCH 1 {items}")).await;
+    assert_eq!(
+        again.replacen("* 1 FETCH", "", 1).lines().next(),
+        first.replacen("* 1 FETCH", "", 1).lines().next()
+    );
+    assert!(again.contains(&format!("RFC822.SIZE {size}")), "{again}");
+    let r = c.ok("d SEARCH SUBJECT cached").await;
+    assert!(r.contains("* SEARCH 1\r\n"), "SEARCH reads the cached header: {r}");
+    // Another session of the same folder gets the same cached answers.
+    let mut c2 = Client::logged_in(&env).await;
+    c2.ok("e EXAMINE INBOX").await;
+    let r = c2.ok("f FETCH 1 (BODY.PEEK[HEADER.FIELDS (Subject)])").await;
+    assert!(r.contains("Subject: cached"), "{r}");
+    // The body itself is read from the file, as always.
+    let r = c2.ok("g FETCH 1 (BODY.PEEK[TEXT])").await;
+    assert!(r.contains("other body"), "{r}");
+}
+
 #[tokio::test]
 async fn select_fetch_sections_and_seen() {
     let env = env().await;

@@ -480,3 +480,36 @@ async fn utf8_addresses_need_smtputf8() {
     c.cmd("Subject: grüße\r\n\r\nhallo\r\n.", "250").await;
     assert_eq!(inbox(&env, "jösé@example.test").len(), 1);
 }
+
+/// posthaste issue #3: a recipient whose account is at its quota (counted as IMAP QUOTA
+/// counts it) gets `452 4.2.2` at RCPT (RFC 3463 §3.3), others in the same transaction are
+/// still accepted, and making room lets mail in again.
+#[tokio::test]
+async fn rcpt_to_an_account_over_its_quota_gets_452_mailbox_full() {
+    let env = env().await;
+    let alice = Address::parse("alice@example.test").unwrap();
+    env.ctx.directory.set_quota(&alice, 1000).await.unwrap();
+    let store = Store::new(env.data.join("mail"));
+    store.create_account(&alice).unwrap();
+    let big = format!("Subject: filler\r\n\r\n{}\r\n", "x".repeat(1200));
+    let filler = store.deliver(&alice, "INBOX", big.as_bytes()).unwrap();
+    assert!(store.account_usage(&alice).unwrap().bytes >= 1000);
+
+    let mut c = Client::connect(&env, Profile::Mx).await;
+    c.cmd("EHLO client.test", "250").await;
+    c.cmd("MAIL FROM:<sender@remote.test>", "250").await;
+    c.cmd("RCPT TO:<alice@example.test>", "452 4.2.2").await;
+    // An alias to the full account is refused the same way; other recipients are fine.
+    c.cmd("RCPT TO:<info@example.test>", "452 4.2.2").await;
+    c.cmd("RCPT TO:<bob@example.test>", "250 2.1.5").await;
+    c.cmd("DATA", "354").await;
+    c.cmd("Subject: x\r\n\r\nbody\r\n.", "250").await;
+    assert_eq!(inbox(&env, "alice@example.test").len(), 1, "only the filler");
+    assert_eq!(inbox(&env, "bob@example.test").len(), 1);
+
+    // The user deletes the filler: mail is accepted again.
+    std::fs::remove_file(&filler.path).unwrap();
+    c.cmd("MAIL FROM:<sender@remote.test>", "250").await;
+    c.cmd("RCPT TO:<alice@example.test>", "250 2.1.5").await;
+    c.cmd("QUIT", "221").await;
+}

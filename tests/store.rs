@@ -197,7 +197,7 @@ fn flag_changes_and_removals_by_other_maildir_clients_are_seen() {
 }
 
 #[test]
-fn store_flags_renames_files_and_keeps_keywords_in_the_index() {
+fn store_flags_renames_files_and_writes_keywords_as_dovecot_letters() {
     let (_t, store, a) = setup();
     store.deliver(&a, "INBOX", b"one\n").unwrap();
     store.deliver(&a, "INBOX", b"two\n").unwrap();
@@ -206,7 +206,10 @@ fn store_flags_renames_files_and_keeps_keywords_in_the_index() {
     let r = mb.store_flags(&[1, 2, 99], FlagOp::Add, &[Flag::Seen, Flag::Flagged, kw.clone()], None).unwrap();
     assert_eq!(r.updated, vec![1, 2]);
     let m = mb.message(1).unwrap();
-    assert!(m.path.to_str().unwrap().ends_with(":2,FS"), "{:?}", m.path);
+    // The keyword is Dovecot's letter `a`, named in the folder's dovecot-keywords.
+    assert!(m.path.to_str().unwrap().ends_with(":2,FSa"), "{:?}", m.path);
+    let kwfile = std::fs::read_to_string(store.account_dir(&a).join("dovecot-keywords")).unwrap();
+    assert_eq!(kwfile, "0 $Label1\n");
     assert_eq!(m.flags, vec![Flag::Seen, Flag::Flagged, kw.clone()]);
     // Nothing changes: no new MODSEQ.
     let ms = m.modseq;

@@ -12,7 +12,7 @@ use super::mailbox::flags_for;
 use super::mime;
 use super::session::{compact, io_no, Session};
 use super::wire;
-use crate::store::{Flag, FlagOp};
+use crate::store::{CachedMessage, Flag, FlagOp};
 
 fn part_path(p: &Part) -> Vec<u32> {
     p.0.as_ref().iter().map(|n| n.get()).collect()
@@ -77,6 +77,72 @@ fn section_bytes(data: &[u8], root: &mime::Part, s: &Option<Section<'_>>) -> Vec
     }
 }
 
+/// Keys of the rendered items in the store's per-message cache.
+const ITEM_ENVELOPE: u8 = 1;
+const ITEM_BODYSTRUCTURE: u8 = 2;
+const ITEM_BODY: u8 = 3;
+
+/// Sections of the top-level header alone, which the cached header block answers.
+fn header_only(s: &Option<Section<'_>>) -> bool {
+    matches!(
+        s,
+        Some(Section::Header(None) | Section::HeaderFields(None, _) | Section::HeaderFieldsNot(None, _))
+    )
+}
+
+fn header_section(header: &[u8], s: &Option<Section<'_>>) -> Vec<u8> {
+    let names = |l: &[imap_codec::imap_types::core::AString<'_>]| {
+        l.iter().map(|a| String::from_utf8_lossy(a.as_ref()).into_owned()).collect::<Vec<_>>()
+    };
+    match s {
+        Some(Section::HeaderFields(None, l)) => mime::header_fields(header, &names(l.as_ref()), false),
+        Some(Section::HeaderFieldsNot(None, l)) => mime::header_fields(header, &names(l.as_ref()), true),
+        _ => header.to_vec(),
+    }
+}
+
+/// Whether answering `item` needs the message file, given what the cache holds.
+fn needs_file(item: &MessageDataItemName<'_>, c: &CachedMessage) -> bool {
+    use MessageDataItemName as N;
+    match item {
+        N::Flags | N::Uid | N::InternalDate | N::ModSeq | N::Binary { .. } | N::BinarySize { .. } => false,
+        N::Rfc822Size => c.size.is_none(),
+        N::Envelope => c.item(ITEM_ENVELOPE).is_none(),
+        N::BodyStructure => c.item(ITEM_BODYSTRUCTURE).is_none(),
+        N::Body => c.item(ITEM_BODY).is_none(),
+        N::Rfc822Header => c.header.is_none(),
+        N::BodyExt { section, .. } => !header_only(section) || c.header.is_none(),
+        N::Rfc822 | N::Rfc822Text => true,
+    }
+}
+
+/// After reading the file: everything cacheable this FETCH asks for, plus the size and the
+/// header block (cheap, and what SEARCH and later FETCHes of header fields need).
+fn fill_cache(c: &mut CachedMessage, items: &[MessageDataItemName<'_>], data: &[u8], root: &mime::Part) {
+    use MessageDataItemName as N;
+    c.size = Some(data.len() as u64);
+    if c.header.is_none() {
+        c.header = Some(data[root.header.clone()].into());
+    }
+    for item in items {
+        let key = match item {
+            N::Envelope => ITEM_ENVELOPE,
+            N::BodyStructure => ITEM_BODYSTRUCTURE,
+            N::Body => ITEM_BODY,
+            _ => continue,
+        };
+        if c.item(key).is_some() {
+            continue;
+        }
+        let mut out = Vec::new();
+        match key {
+            ITEM_ENVELOPE => mime::envelope(&mut out, &data[root.header.clone()]),
+            _ => mime::body_structure(&mut out, data, root, key == ITEM_BODYSTRUCTURE),
+        }
+        c.items.push((key, out.into()));
+    }
+}
+
 /// RFC 3501 §9 date-time, in UTC.
 pub(super) fn internal_date(secs: i64) -> String {
     use chrono::TimeZone;
@@ -138,19 +204,6 @@ impl Session {
             self.bad(Some(tag), "BINARY is not supported");
             return Ok(());
         }
-        let needs_body = items.iter().any(|i| {
-            matches!(
-                i,
-                N::Envelope
-                    | N::BodyStructure
-                    | N::Body
-                    | N::BodyExt { .. }
-                    | N::Rfc822
-                    | N::Rfc822Header
-                    | N::Rfc822Text
-            )
-        });
-        let needs_size = items.iter().any(|i| matches!(i, N::Rfc822Size));
         let sets_seen =
             items.iter().any(|i| matches!(i, N::BodyExt { peek: false, .. } | N::Rfc822 | N::Rfc822Text));
         let sel = self.selected.as_mut().expect("selected");
@@ -177,8 +230,10 @@ impl Session {
         let mut out = Vec::new();
         for &u in &uids {
             let (Some(m), Some(seq)) = (sel.mb.message(u), sel.seq_of(u)) else { continue };
-            let cached = if needs_body { None } else { sel.sizes.get(&u).copied() };
-            let needs_data = needs_body || (needs_size && cached.is_none());
+            // What the folder's shared cache has (sizes, the header block, rendered
+            // BODYSTRUCTURE/BODY/ENVELOPE): the file is read only for what it lacks.
+            let mut c = sel.mb.cached(u).unwrap_or_default();
+            let needs_data = items.iter().any(|i| needs_file(i, &c));
             let data = if needs_data {
                 let mut raw = Vec::new();
                 match sel.mb.open_message(u).and_then(|mut f| f.read_to_end(&mut raw)) {
@@ -190,11 +245,18 @@ impl Session {
             } else {
                 Vec::new()
             };
-            if needs_data {
-                sel.sizes.insert(u, data.len() as u64);
+            let root = needs_data.then(|| mime::parse(&data));
+            if let Some(root) = &root {
+                fill_cache(&mut c, &items, &data, root);
+                let fresh = c.clone();
+                sel.mb.cache_update(u, move |e| {
+                    e.size = fresh.size;
+                    e.header = fresh.header;
+                    e.items = fresh.items;
+                });
             }
-            let size = cached.unwrap_or(data.len() as u64);
-            let root = needs_body.then(|| mime::parse(&data));
+            let size = c.size.unwrap_or(data.len() as u64);
+            let header: &[u8] = c.header.as_deref().unwrap_or_default();
             out.extend_from_slice(format!("* {seq} FETCH (").as_bytes());
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
@@ -209,23 +271,22 @@ impl Session {
                     N::Rfc822Size => out.extend_from_slice(format!("RFC822.SIZE {size}").as_bytes()),
                     N::ModSeq => out.extend_from_slice(format!("MODSEQ ({})", m.modseq).as_bytes()),
                     N::Envelope => {
-                        let root = root.as_ref().expect("parsed");
                         out.extend_from_slice(b"ENVELOPE ");
-                        mime::envelope(&mut out, &data[root.header.clone()]);
+                        out.extend_from_slice(&c.item(ITEM_ENVELOPE).expect("filled"));
                     }
                     N::Body | N::BodyStructure => {
                         let ext = matches!(item, N::BodyStructure);
                         out.extend_from_slice(if ext { b"BODYSTRUCTURE " } else { b"BODY " });
-                        mime::body_structure(&mut out, &data, root.as_ref().expect("parsed"), ext);
+                        let key = if ext { ITEM_BODYSTRUCTURE } else { ITEM_BODY };
+                        out.extend_from_slice(&c.item(key).expect("filled"));
                     }
                     N::Rfc822 => {
                         out.extend_from_slice(b"RFC822 ");
                         wire::literal(&mut out, &data);
                     }
                     N::Rfc822Header => {
-                        let root = root.as_ref().expect("parsed");
                         out.extend_from_slice(b"RFC822.HEADER ");
-                        wire::literal(&mut out, &data[root.header.clone()]);
+                        wire::literal(&mut out, header);
                     }
                     N::Rfc822Text => {
                         let root = root.as_ref().expect("parsed");
@@ -233,7 +294,11 @@ impl Session {
                         wire::literal(&mut out, &data[root.body.clone()]);
                     }
                     N::BodyExt { section, partial, .. } => {
-                        let bytes = section_bytes(&data, root.as_ref().expect("parsed"), section);
+                        let bytes = match (header_only(section), &root) {
+                            (true, _) => header_section(header, section),
+                            (false, Some(root)) => section_bytes(&data, root, section),
+                            (false, None) => unreachable!("needs_file reads the file for this section"),
+                        };
                         out.extend_from_slice(format!("BODY[{}]", section_name(section)).as_bytes());
                         let slice: &[u8] = match partial {
                             Some((start, len)) => {

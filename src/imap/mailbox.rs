@@ -167,36 +167,22 @@ impl Session {
                 return Ok(());
             }
         };
-        let messages = mb.messages();
-        let uids: Vec<u32> = messages.iter().map(|m| m.uid).collect();
-        let mut keywords: BTreeSet<String> = BTreeSet::new();
-        for m in &messages {
-            for f in &m.flags {
-                if let Flag::Keyword(k) = f {
-                    keywords.insert(k.clone());
-                }
-            }
-        }
+        let summary = mb.summary();
+        let uids = summary.uids;
+        let mut keywords = summary.keywords;
         keywords.insert("$Forwarded".into());
         for l in flags_lines(&keywords, read_only) {
             self.line(&l);
         }
         self.line(&format!("* {} EXISTS", uids.len()));
-        self.line(&format!("* {} RECENT", messages.iter().filter(|m| m.recent).count()));
-        if let Some(i) = messages.iter().position(|m| !m.flags.contains(&Flag::Seen)) {
+        self.line(&format!("* {} RECENT", summary.recent));
+        if let Some(i) = summary.first_unseen {
             self.line(&format!("* OK [UNSEEN {}] First unseen message", i + 1));
         }
         self.line(&format!("* OK [UIDVALIDITY {}] UIDs valid", mb.uidvalidity()));
         self.line(&format!("* OK [UIDNEXT {}] Predicted next UID", mb.uid_next()));
         self.line(&format!("* OK [HIGHESTMODSEQ {}] Highest", mb.highest_modseq().max(1)));
-        self.selected = Some(Selected {
-            mb,
-            uids,
-            read_only,
-            pending_expunge: BTreeSet::new(),
-            sizes: Default::default(),
-            keywords,
-        });
+        self.selected = Some(Selected { mb, uids, read_only, pending_expunge: BTreeSet::new(), keywords });
         let code = if read_only { "READ-ONLY" } else { "READ-WRITE" };
         let cmd = if read_only { "EXAMINE" } else { "SELECT" };
         self.ok(tag, &format!("[{code}] {cmd} completed"));
@@ -293,29 +279,57 @@ impl Session {
             Ok(f) => f,
             Err(e) => return self.no(tag, &io_no(&e)),
         };
-        let names: Vec<String> = folders.iter().map(|f| disk_to_wire(&f.name)).collect();
+        // Maildir++ can hold `.a.b` without `.a`: the levels above an existing folder that
+        // are no folder themselves are listed with \Noselect (RFC 3501 §6.3.8: "If these
+        // levels of hierarchy are not also selectable mailboxes, they are returned with the
+        // \Noselect mailbox name attribute"), so clients can show the tree. LSUB lists only
+        // subscriptions, not these.
+        let mut entries: Vec<(String, Option<&store::FolderInfo>)> =
+            folders.iter().map(|f| (f.name.clone(), Some(f))).collect();
+        if !lsub {
+            let existing: BTreeSet<&str> = folders.iter().map(|f| f.name.as_str()).collect();
+            let mut missing = BTreeSet::new();
+            for f in &folders {
+                for (i, _) in f.name.match_indices('.') {
+                    let parent = &f.name[..i];
+                    if !existing.contains(parent) {
+                        missing.insert(parent.to_owned());
+                    }
+                }
+            }
+            entries.extend(missing.into_iter().map(|n| (n, None)));
+            // INBOX first, then by name, as before.
+            entries[1..].sort_by(|a, b| a.0.cmp(&b.0));
+        }
+        let names: Vec<String> = entries.iter().map(|(n, _)| disk_to_wire(n)).collect();
         let mut out = Vec::new();
         let opts = std::mem::take(&mut self.list_opts);
-        for (f, wire_name) in folders.iter().zip(&names) {
-            if (lsub || opts.subscribed_only) && !f.subscribed && f.name != "INBOX" {
+        for ((name, f), wire_name) in entries.iter().zip(&names) {
+            let subscribed = f.is_some_and(|f| f.subscribed);
+            let special = f.and_then(|f| f.special_use);
+            if (lsub || opts.subscribed_only) && !subscribed && name != "INBOX" {
                 continue;
             }
-            if opts.special_use_only && f.special_use.is_none() {
+            if opts.special_use_only && special.is_none() {
                 continue;
             }
             // INBOX matches case-insensitively (RFC 3501 §5.1).
             let hit = matches(&full, wire_name.as_bytes())
-                || (f.name == "INBOX" && full.eq_ignore_ascii_case(b"INBOX"));
+                || (name == "INBOX" && full.eq_ignore_ascii_case(b"INBOX"));
             if !hit {
                 continue;
             }
             let prefix = format!("{wire_name}/");
             let children = names.iter().any(|n| n.starts_with(&prefix));
-            let mut attrs = vec![if children { "\\HasChildren" } else { "\\HasNoChildren" }];
-            if opts.return_subscribed && (f.subscribed || f.name == "INBOX") {
+            let mut attrs = Vec::new();
+            if f.is_none() {
+                attrs.push("\\Noselect");
+            }
+            attrs.push(if children { "\\HasChildren" } else { "\\HasNoChildren" });
+            if opts.return_subscribed && (subscribed || name == "INBOX") {
                 attrs.push("\\Subscribed");
             }
-            if let Some(su) = f.special_use {
+            if let Some(su) = special {
                 attrs.push(su);
             }
             out.extend_from_slice(format!("* {cmd} ({}) \"/\" ", attrs.join(" ")).as_bytes());

@@ -15,7 +15,7 @@ use mail_parser::{HeaderValue, MessageParser, PartType};
 
 use super::mime;
 use super::session::Session;
-use crate::store::{Flag, Mailbox, Message};
+use crate::store::{CachedMessage, Flag, Mailbox, Message};
 
 fn in_set(set: &SequenceSet, v: u32, max: u32) -> bool {
     let val = |s: &SeqOrUid| match s {
@@ -41,8 +41,8 @@ struct Candidate<'a> {
     max_seq: u32,
     max_uid: u32,
     mb: &'a mut Mailbox,
-    /// RFC822.SIZE values FETCH already computed (CRLF-normalised).
-    sizes: &'a std::collections::HashMap<u32, u64>,
+    /// The folder's shared cache entry (size, header block), if any.
+    cached: Option<CachedMessage>,
     data: Option<Vec<u8>>,
 }
 
@@ -51,9 +51,30 @@ impl Candidate<'_> {
         if self.data.is_none() {
             let mut raw = Vec::new();
             let ok = self.mb.open_message(self.m.uid).and_then(|mut f| f.read_to_end(&mut raw)).is_ok();
-            self.data = Some(if ok { mime::crlf(raw) } else { Vec::new() });
+            let data = if ok { mime::crlf(raw) } else { Vec::new() };
+            if ok {
+                // What later SEARCHes and FETCHes of header fields need, in the shared cache.
+                let root = mime::parse(&data);
+                let header: std::sync::Arc<[u8]> = data[root.header.clone()].into();
+                let size = data.len() as u64;
+                self.cached.get_or_insert_with(Default::default).header = Some(header.clone());
+                self.mb.cache_update(self.m.uid, |e| {
+                    e.size = Some(size);
+                    e.header.get_or_insert(header);
+                });
+            }
+            self.data = Some(data);
         }
         self.data.as_deref().unwrap_or_default()
+    }
+
+    /// The top-level header block: from the cache, else read (and cached).
+    fn header_block(&mut self) -> std::sync::Arc<[u8]> {
+        if let Some(h) = self.cached.as_ref().and_then(|c| c.header.clone()) {
+            return h;
+        }
+        self.data();
+        self.cached.as_ref().and_then(|c| c.header.clone()).unwrap_or_else(|| Vec::new().into())
     }
 
     /// The size LARGER/SMALLER compare: RFC822.SIZE when known (or the message is read
@@ -62,7 +83,7 @@ impl Candidate<'_> {
         if let Some(d) = &self.data {
             return d.len() as u64;
         }
-        self.sizes.get(&self.m.uid).copied().unwrap_or(self.m.size)
+        self.cached.as_ref().and_then(|c| c.size).unwrap_or(self.m.size)
     }
 
     fn has(&self, f: &Flag) -> bool {
@@ -79,23 +100,29 @@ impl Candidate<'_> {
     }
 
     fn sent_day(&mut self) -> Option<NaiveDate> {
-        let data = self.data().to_vec();
-        let msg = MessageParser::default().parse_headers(&data)?;
+        let header = self.header_block();
+        let msg = MessageParser::default().parse_headers(&header[..])?;
         let d = msg.date()?;
         NaiveDate::from_ymd_opt(d.year as i32, d.month as u32, d.day as u32)
     }
 
     /// Header values of `name`, decoded and raw.
     fn header(&mut self, name: &str) -> Vec<String> {
-        let data = self.data().to_vec();
+        let header = self.header_block();
         let mut out = Vec::new();
-        let root = mime::parse(&data);
-        for (k, v) in mime::fields(&data[root.header.clone()]) {
+        let mut present = false;
+        for (k, v) in mime::fields(&header) {
             if k.eq_ignore_ascii_case(name) {
+                present = true;
                 out.push(v);
             }
         }
-        if let Some(msg) = MessageParser::default().parse_headers(&data) {
+        // The decoded forms (RFC 2047 words, addresses) only when the field is there: the
+        // full parse is the expensive part of a header SEARCH.
+        if !present {
+            return out;
+        }
+        if let Some(msg) = MessageParser::default().parse_headers(&header[..]) {
             for h in msg.headers() {
                 if !h.name.as_str().eq_ignore_ascii_case(name) {
                     continue;
@@ -194,6 +221,30 @@ impl Candidate<'_> {
     }
 }
 
+/// Whether a key looks at the message's size, header or body (not only the index).
+fn uses_content(k: &SearchKey<'_>) -> bool {
+    use SearchKey as K;
+    match k {
+        K::And(v) => v.as_ref().iter().any(uses_content),
+        K::Not(k) => uses_content(k),
+        K::Or(a, b) => uses_content(a) || uses_content(b),
+        K::Larger(_)
+        | K::Smaller(_)
+        | K::SentBefore(_)
+        | K::SentOn(_)
+        | K::SentSince(_)
+        | K::From(_)
+        | K::To(_)
+        | K::Cc(_)
+        | K::Bcc(_)
+        | K::Subject(_)
+        | K::Header(..)
+        | K::Body(_)
+        | K::Text(_) => true,
+        _ => false,
+    }
+}
+
 fn uses_modseq(k: &SearchKey<'_>) -> bool {
     match k {
         SearchKey::ModSequence { .. } => true,
@@ -223,6 +274,7 @@ impl Session {
         if modseq {
             self.condstore = true;
         }
+        let needs_cache = criteria.as_ref().iter().any(uses_content);
         let sel = self.selected.as_mut().expect("selected");
         let view = sel.uids.clone();
         let max_seq = view.len() as u32;
@@ -231,15 +283,9 @@ impl Session {
         let mut highest = 0;
         for (i, &u) in view.iter().enumerate() {
             let Some(m) = sel.mb.message(u) else { continue };
-            let mut c = Candidate {
-                seq: i as u32 + 1,
-                m,
-                max_seq,
-                max_uid,
-                mb: &mut sel.mb,
-                sizes: &sel.sizes,
-                data: None,
-            };
+            let cached = if needs_cache { sel.mb.cached(u) } else { None };
+            let mut c =
+                Candidate { seq: i as u32 + 1, m, max_seq, max_uid, mb: &mut sel.mb, cached, data: None };
             if criteria.as_ref().iter().all(|k| c.matches(k)) {
                 highest = highest.max(c.m.modseq);
                 hits.push(if uid { u } else { i as u32 + 1 });

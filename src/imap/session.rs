@@ -59,9 +59,6 @@ pub(super) struct Selected {
     pub read_only: bool,
     /// Expunged in the store, not yet announced (RFC 3501 §7.4.1).
     pub pending_expunge: BTreeSet<u32>,
-    /// RFC822.SIZE (CRLF-normalised) of messages already read: clients fetch it for every
-    /// message on each sync, and a message's content never changes.
-    pub sizes: std::collections::HashMap<u32, u64>,
     /// Keywords announced in FLAGS so far.
     pub keywords: BTreeSet<String>,
 }
@@ -687,6 +684,15 @@ impl Session {
                 sel.pending_expunge.insert(*uid);
             }
         }
+        if ch.resync {
+            // The store no longer lists every expunge since our last look: compare the view.
+            let present = sel.mb.with_messages(&sel.uids, |_| ());
+            for (uid, p) in sel.uids.iter().zip(present) {
+                if p.is_none() {
+                    sel.pending_expunge.insert(*uid);
+                }
+            }
+        }
         if allow_expunge && !sel.pending_expunge.is_empty() {
             // Highest first: each EXPUNGE renumbers only the messages after it.
             for uid in std::mem::take(&mut sel.pending_expunge).into_iter().rev() {
@@ -707,7 +713,7 @@ impl Session {
         }
         if added {
             lines.push(format!("* {} EXISTS", sel.uids.len()));
-            let recent = sel.uids.iter().filter(|u| sel.mb.message(**u).is_some_and(|m| m.recent)).count();
+            let recent = sel.uids.iter().filter(|u| sel.mb.is_recent(**u)).count();
             lines.push(format!("* {recent} RECENT"));
         }
         let touched: Vec<Flag> = ch

@@ -525,11 +525,41 @@ impl Session {
             info!(session = %self.id, client = %self.peer.ip(), rcpt = %addr, "smtp: relay denied");
             return self.error(554, "5.7.1", &format!("<{addr}>: Relay access denied"));
         };
+        if self.all_over_quota(&targets).await {
+            // RFC 3463 §3.3: X.2.2 "mailbox full", persistent transient (RFC 5321 §4.2.2 452):
+            // the sender retries, and the mail arrives once the user has made room.
+            info!(event = "over_quota", session = %self.id, client = %self.peer.ip(), rcpt = %addr, "smtp: mailbox full");
+            return self.error(452, "4.2.2", &format!("<{addr}>: Mailbox full"));
+        }
         let tx = self.tx.as_mut().expect("checked above");
         if !tx.recipients.iter().any(|(a, _)| *a == addr) {
             tx.recipients.push((addr, targets));
         }
         self.reply(250, "2.1.5", "Recipient OK");
+    }
+
+    /// Whether every target is a local account at or over its quota (the directory's
+    /// `quota`, bytes; 0 = no limit), counted as IMAP QUOTA counts it (the store's
+    /// `account_usage`). An alias with one recipient that has room is accepted: refusing it
+    /// would keep the mail from the others. Errors count as "has room": a quota check never
+    /// loses mail.
+    async fn all_over_quota(&self, targets: &[Target]) -> bool {
+        let mut accounts = Vec::new();
+        for t in targets {
+            let Target::Local(a) = t else { return false };
+            match self.ctx.directory.get_account(a).await {
+                Ok(Some(acct)) if acct.quota > 0 => accounts.push((a.clone(), acct.quota)),
+                _ => return false,
+            }
+        }
+        if accounts.is_empty() {
+            return false;
+        }
+        let store = crate::store::Store::new(self.ctx.config.mail_dir());
+        let full = tokio::task::spawn_blocking(move || {
+            accounts.iter().all(|(a, quota)| store.account_usage(a).is_ok_and(|u| u.bytes >= *quota))
+        });
+        full.await.unwrap_or(false)
     }
 
     /// `<postmaster>` without a domain (RFC 5321 §4.5.1): postmaster of our host name's

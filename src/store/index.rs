@@ -122,6 +122,9 @@ pub struct Changes {
     /// Flags or keywords changed (a new MODSEQ).
     pub changed: BTreeSet<u32>,
     pub expunged: BTreeSet<u32>,
+    /// Too much happened since the last look to list the expunges: every UID the caller
+    /// holds that is no longer in the folder was expunged.
+    pub resync: bool,
 }
 
 impl Changes {
@@ -130,6 +133,7 @@ impl Changes {
             && self.added.is_empty()
             && self.changed.is_empty()
             && self.expunged.is_empty()
+            && !self.resync
     }
     fn expunge(&mut self, uid: u32) {
         self.added.remove(&uid);
@@ -147,9 +151,20 @@ pub struct State {
     pub stamp: Option<(i128, i128)>,
     pub entries: BTreeMap<u32, Entry>,
     pub by_base: HashMap<String, u32>,
+    /// (MODSEQ, UID) of every message: what changed since a MODSEQ, without a full walk
+    /// (sessions sharing this state each remember the HIGHESTMODSEQ they last reported).
+    by_modseq: BTreeSet<(u64, u32)>,
+    /// (MODSEQ, UID) of recent expunges, for the same purpose; at most [`TOMBSTONES`].
+    tombstones: BTreeSet<(u64, u32)>,
+    /// Tombstones at or below this MODSEQ were dropped: a session that last synced before it
+    /// must compare its whole view (`Changes::resync`).
+    tomb_floor: u64,
     /// Lines in the log, to decide when to compact.
     records: usize,
 }
+
+/// Expunges remembered for sessions that have not synced since (see `State::tombstones`).
+const TOMBSTONES: usize = 20_000;
 
 impl State {
     fn new(uidvalidity: u32, next_uid: u32, highest_modseq: u64) -> State {
@@ -161,6 +176,9 @@ impl State {
             stamp: None,
             entries: BTreeMap::new(),
             by_base: HashMap::new(),
+            by_modseq: BTreeSet::new(),
+            tombstones: BTreeSet::new(),
+            tomb_floor: 0,
             records: 0,
         }
     }
@@ -174,10 +192,14 @@ impl State {
                 let uid = e.uid;
                 let modseq = e.modseq;
                 self.by_base.insert(e.base().to_owned(), uid);
+                self.by_modseq.insert((modseq, uid));
                 match self.entries.insert(uid, e) {
                     Some(old) => {
                         if old.base() != self.entries[&uid].base() {
                             self.by_base.remove(old.base());
+                        }
+                        if old.modseq != modseq {
+                            self.by_modseq.remove(&(old.modseq, uid));
                         }
                         if old.modseq != modseq {
                             ch.changed.insert(uid);
@@ -193,12 +215,46 @@ impl State {
                 self.next_uid = self.next_uid.max(uid.saturating_add(1));
                 if let Some(old) = self.entries.remove(&uid) {
                     self.by_base.remove(old.base());
+                    self.by_modseq.remove(&(old.modseq, uid));
+                    self.tombstone(modseq, uid);
                     ch.expunge(uid);
                 }
             }
             Record::Recent(uid) => self.first_recent = self.first_recent.max(uid),
             Record::Stamp(n, c) => self.stamp = if n == 0 && c == 0 { None } else { Some((n, c)) },
         }
+    }
+
+    fn tombstone(&mut self, modseq: u64, uid: u32) {
+        self.tombstones.insert((modseq, uid));
+        while self.tombstones.len() > TOMBSTONES {
+            if let Some((m, _)) = self.tombstones.pop_first() {
+                self.tomb_floor = self.tomb_floor.max(m);
+            }
+        }
+    }
+
+    /// What changed since a session last looked, when it saw HIGHESTMODSEQ `modseq` and
+    /// UIDNEXT `next_uid` (RFC 7162 §3.1: every change of a message raises its MODSEQ above
+    /// the HIGHESTMODSEQ before it, and so does every expunge, §3.2).
+    pub fn changes_since(&self, modseq: u64, next_uid: u32) -> Changes {
+        let mut ch = Changes::default();
+        ch.added.extend(self.entries.range(next_uid..).map(|(u, _)| *u));
+        for &(_, uid) in self.by_modseq.range((modseq.saturating_add(1), 0)..) {
+            if uid < next_uid {
+                ch.changed.insert(uid);
+            }
+        }
+        if modseq < self.tomb_floor {
+            ch.resync = true;
+        } else {
+            for &(_, uid) in self.tombstones.range((modseq.saturating_add(1), 0)..) {
+                if uid < next_uid {
+                    ch.expunged.insert(uid);
+                }
+            }
+        }
+        ch
     }
 
     /// The changes between an old and a new state (after the index file was replaced).
@@ -221,6 +277,27 @@ impl State {
             }
         }
     }
+}
+
+/// A replaced index file (compaction, rebuild) holds no `-` records: remember the expunges
+/// the comparison found, so sessions that look later still hear of them.
+fn carry_tombstones(old: &State, new: &mut State, diff: &Changes) {
+    new.tombstones = old.tombstones.clone();
+    new.tomb_floor = old.tomb_floor;
+    let at = new.highest_modseq.max(old.highest_modseq);
+    for &uid in &diff.expunged {
+        new.tombstone(at, uid);
+    }
+}
+
+fn merge(into: &mut Changes, from: Changes) {
+    into.uidvalidity_changed |= from.uidvalidity_changed;
+    into.resync |= from.resync;
+    for u in from.expunged {
+        into.expunge(u);
+    }
+    into.added.extend(from.added);
+    into.changed.extend(from.changed);
 }
 
 fn format_record(rec: &Record, out: &mut String) {
@@ -339,6 +416,262 @@ pub struct Index {
     dir: PathBuf,
     pub state: State,
     log: Option<LogHandle>,
+    /// mtimes of new/ and cur/ right after a change we made ourselves under the lock, when
+    /// the index was complete before it: the index is complete as of these mtimes too. Kept
+    /// in memory only and trusted until the directories have been quiet for
+    /// [`STAMP_QUIET_NS`]; then one scan checks it and records a real `D` stamp (see
+    /// [`Index::dirs_unchanged`]).
+    soft_stamp: Option<(i128, i128)>,
+    /// Per-message data the protocol layers derived from the files (see [`MessageCache`]).
+    pub cache: MessageCache,
+    /// Dovecot's keyword letters of this folder (see [`DovecotKeywords`]).
+    pub keywords: DovecotKeywords,
+}
+
+/// Dovecot keeps keywords in Maildir file names as the letters `a`–`z` after the system
+/// flags, the letter `a + i` standing for line `i <name>` of the folder's `dovecot-keywords`
+/// file. We read and write the same, so keywords set by either server show in the other:
+/// a keyword with a letter lives in the file name only, one without (the 27th keyword of a
+/// folder) in our index only. The file is replaced as Dovecot does it: written as the
+/// dot-lock file `dovecot-keywords.lock` (created exclusively, which is also Dovecot's lock)
+/// and renamed over the original.
+#[derive(Default)]
+pub struct DovecotKeywords {
+    names: Vec<Option<String>>,
+    /// (inode, size, mtime ns) of the file when read; None = missing.
+    seen: Option<(u64, u64, i128)>,
+}
+
+pub const DOVECOT_KEYWORDS: &str = "dovecot-keywords";
+const DOVECOT_KEYWORDS_LOCK: &str = "dovecot-keywords.lock";
+/// Dovecot's default dot-lock stale timeout for this file is 2 minutes; a lock that old was
+/// left by a crashed writer.
+const KEYWORDS_LOCK_STALE: std::time::Duration = std::time::Duration::from_secs(120);
+
+impl DovecotKeywords {
+    /// The keyword of a Dovecot letter.
+    pub fn name(&self, letter: char) -> Option<&str> {
+        let i = (letter as u32).checked_sub('a' as u32)? as usize;
+        if !letter.is_ascii_lowercase() {
+            return None;
+        }
+        self.names.get(i)?.as_deref()
+    }
+
+    /// The letter of a keyword (IMAP keywords compare case-insensitively, RFC 3501 §2.3.2).
+    pub fn letter(&self, keyword: &str) -> Option<char> {
+        let i =
+            self.names.iter().position(|n| n.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(keyword)))?;
+        char::from_u32('a' as u32 + i as u32)
+    }
+
+    fn parse(text: &str) -> Vec<Option<String>> {
+        let mut names: Vec<Option<String>> = Vec::new();
+        for line in text.lines() {
+            let Some((i, name)) = line.split_once(' ') else { continue };
+            let Ok(i) = i.parse::<usize>() else { continue };
+            if i >= 26 || name.is_empty() || !super::is_keyword(name) {
+                continue;
+            }
+            if names.len() <= i {
+                names.resize(i + 1, None);
+            }
+            names[i] = Some(name.to_owned());
+        }
+        names
+    }
+
+    /// Re-read the file if it changed since we last did (one stat when it did not).
+    pub fn refresh(&mut self, dir: &Path) -> io::Result<()> {
+        let path = dir.join(DOVECOT_KEYWORDS);
+        let id = match std::fs::metadata(&path) {
+            Ok(m) => Some((m.ino(), m.len(), mtime_ns(&m))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        if id == self.seen && (id.is_some() || self.names.is_empty()) {
+            return Ok(());
+        }
+        self.names = match std::fs::read_to_string(&path) {
+            Ok(t) => Self::parse(&t),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        self.seen = id;
+        Ok(())
+    }
+
+    /// Give letters to `wanted` keywords that have none yet, while letters are free: adds
+    /// them to `dovecot-keywords` under Dovecot's dot-lock. Keywords left without a letter
+    /// (all 26 taken, or the lock busy for long) stay in our index.
+    pub fn assign(&mut self, dir: &Path, wanted: &[&str]) -> io::Result<()> {
+        if wanted.iter().all(|k| self.letter(k).is_some()) {
+            return Ok(());
+        }
+        let lock_path = dir.join(DOVECOT_KEYWORDS_LOCK);
+        let mut lock = None;
+        for _ in 0..200 {
+            match OpenOptions::new().write(true).create_new(true).open(&lock_path) {
+                Ok(f) => {
+                    lock = Some(f);
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    let stale = std::fs::metadata(&lock_path)
+                        .and_then(|m| m.modified())
+                        .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > KEYWORDS_LOCK_STALE));
+                    if stale {
+                        let _ = std::fs::remove_file(&lock_path);
+                    } else {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        // Busy for two seconds: the keywords stay in our index this time.
+        let Some(mut lock) = lock else { return Ok(()) };
+        let result = (|| {
+            // Another writer may have added names since we read the file.
+            self.seen = None;
+            self.names.clear();
+            self.refresh(dir)?;
+            let mut changed = false;
+            for k in wanted {
+                if self.letter(k).is_some() {
+                    continue;
+                }
+                let free = self
+                    .names
+                    .iter()
+                    .position(Option::is_none)
+                    .or((self.names.len() < 26).then_some(self.names.len()));
+                let Some(i) = free else { break };
+                if i == self.names.len() {
+                    self.names.push(None);
+                }
+                self.names[i] = Some((*k).to_owned());
+                changed = true;
+            }
+            if !changed {
+                return Ok(false);
+            }
+            let mut text = String::new();
+            for (i, n) in self.names.iter().enumerate() {
+                if let Some(n) = n {
+                    text.push_str(&format!("{i} {n}\n"));
+                }
+            }
+            lock.write_all(text.as_bytes())?;
+            lock.sync_all()?;
+            std::fs::rename(&lock_path, dir.join(DOVECOT_KEYWORDS))?;
+            fsync_dir(dir)?;
+            Ok(true)
+        })();
+        match result {
+            Ok(true) => {
+                self.seen = None;
+                self.refresh(dir)
+            }
+            Ok(false) => {
+                let _ = std::fs::remove_file(&lock_path);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&lock_path);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// What protocol layers derived from a message file and want to keep, per UID, shared by
+/// every session of the folder in this process: a message's content never changes, so an
+/// entry stays valid as long as the UID names the same file base (checked on every read,
+/// which also covers a rebuild that reuses UIDs). Filled lazily; dropped as a whole when it
+/// grows beyond [`MessageCache::BUDGET`] bytes, or when the caches of all folders together
+/// (`total`, shared through the `Store`) pass [`MessageCache::TOTAL_BUDGET`].
+#[derive(Default)]
+pub struct MessageCache {
+    map: HashMap<u32, CachedMessage>,
+    bytes: usize,
+    pub(super) total: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Drop for MessageCache {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[derive(Default, Clone)]
+pub struct CachedMessage {
+    base: Box<str>,
+    /// RFC822.SIZE (CRLF-normalised).
+    pub size: Option<u64>,
+    /// The top-level header block, CRLF-normalised, with the blank line that ends it.
+    pub header: Option<std::sync::Arc<[u8]>>,
+    /// Rendered protocol items (e.g. IMAP BODYSTRUCTURE, BODY, ENVELOPE), by the caller's key.
+    pub items: Vec<(u8, std::sync::Arc<[u8]>)>,
+}
+
+impl CachedMessage {
+    pub fn item(&self, key: u8) -> Option<std::sync::Arc<[u8]>> {
+        self.items.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone())
+    }
+    fn weight(&self) -> usize {
+        64 + self.base.len()
+            + self.header.as_ref().map_or(0, |h| h.len())
+            + self.items.iter().map(|(_, v)| v.len() + 16).sum::<usize>()
+    }
+}
+
+impl MessageCache {
+    /// Per folder; a 10,000-message folder with headers, BODYSTRUCTURE and ENVELOPE cached
+    /// needs about 15 MB.
+    pub const BUDGET: usize = 48 << 20;
+    /// All folders of the process together.
+    pub const TOTAL_BUDGET: usize = 256 << 20;
+
+    fn set_bytes(&mut self, bytes: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if bytes >= self.bytes {
+            self.total.fetch_add(bytes - self.bytes, Relaxed);
+        } else {
+            self.total.fetch_sub(self.bytes - bytes, Relaxed);
+        }
+        self.bytes = bytes;
+    }
+
+    pub fn get(&self, uid: u32, base: &str) -> Option<&CachedMessage> {
+        self.map.get(&uid).filter(|c| &*c.base == base)
+    }
+
+    /// Change (or create) the entry of `uid`, whose file base is `base`.
+    pub fn update(&mut self, uid: u32, base: &str, f: impl FnOnce(&mut CachedMessage)) {
+        let existed = self.map.contains_key(&uid);
+        let e = self.map.entry(uid).or_default();
+        let before = if existed { e.weight() } else { 0 };
+        if &*e.base != base {
+            *e = CachedMessage { base: base.into(), ..Default::default() };
+        }
+        f(e);
+        let after = e.weight();
+        let bytes = self.bytes.saturating_sub(before) + after;
+        self.set_bytes(bytes);
+        let total = self.total.load(std::sync::atomic::Ordering::Relaxed);
+        if self.bytes > Self::BUDGET || total > Self::TOTAL_BUDGET {
+            self.map.clear();
+            self.set_bytes(0);
+        }
+    }
+
+    fn forget(&mut self, uid: u32) {
+        if let Some(e) = self.map.remove(&uid) {
+            let bytes = self.bytes.saturating_sub(e.weight());
+            self.set_bytes(bytes);
+        }
+    }
 }
 
 pub enum Loaded {
@@ -361,16 +694,20 @@ fn fsync_dir(dir: &Path) -> io::Result<()> {
 
 impl Index {
     pub fn new(folder_dir: PathBuf) -> Index {
-        Index { dir: folder_dir, state: State::new(1, 1, 0), log: None }
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
+        Index {
+            dir: folder_dir,
+            state: State::new(1, 1, 0),
+            log: None,
+            soft_stamp: None,
+            cache: MessageCache::default(),
+            keywords: DovecotKeywords::default(),
+        }
     }
 
     /// Catch up with the index file (no lock needed): read what was appended since last
     /// time, or the whole file if it was replaced.
     pub fn refresh(&mut self, ch: &mut Changes) -> io::Result<Loaded> {
+        self.keywords.refresh(&self.dir)?;
         let path = self.dir.join(INDEX_FILE);
         let meta = match std::fs::metadata(&path) {
             Ok(m) => m,
@@ -378,7 +715,9 @@ impl Index {
             Err(e) => return Err(e),
         };
         if let Some(log) = &mut self.log {
-            if log.dev == meta.dev() && log.ino == meta.ino() {
+            // Same file, not cut shorter than what we read (a hand edit or a tool that
+            // rewrote it in place): read on from where we stopped.
+            if log.dev == meta.dev() && log.ino == meta.ino() && meta.len() >= log.offset {
                 let mut buf = Vec::new();
                 log.file.seek(SeekFrom::Start(log.offset))?;
                 (&log.file).read_to_end(&mut buf)?;
@@ -418,7 +757,10 @@ impl Index {
             }
         }
         if self.log.is_some() {
-            State::diff(&self.state, &state, ch);
+            let mut diff = Changes::default();
+            State::diff(&self.state, &state, &mut diff);
+            carry_tombstones(&self.state, &mut state, &diff);
+            merge(ch, diff);
         } else {
             ch.added.extend(state.entries.keys());
         }
@@ -450,6 +792,7 @@ impl Index {
         let old = std::mem::replace(&mut self.state, State::new(uv, 1, 0));
         let had_state = self.log.is_some();
         self.log = None;
+        self.soft_stamp = None;
         // The scan must not move new/ → cur/ here: a rebuild can happen inside a delivery.
         let mut scratch = Changes::default();
         let recs = self.scan_records(false)?;
@@ -458,7 +801,10 @@ impl Index {
         }
         self.compact()?;
         if had_state {
-            State::diff(&old, &self.state, ch);
+            let mut diff = Changes::default();
+            State::diff(&old, &self.state, &mut diff);
+            carry_tombstones(&old, &mut self.state, &diff);
+            merge(ch, diff);
         } else {
             ch.added.extend(self.state.entries.keys());
         }
@@ -484,6 +830,9 @@ impl Index {
         log.file.sync_data()?;
         log.offset += text.len() as u64;
         for r in recs {
+            if let Record::Expunge { uid, .. } = r {
+                self.cache.forget(uid);
+            }
             self.state.apply(r, ch);
         }
         if self.state.records > 2 * self.state.entries.len() + 256 {
@@ -526,28 +875,56 @@ impl Index {
         Ok(())
     }
 
-    /// Whether new/ and cur/ are unchanged since a scan that left the index complete, so a
-    /// sync may skip reading them.
-    pub fn dirs_unchanged(&self) -> bool {
-        let Some((n, c)) = self.state.stamp else { return false };
+    fn dir_mtimes(&self) -> Option<(i128, i128)> {
         let m = |d: &str| std::fs::metadata(self.dir.join(d)).map(|m| mtime_ns(&m)).ok();
-        m("new") == Some(n) && m("cur") == Some(c)
+        Some((m("new")?, m("cur")?))
+    }
+
+    /// Whether new/ and cur/ are unchanged since the index was last known complete, so a
+    /// sync may skip reading them: since a scan that found them quiet (the `D` stamp), or
+    /// since our own last change (the soft stamp), as long as they have not been quiet for
+    /// long. The soft stamp cannot see a foreign writer that changed a directory within the
+    /// same tick of the kernel's file-time clock as we did, so once the folder is quiet one
+    /// scan checks (and, finding nothing, records a `D` stamp). Without the soft stamp,
+    /// every STORE, APPEND and EXPUNGE made every session's next command rescan the whole
+    /// folder (docs/benchmarks.md, "Where posthaste is slower").
+    pub fn dirs_unchanged(&self) -> bool {
+        let Some(now) = self.dir_mtimes() else { return false };
+        if self.state.stamp == Some(now) {
+            return true;
+        }
+        self.soft_stamp == Some(now) && now_ns() - now.0.max(now.1) < STAMP_QUIET_NS
+    }
+
+    /// Under the lock, after we changed new/ or cur/ ourselves and committed the records
+    /// that describe the change: if the index was complete before (`was_complete`, from
+    /// [`Index::dirs_unchanged`] before the change), it is complete now.
+    pub fn note_own_change(&mut self, was_complete: bool) {
+        self.soft_stamp = if was_complete { self.dir_mtimes() } else { None };
     }
 
     /// Under the lock: compare new/ and cur/ with the index and record the differences.
     /// `move_new`: move files from new/ to cur/, as an IMAP server does when it has seen
     /// them (they stop being "new" for other Maildir readers).
     pub fn scan(&mut self, lock: &IndexLock, move_new: bool, ch: &mut Changes) -> io::Result<()> {
-        let recs = self.scan_records(move_new)?;
-        self.commit(lock, recs, ch)
+        let (recs, seen) = self.scan_records_at(move_new)?;
+        self.commit(lock, recs, ch)?;
+        // Complete as of the mtimes the scan read the directories at (or, if it moved
+        // files, right after): what changed later shows as a different mtime.
+        self.soft_stamp = Some(seen);
+        Ok(())
     }
 
     fn scan_records(&self, move_new: bool) -> io::Result<Vec<Record>> {
+        Ok(self.scan_records_at(move_new)?.0)
+    }
+
+    fn scan_records_at(&self, move_new: bool) -> io::Result<(Vec<Record>, (i128, i128))> {
         let mut attempt = 0;
         loop {
             attempt += 1;
             match self.scan_once(move_new)? {
-                Some(recs) => return Ok(recs),
+                Some(r) => return Ok(r),
                 // Another Maildir client renamed a file while we moved it; read again.
                 None if attempt < 5 => continue,
                 None => return Err(io::Error::other("the Maildir keeps changing under the scan; try again")),
@@ -555,7 +932,7 @@ impl Index {
         }
     }
 
-    fn scan_once(&self, move_new: bool) -> io::Result<Option<Vec<Record>>> {
+    fn scan_once(&self, move_new: bool) -> io::Result<Option<(Vec<Record>, (i128, i128))>> {
         let t0 = now_ns();
         let m_new = mtime_ns(&std::fs::metadata(self.dir.join("new"))?);
         let m_cur = mtime_ns(&std::fs::metadata(self.dir.join("cur"))?);
@@ -660,7 +1037,8 @@ impl Index {
             let (a, b) = stamp.unwrap_or((0, 0));
             recs.push(Record::Stamp(a, b));
         }
-        Ok(Some(recs))
+        let seen = if moved { self.dir_mtimes().unwrap_or((0, 0)) } else { (m_new, m_cur) };
+        Ok(Some((recs, seen)))
     }
 }
 

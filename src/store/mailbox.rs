@@ -1,18 +1,23 @@
 //! An open folder: the view IMAP and POP3 sessions work on.
 //!
-//! A `Mailbox` keeps the folder's index in memory and brings it up to date on `sync`:
-//! it reads what other writers appended to the index, and reads the directories only when
-//! their mtimes say something changed (or not long ago enough to trust that). Every change
-//! it sees — its own or others' — is collected and handed out by `sync`, so the IMAP layer
-//! can send EXISTS, EXPUNGE and FETCH FLAGS at the moments RFC 3501 §7 allows.
+//! Every `Mailbox` of a folder shares the one in-memory index the `Store` keeps for it
+//! (`Store::indexes`), so a session costs a few integers, not a copy of the index and an
+//! open file. `sync` brings the shared index up to date: it reads what other writers
+//! appended to the index file, and reads the directories only when their mtimes say
+//! something changed (`Index::dirs_unchanged`). A session remembers the UIDNEXT and
+//! HIGHESTMODSEQ it last reported, and `sync` hands out everything that changed since —
+//! its own changes and others' — from the index's MODSEQ order and expunge tombstones, so
+//! the IMAP layer can send EXISTS, EXPUNGE and FETCH FLAGS at the moments RFC 3501 §7
+//! allows.
 
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::MutexGuard;
 
-use super::index::{Changes, Entry, Index, IndexLock, Record};
-use super::{name, Flag, Store};
+use super::index::{CachedMessage, Changes, DovecotKeywords, Entry, Index, IndexLock, Record};
+use super::{name, Flag, SharedIndex, Store};
 use crate::address::Address;
 
 /// A message as a session sees it.
@@ -59,6 +64,15 @@ impl Message {
     }
 }
 
+/// See [`Mailbox::summary`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub uids: Vec<u32>,
+    pub keywords: BTreeSet<String>,
+    pub first_unseen: Option<usize>,
+    pub recent: usize,
+}
+
 /// How STORE changes flags (RFC 3501 §6.4.6: FLAGS, +FLAGS, -FLAGS).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlagOp {
@@ -89,10 +103,40 @@ pub struct Mailbox {
     store: Store,
     account: Address,
     folder: String,
-    index: Index,
+    dir: PathBuf,
+    pub(super) shared: SharedIndex,
     claim_recent: bool,
     recent: BTreeSet<u32>,
-    pending: Changes,
+    /// What this session last reported: UIDVALIDITY (0 before the first sync), UIDNEXT
+    /// and HIGHESTMODSEQ.
+    seen_uidvalidity: u32,
+    seen_next_uid: u32,
+    seen_modseq: u64,
+}
+
+/// A message of the index as a session sees it.
+fn view(e: &Entry, dir: &Path, recent: &BTreeSet<u32>, kw: &DovecotKeywords) -> Message {
+    let mut flags: Vec<Flag> = Vec::new();
+    for c in e.letters().chars() {
+        if let Some(f) = Flag::from_letter(c) {
+            flags.push(f);
+        } else if let Some(k) = kw.name(c) {
+            flags.push(Flag::Keyword(k.to_owned()));
+        }
+    }
+    flags.extend(e.keywords.iter().map(|k| Flag::Keyword(k.clone())));
+    flags.sort();
+    flags.dedup();
+    Message {
+        uid: e.uid,
+        modseq: e.modseq,
+        flags,
+        size: e.size,
+        internal_date: e.date,
+        path: e.path(dir),
+        recent: recent.contains(&e.uid),
+        base: e.base().to_owned(),
+    }
 }
 
 impl Mailbox {
@@ -103,17 +147,25 @@ impl Mailbox {
         dir: PathBuf,
         claim_recent: bool,
     ) -> io::Result<Mailbox> {
+        let shared = store.indexes.get(&dir);
         let mut mb = Mailbox {
             store,
             account,
             folder,
-            index: Index::new(dir),
+            dir,
+            shared,
             claim_recent,
             recent: BTreeSet::new(),
-            pending: Changes::default(),
+            seen_uidvalidity: 0,
+            seen_next_uid: 0,
+            seen_modseq: 0,
         };
         mb.sync()?;
         Ok(mb)
+    }
+
+    pub(super) fn index(&self) -> MutexGuard<'_, Index> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn folder(&self) -> &str {
@@ -123,84 +175,144 @@ impl Mailbox {
         &self.account
     }
     pub fn uidvalidity(&self) -> u32 {
-        self.index.state.uidvalidity
+        self.index().state.uidvalidity
     }
     /// UIDNEXT (RFC 3501 §2.3.1.1).
     pub fn uid_next(&self) -> u32 {
-        self.index.state.next_uid
+        self.index().state.next_uid
     }
     /// HIGHESTMODSEQ (RFC 7162 §3.1.1).
     pub fn highest_modseq(&self) -> u64 {
-        self.index.state.highest_modseq
+        self.index().state.highest_modseq
     }
     /// Messages no session has claimed as \Recent yet (IMAP STATUS RECENT).
     pub fn unclaimed_recent(&self) -> usize {
-        let st = &self.index.state;
+        let idx = self.index();
+        let st = &idx.state;
         st.entries.range(st.first_recent..).count()
     }
     pub fn len(&self) -> usize {
-        self.index.state.entries.len()
+        self.index().state.entries.len()
     }
     pub fn is_empty(&self) -> bool {
-        self.index.state.entries.is_empty()
+        self.index().state.entries.is_empty()
     }
     /// All UIDs, ascending (the IMAP sequence order).
     pub fn uids(&self) -> Vec<u32> {
-        self.index.state.entries.keys().copied().collect()
+        self.index().state.entries.keys().copied().collect()
     }
 
     pub fn messages(&self) -> Vec<Message> {
-        self.index.state.entries.values().map(|e| self.view(e)).collect()
+        let idx = self.index();
+        idx.state.entries.values().map(|e| view(e, &self.dir, &self.recent, &idx.keywords)).collect()
     }
 
     pub fn message(&self, uid: u32) -> Option<Message> {
-        self.index.state.entries.get(&uid).map(|e| self.view(e))
+        let idx = self.index();
+        idx.state.entries.get(&uid).map(|e| view(e, &self.dir, &self.recent, &idx.keywords))
     }
 
-    fn view(&self, e: &Entry) -> Message {
-        let mut flags: Vec<Flag> = e.letters().chars().filter_map(Flag::from_letter).collect();
-        flags.extend(e.keywords.iter().map(|k| Flag::Keyword(k.clone())));
-        flags.sort();
-        flags.dedup();
-        Message {
-            uid: e.uid,
-            modseq: e.modseq,
-            flags,
-            size: e.size,
-            internal_date: e.date,
-            path: e.path(self.index.dir()),
-            recent: self.recent.contains(&e.uid),
-            base: e.base().to_owned(),
+    /// Run `f` on each message of `uids` that exists, under one lock of the index (for
+    /// loops over many messages: SEARCH, FETCH).
+    pub fn with_messages<R>(&self, uids: &[u32], mut f: impl FnMut(&Message) -> R) -> Vec<Option<R>> {
+        let idx = self.index();
+        uids.iter()
+            .map(|u| idx.state.entries.get(u).map(|e| f(&view(e, &self.dir, &self.recent, &idx.keywords))))
+            .collect()
+    }
+
+    /// What SELECT reports, in one pass under one lock (no `Message` per message): the
+    /// UIDs, the keywords in use, the 0-based position of the first message without \Seen
+    /// and the number of messages \Recent for this session.
+    pub fn summary(&self) -> Summary {
+        let idx = self.index();
+        let mut s = Summary { uids: Vec::with_capacity(idx.state.entries.len()), ..Default::default() };
+        for (i, e) in idx.state.entries.values().enumerate() {
+            s.uids.push(e.uid);
+            for k in &e.keywords {
+                if !s.keywords.contains(k) {
+                    s.keywords.insert(k.clone());
+                }
+            }
+            for c in e.letters().chars() {
+                if c == 'P' {
+                    s.keywords.insert("$Forwarded".to_owned());
+                } else if let Some(k) = idx.keywords.name(c) {
+                    if !s.keywords.contains(k) {
+                        s.keywords.insert(k.to_owned());
+                    }
+                }
+            }
+            if s.first_unseen.is_none() && !e.letters().contains('S') {
+                s.first_unseen = Some(i);
+            }
         }
+        s.recent = self.recent.len();
+        s
+    }
+
+    /// \Recent for this session (RFC 3501 §2.3.2).
+    pub fn is_recent(&self, uid: u32) -> bool {
+        self.recent.contains(&uid)
+    }
+
+    /// What the folder's shared cache holds for `uid` (see `index::MessageCache`).
+    pub fn cached(&self, uid: u32) -> Option<CachedMessage> {
+        let idx = self.index();
+        let e = idx.state.entries.get(&uid)?;
+        idx.cache.get(uid, e.base()).cloned()
+    }
+
+    /// Add to the shared cache entry of `uid` (ignored if the message is gone).
+    pub fn cache_update(&self, uid: u32, f: impl FnOnce(&mut CachedMessage)) {
+        let mut idx = self.index();
+        let Some(base) = idx.state.entries.get(&uid).map(|e| e.base().to_owned()) else { return };
+        idx.cache.update(uid, &base, f);
     }
 
     /// Bring the view up to date with the disk and return everything that changed since the
     /// last call (including this session's own changes). Cheap when nothing happened: one
     /// stat of the index, a read of its new bytes, two stats of new/ and cur/.
     pub fn sync(&mut self) -> io::Result<Changes> {
-        let loaded = self.index.refresh(&mut self.pending)?;
-        let fresh = matches!(loaded, super::index::Loaded::Ok) && self.index.dirs_unchanged();
-        let unclaimed = self.claim_recent && self.index.state.first_recent < self.index.state.next_uid;
+        let shared = self.shared.clone();
+        let mut idx = shared.lock().unwrap_or_else(|e| e.into_inner());
+        let mut scratch = Changes::default();
+        let loaded = idx.refresh(&mut scratch)?;
+        let fresh = matches!(loaded, super::index::Loaded::Ok) && idx.dirs_unchanged();
+        let unclaimed = self.claim_recent && idx.state.first_recent < idx.state.next_uid;
         if !fresh || unclaimed {
-            let lock = IndexLock::acquire(self.index.dir())?;
-            self.index.refresh_locked(&lock, &mut self.pending)?;
-            if !self.index.dirs_unchanged() {
-                self.index.scan(&lock, true, &mut self.pending)?;
+            let lock = IndexLock::acquire(&self.dir)?;
+            idx.refresh_locked(&lock, &mut scratch)?;
+            if !idx.dirs_unchanged() {
+                idx.scan(&lock, true, &mut scratch)?;
             }
-            let st = &self.index.state;
+            let st = &idx.state;
             if self.claim_recent && st.first_recent < st.next_uid {
                 let first = st.first_recent;
                 let next = st.next_uid;
                 self.recent.extend(st.entries.range(first..).map(|(u, _)| *u));
-                self.index.commit(&lock, vec![Record::Recent(next)], &mut self.pending)?;
+                idx.commit(&lock, vec![Record::Recent(next)], &mut scratch)?;
             }
         }
-        let ch = std::mem::take(&mut self.pending);
-        if ch.uidvalidity_changed {
+        let st = &idx.state;
+        let ch = if self.seen_uidvalidity == 0 {
+            // The first sync (open): the caller reads the whole state.
+            Changes::default()
+        } else if st.uidvalidity != self.seen_uidvalidity {
+            // RFC 3501 §2.3.1.1: every UID the session holds is void (the IMAP layer ends it).
             self.recent.clear();
-        }
+            Changes { uidvalidity_changed: true, ..Default::default() }
+        } else {
+            st.changes_since(self.seen_modseq, self.seen_next_uid)
+        };
+        self.seen_uidvalidity = st.uidvalidity;
+        self.seen_next_uid = st.next_uid;
+        self.seen_modseq = st.highest_modseq;
         for uid in &ch.expunged {
             self.recent.remove(uid);
+        }
+        if ch.resync {
+            self.recent.retain(|u| st.entries.contains_key(u));
         }
         Ok(ch)
     }
@@ -209,22 +321,19 @@ impl Mailbox {
     /// change elsewhere) if needed.
     pub fn open_message(&mut self, uid: u32) -> io::Result<File> {
         let e = self.entry(uid)?;
-        match File::open(e.path(self.index.dir())) {
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                match find_file(self.index.dir(), e.base())? {
-                    Some(p) => File::open(p),
-                    None => Err(io::Error::new(
-                        io::ErrorKind::NotFound,
-                        format!("message UID {uid} was expunged"),
-                    )),
+        match File::open(e.path(&self.dir)) {
+            Err(err) if err.kind() == io::ErrorKind::NotFound => match find_file(&self.dir, e.base())? {
+                Some(p) => File::open(p),
+                None => {
+                    Err(io::Error::new(io::ErrorKind::NotFound, format!("message UID {uid} was expunged")))
                 }
-            }
+            },
             other => other,
         }
     }
 
     fn entry(&self, uid: u32) -> io::Result<Entry> {
-        self.index
+        self.index()
             .state
             .entries
             .get(&uid)
@@ -242,24 +351,30 @@ impl Mailbox {
         flags: &[Flag],
         unchanged_since: Option<u64>,
     ) -> io::Result<StoreResult> {
-        let lock = IndexLock::acquire(self.index.dir())?;
-        self.index.refresh_locked(&lock, &mut self.pending)?;
-        let dir = self.index.dir().to_path_buf();
+        let shared = self.shared.clone();
+        let mut idx = shared.lock().unwrap_or_else(|e| e.into_inner());
+        let lock = IndexLock::acquire(&self.dir)?;
+        let mut scratch = Changes::default();
+        idx.refresh_locked(&lock, &mut scratch)?;
+        let was_complete = idx.dirs_unchanged();
+        let dir = self.dir.clone();
         let mut result = StoreResult::default();
         let mut recs = Vec::new();
-        let mut modseq = self.index.state.highest_modseq;
+        let mut modseq = idx.state.highest_modseq;
+        if op != FlagOp::Remove {
+            let names: Vec<&str> =
+                flags.iter().filter(|f| f.letter().is_none()).map(|f| f.as_imap()).collect();
+            idx.keywords.assign(&dir, &names)?;
+        }
+        let idx = &mut *idx;
         for uid in sorted(uids) {
-            let Some(e) = self.index.state.entries.get(&uid) else { continue };
+            let Some(e) = idx.state.entries.get(&uid) else { continue };
             if unchanged_since.is_some_and(|us| e.modseq > us) {
                 result.modified.push(uid);
                 continue;
             }
             let old_letters = e.letters();
-            // Letters we do not interpret (Dovecot's a–z keyword letters) are kept as they are.
-            let foreign: String = old_letters.chars().filter(|c| !name::KNOWN_LETTERS.contains(*c)).collect();
-            let mut letters: BTreeSet<char> =
-                old_letters.chars().filter(|c| name::KNOWN_LETTERS.contains(*c)).collect();
-            let mut keywords = e.keywords.clone();
+            let (mut letters, mut keywords, foreign) = decode(e, &idx.keywords);
             if op == FlagOp::Replace {
                 letters.clear();
                 keywords.clear();
@@ -272,15 +387,18 @@ impl Mailbox {
                     (Some(l), _) => {
                         letters.insert(l);
                     }
-                    (None, FlagOp::Remove) => {
-                        keywords.remove(f.as_imap());
-                    }
+                    // RFC 3501 §2.3.2: keywords compare case-insensitively.
+                    (None, FlagOp::Remove) => keywords.retain(|k| !k.eq_ignore_ascii_case(f.as_imap())),
                     (None, _) => {
-                        keywords.insert(f.as_imap().to_owned());
+                        if !keywords.iter().any(|k| k.eq_ignore_ascii_case(f.as_imap())) {
+                            keywords.insert(f.as_imap().to_owned());
+                        }
                     }
                 }
             }
-            let new_letters = name::sort_letters(&(letters.iter().collect::<String>() + &foreign));
+            let (kw_letters, keywords) = encode(&keywords, &idx.keywords);
+            let new_letters =
+                name::sort_letters(&(letters.iter().collect::<String>() + &kw_letters + &foreign));
             let letters_changed = e.in_new || new_letters != name::sort_letters(old_letters);
             if !letters_changed && keywords == e.keywords {
                 continue;
@@ -304,21 +422,26 @@ impl Mailbox {
             }
             recs.push(Record::Update(n));
         }
-        self.index.commit(&lock, recs, &mut self.pending)?;
+        idx.commit(&lock, recs, &mut scratch)?;
+        idx.note_own_change(was_complete);
         Ok(result)
     }
 
     /// Expunge the given UIDs (UID EXPUNGE, RFC 4315 §2.1; POP3 QUIT). Returns the UIDs that
     /// were removed.
     pub fn expunge(&mut self, uids: &[u32]) -> io::Result<Vec<u32>> {
-        let lock = IndexLock::acquire(self.index.dir())?;
-        self.index.refresh_locked(&lock, &mut self.pending)?;
-        let dir = self.index.dir().to_path_buf();
+        let shared = self.shared.clone();
+        let mut idx = shared.lock().unwrap_or_else(|e| e.into_inner());
+        let lock = IndexLock::acquire(&self.dir)?;
+        let mut scratch = Changes::default();
+        idx.refresh_locked(&lock, &mut scratch)?;
+        let was_complete = idx.dirs_unchanged();
+        let dir = self.dir.clone();
         let mut recs = Vec::new();
         let mut done = Vec::new();
-        let mut modseq = self.index.state.highest_modseq;
+        let mut modseq = idx.state.highest_modseq;
         for uid in sorted(uids) {
-            let Some(e) = self.index.state.entries.get(&uid) else { continue };
+            let Some(e) = idx.state.entries.get(&uid) else { continue };
             match std::fs::remove_file(e.path(&dir)) {
                 Ok(()) => {}
                 Err(err) if err.kind() == io::ErrorKind::NotFound => {
@@ -338,31 +461,40 @@ impl Mailbox {
             super::fsync_dir(&dir.join("cur"))?;
             super::fsync_dir(&dir.join("new"))?;
         }
-        self.index.commit(&lock, recs, &mut self.pending)?;
+        idx.commit(&lock, recs, &mut scratch)?;
+        idx.note_own_change(was_complete);
         Ok(done)
     }
 
     /// IMAP EXPUNGE/CLOSE (RFC 3501 §6.4.3): remove every message flagged \Deleted.
     pub fn expunge_deleted(&mut self) -> io::Result<Vec<u32>> {
         self.sync_for_write()?;
-        let uids: Vec<u32> =
-            self.index.state.entries.values().filter(|e| e.letters().contains('T')).map(|e| e.uid).collect();
+        let uids: Vec<u32> = self
+            .index()
+            .state
+            .entries
+            .values()
+            .filter(|e| e.letters().contains('T'))
+            .map(|e| e.uid)
+            .collect();
         self.expunge(&uids)
     }
 
     #[cfg(test)]
     pub(super) fn index_dirs_unchanged_for_test(&self) -> bool {
-        self.index.dirs_unchanged()
+        self.index().dirs_unchanged()
     }
 
+    /// Make the shared index complete (scan if the directories changed) without reporting
+    /// anything: the changes stay for the next `sync`.
     fn sync_for_write(&mut self) -> io::Result<()> {
-        let mut ch = std::mem::take(&mut self.pending);
-        let lock = IndexLock::acquire(self.index.dir())?;
-        self.index.refresh_locked(&lock, &mut ch)?;
-        if !self.index.dirs_unchanged() {
-            self.index.scan(&lock, true, &mut ch)?;
+        let mut idx = self.index();
+        let mut scratch = Changes::default();
+        let lock = IndexLock::acquire(&self.dir)?;
+        idx.refresh_locked(&lock, &mut scratch)?;
+        if !idx.dirs_unchanged() {
+            idx.scan(&lock, true, &mut scratch)?;
         }
-        self.pending = ch;
         Ok(())
     }
 
@@ -375,23 +507,38 @@ impl Mailbox {
         if !dest_dir.join("cur").is_dir() {
             return Err(io::Error::new(io::ErrorKind::NotFound, format!("folder {dest:?} does not exist")));
         }
-        let src_dir = self.index.dir().to_path_buf();
-        let sources: Vec<Entry> =
-            sorted(uids).into_iter().filter_map(|u| self.index.state.entries.get(&u).cloned()).collect();
+        let src_dir = self.dir.clone();
+        // Each message with its system letters and keywords by name: Dovecot's a–z letters
+        // index the source folder's keyword list and mean something else in the destination.
+        let sources: Vec<(Entry, String, BTreeSet<String>)> = {
+            let idx = self.index();
+            sorted(uids)
+                .into_iter()
+                .filter_map(|u| idx.state.entries.get(&u))
+                .map(|e| {
+                    let (letters, keywords, _) = decode(e, &idx.keywords);
+                    (e.clone(), letters.into_iter().collect(), keywords)
+                })
+                .collect()
+        };
         // Only the destination is locked: we read the source files (following renames), and
         // holding one lock at a time keeps two opposite copies from deadlocking.
+        let dest_shared = self.store.indexes.get(&dest_dir);
+        let mut didx = dest_shared.lock().unwrap_or_else(|e| e.into_inner());
         let lock = IndexLock::acquire(&dest_dir)?;
-        let mut didx = Index::new(dest_dir.clone());
         let mut scratch = Changes::default();
         didx.refresh_locked(&lock, &mut scratch)?;
+        let was_complete = didx.dirs_unchanged();
+        let wanted: BTreeSet<&str> =
+            sources.iter().flat_map(|(_, _, k)| k.iter().map(String::as_str)).collect();
+        didx.keywords.assign(&dest_dir, &wanted.into_iter().collect::<Vec<_>>())?;
         let mut uid = didx.state.next_uid;
         let mut modseq = didx.state.highest_modseq;
         let mut recs = Vec::new();
         let mut mapping = Vec::new();
-        for e in &sources {
-            // Dovecot's a–z letters index the source folder's keyword list; they would mean
-            // something else in the destination, so only our letters are copied.
-            let letters: String = e.letters().chars().filter(|c| name::KNOWN_LETTERS.contains(*c)).collect();
+        for (e, letters, keywords) in &sources {
+            let (kw_letters, keywords) = encode(keywords, &didx.keywords);
+            let letters = format!("{letters}{kw_letters}");
             let Some(filename) = link_or_copy(&src_dir, e, &dest_dir, &letters)? else { continue };
             modseq += 1;
             recs.push(Record::Add(Entry {
@@ -400,7 +547,7 @@ impl Mailbox {
                 date: e.date,
                 size: e.size,
                 in_new: false,
-                keywords: e.keywords.clone(),
+                keywords,
                 filename,
             }));
             mapping.push((e.uid, uid));
@@ -410,6 +557,7 @@ impl Mailbox {
             super::fsync_dir(&dest_dir.join("cur"))?;
         }
         didx.commit(&lock, recs, &mut scratch)?;
+        didx.note_own_change(was_complete);
         Ok(CopyResult { uidvalidity: didx.state.uidvalidity, mapping })
     }
 
@@ -421,6 +569,43 @@ impl Mailbox {
         self.expunge(&moved)?;
         Ok(res)
     }
+}
+
+/// A message's flags as (system letters, keywords by name, letters nobody can name): the
+/// keywords of Dovecot's a–z letters (through the folder's `dovecot-keywords`) and those of
+/// our index together.
+pub(super) fn decode(e: &Entry, kw: &DovecotKeywords) -> (BTreeSet<char>, BTreeSet<String>, String) {
+    let mut letters = BTreeSet::new();
+    let mut keywords = e.keywords.clone();
+    let mut unknown = String::new();
+    for c in e.letters().chars() {
+        if name::KNOWN_LETTERS.contains(c) {
+            letters.insert(c);
+        } else if let Some(k) = kw.name(c) {
+            if !keywords.iter().any(|x| x.eq_ignore_ascii_case(k)) {
+                keywords.insert(k.to_owned());
+            }
+        } else {
+            unknown.push(c);
+        }
+    }
+    (letters, keywords, unknown)
+}
+
+/// Keywords as (Dovecot letters, the rest for our index). Call `DovecotKeywords::assign`
+/// for them first, so new keywords get letters while there are free ones.
+pub(super) fn encode(keywords: &BTreeSet<String>, kw: &DovecotKeywords) -> (String, BTreeSet<String>) {
+    let mut letters = String::new();
+    let mut rest = BTreeSet::new();
+    for k in keywords {
+        match kw.letter(k) {
+            Some(c) => letters.push(c),
+            None => {
+                rest.insert(k.clone());
+            }
+        }
+    }
+    (letters, rest)
 }
 
 fn sorted(uids: &[u32]) -> Vec<u32> {

@@ -32,22 +32,31 @@ use std::time::SystemTime;
 
 use crate::address::Address;
 
-pub use index::Changes;
-pub use mailbox::{CopyResult, FlagOp, Mailbox, Message, StoreResult};
+pub use index::{CachedMessage, Changes};
+pub use mailbox::{CopyResult, FlagOp, Mailbox, Message, StoreResult, Summary};
 
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
-    /// Indexes of folders we delivered to recently. Keeping them means a delivery reads
-    /// only the index lines appended since the last one instead of parsing the whole file:
-    /// without it, delivery cost grew with the mailbox size (docs/benchmarks.md).
+    /// The in-memory index of every folder in use, one per folder and process, shared by
+    /// deliveries and by every session that has the folder open. A delivery reads only the
+    /// index lines appended since the last one instead of parsing the whole file (without
+    /// it, delivery cost grew with the mailbox size), a SELECT of a folder in use costs no
+    /// parse, and a session holds no copy of the index and no descriptor of its own
+    /// (docs/benchmarks.md).
     indexes: std::sync::Arc<IndexCache>,
 }
 
-/// Folder indexes kept between deliveries, at most [`IndexCache::CAPACITY`] of them.
+/// A folder's index as the store shares it.
+pub(crate) type SharedIndex = std::sync::Arc<std::sync::Mutex<index::Index>>;
+
+/// Folder indexes kept between uses; beyond [`IndexCache::CAPACITY`] the ones nobody holds
+/// are dropped.
 #[derive(Default)]
 struct IndexCache {
-    map: std::sync::Mutex<std::collections::HashMap<PathBuf, std::sync::Arc<std::sync::Mutex<index::Index>>>>,
+    map: std::sync::Mutex<std::collections::HashMap<PathBuf, SharedIndex>>,
+    /// Bytes in the message caches of all folders (see `index::MessageCache`).
+    cached_bytes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl std::fmt::Debug for IndexCache {
@@ -61,15 +70,18 @@ impl IndexCache {
     /// costs one full index read, as before the cache existed).
     const CAPACITY: usize = 256;
 
-    fn get(&self, dir: &Path) -> std::sync::Arc<std::sync::Mutex<index::Index>> {
+    fn get(&self, dir: &Path) -> SharedIndex {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(i) = map.get(dir) {
             return i.clone();
         }
         if map.len() >= Self::CAPACITY {
-            map.clear();
+            // Folders an open session holds stay: dropping them would split their state.
+            map.retain(|_, i| std::sync::Arc::strong_count(i) > 1);
         }
-        let i = std::sync::Arc::new(std::sync::Mutex::new(index::Index::new(dir.to_path_buf())));
+        let mut index = index::Index::new(dir.to_path_buf());
+        index.cache.total = self.cached_bytes.clone();
+        let i = std::sync::Arc::new(std::sync::Mutex::new(index));
         map.insert(dir.to_path_buf(), i.clone());
         i
     }
@@ -107,7 +119,8 @@ pub enum Flag {
     Deleted,
     Draft,
     /// A keyword (RFC 3501 §2.3.2). `$Forwarded` is stored as the Maildir `P` (passed)
-    /// letter, so other Maildir clients see it; other keywords live in the index.
+    /// letter, so other Maildir clients see it; other keywords are Dovecot's a–z letters
+    /// (see `index::DovecotKeywords`), or live in our index when a folder has all 26.
     Keyword(String),
 }
 
@@ -254,6 +267,7 @@ fn lock_file(path: &Path) -> io::Result<File> {
 
 /// Where a new message goes: new/ (deliveries: unseen by any client yet) or cur/ with flags
 /// (APPEND, COPY).
+#[derive(Clone, Copy)]
 enum Target<'a> {
     New,
     Cur(&'a str),
@@ -318,27 +332,55 @@ impl Store {
                 }
             }
         }
-        let (filename, in_new, date) = write_message(&dir, message, None, Target::New)?;
-        self.index_new_message(&dir, filename, in_new, date, message.len() as u64, BTreeSet::new())
+        let tmp = write_tmp(&dir, message, None)?;
+        self.index_new_message(&dir, tmp, None, message.len() as u64)
     }
 
-    /// Give the message just written its UID (or find the one a concurrent sync or a rebuild
-    /// already gave it), under the folder's index lock.
+    /// Put the message written to tmp/ into new/ or cur/ and give it its UID, both under the
+    /// folder's index lock, so the index stays complete and our own change does not force
+    /// the next session to rescan the folder (`Index::note_own_change`).
     fn index_new_message(
         &self,
         dir: &Path,
-        filename: String,
-        in_new: bool,
-        date: i64,
+        tmp: Tmp,
+        cur_flags: Option<&[Flag]>,
         size: u64,
-        keywords: BTreeSet<String>,
     ) -> io::Result<Delivered> {
         let cached = self.indexes.get(dir);
         // In-process deliveries to one folder queue here; other processes on the flock below.
         let mut idx = cached.lock().unwrap_or_else(|e| e.into_inner());
-        let lock = index::IndexLock::acquire(dir)?;
+        let lock = match index::IndexLock::acquire(dir) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp.path);
+                return Err(e);
+            }
+        };
         let mut ch = Changes::default();
-        idx.refresh_locked(&lock, &mut ch)?;
+        if let Err(e) = idx.refresh_locked(&lock, &mut ch) {
+            let _ = std::fs::remove_file(&tmp.path);
+            return Err(e);
+        }
+        let was_complete = idx.dirs_unchanged();
+        let date = tmp.mtime;
+        // Keywords become Dovecot letters where the folder has (or can give) one.
+        let (letters, keywords) = match cur_flags {
+            None => (String::new(), BTreeSet::new()),
+            Some(flags) => {
+                let names: Vec<&str> =
+                    flags.iter().filter(|f| f.letter().is_none()).map(Flag::as_imap).collect();
+                if let Err(e) = idx.keywords.assign(dir, &names) {
+                    let _ = std::fs::remove_file(&tmp.path);
+                    return Err(e);
+                }
+                let (kw_letters, rest) =
+                    mailbox::encode(&names.iter().map(|k| k.to_string()).collect(), &idx.keywords);
+                let system: String = flags.iter().filter_map(Flag::letter).collect();
+                (system + &kw_letters, rest)
+            }
+        };
+        let target = if cur_flags.is_some() { Target::Cur(&letters) } else { Target::New };
+        let (filename, in_new) = link_into(dir, tmp, target)?;
         let base = name::base(&filename).to_owned();
         let uid = match idx.state.by_base.get(&base).copied() {
             Some(uid) => {
@@ -366,6 +408,7 @@ impl Store {
                 uid
             }
         };
+        idx.note_own_change(was_complete);
         let path = idx.state.entries[&uid].path(dir);
         Ok(Delivered { uid, uidvalidity: idx.state.uidvalidity, path })
     }
@@ -385,14 +428,8 @@ impl Store {
         if !dir.join("cur").is_dir() {
             return Err(io::Error::new(io::ErrorKind::NotFound, format!("folder {folder:?} does not exist")));
         }
-        let letters: String = flags.iter().filter_map(Flag::letter).collect();
-        let keywords = flags
-            .iter()
-            .filter(|f| f.letter().is_none())
-            .map(|f| f.as_imap().to_owned())
-            .collect::<BTreeSet<_>>();
-        let (filename, in_new, mtime) = write_message(&dir, message, date, Target::Cur(&letters))?;
-        self.index_new_message(&dir, filename, in_new, mtime, message.len() as u64, keywords)
+        let tmp = write_tmp(&dir, message, date)?;
+        self.index_new_message(&dir, tmp, Some(flags), message.len() as u64)
     }
 
     /// Open a folder for reading and changing (IMAP SELECT/EXAMINE, a POP3 session). It is
@@ -676,19 +713,20 @@ fn write_subscriptions(base: &Path, subs: &BTreeSet<String>) -> io::Result<()> {
     fsync_dir(base)
 }
 
-/// Write a message durably into the Maildir at `dir`: tmp/ (created exclusively), fsync,
-/// then a hard link into new/ or cur/ (a link, unlike rename, never replaces an existing
-/// file), fsync of that directory, unlink from tmp/. Returns (file name, in new/, mtime).
-fn write_message(
-    dir: &Path,
-    data: &[u8],
-    date: Option<SystemTime>,
-    target: Target,
-) -> io::Result<(String, bool, i64)> {
+/// A message written and fsynced in tmp/, not yet visible.
+struct Tmp {
+    path: PathBuf,
+    base: String,
+    /// The file's mtime: the internal date.
+    mtime: i64,
+}
+
+/// Write a message durably into tmp/ of the Maildir at `dir` (created exclusively, fsynced).
+fn write_tmp(dir: &Path, data: &[u8], date: Option<SystemTime>) -> io::Result<Tmp> {
     for _ in 0..100 {
         let base = name::new_base(data.len() as u64);
-        let tmp = dir.join("tmp").join(&base);
-        let mut f = match OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp) {
+        let path = dir.join("tmp").join(&base);
+        let mut f = match OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
@@ -702,37 +740,47 @@ fn write_message(
             f.sync_all()?;
             f.metadata()
         })();
-        let meta = match written {
-            Ok(m) => m,
+        return match written {
+            Ok(m) => Ok(Tmp { path, base, mtime: m.mtime() }),
             Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(e);
+                let _ = std::fs::remove_file(&path);
+                Err(e)
             }
         };
-        let (sub, filename, in_new) = match target {
-            Target::New => ("new", base.clone(), true),
-            Target::Cur(letters) => ("cur", name::with_flags(&base, letters), false),
-        };
-        let dest = dir.join(sub).join(&filename);
-        match std::fs::hard_link(&tmp, &dest) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                let _ = std::fs::remove_file(&tmp);
-                continue;
-            }
-            // Filesystems without hard links: rename (the name is unique enough).
-            Err(_) => {
-                if let Err(e) = std::fs::rename(&tmp, &dest) {
-                    let _ = std::fs::remove_file(&tmp);
-                    return Err(e);
-                }
-            }
-        }
-        fsync_dir(&dir.join(sub))?;
-        let _ = std::fs::remove_file(&tmp);
-        return Ok((filename, in_new, meta.mtime()));
     }
     Err(io::Error::other("could not find a unique Maildir file name"))
+}
+
+/// Move a message from tmp/ into new/ or cur/: a hard link (which, unlike rename, never
+/// replaces an existing file; a new base name if one exists), an fsync of that directory,
+/// then the unlink from tmp/. Returns (file name, in new/). The tmp file is gone afterwards
+/// in every case.
+fn link_into(dir: &Path, tmp: Tmp, target: Target) -> io::Result<(String, bool)> {
+    let size = name::size_from_base(&tmp.base).unwrap_or(0);
+    let mut base = tmp.base.clone();
+    let result = (|| {
+        for _ in 0..100 {
+            let (sub, filename, in_new) = match target {
+                Target::New => ("new", base.clone(), true),
+                Target::Cur(letters) => ("cur", name::with_flags(&base, letters), false),
+            };
+            let dest = dir.join(sub).join(&filename);
+            match std::fs::hard_link(&tmp.path, &dest) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    base = name::new_base(size);
+                    continue;
+                }
+                // Filesystems without hard links: rename (the name is unique enough).
+                Err(_) => std::fs::rename(&tmp.path, &dest)?,
+            }
+            fsync_dir(&dir.join(sub))?;
+            return Ok((filename, in_new));
+        }
+        Err(io::Error::other("could not find a unique Maildir file name"))
+    })();
+    let _ = std::fs::remove_file(&tmp.path);
+    result
 }
 
 #[cfg(test)]

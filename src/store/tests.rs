@@ -97,3 +97,147 @@ fn unchanged_mailbox_sync_reads_no_directory() {
     let ch = mb.sync().unwrap();
     assert_eq!(ch.added.len(), 1);
 }
+
+/// Age new/ and cur/ and sync once, so the folder has a quiet `D` stamp.
+fn quiet(mb: &mut Mailbox, dir: &Path) {
+    let old = SystemTime::now() - std::time::Duration::from_secs(10);
+    for sub in ["new", "cur"] {
+        File::open(dir.join(sub)).unwrap().set_modified(old).unwrap();
+    }
+    mb.sync().unwrap();
+    assert!(mb.index_dirs_unchanged_for_test());
+}
+
+/// posthaste issue #3 (a): our own STORE, APPEND, delivery, COPY and EXPUNGE change cur/ and
+/// new/, but the index describes them, so the next sync must not rescan the folder — while
+/// a foreign file still makes it rescan.
+#[test]
+fn own_changes_keep_the_index_trusted_foreign_ones_do_not() {
+    let (_t, store, a) = setup();
+    let d1 = store.deliver(&a, "INBOX", b"one\n").unwrap();
+    let dir = store.account_dir(&a);
+    let mut mb = store.open_mailbox(&a, "INBOX", true).unwrap();
+    quiet(&mut mb, &dir);
+    mb.store_flags(&[d1.uid], FlagOp::Add, &[Flag::Seen], None).unwrap();
+    assert!(mb.index_dirs_unchanged_for_test(), "after our STORE (a rename in cur/)");
+    let d2 = store.append(&a, "INBOX", b"two\n", &[Flag::Flagged], None).unwrap();
+    assert!(mb.index_dirs_unchanged_for_test(), "after our APPEND");
+    let d3 = store.deliver(&a, "INBOX", b"three\n").unwrap();
+    assert!(mb.index_dirs_unchanged_for_test(), "after our delivery");
+    mb.copy_to(&[d1.uid], "INBOX").unwrap();
+    assert!(mb.index_dirs_unchanged_for_test(), "after our COPY");
+    mb.expunge(&[d2.uid]).unwrap();
+    assert!(mb.index_dirs_unchanged_for_test(), "after our EXPUNGE");
+    let ch = mb.sync().unwrap();
+    // d2 came and went between two syncs: the session never hears of it.
+    assert!(ch.expunged.is_empty() && !ch.added.contains(&d2.uid), "{ch:?}");
+    assert!(ch.added.contains(&d3.uid) && ch.changed.contains(&d1.uid), "{ch:?}");
+    assert_eq!(mb.len(), 3);
+    // Another program drops a file in (a later clock tick than ours): seen at once.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(dir.join("new").join("1.2.elsewhere"), "x").unwrap();
+    assert!(!mb.index_dirs_unchanged_for_test());
+    let ch = mb.sync().unwrap();
+    assert_eq!(ch.added.len(), 1, "{ch:?}");
+    assert_eq!(mb.len(), 4);
+}
+
+/// The soft stamp is checked once the folder has been quiet for the trust period: a foreign
+/// file that landed in the same clock tick as our own change is found then.
+#[test]
+fn same_tick_foreign_file_is_found_once_the_folder_is_quiet() {
+    let (_t, store, a) = setup();
+    let d1 = store.deliver(&a, "INBOX", b"one\n").unwrap();
+    let dir = store.account_dir(&a);
+    let mut mb = store.open_mailbox(&a, "INBOX", false).unwrap();
+    quiet(&mut mb, &dir);
+    // Simulate the race: a foreign file, then our change, then put the mtime of new/ back
+    // to what our change left (as if both happened within one tick).
+    mb.store_flags(&[d1.uid], FlagOp::Add, &[Flag::Seen], None).unwrap();
+    let m_new = std::fs::metadata(dir.join("new")).unwrap().modified().unwrap();
+    std::fs::write(dir.join("new").join("1.3.sametick"), "x").unwrap();
+    File::open(dir.join("new")).unwrap().set_modified(m_new).unwrap();
+    assert!(mb.index_dirs_unchanged_for_test(), "within the tick the stamp cannot tell");
+    assert_eq!(mb.sync().unwrap().added.len(), 0);
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    assert!(!mb.index_dirs_unchanged_for_test(), "a quiet folder gets checked");
+    assert_eq!(mb.sync().unwrap().added.len(), 1);
+    assert!(mb.index_dirs_unchanged_for_test(), "and then trusted with a D stamp");
+}
+
+/// posthaste issue #3 (c): sessions of one folder share one index; each still gets every
+/// change once, in its own time.
+#[test]
+fn sessions_share_the_index_and_each_sees_every_change_once() {
+    let (_t, store, a) = setup();
+    let d1 = store.deliver(&a, "INBOX", b"one\n").unwrap();
+    let d2 = store.deliver(&a, "INBOX", b"two\n").unwrap();
+    let mut s1 = store.open_mailbox(&a, "INBOX", true).unwrap();
+    let mut s2 = store.open_mailbox(&a, "INBOX", false).unwrap();
+    assert!(std::sync::Arc::ptr_eq(&s1.shared, &s2.shared), "one index per folder");
+    assert!(s1.is_recent(d1.uid) && !s2.is_recent(d1.uid));
+    s1.store_flags(&[d1.uid], FlagOp::Add, &[Flag::Keyword("work".into())], None).unwrap();
+    s1.expunge(&[d2.uid]).unwrap();
+    let d3 = store.deliver(&a, "INBOX", b"three\n").unwrap();
+    let c1 = s1.sync().unwrap();
+    assert_eq!(c1.changed, [d1.uid].into());
+    assert_eq!(c1.expunged, [d2.uid].into());
+    assert_eq!(c1.added, [d3.uid].into());
+    assert!(s1.is_recent(d3.uid));
+    assert!(s1.sync().unwrap().is_empty(), "reported once");
+    // s2 looked at nothing meanwhile: it gets the same, later.
+    let c2 = s2.sync().unwrap();
+    assert_eq!((c2.changed, c2.expunged, c2.added), (c1.changed, c1.expunged, c1.added));
+    // A compaction (the file replaced) by another process keeps the expunges visible.
+    let other = Store::new(store.root());
+    let mut o = other.open_mailbox(&a, "INBOX", false).unwrap();
+    for i in 0..300 {
+        let op = if i % 2 == 0 { FlagOp::Add } else { FlagOp::Remove };
+        o.store_flags(&[d1.uid], op, &[Flag::Flagged], None).unwrap();
+    }
+    o.expunge(&[d3.uid]).unwrap();
+    for _ in 0..300 {
+        o.store_flags(&[d1.uid], FlagOp::Add, &[Flag::Answered], None).unwrap();
+        o.store_flags(&[d1.uid], FlagOp::Remove, &[Flag::Answered], None).unwrap();
+    }
+    let c = s2.sync().unwrap();
+    assert_eq!(c.expunged, [d3.uid].into(), "{c:?}");
+    assert_eq!(s2.uids(), vec![d1.uid]);
+}
+
+/// The per-message cache is shared by the folder's sessions and tied to the file: an entry
+/// is not handed out for another message that got the same UID after a rebuild.
+#[test]
+fn message_cache_is_shared_and_checked_against_the_file() {
+    let (_t, store, a) = setup();
+    let d1 = store.deliver(&a, "INBOX", b"Subject: one\r\n\r\nx\r\n").unwrap();
+    let s1 = store.open_mailbox(&a, "INBOX", false).unwrap();
+    let s2 = store.open_mailbox(&a, "INBOX", false).unwrap();
+    assert!(s1.cached(d1.uid).is_none());
+    s1.cache_update(d1.uid, |c| c.size = Some(42));
+    assert_eq!(s2.cached(d1.uid).unwrap().size, Some(42));
+    // Replace the message under the same UID: the index is rebuilt, the cache must not answer.
+    let mut idx = s1.index();
+    let e = idx.state.entries.get_mut(&d1.uid).unwrap();
+    e.filename = "other-base:2,".into();
+    drop(idx);
+    assert!(s2.cached(d1.uid).is_none());
+}
+
+/// The caches of all folders count against one total, and an evicted folder gives its
+/// bytes back.
+#[test]
+fn message_cache_bytes_are_counted_across_folders() {
+    let (_t, store, a) = setup();
+    let d = store.deliver(&a, "INBOX", b"Subject: x\r\n\r\nx\r\n").unwrap();
+    let total = || store.indexes.cached_bytes.load(std::sync::atomic::Ordering::Relaxed);
+    let mb = store.open_mailbox(&a, "INBOX", false).unwrap();
+    mb.cache_update(d.uid, |c| c.header = Some(vec![b'h'; 1000].into()));
+    let after = total();
+    assert!(after >= 1000, "{after}");
+    mb.cache_update(d.uid, |c| c.size = Some(1));
+    assert_eq!(total(), after, "an update replaces, it does not add");
+    drop(mb);
+    store.indexes.map.lock().unwrap().clear();
+    assert_eq!(total(), 0, "a dropped folder index returns its bytes");
+}
