@@ -265,7 +265,10 @@ pub fn install(host: &Host, args: &InstallArgs) -> anyhow::Result<Outcome> {
         host.say(plan.to_json());
     }
     say("Smoke test (posthaste check):".into());
-    let spinner = progress_spinner(host, "sending a message and reading it back over IMAP and POP3");
+    let spinner = progress_spinner(
+        host,
+        "waiting for the filters to start, then sending a message and reading it back over IMAP and POP3",
+    );
     let smoke = smoke_test(host, &ctx.layout, &answers);
     spinner.finish_and_clear();
     match smoke? {
@@ -331,6 +334,9 @@ fn smoke_test(
             }
         }
     }
+    // rspamd compiles its rules on a cold start (a minute or two on a small machine) and
+    // clamd loads its signatures: wait until the filters answer before judging them.
+    wait_for_filters(&config, std::time::Duration::from_secs(300));
     if let answers::Password::Plain(password) = &answers.postmaster.password {
         let creds = crate::check::Credentials {
             address: answers.postmaster.address.clone(),
@@ -352,6 +358,25 @@ fn smoke_test(
         format!("`posthaste check` printed no report (exit {}):\n{}", out.status, out.stderr.trim())
     })?;
     Ok(Some(report))
+}
+
+/// Poll the configured filters' health until all answer or `limit` passes (the check
+/// then reports whichever still does not).
+fn wait_for_filters(config: &crate::config::Config, limit: std::time::Duration) {
+    if config.antispam.is_none() && config.antivirus.is_none() {
+        return;
+    }
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+    let filter = crate::filter::Filter::from_config(config);
+    let deadline = std::time::Instant::now() + limit;
+    rt.block_on(async {
+        while std::time::Instant::now() < deadline {
+            if filter.health().await.iter().all(|(_, r)| r.is_ok()) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    });
 }
 
 /// A new file with mode 0600 holding `secret` and a newline.
