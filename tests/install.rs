@@ -529,10 +529,12 @@ fn install_into_a_root_then_rerun_then_add_a_domain() {
     assert!(ctl.contains(&format!("password = \"{pass}\";")) && ctl.contains("\"127.0.0.1:11334\""), "{ctl}");
     for (p, m) in [
         ("etc/posthaste/rspamd-controller.pass", 0o600),
-        ("etc/rspamd/override.d/worker-controller.inc", 0o600),
+        // rspamd runs as _rspamd and must read its controller config.
+        ("etc/rspamd/override.d/worker-controller.inc", 0o640),
     ] {
         assert_eq!(mode(&r.join(p)), m, "{p}");
     }
+    // (Its group is _rspamd once the rspamd package made it; the vm-test shows the real one.)
     let signing = std::fs::read_to_string(r.join("etc/rspamd/local.d/dkim_signing.conf")).unwrap();
     assert!(signing.contains("enabled = false;"), "{signing}");
     // rspamd itself accepts the installer's local.d/ and override.d/ files.

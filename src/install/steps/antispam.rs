@@ -31,6 +31,8 @@ use crate::install::plan::{Change, Kind, Owner};
 /// The controller password in plain text (for the admin's web UI login, and reruns).
 pub const PASSWORD_FILE: &str = "/etc/posthaste/rspamd-controller.pass";
 const CONTROLLER_INC: &str = "/etc/rspamd/override.d/worker-controller.inc";
+/// The group rspamd runs as (Debian, Ubuntu, EPEL and rspamd's own packages).
+const RSPAMD_GROUP: &str = "_rspamd";
 
 pub fn plan(ctx: &Ctx) -> anyhow::Result<Vec<Change>> {
     if !ctx.answers.components.antispam {
@@ -72,8 +74,10 @@ pub fn plan(ctx: &Ctx) -> anyhow::Result<Vec<Change>> {
         Kind::File,
         Path::new(CONTROLLER_INC),
         controller.into_bytes(),
-        0o600,
-        Owner::root(),
+        // rspamd reads its config as its own user (the Debian and EL units run it as
+        // _rspamd): readable by that group, by nobody else.
+        0o640,
+        Owner::of("root", RSPAMD_GROUP),
     ));
     Ok(changes)
 }
