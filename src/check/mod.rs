@@ -294,7 +294,16 @@ pub async fn run(config: &Config, prepared: Prepared) -> Report {
     let filter = crate::filter::Filter::from_config(config);
     for (component, result) in filter.health().await {
         let started = Instant::now();
-        r.record(format!("{component} answers"), started, result.map_err(|e| anyhow!("{e}")));
+        let result = result.map_err(|e| match component {
+            // The usual reason on a new server: no signatures yet.
+            "clamd" => anyhow!(
+                "{e} — clamd starts only once freshclam has downloaded its signatures (~250 MB, \
+                 a few minutes on a new server; it needs HTTPS to database.clamav.net): see \
+                 the freshclam and clamd services' status and logs, or turn antivirus off in the answers"
+            ),
+            _ => anyhow!("{e}"),
+        });
+        r.record(format!("{component} answers"), started, result);
     }
     match (config.antispam.is_some(), first(&config.listen.smtp), &creds) {
         (false, _, _) => r.skip("spam filter (GTUBE)", "antispam is off ([antispam] is not configured)"),
