@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The main job until the installer lands: build posthaste, start `posthaste serve` on loopback
+# A demo that installs nothing (the README's main job is the real install): build posthaste,
+# start `posthaste serve` on loopback
 # with an example configuration (SQLite directory, self-signed TLS), add a domain and a user,
 # and prove that mail comes in through the MX and goes out through submission to a remote MX
 # found in DNS. The "remote" side is examples/demo_peer.py: a tiny DNS server for
