@@ -1167,3 +1167,38 @@ fn an_install_killed_at_any_point_converges_on_the_rerun() {
         assert!(left.is_empty(), "kill at {step}/100: the third run still plans {left:?}");
     }
 }
+
+#[test]
+fn a_lone_half_of_the_self_signed_pair_is_replaced_by_a_new_pair() {
+    let work = tempfile::tempdir().unwrap();
+    let answers = answers(work.path(), &["example.test"]);
+    let binary = fake_binary(work.path());
+    let root = target("debian-12");
+    let r = root.path();
+    let sys = FakeSystem::new(r);
+    let run = host(r, &sys, &binary);
+    install::install(&run.host, &args(&answers)).unwrap_or_else(|e| panic!("{e:#}"));
+    // As if an install had been killed between writing the key and the certificate.
+    let (cert, key) = (r.join("etc/posthaste/tls/fullchain.pem"), r.join("etc/posthaste/tls/privkey.pem"));
+    std::fs::remove_file(&cert).unwrap();
+    let lone = std::fs::read(&key).unwrap();
+    let run = host(r, &sys, &binary);
+    let outcome = install::install(&run.host, &args(&answers)).unwrap_or_else(|e| panic!("{e:#}"));
+    let changes = pending(&outcome.plan);
+    assert!(
+        changes.contains(&(Kind::Key, "/etc/posthaste/tls/privkey.pem".to_owned(), Action::Create)),
+        "{changes:?}"
+    );
+    assert!(cert.exists(), "no certificate after the rerun");
+    assert_ne!(std::fs::read(&key).unwrap(), lone, "the lone key was kept without a certificate");
+    assert_eq!(mode(&key), 0o600);
+    // The pair matches: rustls accepts it.
+    let config = posthaste::config::Config::load(&r.join("etc/posthaste/posthaste.toml")).unwrap();
+    let mut tls = config.tls.clone().unwrap();
+    (tls.cert, tls.key) = (cert.clone(), key.clone());
+    posthaste::tls::load_acceptor(&tls).unwrap_or_else(|e| panic!("{e:#}"));
+    // And the next run has nothing to do.
+    let run = host(r, &sys, &binary);
+    let outcome = install::install(&run.host, &args(&answers)).unwrap();
+    assert_eq!(pending(&outcome.plan), []);
+}

@@ -425,9 +425,15 @@ impl<'h> Applier<'h, '_> {
                 let (c, k) = (host.path(cert), host.path(key));
                 self.journal.make_parents(&c)?;
                 self.journal.make_parents(&k)?;
-                // Journaled first: a failure half-way leaves nothing behind either.
-                self.journal.entries.push(Entry::Created(k.clone()));
-                self.journal.entries.push(Entry::Created(c.clone()));
+                // Journaled first: a failure half-way leaves nothing behind either. A lone
+                // half of a pair (an install killed between the two files) is backed up and
+                // replaced: without its other half it was never in use.
+                for p in [&k, &c] {
+                    self.journal.will_write(p)?;
+                    if p.exists() {
+                        std::fs::remove_file(p).with_context(|| format!("cannot replace {}", p.display()))?;
+                    }
+                }
                 crate::tls::generate_self_signed(hostname, &[], &c, &k)?;
                 if let Some((uid, gid)) = self.owner(owner) {
                     std::os::unix::fs::lchown(&k, Some(uid), Some(gid))?;

@@ -132,11 +132,10 @@ pub fn plan(ctx: &Ctx, warnings: &mut Vec<String>) -> anyhow::Result<TlsPlan> {
         Tls::SelfSigned => {
             let (c, k) = (ctx.host.path(&l.cert), ctx.host.path(&l.key));
             let target = l.key.display().to_string();
-            let change = match (c.exists(), k.exists()) {
-                (true, true) => Change::none(Kind::Key, target),
-                (false, false) => Change::new(
+            let create = |note: String| {
+                Change::new(
                     Kind::Key,
-                    target,
+                    target.clone(),
                     Action::Create,
                     Op::SelfSigned {
                         hostname: ctx.answers.hostname.clone(),
@@ -145,12 +144,15 @@ pub fn plan(ctx: &Ctx, warnings: &mut Vec<String>) -> anyhow::Result<TlsPlan> {
                         owner: daemon(),
                     },
                 )
-                .note(format!("self-signed for {}, with {}", ctx.answers.hostname, l.cert.display())),
-                _ => bail!(
-                    "only one of {} and {} exists\nhelp: restore the missing one, or remove both to get a new self-signed pair",
-                    l.cert.display(),
-                    l.key.display()
-                ),
+                .note(note)
+            };
+            let made = format!("self-signed for {}, with {}", ctx.answers.hostname, l.cert.display());
+            let change = match (c.exists(), k.exists()) {
+                (true, true) => Change::none(Kind::Key, target.clone()),
+                (false, false) => create(made),
+                // Only one half: an install stopped between writing the two files. The half
+                // is useless alone (the daemon needs both), so a new pair replaces it.
+                _ => create(format!("{made}; replaces an incomplete pair (an interrupted install?)")),
             };
             Ok(TlsPlan {
                 cert: l.cert.display().to_string(),
