@@ -118,7 +118,7 @@ pub fn prepare(config: &Config, credentials: Option<Credentials>) -> Prepared {
 }
 
 /// Where a client on this machine reaches a listener bound to `addr`.
-fn local_target(addr: SocketAddr) -> SocketAddr {
+pub fn local_target(addr: SocketAddr) -> SocketAddr {
     match addr.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port()),
         IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port()),
@@ -197,13 +197,13 @@ pub async fn run(config: &Config, prepared: Prepared) -> Report {
         (Some(_), None) => r.skip("mx accepts local mail", "no account to address"),
         (Some(addr), Some(c)) => {
             let started = Instant::now();
-            let result = mx_local(addr, &host, &c.address).await;
+            let result = mx_local(addr, &c.address).await;
             r.record(format!("mx accepts local mail {addr}"), started, result);
         }
     }
     if let Some(addr) = first(&config.listen.smtp) {
         let started = Instant::now();
-        let result = mx_relay(addr, &host).await;
+        let result = mx_relay(addr).await;
         r.record(format!("mx refuses relaying {addr}"), started, result);
     } else {
         r.skip("mx refuses relaying", "listen.smtp is not configured");
@@ -305,33 +305,39 @@ pub async fn run(config: &Config, prepared: Prepared) -> Report {
         });
         r.record(format!("{component} answers"), started, result);
     }
-    match (config.antispam.is_some(), first(&config.listen.smtp), &creds) {
-        (false, _, _) => r.skip("spam filter (GTUBE)", "antispam is off ([antispam] is not configured)"),
-        (true, None, _) => r.skip("spam filter (GTUBE)", "listen.smtp is not configured"),
-        (true, _, None) => r.skip("spam filter (GTUBE)", "no account to address"),
-        (true, Some(addr), Some(c)) => {
-            let started = Instant::now();
-            let mut result = content_check(addr, &c.address, &token, Content::Gtube).await;
-            // Accepted: it must be in Junk, not in INBOX.
-            if let (Ok(detail), Some((imap_at, implicit)), Ok((_, tls))) = (&result, imap_addr, &submit) {
-                if detail.starts_with("accepted") {
-                    result = find_in_junk(imap_at, implicit, tls, &host, c, &token, temporary.is_none())
-                        .await
-                        .map(|where_| format!("{detail}; {where_}"));
-                }
+    for (what, enabled, off) in [
+        (Content::Gtube, config.antispam.is_some(), "antispam is off ([antispam] is not configured)"),
+        (Content::Eicar, config.antivirus.is_some(), "antivirus is off ([antivirus] is not configured)"),
+    ] {
+        let name = what.check_name();
+        let (addr, c) = match (enabled, first(&config.listen.smtp), &creds) {
+            (false, _, _) => {
+                r.skip(name, off);
+                continue;
             }
-            r.record(format!("spam filter (GTUBE) {addr}"), started, result);
+            (true, None, _) => {
+                r.skip(name, "listen.smtp is not configured");
+                continue;
+            }
+            (true, _, None) => {
+                r.skip(name, "no account to address");
+                continue;
+            }
+            (true, Some(addr), Some(c)) => (addr, c),
+        };
+        let started = Instant::now();
+        let mut result = content_check(addr, &c.address, &token, what).await;
+        // Spam that was accepted must be in Junk, not in INBOX.
+        if let (Content::Gtube, Ok(detail), Some((imap_at, implicit)), Ok((_, tls))) =
+            (what, &result, imap_addr, &submit)
+        {
+            if detail.starts_with("accepted") {
+                result = find_in_junk(imap_at, implicit, tls, &host, c, &token, temporary.is_none())
+                    .await
+                    .map(|where_| format!("{detail}; {where_}"));
+            }
         }
-    }
-    match (config.antivirus.is_some(), first(&config.listen.smtp), &creds) {
-        (false, _, _) => r.skip("virus filter (EICAR)", "antivirus is off ([antivirus] is not configured)"),
-        (true, None, _) => r.skip("virus filter (EICAR)", "listen.smtp is not configured"),
-        (true, _, None) => r.skip("virus filter (EICAR)", "no account to address"),
-        (true, Some(addr), Some(c)) => {
-            let started = Instant::now();
-            let result = content_check(addr, &c.address, &token, Content::Eicar).await;
-            r.record(format!("virus filter (EICAR) {addr}"), started, result);
-        }
+        r.record(format!("{name} {addr}"), started, result);
     }
 
     // 6. Leave nothing behind: the message (a real account's INBOX), or the whole
@@ -431,6 +437,15 @@ enum Content {
     Eicar,
 }
 
+impl Content {
+    fn check_name(self) -> &'static str {
+        match self {
+            Content::Gtube => "spam filter (GTUBE)",
+            Content::Eicar => "virus filter (EICAR)",
+        }
+    }
+}
+
 /// The GTUBE string: every spam filter scores it as certain spam (rspamd: reject).
 const GTUBE: &str = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X";
 
@@ -521,7 +536,7 @@ async fn find_in_junk(
     Ok("found in Junk".into())
 }
 
-async fn mx_local(addr: SocketAddr, _host: &str, rcpt: &Address) -> anyhow::Result<String> {
+async fn mx_local(addr: SocketAddr, rcpt: &Address) -> anyhow::Result<String> {
     let mut c = Conn::connect(addr).await?;
     let (code, text) = c.smtp_reply().await?;
     expect(code, 220, &text)?;
@@ -534,7 +549,7 @@ async fn mx_local(addr: SocketAddr, _host: &str, rcpt: &Address) -> anyhow::Resu
     Ok(format!("RCPT TO:<{rcpt}> → {code} (transaction reset, nothing sent)"))
 }
 
-async fn mx_relay(addr: SocketAddr, _host: &str) -> anyhow::Result<String> {
+async fn mx_relay(addr: SocketAddr) -> anyhow::Result<String> {
     let mut c = Conn::connect(addr).await?;
     let (code, text) = c.smtp_reply().await?;
     expect(code, 220, &text)?;

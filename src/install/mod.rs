@@ -319,13 +319,7 @@ fn smoke_test(
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     for (_, addrs) in config.listeners() {
         for addr in addrs {
-            let target = match addr.ip() {
-                std::net::IpAddr::V4(ip) if ip.is_unspecified() => ([127, 0, 0, 1], addr.port()).into(),
-                std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
-                    (std::net::Ipv6Addr::LOCALHOST, addr.port()).into()
-                }
-                _ => *addr,
-            };
+            let target = crate::check::local_target(*addr);
             while std::net::TcpStream::connect_timeout(&target, std::time::Duration::from_millis(200))
                 .is_err()
                 && std::time::Instant::now() < deadline
