@@ -37,6 +37,7 @@ while getopts "m:s:l:h" opt; do
 done
 
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 REPO=$PWD
 export PATH=$PATH:/usr/sbin:/sbin
 
@@ -271,32 +272,7 @@ smtpd_milters = $milters
 milter_default_action = tempfail
 milter_protocol = 6
 CONF
-    cat > "$p/conf/master.cf" <<CONF
-127.0.0.1:$port inet n - n - - smtpd
-pickup    unix  n - n 60   1 pickup
-cleanup   unix  n - n -    0 cleanup
-qmgr      unix  n - n 300  1 qmgr
-tlsmgr    unix  - - n 1000? 1 tlsmgr
-rewrite   unix  - - n -    - trivial-rewrite
-bounce    unix  - - n -    0 bounce
-defer     unix  - - n -    0 bounce
-trace     unix  - - n -    0 bounce
-verify    unix  - - n -    1 verify
-flush     unix  n - n 1000? 0 flush
-proxymap  unix  - - n -    - proxymap
-proxywrite unix - - n -    1 proxymap
-smtp      unix  - - n -    - smtp
-relay     unix  - - n -    - smtp
-showq     unix  n - n -    - showq
-error     unix  - - n -    - error
-retry     unix  - - n -    - error
-discard   unix  - - n -    - discard
-local     unix  - n n -    - local
-virtual   unix  - n n -    - virtual
-anvil     unix  - - n -    1 anvil
-scache    unix  - - n -    1 scache
-postlog   unix-dgram n - n - 1 postlogd
-CONF
+    postfix_master_cf "$p/conf/master.cf" "$port"
     POSTFIX_CONF=$p/conf
     postfix -c "$POSTFIX_CONF" start >/dev/null 2>&1 || die "postfix did not start: $(tail -5 "$p/maillog" 2>/dev/null)"
     wait_port 127.0.0.1 "$port" Postfix "$p/maillog"

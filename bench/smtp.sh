@@ -40,6 +40,7 @@ done
 case $ONLY in posthaste|baseline|both) ;; *) echo "-o must be posthaste, baseline or both" >&2; exit 2 ;; esac
 
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 REPO=$PWD
 
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -294,33 +295,7 @@ virtual_mailbox_maps = inline:{ u@bench.test=ok }
 virtual_transport = lmtp:unix:$d/run/lmtp
 smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
 CONF
-    cat > "$p/conf/master.cf" <<CONF
-127.0.0.1:$port inet n - n - - smtpd
-pickup    unix  n - n 60   1 pickup
-cleanup   unix  n - n -    0 cleanup
-qmgr      unix  n - n 300  1 qmgr
-tlsmgr    unix  - - n 1000? 1 tlsmgr
-rewrite   unix  - - n -    - trivial-rewrite
-bounce    unix  - - n -    0 bounce
-defer     unix  - - n -    0 bounce
-trace     unix  - - n -    0 bounce
-verify    unix  - - n -    1 verify
-flush     unix  n - n 1000? 0 flush
-proxymap  unix  - - n -    - proxymap
-proxywrite unix - - n -    1 proxymap
-smtp      unix  - - n -    - smtp
-relay     unix  - - n -    - smtp
-showq     unix  n - n -    - showq
-error     unix  - - n -    - error
-retry     unix  - - n -    - error
-discard   unix  - - n -    - discard
-local     unix  - n n -    - local
-virtual   unix  - n n -    - virtual
-lmtp      unix  - - n -    - lmtp
-anvil     unix  - - n -    1 anvil
-scache    unix  - - n -    1 scache
-postlog   unix-dgram n - n - 1 postlogd
-CONF
+    postfix_master_cf "$p/conf/master.cf" "$port"
     POSTFIX_CONF=$p/conf
     postfix -c "$POSTFIX_CONF" start >/dev/null 2>&1 ||
         die "postfix did not start: $(script -qec "postfix -c $POSTFIX_CONF check" /dev/null; tail -5 "$p/maillog" 2>/dev/null)"
