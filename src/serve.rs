@@ -86,6 +86,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .with_guard(guard.clone()),
     );
 
+    // Handlers first: whoever reads the pidfile may signal at once (`queue flush` sends
+    // SIGUSR1, whose default action would kill the daemon).
+    let signals = Signals::install();
     let pidfile = config.server.pidfile.clone().unwrap_or_else(|| pidfile_path(&config));
     std::fs::write(&pidfile, format!("{}\n", std::process::id()))
         .with_context(|| format!("cannot write pidfile {}", pidfile.display()))?;
@@ -142,7 +145,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     info!(event = "started", pid = std::process::id(), hostname = %config.hostname, "posthaste is running");
 
-    wait_for_signals(&queue, certs.as_deref()).await;
+    wait_for_signals(signals, &queue, certs.as_deref()).await;
     info!(event = "stopping", "shutting down");
     let _ = shutdown_tx.send(true);
     for t in tasks {
@@ -181,14 +184,31 @@ fn check_writable(config: &Config) {
     }
 }
 
-async fn wait_for_signals(queue: &Queue, certs: Option<&crate::tls::CertStore>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut usr1), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::user_defined1()),
-        signal(SignalKind::hangup()),
-    ) else {
+/// The signals the daemon handles, registered as one step.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Option<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::user_defined1()),
+            signal(SignalKind::hangup()),
+        ) {
+            (Ok(term), Ok(int), Ok(usr1), Ok(hup)) => Some(Signals { term, int, usr1, hup }),
+            _ => None,
+        }
+    }
+}
+
+async fn wait_for_signals(signals: Option<Signals>, queue: &Queue, certs: Option<&crate::tls::CertStore>) {
+    let Some(Signals { mut term, mut int, mut usr1, mut hup }) = signals else {
         error!("cannot install signal handlers");
         return std::future::pending().await;
     };
