@@ -6,8 +6,8 @@
 #   -m  messages in the benchmark mailbox (default 10000; -m 100000 for the big one)
 #   -c  parallel clients of the mixed load (default 8), each its own user and mailbox
 #       (the first 1000 messages of the same set)
-#   -t  seconds of mixed load per system (default 20)
-#   -i  idle logged-in connections (INBOX selected) for the memory figure (default 1000)
+#   -t  seconds of mixed load per system (default 20; 0 skips it)
+#   -i  idle logged-in connections (INBOX selected) for the memory figure (default 1000; 0 skips)
 #   -I  idle connections posthaste must hold at once (default 10000; 0 skips)
 #
 # A mailbox of MESSAGES messages is generated once (bench/imap_load.py gen: 2-12 KB, every
@@ -163,6 +163,21 @@ fill() {
 
 # measure NAME PORT MEM_CMD -> $WORK/NAME.*.json|txt
 measure() {
+    local name=$1 port=$2 mem=$3
+    if [ "$IDLE" -gt 0 ]; then
+        measure_idle "$name" "$port" "$mem"
+    fi
+    echo "-- $name: single connection, $MESSAGES messages (load $(load))"
+    $LOAD single 127.0.0.1 "$port" - "u@bench.test" "$PW" >"$WORK/$name.single.json"
+    if [ "$SECONDS_MIXED" != 0 ]; then
+        echo "-- $name: mixed load, $CLIENTS clients, ${SECONDS_MIXED}s (load $(load))"
+        $LOAD mixed 127.0.0.1 "$port" - m "$PW" "$CLIENTS" "$SECONDS_MIXED" >"$WORK/$name.mixed.json"
+        echo "   $(cut -c1-200 "$WORK/$name.mixed.json") (load $(load))"
+    fi
+}
+
+# measure_idle NAME PORT MEM_CMD -> $WORK/NAME.mem.json
+measure_idle() {
     local name=$1 port=$2 mem=$3 before after fifo
     echo "-- $name: $IDLE idle connections (load $(load))"
     before=$($mem)
@@ -184,12 +199,6 @@ measure() {
     echo "{\"before\": $before, \"after\": $after, \"n\": $(awk '/ready/ {print $2}' "$WORK/$name.idle.out")}" >"$WORK/$name.mem.json"
     rm -f "$fifo"
     sleep 2
-
-    echo "-- $name: single connection, $MESSAGES messages (load $(load))"
-    $LOAD single 127.0.0.1 "$port" - "u@bench.test" "$PW" >"$WORK/$name.single.json"
-    echo "-- $name: mixed load, $CLIENTS clients, ${SECONDS_MIXED}s (load $(load))"
-    $LOAD mixed 127.0.0.1 "$port" - m "$PW" "$CLIENTS" "$SECONDS_MIXED" >"$WORK/$name.mixed.json"
-    echo "   $(cut -c1-200 "$WORK/$name.mixed.json") (load $(load))"
 }
 
 bench_posthaste() {
