@@ -677,6 +677,61 @@ async fn search_keys() {
     c.expect("w SEARCH FOO", "BAD").await;
 }
 
+/// SEARCH decides from the index and the folder's cache where it can and reads a message only
+/// for what the cache lacks; it decodes a field or a body only when the raw bytes did not
+/// match. Every case runs twice: first with nothing cached (the messages are read), then
+/// with the header blocks cached by the first run — the answers must not differ.
+#[tokio::test]
+async fn search_raw_decoded_cached_and_uncached() {
+    let env = env().await;
+    // 1: a quoted display name and a base64 text part; 2: a comment in From, QP body with a
+    // soft line break inside the word; 3: plain.
+    env.store
+        .deliver(
+            &alice(),
+            "INBOX",
+            b"From: \"Smith, John\" <js@example.test>\r\nSubject: Quarterly\r\nDate: Tue, 1 Mar 2022 10:00:00 +0000\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\nContent-Transfer-Encoding: base64\r\n\r\nVGhlIHNlY3JldHdvcmQgaXMgaGVyZQ==\r\n",
+        )
+        .unwrap();
+    env.store
+        .deliver(
+            &alice(),
+            "INBOX",
+            b"From: mary@example.test (Mary Major)\r\nSubject: =?us-ascii?q?Budget_plan?=\r\nDate: Wed, 2 Mar 2022 10:00:00 +0000\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\nthe hol=\r\niday list\r\n",
+        )
+        .unwrap();
+    env.store.deliver(&alice(), "INBOX", &msg("Holiday", "see you")).unwrap();
+    let mut c = Client::logged_in(&env).await;
+    c.ok("a SELECT INBOX").await;
+    c.ok("b STORE 2 +FLAGS (work)").await;
+    let cases: &[(&str, &str)] = &[
+        ("BODY secretword", "1"),
+        ("BODY VGhlIHNl", "1"),
+        ("TEXT secretword", "1"),
+        ("BODY holiday", "2"),
+        ("TEXT holiday", "2 3"),
+        ("FROM \"John <js\"", "1"),
+        ("FROM \"Smith, John\"", "1"),
+        ("FROM \"Mary Major\"", "2"),
+        ("SUBJECT \"budget plan\"", "2"),
+        ("SUBJECT HOLIDAY", "3"),
+        ("KEYWORD work", "2"),
+        ("KEYWORD WORK", "2"),
+        ("UNKEYWORD work", "1 3"),
+        ("NOT KEYWORD work SUBJECT quarterly", "1"),
+        ("OR BODY secretword SUBJECT holiday", "1 3"),
+        ("SENTSINCE 2-Mar-2022 NOT SENTON 7-Feb-2022", "2"),
+        ("NOT BODY secretword", "2 3"),
+    ];
+    for round in ["uncached", "cached"] {
+        for (i, (key, want)) in cases.iter().enumerate() {
+            let r = c.ok(&format!("s{i} SEARCH {key}")).await;
+            let line = r.lines().find(|l| l.starts_with("* SEARCH")).unwrap_or_else(|| panic!("{key}: {r}"));
+            assert_eq!(line.trim_end(), format!("* SEARCH {want}").trim_end(), "SEARCH {key} ({round})");
+        }
+    }
+}
+
 #[tokio::test]
 async fn idle_sees_delivery_and_concurrent_expunge() {
     let env = env().await;

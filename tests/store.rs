@@ -44,14 +44,16 @@ fn delivery_writes_dovecot_names_into_new_and_assigns_uids() {
     assert_eq!(std::fs::read(&d1.path).unwrap(), msg);
     assert!(files(&inbox.join("tmp")).is_empty(), "tmp/ is left clean");
 
-    // <secs>.M<usecs>P<pid>Q<counter>.<host>,S=<size>
+    // <secs>.M<usecs>P<pid>Q<counter>.<host>,S=<size>,W=<size with CRLF line ends>
     let name = d1.path.file_name().unwrap().to_str().unwrap();
     let (secs, rest) = name.split_once('.').unwrap();
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
     assert!(now - secs.parse::<u64>().unwrap() < 60, "{name}");
     assert!(rest.starts_with('M'), "{name}");
     assert!(rest.contains(&format!("P{}Q", std::process::id())), "{name}");
-    assert!(name.ends_with(&format!(",S={}", msg.len())), "{name}");
+    let crlf = msg.len() + msg.iter().filter(|&&b| b == b'\n').count()
+        - msg.windows(2).filter(|w| w == b"\r\n").count();
+    assert!(name.ends_with(&format!(",S={},W={crlf}", msg.len())), "{name}");
     assert!(!name.contains(':'), "no info part in new/: {name}");
 
     // Into a special folder, and into a folder that did not exist yet.

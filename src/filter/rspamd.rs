@@ -176,7 +176,7 @@ impl Rspamd {
         let acct = account.clone();
         let f = folder.clone();
         let read = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<Vec<u8>>> {
-            let mut mb = store.open_mailbox(&acct, &f, false)?;
+            let mb = store.open_mailbox(&acct, &f, false)?;
             let mut out = Vec::new();
             for uid in uids {
                 let mut buf = Vec::new();

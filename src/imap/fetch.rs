@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::io::{self, Read};
+use std::ops::ControlFlow;
 
 use imap_codec::imap_types::command::{FetchModifier, StoreModifier};
 use imap_codec::imap_types::fetch::{Macro, MacroOrMessageDataItemNames, MessageDataItemName, Part, Section};
@@ -12,7 +13,8 @@ use super::mailbox::flags_for;
 use super::mime;
 use super::session::{compact, io_no, Session};
 use super::wire;
-use crate::store::{CachedMessage, Flag, FlagOp};
+
+use crate::store::{CachedMessage, Flag, FlagOp, MessageRef, SYSTEM_FLAGS};
 
 fn part_path(p: &Part) -> Vec<u32> {
     p.0.as_ref().iter().map(|n| n.get()).collect()
@@ -102,11 +104,11 @@ fn header_section(header: &[u8], s: &Option<Section<'_>>) -> Vec<u8> {
 }
 
 /// Whether answering `item` needs the message file, given what the cache holds.
-fn needs_file(item: &MessageDataItemName<'_>, c: &CachedMessage) -> bool {
+fn needs_file(item: &MessageDataItemName<'_>, c: &CachedMessage, m: &MessageRef<'_>) -> bool {
     use MessageDataItemName as N;
     match item {
         N::Flags | N::Uid | N::InternalDate | N::ModSeq | N::Binary { .. } | N::BinarySize { .. } => false,
-        N::Rfc822Size => c.size.is_none(),
+        N::Rfc822Size => c.size.is_none() && m.virtual_size().is_none(),
         N::Envelope => c.item(ITEM_ENVELOPE).is_none(),
         N::BodyStructure => c.item(ITEM_BODYSTRUCTURE).is_none(),
         N::Body => c.item(ITEM_BODY).is_none(),
@@ -140,6 +142,122 @@ fn fill_cache(c: &mut CachedMessage, items: &[MessageDataItemName<'_>], data: &[
             _ => mime::body_structure(&mut out, data, root, key == ITEM_BODYSTRUCTURE),
         }
         c.items.push((key, out.into()));
+    }
+}
+
+/// Append `* seq FETCH (…)` for one message: from the cache entry `c`, and from the file's
+/// bytes and MIME structure when it was read (`file`: whatever `needs_file` asked for).
+fn render(
+    out: &mut Vec<u8>,
+    items: &[MessageDataItemName<'_>],
+    seq: usize,
+    m: &MessageRef<'_>,
+    c: &CachedMessage,
+    file: Option<(&[u8], &mime::Part)>,
+) {
+    use std::io::Write;
+    use MessageDataItemName as N;
+    let _ = write!(out, "* {seq} FETCH (");
+    let header: &[u8] = c.header.as_deref().unwrap_or_default();
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b' ');
+        }
+        match item {
+            N::Flags => {
+                out.extend_from_slice(b"FLAGS (");
+                write_flags(out, m);
+                out.push(b')');
+            }
+            N::Uid => {
+                let _ = write!(out, "UID {}", m.uid());
+            }
+            N::InternalDate => {
+                let _ = write!(out, "INTERNALDATE \"{}\"", internal_date(m.internal_date()));
+            }
+            N::Rfc822Size => {
+                let size = m.virtual_size().or(c.size).or_else(|| file.map(|(d, _)| d.len() as u64));
+                let _ = write!(out, "RFC822.SIZE {}", size.unwrap_or(0));
+            }
+            N::ModSeq => {
+                let _ = write!(out, "MODSEQ ({})", m.modseq());
+            }
+            N::Envelope => {
+                out.extend_from_slice(b"ENVELOPE ");
+                out.extend_from_slice(&c.item(ITEM_ENVELOPE).expect("filled"));
+            }
+            N::Body | N::BodyStructure => {
+                let ext = matches!(item, N::BodyStructure);
+                out.extend_from_slice(if ext { b"BODYSTRUCTURE " } else { b"BODY " });
+                let key = if ext { ITEM_BODYSTRUCTURE } else { ITEM_BODY };
+                out.extend_from_slice(&c.item(key).expect("filled"));
+            }
+            N::Rfc822 => {
+                out.extend_from_slice(b"RFC822 ");
+                wire::literal(out, file.expect("read").0);
+            }
+            N::Rfc822Header => {
+                out.extend_from_slice(b"RFC822.HEADER ");
+                wire::literal(out, header);
+            }
+            N::Rfc822Text => {
+                let (data, root) = file.expect("read");
+                out.extend_from_slice(b"RFC822.TEXT ");
+                wire::literal(out, &data[root.body.clone()]);
+            }
+            N::BodyExt { section, partial, .. } => {
+                let bytes = match file {
+                    _ if header_only(section) => header_section(header, section),
+                    Some((data, root)) => section_bytes(data, root, section),
+                    None => unreachable!("needs_file reads the file for this section"),
+                };
+                out.extend_from_slice(b"BODY[");
+                out.extend_from_slice(section_name(section).as_bytes());
+                out.push(b']');
+                let slice: &[u8] = match partial {
+                    Some((start, len)) => {
+                        let _ = write!(out, "<{start}>");
+                        let s = (*start as usize).min(bytes.len());
+                        let e = s.saturating_add(len.get() as usize).min(bytes.len());
+                        &bytes[s..e]
+                    }
+                    None => &bytes,
+                };
+                out.push(b' ');
+                wire::literal(out, slice);
+            }
+            N::Binary { .. } | N::BinarySize { .. } => {}
+        }
+    }
+    out.extend_from_slice(b")\r\n");
+}
+
+/// The FETCH FLAGS list (RFC 3501 §7.4.2) of a message, without a `Vec` of flags unless it
+/// has keywords.
+pub(super) fn write_flags(out: &mut Vec<u8>, m: &MessageRef<'_>) {
+    let start = out.len();
+    let sep = |out: &mut Vec<u8>| {
+        if out.len() > start {
+            out.push(b' ');
+        }
+    };
+    if m.has_keywords() {
+        for f in m.flags() {
+            sep(out);
+            out.extend_from_slice(f.as_imap().as_bytes());
+        }
+    } else {
+        let bits = m.system_flags();
+        for (f, bit) in &SYSTEM_FLAGS {
+            if bits & bit != 0 {
+                sep(out);
+                out.extend_from_slice(f.as_imap().as_bytes());
+            }
+        }
+    }
+    if m.recent() {
+        sep(out);
+        out.extend_from_slice(b"\\Recent");
     }
 }
 
@@ -227,97 +345,66 @@ impl Session {
         if !seen_now.is_empty() && !items.iter().any(|i| matches!(i, N::Flags)) {
             items.push(N::Flags);
         }
-        let mut out = Vec::new();
-        for &u in &uids {
-            let (Some(m), Some(seq)) = (sel.mb.message(u), sel.seq_of(u)) else { continue };
-            // What the folder's shared cache has (sizes, the header block, rendered
-            // BODYSTRUCTURE/BODY/ENVELOPE): the file is read only for what it lacks.
+        // Messages whose items the folder's shared cache answers (flags, sizes, the header
+        // block, rendered BODYSTRUCTURE/BODY/ENVELOPE) are rendered in runs under one lock of
+        // the index, straight from it; a message that needs its file stops the run, is read
+        // without the lock, and rendered from what was read.
+        let empty = CachedMessage::default();
+        // Only items beyond the index need the cache (probing it per message is not free);
+        // RFC822.SIZE comes from the file name's W= when it has one.
+        let cache_items = items
+            .iter()
+            .any(|i| !matches!(i, N::Flags | N::Uid | N::InternalDate | N::ModSeq | N::Rfc822Size));
+        let wants_size = items.iter().any(|i| matches!(i, N::Rfc822Size));
+        let mut out = std::mem::take(&mut self.out);
+        let mut pos = 0;
+        while pos < uids.len() {
+            let sel = self.selected.as_ref().expect("selected");
+            pos += sel.mb.visit(&uids[pos..], |_, m| {
+                let c = if cache_items || (wants_size && m.virtual_size().is_none()) {
+                    m.cached().unwrap_or(&empty)
+                } else {
+                    &empty
+                };
+                if items.iter().any(|i| needs_file(i, c, m)) {
+                    return ControlFlow::Break(());
+                }
+                if let Some(seq) = sel.seq_of(m.uid()) {
+                    render(&mut out, &items, seq, m, c, None);
+                }
+                ControlFlow::Continue(())
+            });
+            let Some(&u) = uids.get(pos) else { break };
+            pos += 1;
+            let sel = self.selected.as_mut().expect("selected");
             let mut c = sel.mb.cached(u).unwrap_or_default();
-            let needs_data = items.iter().any(|i| needs_file(i, &c));
-            let data = if needs_data {
-                let mut raw = Vec::new();
-                match sel.mb.open_message(u).and_then(|mut f| f.read_to_end(&mut raw)) {
-                    Ok(_) => mime::crlf(raw),
-                    // Expunged by another session meanwhile: nothing to send for it.
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(e),
+            let mut raw = Vec::new();
+            let data = match sel.mb.open_message(u).and_then(|mut f| f.read_to_end(&mut raw)) {
+                Ok(_) => mime::crlf(raw),
+                // Expunged by another session meanwhile: nothing to send for it.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    self.out = out;
+                    return Err(e);
                 }
-            } else {
-                Vec::new()
             };
-            let root = needs_data.then(|| mime::parse(&data));
-            if let Some(root) = &root {
-                fill_cache(&mut c, &items, &data, root);
-                let fresh = c.clone();
-                sel.mb.cache_update(u, move |e| {
-                    e.size = fresh.size;
-                    e.header = fresh.header;
-                    e.items = fresh.items;
-                });
-            }
-            let size = c.size.unwrap_or(data.len() as u64);
-            let header: &[u8] = c.header.as_deref().unwrap_or_default();
-            out.extend_from_slice(format!("* {seq} FETCH (").as_bytes());
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b' ');
+            let root = mime::parse(&data);
+            fill_cache(&mut c, &items, &data, &root);
+            let fresh = c.clone();
+            sel.mb.cache_update(u, move |e| {
+                e.size = fresh.size;
+                e.header = fresh.header;
+                e.items = fresh.items;
+            });
+            let sel = self.selected.as_ref().expect("selected");
+            sel.mb.visit(&[u], |_, m| {
+                if let Some(seq) = sel.seq_of(u) {
+                    render(&mut out, &items, seq, m, &c, Some((&data, &root)));
                 }
-                match item {
-                    N::Flags => out.extend_from_slice(format!("FLAGS ({})", flags_for(&m)).as_bytes()),
-                    N::Uid => out.extend_from_slice(format!("UID {u}").as_bytes()),
-                    N::InternalDate => out.extend_from_slice(
-                        format!("INTERNALDATE \"{}\"", internal_date(m.internal_date)).as_bytes(),
-                    ),
-                    N::Rfc822Size => out.extend_from_slice(format!("RFC822.SIZE {size}").as_bytes()),
-                    N::ModSeq => out.extend_from_slice(format!("MODSEQ ({})", m.modseq).as_bytes()),
-                    N::Envelope => {
-                        out.extend_from_slice(b"ENVELOPE ");
-                        out.extend_from_slice(&c.item(ITEM_ENVELOPE).expect("filled"));
-                    }
-                    N::Body | N::BodyStructure => {
-                        let ext = matches!(item, N::BodyStructure);
-                        out.extend_from_slice(if ext { b"BODYSTRUCTURE " } else { b"BODY " });
-                        let key = if ext { ITEM_BODYSTRUCTURE } else { ITEM_BODY };
-                        out.extend_from_slice(&c.item(key).expect("filled"));
-                    }
-                    N::Rfc822 => {
-                        out.extend_from_slice(b"RFC822 ");
-                        wire::literal(&mut out, &data);
-                    }
-                    N::Rfc822Header => {
-                        out.extend_from_slice(b"RFC822.HEADER ");
-                        wire::literal(&mut out, header);
-                    }
-                    N::Rfc822Text => {
-                        let root = root.as_ref().expect("parsed");
-                        out.extend_from_slice(b"RFC822.TEXT ");
-                        wire::literal(&mut out, &data[root.body.clone()]);
-                    }
-                    N::BodyExt { section, partial, .. } => {
-                        let bytes = match (header_only(section), &root) {
-                            (true, _) => header_section(header, section),
-                            (false, Some(root)) => section_bytes(&data, root, section),
-                            (false, None) => unreachable!("needs_file reads the file for this section"),
-                        };
-                        out.extend_from_slice(format!("BODY[{}]", section_name(section)).as_bytes());
-                        let slice: &[u8] = match partial {
-                            Some((start, len)) => {
-                                out.extend_from_slice(format!("<{start}>").as_bytes());
-                                let s = (*start as usize).min(bytes.len());
-                                let e = s.saturating_add(len.get() as usize).min(bytes.len());
-                                &bytes[s..e]
-                            }
-                            None => &bytes,
-                        };
-                        out.push(b' ');
-                        wire::literal(&mut out, slice);
-                    }
-                    N::Binary { .. } | N::BinarySize { .. } => {}
-                }
-            }
-            out.extend_from_slice(b")\r\n");
+                ControlFlow::Continue(())
+            });
         }
-        self.out.extend_from_slice(&out);
+        self.out = out;
         self.updates(false, &seen_now)?;
         self.ok(tag, if uid { "UID FETCH completed" } else { "FETCH completed" });
         Ok(())

@@ -78,6 +78,51 @@ pub fn fields(block: &[u8]) -> Vec<(String, String)> {
     out
 }
 
+/// The fields of a header block as (name, raw value) slices, without copying: the value
+/// runs from after the colon to the end of the field's last continuation line (its CRLF
+/// excluded), folding kept. Ends at the empty line.
+pub fn raw_fields(block: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    let mut rest = block;
+    std::iter::from_fn(move || loop {
+        if rest.is_empty() || rest.starts_with(b"\r\n") || rest.starts_with(b"\n") {
+            return None;
+        }
+        // The field ends at a line break not followed by white space (RFC 5322 §2.2.3).
+        let mut end = 0;
+        let next = loop {
+            match memchr::memchr(b'\n', &rest[end..]) {
+                None => break rest.len(),
+                Some(i) => {
+                    let nl = end + i;
+                    if matches!(rest.get(nl + 1), Some(b' ' | b'\t')) {
+                        end = nl + 1;
+                    } else {
+                        break nl + 1;
+                    }
+                }
+            }
+        };
+        let line = &rest[..next];
+        rest = &rest[next..];
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        // A line without a colon is not a field (a broken header): skipped, as `fields` does.
+        if let Some(colon) = memchr::memchr(b':', line) {
+            return Some((line[..colon].trim_ascii(), &line[colon + 1..]));
+        }
+    })
+}
+
+/// A raw field value unfolded (RFC 5322 §2.2.3: line breaks before white space removed)
+/// and trimmed.
+pub fn unfold(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let raw = raw.trim_ascii();
+    if memchr::memchr(b'\n', raw).is_none() {
+        return raw.into();
+    }
+    raw.iter().copied().filter(|&b| b != b'\r' && b != b'\n').collect::<Vec<u8>>().into()
+}
+
 fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
     fields.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
 }
@@ -477,6 +522,22 @@ pub fn header_fields(header: &[u8], names: &[String], not: bool) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn raw_fields_and_unfold() {
+        let h = b"Subject: a\r\n b\r\nX:y\r\nbroken line\r\nFrom :  c\r\n\r\nBody: no\r\n";
+        let f: Vec<(&[u8], Vec<u8>)> = raw_fields(h).map(|(n, v)| (n, unfold(v).into_owned())).collect();
+        assert_eq!(
+            f,
+            vec![
+                (&b"Subject"[..], b"a b".to_vec()),
+                (&b"X"[..], b"y".to_vec()),
+                (&b"From"[..], b"c".to_vec())
+            ]
+        );
+        assert_eq!(raw_fields(b"A: 1\nB: 2").count(), 2);
+        assert_eq!(raw_fields(b"").count(), 0);
+    }
 
     const MIXED: &[u8] = b"From: A <a@x.test>\r\nSubject: hi\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\npreamble\r\n--b1\r\nContent-Type: text/plain\r\n\r\nhello\r\n--b1\r\nContent-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\ninner body\r\n--b1--\r\n";
 

@@ -1,11 +1,18 @@
 //! SEARCH (RFC 3501 §6.4.4) with CONDSTORE's MODSEQ key (RFC 7162 §3.1.5).
 //!
-//! String keys match case-insensitively as substrings (§6.4.4) against decoded text: RFC
-//! 2047 header words and the transfer-decoded text parts (mail-parser), and the raw bytes
-//! as a fallback. Dates compare the date part only, internal dates in UTC.
+//! String keys match case-insensitively as substrings (§6.4.4) against the raw bytes and
+//! the decoded text: RFC 2047 header words and the transfer-decoded text parts
+//! (mail-parser), decoded only when the raw bytes did not match and could read differently
+//! decoded. Dates compare the date part only, internal dates in UTC.
+//!
+//! Criteria are compiled once ([`Key`]); each message is first judged from the index and
+//! the folder's cache alone (flags, dates, sizes, the cached header block), under one lock
+//! for the whole run, and only a message that needs more is read from disk.
 
 use std::collections::BTreeSet;
+use std::fmt::Write as _;
 use std::io::{self, Read};
+use std::ops::ControlFlow;
 
 use chrono::{NaiveDate, TimeZone};
 use imap_codec::imap_types::core::Vec1;
@@ -15,7 +22,7 @@ use mail_parser::{HeaderValue, MessageParser, PartType};
 
 use super::mime;
 use super::session::Session;
-use crate::store::{CachedMessage, Flag, Mailbox, Message};
+use crate::store::{Flag, MessageRef, SYSTEM_FLAGS};
 
 fn in_set(set: &SequenceSet, v: u32, max: u32) -> bool {
     let val = |s: &SeqOrUid| match s {
@@ -31,218 +38,338 @@ fn in_set(set: &SequenceSet, v: u32, max: u32) -> bool {
     })
 }
 
-fn contains(hay: &str, needle: &str) -> bool {
-    needle.is_empty() || hay.to_lowercase().contains(&needle.to_lowercase())
+/// Unicode-lowercase substring test (RFC 3501 §6.4.4: case-insensitive); `needle` is
+/// already lowercase.
+fn contains_lower(hay: &str, needle: &str) -> bool {
+    needle.is_empty() || hay.to_lowercase().contains(needle)
 }
 
-struct Candidate<'a> {
+/// A search string, lowered once for the whole SEARCH.
+struct Needle {
+    lower: String,
+    ascii: bool,
+}
+
+impl Needle {
+    fn new(raw: &[u8]) -> Needle {
+        let lower = String::from_utf8_lossy(raw).to_lowercase();
+        Needle { ascii: lower.is_ascii(), lower }
+    }
+
+    /// Whether `hay` (raw bytes, any charset) contains it, ignoring case. An ASCII needle
+    /// is looked for in the bytes directly (ASCII letters are the same in every
+    /// ASCII-compatible charset); another is compared as lowercase UTF-8.
+    fn in_bytes(&self, hay: &[u8]) -> bool {
+        let n = self.lower.as_bytes();
+        if n.is_empty() {
+            return true;
+        }
+        if !self.ascii {
+            return contains_lower(&String::from_utf8_lossy(hay), &self.lower);
+        }
+        if hay.len() < n.len() {
+            return false;
+        }
+        let last = hay.len() - n.len();
+        memchr::memchr2_iter(n[0], n[0].to_ascii_uppercase(), &hay[..=last])
+            .any(|i| hay[i..i + n.len()].eq_ignore_ascii_case(n))
+    }
+
+    fn in_str(&self, hay: &str) -> bool {
+        if self.ascii {
+            self.in_bytes(hay.as_bytes())
+        } else {
+            contains_lower(hay, &self.lower)
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum DateCmp {
+    Before,
+    On,
+    Since,
+}
+
+/// The SEARCH criteria, with their strings lowered and flags resolved once, not per message.
+enum Key<'a> {
+    And(Vec<Key<'a>>),
+    Or(Box<Key<'a>>, Box<Key<'a>>),
+    Not(Box<Key<'a>>),
+    All,
+    Seq(&'a SequenceSet),
+    Uid(&'a SequenceSet),
+    /// A system flag (bit of `store::SYSTEM_FLAGS`) set (true) or not set (false).
+    System(u8, bool),
+    Keyword(String, bool),
+    Recent,
+    New,
+    Old,
+    Larger(u64),
+    Smaller(u64),
+    Internal(DateCmp, NaiveDate),
+    Sent(DateCmp, NaiveDate),
+    Header(String, Needle),
+    Body(Needle),
+    Text(Needle),
+    ModSeq(u64),
+}
+
+fn bit(f: Flag) -> u8 {
+    SYSTEM_FLAGS.iter().find(|(s, _)| *s == f).map_or(0, |(_, b)| *b)
+}
+
+impl<'a> Key<'a> {
+    fn compile(k: &'a SearchKey<'_>) -> Key<'a> {
+        use SearchKey as K;
+        let text = |a: &imap_codec::imap_types::core::AString<'_>| Needle::new(a.as_ref());
+        let header = |name: &str, a| Key::Header(name.to_owned(), text(a));
+        match k {
+            K::And(keys) => Key::And(keys.as_ref().iter().map(Key::compile).collect()),
+            K::Or(a, b) => Key::Or(Box::new(Key::compile(a)), Box::new(Key::compile(b))),
+            K::Not(k) => Key::Not(Box::new(Key::compile(k))),
+            K::All => Key::All,
+            K::SequenceSet(set) => Key::Seq(set),
+            K::Uid(set) => Key::Uid(set),
+            K::Answered => Key::System(bit(Flag::Answered), true),
+            K::Deleted => Key::System(bit(Flag::Deleted), true),
+            K::Draft => Key::System(bit(Flag::Draft), true),
+            K::Flagged => Key::System(bit(Flag::Flagged), true),
+            K::Seen => Key::System(bit(Flag::Seen), true),
+            K::Unanswered => Key::System(bit(Flag::Answered), false),
+            K::Undeleted => Key::System(bit(Flag::Deleted), false),
+            K::Undraft => Key::System(bit(Flag::Draft), false),
+            K::Unflagged => Key::System(bit(Flag::Flagged), false),
+            K::Unseen => Key::System(bit(Flag::Seen), false),
+            K::Recent => Key::Recent,
+            K::New => Key::New,
+            K::Old => Key::Old,
+            K::Keyword(k) => Key::Keyword(k.as_ref().to_owned(), true),
+            K::Unkeyword(k) => Key::Keyword(k.as_ref().to_owned(), false),
+            K::Larger(n) => Key::Larger(*n as u64),
+            K::Smaller(n) => Key::Smaller(*n as u64),
+            K::Before(d) => Key::Internal(DateCmp::Before, *d.as_ref()),
+            K::On(d) => Key::Internal(DateCmp::On, *d.as_ref()),
+            K::Since(d) => Key::Internal(DateCmp::Since, *d.as_ref()),
+            K::SentBefore(d) => Key::Sent(DateCmp::Before, *d.as_ref()),
+            K::SentOn(d) => Key::Sent(DateCmp::On, *d.as_ref()),
+            K::SentSince(d) => Key::Sent(DateCmp::Since, *d.as_ref()),
+            K::From(v) => header("From", v),
+            K::To(v) => header("To", v),
+            K::Cc(v) => header("Cc", v),
+            K::Bcc(v) => header("Bcc", v),
+            K::Subject(v) => header("Subject", v),
+            K::Header(name, v) => Key::Header(String::from_utf8_lossy(name.as_ref()).into_owned(), text(v)),
+            K::Body(v) => Key::Body(text(v)),
+            K::Text(v) => Key::Text(text(v)),
+            K::ModSequence { modseq, .. } => Key::ModSeq(*modseq),
+        }
+    }
+}
+
+impl Key<'_> {
+    fn any(&self, f: &dyn Fn(&Key<'_>) -> bool) -> bool {
+        match self {
+            Key::And(v) => v.iter().any(|k| k.any(f)),
+            Key::Or(a, b) => a.any(f) || b.any(f),
+            Key::Not(k) => k.any(f),
+            k => f(k),
+        }
+    }
+}
+
+/// Kleene "and"/"or" over undecided (None) verdicts.
+fn and(a: Option<bool>, b: impl FnOnce() -> Option<bool>) -> Option<bool> {
+    match a {
+        Some(false) => Some(false),
+        Some(true) => b(),
+        None => match b() {
+            Some(false) => Some(false),
+            _ => None,
+        },
+    }
+}
+
+fn or(a: Option<bool>, b: impl FnOnce() -> Option<bool>) -> Option<bool> {
+    match a {
+        Some(true) => Some(true),
+        Some(false) => b(),
+        None => match b() {
+            Some(true) => Some(true),
+            _ => None,
+        },
+    }
+}
+
+fn cmp_day(cmp: DateCmp, day: NaiveDate, key: NaiveDate) -> bool {
+    match cmp {
+        DateCmp::Before => day < key,
+        DateCmp::On => day == key,
+        DateCmp::Since => day >= key,
+    }
+}
+
+/// One message under test: its index data, and the file's bytes once read (`file`). Without
+/// the file, keys that need what the cache lacks are undecided.
+struct Subject<'m, 'r> {
     seq: u32,
-    m: Message,
     max_seq: u32,
     max_uid: u32,
-    mb: &'a mut Mailbox,
-    /// The folder's shared cache entry (size, header block), if any.
-    cached: Option<CachedMessage>,
-    data: Option<Vec<u8>>,
+    m: &'m MessageRef<'r>,
+    header: Option<&'m [u8]>,
+    /// The whole message (CRLF) and where its body starts.
+    file: Option<(&'m [u8], std::ops::Range<usize>)>,
 }
 
-impl Candidate<'_> {
-    fn data(&mut self) -> &[u8] {
-        if self.data.is_none() {
-            let mut raw = Vec::new();
-            let ok = self.mb.open_message(self.m.uid).and_then(|mut f| f.read_to_end(&mut raw)).is_ok();
-            let data = if ok { mime::crlf(raw) } else { Vec::new() };
-            if ok {
-                // What later SEARCHes and FETCHes of header fields need, in the shared cache.
-                let root = mime::parse(&data);
-                let header: std::sync::Arc<[u8]> = data[root.header.clone()].into();
-                let size = data.len() as u64;
-                self.cached.get_or_insert_with(Default::default).header = Some(header.clone());
-                self.mb.cache_update(self.m.uid, |e| {
-                    e.size = Some(size);
-                    e.header.get_or_insert(header);
-                });
+impl Subject<'_, '_> {
+    fn eval(&self, key: &Key<'_>) -> Option<bool> {
+        let m = self.m;
+        match key {
+            Key::And(keys) => keys.iter().fold(Some(true), |acc, k| and(acc, || self.eval(k))),
+            Key::Or(a, b) => or(self.eval(a), || self.eval(b)),
+            Key::Not(k) => self.eval(k).map(|v| !v),
+            Key::All => Some(true),
+            Key::Seq(set) => Some(in_set(set, self.seq, self.max_seq)),
+            Key::Uid(set) => Some(in_set(set, m.uid(), self.max_uid)),
+            Key::System(bit, want) => Some((m.system_flags() & bit != 0) == *want),
+            Key::Keyword(k, want) => Some(has_keyword(m, k) == *want),
+            Key::Recent => Some(m.recent()),
+            Key::New => Some(m.recent() && m.system_flags() & bit(Flag::Seen) == 0),
+            Key::Old => Some(!m.recent()),
+            Key::Larger(n) => Some(self.size() > *n),
+            Key::Smaller(n) => Some(self.size() < *n),
+            Key::Internal(cmp, d) => {
+                let day = chrono::Utc.timestamp_opt(m.internal_date(), 0).single().unwrap_or_default();
+                Some(cmp_day(*cmp, day.date_naive(), *d))
             }
-            self.data = Some(data);
+            Key::Sent(cmp, d) => {
+                let h = self.header?;
+                Some(sent_day(h).is_some_and(|day| cmp_day(*cmp, day, *d)))
+            }
+            Key::Header(name, needle) => Some(header_has(self.header?, name, needle)),
+            Key::Body(needle) => {
+                let (data, body) = self.file.clone()?;
+                Some(body_matches(data, body, needle))
+            }
+            Key::Text(needle) => {
+                let (data, body) = self.file.clone()?;
+                Some(needle.in_bytes(&data[..body.start]) || body_matches(data, body, needle))
+            }
+            Key::ModSeq(n) => Some(m.modseq() >= *n),
         }
-        self.data.as_deref().unwrap_or_default()
     }
 
-    /// The top-level header block: from the cache, else read (and cached).
-    fn header_block(&mut self) -> std::sync::Arc<[u8]> {
-        if let Some(h) = self.cached.as_ref().and_then(|c| c.header.clone()) {
-            return h;
-        }
-        self.data();
-        self.cached.as_ref().and_then(|c| c.header.clone()).unwrap_or_else(|| Vec::new().into())
-    }
-
-    /// The size LARGER/SMALLER compare: RFC822.SIZE when known (or the message is read
-    /// anyway), else the stored size, which equals it for CRLF-stored mail (all we write).
+    /// The size LARGER/SMALLER compare: RFC822.SIZE when known (cache, the read file, the
+    /// name's `W=`), else the stored size, which equals it for CRLF-stored mail.
     fn size(&self) -> u64 {
-        if let Some(d) = &self.data {
+        if let Some((d, _)) = &self.file {
             return d.len() as u64;
         }
-        self.cached.as_ref().and_then(|c| c.size).unwrap_or(self.m.size)
-    }
-
-    fn has(&self, f: &Flag) -> bool {
-        self.m.flags.contains(f)
-    }
-
-    fn has_keyword(&self, k: &str) -> bool {
-        self.m.flags.iter().any(|f| matches!(f, Flag::Keyword(x) if x.eq_ignore_ascii_case(k)))
-            || Flag::parse(k).is_some_and(|f| !matches!(f, Flag::Keyword(_)) && self.has(&f))
-    }
-
-    fn internal_day(&self) -> NaiveDate {
-        chrono::Utc.timestamp_opt(self.m.internal_date, 0).single().unwrap_or_default().date_naive()
-    }
-
-    fn sent_day(&mut self) -> Option<NaiveDate> {
-        let header = self.header_block();
-        let msg = MessageParser::default().parse_headers(&header[..])?;
-        let d = msg.date()?;
-        NaiveDate::from_ymd_opt(d.year as i32, d.month as u32, d.day as u32)
-    }
-
-    /// Header values of `name`, decoded and raw.
-    fn header(&mut self, name: &str) -> Vec<String> {
-        let header = self.header_block();
-        let mut out = Vec::new();
-        let mut present = false;
-        for (k, v) in mime::fields(&header) {
-            if k.eq_ignore_ascii_case(name) {
-                present = true;
-                out.push(v);
-            }
-        }
-        // The decoded forms (RFC 2047 words, addresses) only when the field is there: the
-        // full parse is the expensive part of a header SEARCH.
-        if !present {
-            return out;
-        }
-        if let Some(msg) = MessageParser::default().parse_headers(&header[..]) {
-            for h in msg.headers() {
-                if !h.name.as_str().eq_ignore_ascii_case(name) {
-                    continue;
-                }
-                match &h.value {
-                    HeaderValue::Text(t) => out.push(t.to_string()),
-                    HeaderValue::TextList(l) => out.push(l.join(" ")),
-                    HeaderValue::Address(a) => {
-                        for addr in a.iter() {
-                            out.push(format!(
-                                "{} <{}>",
-                                addr.name.as_deref().unwrap_or(""),
-                                addr.address.as_deref().unwrap_or("")
-                            ));
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        }
-        out
-    }
-
-    fn body_matches(&mut self, needle: &str) -> bool {
-        let data = self.data().to_vec();
-        if let Some(msg) = MessageParser::default().parse(&data) {
-            for p in &msg.parts {
-                let hit = match &p.body {
-                    PartType::Text(t) | PartType::Html(t) => contains(t, needle),
-                    _ => false,
-                };
-                if hit {
-                    return true;
-                }
-            }
-        }
-        let root = mime::parse(&data);
-        contains(&String::from_utf8_lossy(&data[root.body.clone()]), needle)
-    }
-
-    fn matches(&mut self, key: &SearchKey<'_>) -> bool {
-        use SearchKey as K;
-        let s =
-            |a: &imap_codec::imap_types::core::AString<'_>| String::from_utf8_lossy(a.as_ref()).into_owned();
-        match key {
-            K::And(keys) => keys.as_ref().iter().all(|k| self.matches(k)),
-            K::SequenceSet(set) => in_set(set, self.seq, self.max_seq),
-            K::Uid(set) => in_set(set, self.m.uid, self.max_uid),
-            K::All => true,
-            K::Answered => self.has(&Flag::Answered),
-            K::Deleted => self.has(&Flag::Deleted),
-            K::Draft => self.has(&Flag::Draft),
-            K::Flagged => self.has(&Flag::Flagged),
-            K::Seen => self.has(&Flag::Seen),
-            K::Unanswered => !self.has(&Flag::Answered),
-            K::Undeleted => !self.has(&Flag::Deleted),
-            K::Undraft => !self.has(&Flag::Draft),
-            K::Unflagged => !self.has(&Flag::Flagged),
-            K::Unseen => !self.has(&Flag::Seen),
-            K::Recent => self.m.recent,
-            K::New => self.m.recent && !self.has(&Flag::Seen),
-            K::Old => !self.m.recent,
-            K::Keyword(k) => self.has_keyword(k.as_ref()),
-            K::Unkeyword(k) => !self.has_keyword(k.as_ref()),
-            K::Larger(n) => self.size() > *n as u64,
-            K::Smaller(n) => self.size() < *n as u64,
-            K::Before(d) => self.internal_day() < *d.as_ref(),
-            K::On(d) => self.internal_day() == *d.as_ref(),
-            K::Since(d) => self.internal_day() >= *d.as_ref(),
-            K::SentBefore(d) => self.sent_day().is_some_and(|x| x < *d.as_ref()),
-            K::SentOn(d) => self.sent_day().is_some_and(|x| x == *d.as_ref()),
-            K::SentSince(d) => self.sent_day().is_some_and(|x| x >= *d.as_ref()),
-            K::Not(k) => !self.matches(k),
-            K::Or(a, b) => self.matches(a) || self.matches(b),
-            K::From(v) => self.header_has("From", &s(v)),
-            K::To(v) => self.header_has("To", &s(v)),
-            K::Cc(v) => self.header_has("Cc", &s(v)),
-            K::Bcc(v) => self.header_has("Bcc", &s(v)),
-            K::Subject(v) => self.header_has("Subject", &s(v)),
-            K::Header(name, v) => self.header_has(&s(name), &s(v)),
-            K::Body(v) => self.body_matches(&s(v)),
-            K::Text(v) => {
-                let v = s(v);
-                let data = self.data().to_vec();
-                let root = mime::parse(&data);
-                contains(&String::from_utf8_lossy(&data[root.header.clone()]), &v) || self.body_matches(&v)
-            }
-            K::ModSequence { modseq, .. } => self.m.modseq >= *modseq,
-        }
-    }
-
-    fn header_has(&mut self, name: &str, needle: &str) -> bool {
-        let values = self.header(name);
-        // RFC 3501 §6.4.4: HEADER with an empty string matches every message with the field.
-        !values.is_empty() && values.iter().any(|v| contains(v, needle))
+        self.m.virtual_size().or_else(|| self.m.cached().and_then(|c| c.size)).unwrap_or(self.m.size())
     }
 }
 
-/// Whether a key looks at the message's size, header or body (not only the index).
-fn uses_content(k: &SearchKey<'_>) -> bool {
-    use SearchKey as K;
-    match k {
-        K::And(v) => v.as_ref().iter().any(uses_content),
-        K::Not(k) => uses_content(k),
-        K::Or(a, b) => uses_content(a) || uses_content(b),
-        K::Larger(_)
-        | K::Smaller(_)
-        | K::SentBefore(_)
-        | K::SentOn(_)
-        | K::SentSince(_)
-        | K::From(_)
-        | K::To(_)
-        | K::Cc(_)
-        | K::Bcc(_)
-        | K::Subject(_)
-        | K::Header(..)
-        | K::Body(_)
-        | K::Text(_) => true,
-        _ => false,
+fn has_keyword(m: &MessageRef<'_>, k: &str) -> bool {
+    match Flag::parse(k) {
+        // RFC 3501 §6.4.4 KEYWORD names a keyword; a system flag spelled as one is matched
+        // as that flag.
+        Some(f @ (Flag::Seen | Flag::Answered | Flag::Flagged | Flag::Deleted | Flag::Draft)) => {
+            m.system_flags() & bit(f) != 0
+        }
+        _ => {
+            m.has_keywords()
+                && m.flags().iter().any(|f| matches!(f, Flag::Keyword(x) if x.eq_ignore_ascii_case(k)))
+        }
     }
+}
+
+fn sent_day(header: &[u8]) -> Option<NaiveDate> {
+    let (_, raw) = mime::raw_fields(header).find(|(n, _)| n.eq_ignore_ascii_case(b"Date"))?;
+    let d = mail_parser::DateTime::parse_rfc822(&String::from_utf8_lossy(&mime::unfold(raw)))?;
+    NaiveDate::from_ymd_opt(d.year as i32, d.month as u32, d.day as u32)
+}
+
+/// HEADER/FROM/SUBJECT/… (RFC 3501 §6.4.4): whether a field `name` contains the needle, in
+/// its raw form or decoded (RFC 2047 words, address display names). A message without the
+/// field does not match, even with an empty string. The decoding (a parse of that field
+/// alone) happens only when the raw value did not match and could read differently decoded.
+fn header_has(header: &[u8], name: &str, needle: &Needle) -> bool {
+    let mut present = false;
+    for (n, raw) in mime::raw_fields(header) {
+        if !n.eq_ignore_ascii_case(name.as_bytes()) {
+            continue;
+        }
+        present = true;
+        let value = mime::unfold(raw);
+        if needle.in_bytes(&value) {
+            return true;
+        }
+        let plain = value.iter().all(|&b| b.is_ascii() && !matches!(b, b'"' | b'\\' | b'('))
+            && !contains_bytes(&value, b"=?");
+        if plain {
+            continue;
+        }
+        let mut one = Vec::with_capacity(n.len() + raw.len() + 4);
+        one.extend_from_slice(n);
+        one.push(b':');
+        one.extend_from_slice(raw);
+        one.extend_from_slice(b"\r\n");
+        if decoded(&one, name).iter().any(|v| needle.in_str(v)) {
+            return true;
+        }
+    }
+    present && needle.lower.is_empty()
+}
+
+fn contains_bytes(hay: &[u8], needle: &[u8]) -> bool {
+    memchr::memmem::find(hay, needle).is_some()
+}
+
+/// The decoded values of field `name` in a header block.
+fn decoded(block: &[u8], name: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let Some(msg) = MessageParser::default().parse_headers(block) else { return out };
+    for h in msg.headers() {
+        if !h.name.as_str().eq_ignore_ascii_case(name) {
+            continue;
+        }
+        match &h.value {
+            HeaderValue::Text(t) => out.push(t.to_string()),
+            HeaderValue::TextList(l) => out.push(l.join(" ")),
+            HeaderValue::Address(a) => {
+                for addr in a.iter() {
+                    out.push(format!(
+                        "{} <{}>",
+                        addr.name.as_deref().unwrap_or(""),
+                        addr.address.as_deref().unwrap_or("")
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// BODY (RFC 3501 §6.4.4): the body's raw bytes, else its text parts decoded (transfer
+/// encoding and charset) — parsed only when some part could read differently decoded.
+fn body_matches(data: &[u8], body: std::ops::Range<usize>, needle: &Needle) -> bool {
+    if needle.in_bytes(&data[body]) {
+        return true;
+    }
+    let lower = |w: &[u8]| Needle { lower: String::from_utf8_lossy(w).into_owned(), ascii: true };
+    let encoded = !needle.ascii
+        || [b"base64".as_slice(), b"quoted-printable", b"utf-7", b"utf-16", b"utf-32"]
+            .iter()
+            .any(|w| lower(w).in_bytes(data));
+    if !encoded {
+        return false;
+    }
+    let Some(msg) = MessageParser::default().parse(data) else { return false };
+    msg.parts.iter().any(|p| match &p.body {
+        PartType::Text(t) | PartType::Html(t) => contains_lower(t, &needle.lower),
+        _ => false,
+    })
 }
 
 fn uses_modseq(k: &SearchKey<'_>) -> bool {
@@ -274,29 +401,75 @@ impl Session {
         if modseq {
             self.condstore = true;
         }
-        let needs_cache = criteria.as_ref().iter().any(uses_content);
-        let sel = self.selected.as_mut().expect("selected");
-        let view = sel.uids.clone();
+        let key = Key::And(criteria.as_ref().iter().map(Key::compile).collect());
+        // Only keys on the header look at the cache (probing it per message is not free).
+        let header_keys = key.any(&|k| matches!(k, Key::Header(..) | Key::Sent(..)));
+        let sel = self.selected.as_ref().expect("selected");
+        let view = &sel.uids;
         let max_seq = view.len() as u32;
         let max_uid = view.last().copied().unwrap_or(0);
         let mut hits = Vec::new();
         let mut highest = 0;
-        for (i, &u) in view.iter().enumerate() {
-            let Some(m) = sel.mb.message(u) else { continue };
-            let cached = if needs_cache { sel.mb.cached(u) } else { None };
-            let mut c =
-                Candidate { seq: i as u32 + 1, m, max_seq, max_uid, mb: &mut sel.mb, cached, data: None };
-            if criteria.as_ref().iter().all(|k| c.matches(k)) {
-                highest = highest.max(c.m.modseq);
-                hits.push(if uid { u } else { i as u32 + 1 });
+        // Under one lock of the index, every message the index and the folder's cache can
+        // decide; a message that needs its file (or a header the cache lacks) stops the run,
+        // is read without the lock, and decided from what was read (which also fills the
+        // cache for the next SEARCH or FETCH).
+        let mut pos = 0;
+        while pos < view.len() {
+            pos += sel.mb.visit(&view[pos..], |i, m| {
+                let header = if header_keys { m.cached().and_then(|c| c.header.as_deref()) } else { None };
+                let s = Subject { seq: (pos + i) as u32 + 1, max_seq, max_uid, m, header, file: None };
+                match s.eval(&key) {
+                    Some(true) => {
+                        highest = highest.max(m.modseq());
+                        hits.push(if uid { m.uid() } else { s.seq });
+                        ControlFlow::Continue(())
+                    }
+                    Some(false) => ControlFlow::Continue(()),
+                    None => ControlFlow::Break(()),
+                }
+            });
+            let Some(&u) = view.get(pos) else { break };
+            let seq = pos as u32 + 1;
+            pos += 1;
+            let mut raw = Vec::new();
+            let data = match sel.mb.open_message(u).and_then(|mut f| f.read_to_end(&mut raw)) {
+                Ok(_) => mime::crlf(raw),
+                // Expunged meanwhile: an empty message (it cannot match content keys).
+                Err(_) => Vec::new(),
+            };
+            let root = mime::parse(&data);
+            if !data.is_empty() {
+                let header: std::sync::Arc<[u8]> = data[root.header.clone()].into();
+                let size = data.len() as u64;
+                sel.mb.cache_update(u, |e| {
+                    e.size = Some(size);
+                    e.header.get_or_insert(header);
+                });
             }
+            sel.mb.visit(&[u], |_, m| {
+                let s = Subject {
+                    seq,
+                    max_seq,
+                    max_uid,
+                    m,
+                    header: Some(&data[root.header.clone()]),
+                    file: Some((&data, root.body.clone())),
+                };
+                if s.eval(&key) == Some(true) {
+                    highest = highest.max(m.modseq());
+                    hits.push(if uid { u } else { seq });
+                }
+                ControlFlow::Continue(())
+            });
         }
-        let mut line = "* SEARCH".to_owned();
+        let mut line = String::with_capacity(9 + hits.len() * 6);
+        line.push_str("* SEARCH");
         for h in &hits {
-            line.push_str(&format!(" {h}"));
+            let _ = write!(line, " {h}");
         }
         if modseq && !hits.is_empty() {
-            line.push_str(&format!(" (MODSEQ {highest})"));
+            let _ = write!(line, " (MODSEQ {highest})");
         }
         self.line(&line);
         self.ok(tag, if uid { "UID SEARCH completed" } else { "SEARCH completed" });
@@ -315,6 +488,11 @@ mod tests {
         let set = SequenceSet(Vec1::try_from(vec![Sequence::Range(v(2), SeqOrUid::Asterisk)]).unwrap());
         assert!(in_set(&set, 5, 5));
         assert!(!in_set(&set, 1, 5));
-        assert!(contains("Hello World", "o w"));
+        assert!(contains_lower("Hello World", "o w"));
+        let n = Needle::new(b"O W");
+        assert!(n.in_bytes(b"Hello World") && n.in_str("hello world") && !n.in_bytes(b"Hello_World"));
+        assert!(Needle::new(b"").in_bytes(b""));
+        let u = Needle::new("GRÜSSE".as_bytes());
+        assert!(!u.ascii && u.in_bytes("viele grüsse".as_bytes()));
     }
 }

@@ -795,7 +795,7 @@ fn blocking<R>(f: impl FnOnce() -> R) -> R {
 }
 
 pub(super) fn resolve_set(uids: &[u32], set: &SequenceSet, uid: bool) -> Result<Vec<u32>, String> {
-    let mut out = BTreeSet::new();
+    let mut out = Vec::new();
     if uid {
         let max = uids.last().copied().unwrap_or(0);
         let val = |s: &SeqOrUid| match s {
@@ -813,7 +813,7 @@ pub(super) fn resolve_set(uids: &[u32], set: &SequenceSet, uid: bool) -> Result<
                 if u > hi {
                     break;
                 }
-                out.insert(u);
+                out.push(u);
             }
         }
     } else {
@@ -831,12 +831,15 @@ pub(super) fn resolve_set(uids: &[u32], set: &SequenceSet, uid: bool) -> Result<
                 Sequence::Single(s) => (val(s)?, val(s)?),
                 Sequence::Range(a, b) => (val(a)?, val(b)?),
             };
-            for i in a.min(b)..=a.max(b) {
-                out.insert(uids[i as usize - 1]);
-            }
+            out.extend_from_slice(&uids[a.min(b) as usize - 1..a.max(b) as usize]);
         }
     }
-    Ok(out.into_iter().collect())
+    // Ascending and without repeats (`1:* ` is already both; `5,1:3,2` is not).
+    if !out.is_sorted_by(|a, b| a < b) {
+        out.sort_unstable();
+        out.dedup();
+    }
+    Ok(out)
 }
 
 /// `\Seen \Flagged …` for FETCH FLAGS.

@@ -88,6 +88,45 @@ pub struct Entry {
     pub keywords: BTreeSet<String>,
     /// The whole current file name (base plus `:2,<letters>` in cur/).
     pub filename: String,
+    /// What `filename` says, parsed when the entry enters the state (`State::apply`).
+    pub info: NameInfo,
+}
+
+/// What readers need of a file name for every message (system flags, whether there are
+/// keywords, the `W=` size), parsed once when an entry enters the state rather than on
+/// every FETCH or SEARCH: a flags-only SEARCH over 10,000 messages otherwise spends most of
+/// its time fetching and scanning the file name strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NameInfo {
+    /// S R F T D as bits 1, 2, 4, 8, 16 (`mailbox::SYSTEM_FLAGS`).
+    pub system: u8,
+    /// Letters beyond the system flags (`P`, Dovecot's a–z).
+    pub letter_keywords: bool,
+    /// `W=` of the base; `u64::MAX` when absent.
+    vsize: u64,
+}
+
+impl NameInfo {
+    pub fn of(filename: &str) -> NameInfo {
+        let (base, letters) = name::split(filename);
+        let mut info =
+            NameInfo { vsize: name::vsize_from_base(base).unwrap_or(u64::MAX), ..Default::default() };
+        for c in letters.bytes() {
+            match c {
+                b'S' => info.system |= 1,
+                b'R' => info.system |= 2,
+                b'F' => info.system |= 4,
+                b'T' => info.system |= 8,
+                b'D' => info.system |= 16,
+                b'P' | b'a'..=b'z' => info.letter_keywords = true,
+                _ => {}
+            }
+        }
+        info
+    }
+    pub fn vsize(&self) -> Option<u64> {
+        (self.vsize != u64::MAX).then_some(self.vsize)
+    }
 }
 
 impl Entry {
@@ -186,7 +225,8 @@ impl State {
     fn apply(&mut self, rec: Record, ch: &mut Changes) {
         self.records += 1;
         match rec {
-            Record::Add(e) | Record::Update(e) => {
+            Record::Add(mut e) | Record::Update(mut e) => {
+                e.info = NameInfo::of(&e.filename);
                 self.next_uid = self.next_uid.max(e.uid.saturating_add(1));
                 self.highest_modseq = self.highest_modseq.max(e.modseq);
                 let uid = e.uid;
@@ -350,7 +390,7 @@ fn parse_record(line: &str) -> Option<Record> {
                 keywords.insert(tok()?.to_owned());
             }
             let filename = rest.strip_prefix(':').filter(|f| !f.is_empty())?.to_owned();
-            let e = Entry { uid, modseq, date, size, in_new, keywords, filename };
+            let e = Entry { uid, modseq, date, size, in_new, keywords, filename, info: NameInfo::default() };
             Some(if op == "+" { Record::Add(e) } else { Record::Update(e) })
         }
         "-" => {
@@ -1028,6 +1068,7 @@ impl Index {
                 in_new,
                 keywords: BTreeSet::new(),
                 filename,
+                info: NameInfo::default(),
             }));
         }
 
@@ -1056,6 +1097,7 @@ mod tests {
             in_new: false,
             keywords: ["$Junk".to_owned(), "work".to_owned()].into(),
             filename: "1.M2P3Q4.host name,S=42:2,FS".to_owned(),
+            info: NameInfo::default(),
         };
         let mut s = String::new();
         format_record(&Record::Update(e.clone()), &mut s);

@@ -16,7 +16,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::MutexGuard;
 
-use super::index::{CachedMessage, Changes, DovecotKeywords, Entry, Index, IndexLock, Record};
+use super::index::{CachedMessage, Changes, DovecotKeywords, Entry, Index, IndexLock, MessageCache, Record};
 use super::{name, Flag, SharedIndex, Store};
 use crate::address::Address;
 
@@ -115,7 +115,87 @@ pub struct Mailbox {
 }
 
 /// A message of the index as a session sees it.
-fn view(e: &Entry, dir: &Path, recent: &BTreeSet<u32>, kw: &DovecotKeywords) -> Message {
+fn view(e: &Entry, dir: &Path, recent: bool, kw: &DovecotKeywords) -> Message {
+    Message {
+        uid: e.uid,
+        modseq: e.modseq,
+        flags: flags_of(e, kw),
+        size: e.size,
+        internal_date: e.date,
+        path: e.path(dir),
+        recent,
+        base: e.base().to_owned(),
+    }
+}
+
+/// A message of the index seen without copying it (see [`Mailbox::visit`]): what SEARCH
+/// and FETCH need for thousands of messages under one lock, with no allocation per message
+/// unless it has keywords.
+pub struct MessageRef<'a> {
+    entry: &'a Entry,
+    kw: &'a DovecotKeywords,
+    dir: &'a Path,
+    recent: bool,
+    cache: &'a MessageCache,
+}
+
+/// Bits of [`MessageRef::system_flags`], in the order IMAP lists them.
+pub const SYSTEM_FLAGS: [(Flag, u8); 5] =
+    [(Flag::Seen, 1), (Flag::Answered, 2), (Flag::Flagged, 4), (Flag::Deleted, 8), (Flag::Draft, 16)];
+
+impl<'a> MessageRef<'a> {
+    pub fn uid(&self) -> u32 {
+        self.entry.uid
+    }
+    pub fn modseq(&self) -> u64 {
+        self.entry.modseq
+    }
+    /// The stored size (see [`Message::size`]).
+    pub fn size(&self) -> u64 {
+        self.entry.size
+    }
+    pub fn internal_date(&self) -> i64 {
+        self.entry.date
+    }
+    /// RFC822.SIZE from the file name's `W=` (Dovecot's and ours), when it has one.
+    pub fn virtual_size(&self) -> Option<u64> {
+        self.entry.info.vsize()
+    }
+    /// \Recent for this session.
+    pub fn recent(&self) -> bool {
+        self.recent
+    }
+    /// What the folder's shared cache holds for the message. A lookup each time: ask only
+    /// when needed (a cache probe per message is most of what a flags-only SEARCH costs).
+    pub fn cached(&self) -> Option<&'a CachedMessage> {
+        self.cache.get(self.entry.uid, self.entry.base())
+    }
+    /// The system flags as a bit set ([`SYSTEM_FLAGS`]).
+    pub fn system_flags(&self) -> u8 {
+        self.entry.info.system
+    }
+    /// Whether the message has a system flag (for a keyword: [`MessageRef::flags`]).
+    pub fn has(&self, f: &Flag) -> bool {
+        match SYSTEM_FLAGS.iter().find(|(s, _)| s == f) {
+            Some((_, bit)) => self.system_flags() & bit != 0,
+            None => self.flags().contains(f),
+        }
+    }
+    /// Whether it has keywords (Maildir `P` or a–z letters, or keywords of our index).
+    pub fn has_keywords(&self) -> bool {
+        self.entry.info.letter_keywords || !self.entry.keywords.is_empty()
+    }
+    /// All flags, sorted as [`Message::flags`].
+    pub fn flags(&self) -> Vec<Flag> {
+        flags_of(self.entry, self.kw)
+    }
+    /// The whole message as [`Mailbox::message`] returns it.
+    pub fn to_message(&self) -> Message {
+        view(self.entry, self.dir, self.recent, self.kw)
+    }
+}
+
+fn flags_of(e: &Entry, kw: &DovecotKeywords) -> Vec<Flag> {
     let mut flags: Vec<Flag> = Vec::new();
     for c in e.letters().chars() {
         if let Some(f) = Flag::from_letter(c) {
@@ -127,16 +207,7 @@ fn view(e: &Entry, dir: &Path, recent: &BTreeSet<u32>, kw: &DovecotKeywords) -> 
     flags.extend(e.keywords.iter().map(|k| Flag::Keyword(k.clone())));
     flags.sort();
     flags.dedup();
-    Message {
-        uid: e.uid,
-        modseq: e.modseq,
-        flags,
-        size: e.size,
-        internal_date: e.date,
-        path: e.path(dir),
-        recent: recent.contains(&e.uid),
-        base: e.base().to_owned(),
-    }
+    flags
 }
 
 impl Mailbox {
@@ -204,12 +275,16 @@ impl Mailbox {
 
     pub fn messages(&self) -> Vec<Message> {
         let idx = self.index();
-        idx.state.entries.values().map(|e| view(e, &self.dir, &self.recent, &idx.keywords)).collect()
+        idx.state
+            .entries
+            .values()
+            .map(|e| view(e, &self.dir, self.recent.contains(&e.uid), &idx.keywords))
+            .collect()
     }
 
     pub fn message(&self, uid: u32) -> Option<Message> {
         let idx = self.index();
-        idx.state.entries.get(&uid).map(|e| view(e, &self.dir, &self.recent, &idx.keywords))
+        idx.state.entries.get(&uid).map(|e| view(e, &self.dir, self.recent.contains(&e.uid), &idx.keywords))
     }
 
     /// Run `f` on each message of `uids` that exists, under one lock of the index (for
@@ -217,8 +292,62 @@ impl Mailbox {
     pub fn with_messages<R>(&self, uids: &[u32], mut f: impl FnMut(&Message) -> R) -> Vec<Option<R>> {
         let idx = self.index();
         uids.iter()
-            .map(|u| idx.state.entries.get(u).map(|e| f(&view(e, &self.dir, &self.recent, &idx.keywords))))
+            .map(|u| {
+                idx.state
+                    .entries
+                    .get(u)
+                    .map(|e| f(&view(e, &self.dir, self.recent.contains(&e.uid), &idx.keywords)))
+            })
             .collect()
+    }
+
+    /// Call `f` for the messages of `uids` in order, under one lock of the index, with
+    /// their position in `uids`; messages no longer there are skipped. `f` returns
+    /// `ControlFlow::Break(())` to stop early (e.g. to read a file without holding the
+    /// lock); the result is the position to go on from (`uids.len()` when done).
+    pub fn visit(
+        &self,
+        uids: &[u32],
+        mut f: impl FnMut(usize, &MessageRef<'_>) -> std::ops::ControlFlow<()>,
+    ) -> usize {
+        let idx = self.index();
+        let entries = &idx.state.entries;
+        // The UIDs come ascending (a session's view, a resolved set): walk the index along
+        // with them instead of a lookup per UID, seeking only across wide gaps.
+        let mut walk = entries.range(uids.first().copied().unwrap_or(0)..).peekable();
+        let mut last = 0;
+        for (i, &u) in uids.iter().enumerate() {
+            let entry = if u > last {
+                last = u;
+                loop {
+                    match walk.peek() {
+                        Some((&k, _)) if k < u && u - k > 32 => walk = entries.range(u..).peekable(),
+                        Some((&k, _)) if k < u => {
+                            walk.next();
+                        }
+                        Some((&k, e)) if k == u => break Some(*e),
+                        _ => break None,
+                    }
+                }
+            } else {
+                // Not ascending after all: a lookup, and the walk starts again from here.
+                walk = entries.range(u..).peekable();
+                last = u;
+                entries.get(&u)
+            };
+            let Some(entry) = entry else { continue };
+            let m = MessageRef {
+                entry,
+                kw: &idx.keywords,
+                dir: &self.dir,
+                recent: !self.recent.is_empty() && self.recent.contains(&u),
+                cache: &idx.cache,
+            };
+            if f(i, &m).is_break() {
+                return i;
+            }
+        }
+        uids.len()
     }
 
     /// What SELECT reports, in one pass under one lock (no `Message` per message): the
@@ -319,7 +448,7 @@ impl Mailbox {
 
     /// Open a message's file for reading, following a rename by another client (a flag
     /// change elsewhere) if needed.
-    pub fn open_message(&mut self, uid: u32) -> io::Result<File> {
+    pub fn open_message(&self, uid: u32) -> io::Result<File> {
         let e = self.entry(uid)?;
         match File::open(e.path(&self.dir)) {
             Err(err) if err.kind() == io::ErrorKind::NotFound => match find_file(&self.dir, e.base())? {
@@ -549,6 +678,7 @@ impl Mailbox {
                 in_new: false,
                 keywords,
                 filename,
+                info: Default::default(),
             }));
             mapping.push((e.uid, uid));
             uid += 1;
@@ -659,7 +789,7 @@ fn rename_following(dir: &Path, e: &Entry, dest: &Path) -> io::Result<bool> {
 /// where possible, else a real copy through tmp/. Ok(None): the source is gone.
 fn link_or_copy(src_dir: &Path, e: &Entry, dest_dir: &Path, letters: &str) -> io::Result<Option<String>> {
     for _ in 0..100 {
-        let filename = name::with_flags(&name::new_base(e.size), letters);
+        let filename = name::with_flags(&name::new_base(e.size, name::vsize_from_base(e.base())), letters);
         let dest = dest_dir.join("cur").join(&filename);
         let mut src = e.path(src_dir);
         let mut res = std::fs::hard_link(&src, &dest);

@@ -33,7 +33,7 @@ use std::time::SystemTime;
 use crate::address::Address;
 
 pub use index::{CachedMessage, Changes};
-pub use mailbox::{CopyResult, FlagOp, Mailbox, Message, StoreResult, Summary};
+pub use mailbox::{CopyResult, FlagOp, Mailbox, Message, MessageRef, StoreResult, Summary, SYSTEM_FLAGS};
 
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -403,6 +403,7 @@ impl Store {
                     in_new,
                     keywords,
                     filename,
+                    info: Default::default(),
                 };
                 idx.commit(&lock, vec![index::Record::Add(e)], &mut ch)?;
                 uid
@@ -724,7 +725,7 @@ struct Tmp {
 /// Write a message durably into tmp/ of the Maildir at `dir` (created exclusively, fsynced).
 fn write_tmp(dir: &Path, data: &[u8], date: Option<SystemTime>) -> io::Result<Tmp> {
     for _ in 0..100 {
-        let base = name::new_base(data.len() as u64);
+        let base = name::new_base(data.len() as u64, Some(name::crlf_size(data)));
         let path = dir.join("tmp").join(&base);
         let mut f = match OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
             Ok(f) => f,
@@ -757,6 +758,7 @@ fn write_tmp(dir: &Path, data: &[u8], date: Option<SystemTime>) -> io::Result<Tm
 /// in every case.
 fn link_into(dir: &Path, tmp: Tmp, target: Target) -> io::Result<(String, bool)> {
     let size = name::size_from_base(&tmp.base).unwrap_or(0);
+    let vsize = name::vsize_from_base(&tmp.base);
     let mut base = tmp.base.clone();
     let result = (|| {
         for _ in 0..100 {
@@ -768,7 +770,7 @@ fn link_into(dir: &Path, tmp: Tmp, target: Target) -> io::Result<(String, bool)>
             match std::fs::hard_link(&tmp.path, &dest) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    base = name::new_base(size);
+                    base = name::new_base(size, vsize);
                     continue;
                 }
                 // Filesystems without hard links: rename (the name is unique enough).

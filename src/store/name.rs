@@ -32,6 +32,25 @@ pub fn size_from_base(base: &str) -> Option<u64> {
     base.split(',').skip(1).find_map(|f| f.strip_prefix("S=")).and_then(|s| s.parse().ok())
 }
 
+/// The `W=<size>` field (Dovecot's "virtual size": the size with every line ending CRLF,
+/// i.e. the IMAP RFC822.SIZE), if the writer put one there.
+pub fn vsize_from_base(base: &str) -> Option<u64> {
+    base.split(',').skip(1).find_map(|f| f.strip_prefix("W=")).and_then(|s| s.parse().ok())
+}
+
+/// The size of `data` with every bare LF counted as CRLF (the `W=` of [`new_base`]).
+pub fn crlf_size(data: &[u8]) -> u64 {
+    let mut bare = 0;
+    let mut prev = 0u8;
+    for &b in data {
+        if b == b'\n' && prev != b'\r' {
+            bare += 1;
+        }
+        prev = b;
+    }
+    data.len() as u64 + bare
+}
+
 /// The delivery time encoded in a base name, as (seconds, microseconds), for ordering UIDs
 /// when the index is rebuilt. Dovecot and most writers start with the Unix time; Dovecot
 /// adds `M<usecs>` as the first letter group of the second component.
@@ -67,10 +86,10 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 /// Uniqueness: the time to the microsecond, our pid and a per-process counter make it unique
 /// on this host; the host name makes it unique among hosts sharing the storage. Callers still
 /// create the file with O_EXCL and retry, because a clock step backwards could repeat a name.
-pub fn new_base(size: u64) -> String {
+pub fn new_base(size: u64, vsize: Option<u64>) -> String {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let q = COUNTER.fetch_add(1, Ordering::Relaxed) + 1;
-    format!(
+    let mut base = format!(
         "{}.M{}P{}Q{}.{},S={}",
         now.as_secs(),
         now.subsec_micros(),
@@ -78,7 +97,11 @@ pub fn new_base(size: u64) -> String {
         q,
         hostname(),
         size
-    )
+    );
+    if let Some(v) = vsize {
+        base.push_str(&format!(",W={v}"));
+    }
+    base
 }
 
 /// The host name as Dovecot puts it in file names: `/` and `:` would break the name (path
@@ -112,13 +135,18 @@ mod tests {
 
     #[test]
     fn dovecot_names() {
-        let b = new_base(1234);
+        let b = new_base(1234, None);
         assert!(b.ends_with(",S=1234"), "{b}");
         let (secs, _) = time_from_base(&b).unwrap();
         assert!(secs > 1_600_000_000);
         assert_eq!(size_from_base(&b), Some(1234));
         assert!(b.contains(&format!("P{}Q", std::process::id())));
-        assert_ne!(new_base(1), new_base(1));
+        assert_ne!(new_base(1, None), new_base(1, None));
+        let b = new_base(10, Some(12));
+        assert!(b.ends_with(",S=10,W=12"), "{b}");
+        assert_eq!((size_from_base(&b), vsize_from_base(&b)), (Some(10), Some(12)));
+        assert_eq!(crlf_size(b"a\nb\r\nc\n"), 9);
+        assert_eq!(crlf_size(b"\n"), 2);
     }
 
     #[test]
