@@ -628,9 +628,10 @@ impl DovecotKeywords {
 /// What protocol layers derived from a message file and want to keep, per UID, shared by
 /// every session of the folder in this process: a message's content never changes, so an
 /// entry stays valid as long as the UID names the same file base (checked on every read,
-/// which also covers a rebuild that reuses UIDs). Filled lazily; dropped as a whole when it
-/// grows beyond [`MessageCache::BUDGET`] bytes, or when the caches of all folders together
-/// (`total`, shared through the `Store`) pass [`MessageCache::TOTAL_BUDGET`].
+/// which also covers a rebuild that reuses UIDs). Filled lazily; when it grows beyond
+/// [`MessageCache::BUDGET`] bytes, or the caches of all folders together (`total`, shared
+/// through the `Store`) pass [`MessageCache::TOTAL_BUDGET`], the entries of the lowest UIDs
+/// go first.
 #[derive(Default)]
 pub struct MessageCache {
     map: HashMap<u32, CachedMessage>,
@@ -700,10 +701,29 @@ impl MessageCache {
         let bytes = self.bytes.saturating_sub(before) + after;
         self.set_bytes(bytes);
         let total = self.total.load(std::sync::atomic::Ordering::Relaxed);
-        if self.bytes > Self::BUDGET || total > Self::TOTAL_BUDGET {
-            self.map.clear();
-            self.set_bytes(0);
+        if self.bytes > Self::BUDGET {
+            self.evict(Self::BUDGET / 4 * 3);
+        } else if total > Self::TOTAL_BUDGET {
+            self.evict(self.bytes / 2);
         }
+    }
+
+    /// Drop the entries of the lowest UIDs (the oldest mail, which clients look at least)
+    /// until at most `target` bytes remain. Dropping everything instead made a FETCH 1:* of a
+    /// folder bigger than the budget miss on every message, sweep after sweep.
+    fn evict(&mut self, target: usize) {
+        let mut uids: Vec<u32> = self.map.keys().copied().collect();
+        uids.sort_unstable();
+        let mut bytes = self.bytes;
+        for uid in uids {
+            if bytes <= target {
+                break;
+            }
+            if let Some(e) = self.map.remove(&uid) {
+                bytes = bytes.saturating_sub(e.weight());
+            }
+        }
+        self.set_bytes(bytes);
     }
 
     fn forget(&mut self, uid: u32) {
@@ -1086,6 +1106,26 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Over the budget, the lowest UIDs go first and the cache keeps most of what it holds
+    /// (clearing it all made every sweep of a big folder miss everything).
+    #[test]
+    fn message_cache_evicts_the_oldest_uids() {
+        let mut c = MessageCache::default();
+        let mb = 1 << 20;
+        let n = (MessageCache::BUDGET / mb + 10) as u32;
+        for uid in 1..=n {
+            c.update(uid, &format!("b{uid}"), |e| e.header = Some(vec![0u8; mb].into()));
+            assert!(c.bytes <= MessageCache::BUDGET, "{uid}: {}", c.bytes);
+        }
+        assert!(c.get(n, &format!("b{n}")).is_some(), "the newest stays");
+        assert!(c.get(1, "b1").is_none(), "the oldest went");
+        let kept = c.map.len() * mb;
+        assert!(kept >= MessageCache::BUDGET / 2, "most is kept: {kept}");
+        let lowest_kept = *c.map.keys().min().unwrap();
+        assert!((lowest_kept..=n).all(|u| c.map.contains_key(&u)), "a contiguous run of the newest");
+        assert_eq!(c.total.load(std::sync::atomic::Ordering::Relaxed), c.bytes);
+    }
 
     #[test]
     fn record_round_trip() {
