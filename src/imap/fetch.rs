@@ -57,9 +57,6 @@ fn section_name(s: &Option<Section<'_>>) -> String {
 /// The bytes a section names; empty when the part does not exist.
 fn section_bytes(data: &[u8], root: &mime::Part, s: &Option<Section<'_>>) -> Vec<u8> {
     let msg = |p: &Option<Part>| root.message_at(&p.as_ref().map(part_path).unwrap_or_default());
-    let field_names = |l: &[imap_codec::imap_types::core::AString<'_>]| {
-        l.iter().map(|a| String::from_utf8_lossy(a.as_ref()).into_owned()).collect::<Vec<_>>()
-    };
     match s {
         None => data.to_vec(),
         Some(Section::Part(p)) => {
@@ -71,11 +68,11 @@ fn section_bytes(data: &[u8], root: &mime::Part, s: &Option<Section<'_>>) -> Vec
             root.find(&part_path(p)).map(|x| data[x.header.clone()].to_vec()).unwrap_or_default()
         }
         Some(Section::HeaderFields(p, l)) => msg(p)
-            .map(|m| mime::header_fields(&data[m.header.clone()], &field_names(l.as_ref()), false))
+            .map(|m| mime::header_fields(&data[m.header.clone()], l.as_ref(), false))
             .unwrap_or_default(),
-        Some(Section::HeaderFieldsNot(p, l)) => msg(p)
-            .map(|m| mime::header_fields(&data[m.header.clone()], &field_names(l.as_ref()), true))
-            .unwrap_or_default(),
+        Some(Section::HeaderFieldsNot(p, l)) => {
+            msg(p).map(|m| mime::header_fields(&data[m.header.clone()], l.as_ref(), true)).unwrap_or_default()
+        }
     }
 }
 
@@ -93,12 +90,9 @@ fn header_only(s: &Option<Section<'_>>) -> bool {
 }
 
 fn header_section(header: &[u8], s: &Option<Section<'_>>) -> Vec<u8> {
-    let names = |l: &[imap_codec::imap_types::core::AString<'_>]| {
-        l.iter().map(|a| String::from_utf8_lossy(a.as_ref()).into_owned()).collect::<Vec<_>>()
-    };
     match s {
-        Some(Section::HeaderFields(None, l)) => mime::header_fields(header, &names(l.as_ref()), false),
-        Some(Section::HeaderFieldsNot(None, l)) => mime::header_fields(header, &names(l.as_ref()), true),
+        Some(Section::HeaderFields(None, l)) => mime::header_fields(header, l.as_ref(), false),
+        Some(Section::HeaderFieldsNot(None, l)) => mime::header_fields(header, l.as_ref(), true),
         _ => header.to_vec(),
     }
 }
@@ -150,6 +144,7 @@ fn fill_cache(c: &mut CachedMessage, items: &[MessageDataItemName<'_>], data: &[
 fn render(
     out: &mut Vec<u8>,
     items: &[MessageDataItemName<'_>],
+    names: &[String],
     seq: usize,
     m: &MessageRef<'_>,
     c: &CachedMessage,
@@ -212,7 +207,7 @@ fn render(
                     None => unreachable!("needs_file reads the file for this section"),
                 };
                 out.extend_from_slice(b"BODY[");
-                out.extend_from_slice(section_name(section).as_bytes());
+                out.extend_from_slice(names[i].as_bytes());
                 out.push(b']');
                 let slice: &[u8] = match partial {
                     Some((start, len)) => {
@@ -356,6 +351,14 @@ impl Session {
             .iter()
             .any(|i| !matches!(i, N::Flags | N::Uid | N::InternalDate | N::ModSeq | N::Rfc822Size));
         let wants_size = items.iter().any(|i| matches!(i, N::Rfc822Size));
+        // How each BODY[section] item is named in the response, once for all messages.
+        let names: Vec<String> = items
+            .iter()
+            .map(|i| match i {
+                N::BodyExt { section, .. } => section_name(section),
+                _ => String::new(),
+            })
+            .collect();
         let mut out = std::mem::take(&mut self.out);
         let mut pos = 0;
         while pos < uids.len() {
@@ -370,7 +373,7 @@ impl Session {
                     return ControlFlow::Break(());
                 }
                 if let Some(seq) = sel.seq_of(m.uid()) {
-                    render(&mut out, &items, seq, m, c, None);
+                    render(&mut out, &items, &names, seq, m, c, None);
                 }
                 ControlFlow::Continue(())
             });
@@ -399,7 +402,7 @@ impl Session {
             let sel = self.selected.as_ref().expect("selected");
             sel.mb.visit(&[u], |_, m| {
                 if let Some(seq) = sel.seq_of(u) {
-                    render(&mut out, &items, seq, m, &c, Some((&data, &root)));
+                    render(&mut out, &items, &names, seq, m, &c, Some((&data, &root)));
                 }
                 ControlFlow::Continue(())
             });

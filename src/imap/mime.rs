@@ -498,7 +498,7 @@ fn address_list(out: &mut Vec<u8>, list: Option<&mail_parser::Address>) {
 
 /// The header block reduced to (or without, `not`) the named fields (HEADER.FIELDS, RFC
 /// 3501 §6.4.5), ending with the blank line.
-pub fn header_fields(header: &[u8], names: &[String], not: bool) -> Vec<u8> {
+pub fn header_fields<N: AsRef<[u8]>>(header: &[u8], names: &[N], not: bool) -> Vec<u8> {
     let mut out = Vec::new();
     let mut keep = false;
     for line in header.split_inclusive(|&b| b == b'\n') {
@@ -506,9 +506,8 @@ pub fn header_fields(header: &[u8], names: &[String], not: bool) -> Vec<u8> {
             break;
         }
         if line[0] != b' ' && line[0] != b'\t' {
-            let name = line.iter().position(|&b| b == b':').map(|i| &line[..i]).unwrap_or(b"");
-            let name = String::from_utf8_lossy(name);
-            let listed = names.iter().any(|n| n.eq_ignore_ascii_case(name.trim()));
+            let name = memchr::memchr(b':', line).map(|i| &line[..i]).unwrap_or(b"").trim_ascii();
+            let listed = names.iter().any(|n| n.as_ref().eq_ignore_ascii_case(name));
             keep = listed != not;
         }
         if keep {
@@ -574,7 +573,7 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "(\"Mon, 7 Feb 1994 21:52:25 -0800\" \"afternoon meeting\" ((\"Fred Foobar\" NIL \"foobar\" \"Blurdybloop.example\")) ((\"Fred Foobar\" NIL \"foobar\" \"Blurdybloop.example\")) ((\"Fred Foobar\" NIL \"foobar\" \"Blurdybloop.example\")) ((NIL NIL \"mooch\" \"owatagu.example\")) NIL NIL NIL \"<B27397-0100000@Blurdybloop.example>\")"
         );
-        assert_eq!(header_fields(h, &["subject".into()], false), b"Subject: afternoon meeting\r\n\r\n");
+        assert_eq!(header_fields(h, &["subject"], false), b"Subject: afternoon meeting\r\n\r\n");
         assert_eq!(crlf(b"a\nb\r\n".to_vec()), b"a\r\nb\r\n");
     }
 }

@@ -629,14 +629,26 @@ impl DovecotKeywords {
 /// every session of the folder in this process: a message's content never changes, so an
 /// entry stays valid as long as the UID names the same file base (checked on every read,
 /// which also covers a rebuild that reuses UIDs). Filled lazily; when it grows beyond
-/// [`MessageCache::BUDGET`] bytes, or the caches of all folders together (`total`, shared
-/// through the `Store`) pass [`MessageCache::TOTAL_BUDGET`], the entries of the lowest UIDs
-/// go first.
-#[derive(Default)]
+/// [`MessageCache::folder_budget`] bytes, or the caches of all folders together (`total`,
+/// shared through the `Store`) pass [`MessageCache::total_budget`], the entries of the
+/// lowest UIDs go first.
 pub struct MessageCache {
     map: HashMap<u32, CachedMessage>,
     bytes: usize,
+    /// This folder's limit ([`MessageCache::folder_budget`]).
+    budget: usize,
     pub(super) total: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Default for MessageCache {
+    fn default() -> Self {
+        MessageCache {
+            map: HashMap::new(),
+            bytes: 0,
+            budget: MessageCache::folder_budget(),
+            total: Default::default(),
+        }
+    }
 }
 
 impl Drop for MessageCache {
@@ -668,11 +680,27 @@ impl CachedMessage {
 }
 
 impl MessageCache {
-    /// Per folder; a 10,000-message folder with headers, BODYSTRUCTURE and ENVELOPE cached
-    /// needs about 15 MB.
-    pub const BUDGET: usize = 48 << 20;
-    /// All folders of the process together.
-    pub const TOTAL_BUDGET: usize = 256 << 20;
+    /// All folders of the process together: an eighth of the machine's memory, at least
+    /// 64 MiB, at most 1 GiB. A folder with headers, BODYSTRUCTURE and ENVELOPE cached
+    /// needs about 1 KB per message (more for mail with long trace headers): 10 MB for
+    /// 10,000 messages, 100 MB for 100,000.
+    pub fn total_budget() -> usize {
+        static TOTAL: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        *TOTAL.get_or_init(|| {
+            let mem_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+                m.lines()
+                    .find_map(|l| l.strip_prefix("MemTotal:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+            });
+            let mem = mem_kib.map_or(2 << 30, |k| k * 1024);
+            (mem / 8).clamp(64 << 20, 1 << 30)
+        })
+    }
+
+    /// One folder: half of [`MessageCache::total_budget`].
+    pub fn folder_budget() -> usize {
+        Self::total_budget() / 2
+    }
 
     fn set_bytes(&mut self, bytes: usize) {
         use std::sync::atomic::Ordering::Relaxed;
@@ -701,9 +729,9 @@ impl MessageCache {
         let bytes = self.bytes.saturating_sub(before) + after;
         self.set_bytes(bytes);
         let total = self.total.load(std::sync::atomic::Ordering::Relaxed);
-        if self.bytes > Self::BUDGET {
-            self.evict(Self::BUDGET / 4 * 3);
-        } else if total > Self::TOTAL_BUDGET {
+        if self.bytes > self.budget {
+            self.evict(self.budget / 4 * 3);
+        } else if total > Self::total_budget() {
             self.evict(self.bytes / 2);
         }
     }
@@ -1111,17 +1139,21 @@ mod tests {
     /// (clearing it all made every sweep of a big folder miss everything).
     #[test]
     fn message_cache_evicts_the_oldest_uids() {
+        let budget = 48 << 20;
         let mut c = MessageCache::default();
+        c.budget = budget;
         let mb = 1 << 20;
-        let n = (MessageCache::BUDGET / mb + 10) as u32;
+        let n = (budget / mb + 10) as u32;
         for uid in 1..=n {
             c.update(uid, &format!("b{uid}"), |e| e.header = Some(vec![0u8; mb].into()));
-            assert!(c.bytes <= MessageCache::BUDGET, "{uid}: {}", c.bytes);
+            assert!(c.bytes <= budget, "{uid}: {}", c.bytes);
         }
         assert!(c.get(n, &format!("b{n}")).is_some(), "the newest stays");
         assert!(c.get(1, "b1").is_none(), "the oldest went");
         let kept = c.map.len() * mb;
-        assert!(kept >= MessageCache::BUDGET / 2, "most is kept: {kept}");
+        assert!(kept >= budget / 2, "most is kept: {kept}");
+        let total = MessageCache::total_budget();
+        assert!((64 << 20..=1 << 30).contains(&total) && MessageCache::folder_budget() == total / 2);
         let lowest_kept = *c.map.keys().min().unwrap();
         assert!((lowest_kept..=n).all(|u| c.map.contains_key(&u)), "a contiguous run of the newest");
         assert_eq!(c.total.load(std::sync::atomic::Ordering::Relaxed), c.bytes);
