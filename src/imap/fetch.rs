@@ -76,6 +76,10 @@ fn section_bytes(data: &[u8], root: &mime::Part, s: &Option<Section<'_>>) -> Vec
     }
 }
 
+/// Messages FETCH and SEARCH handle under one hold of the folder's index lock, at most (the
+/// lock is let go in between, so deliveries and other sessions of the folder wait little).
+pub(super) const RUN: usize = 1024;
+
 /// Keys of the rendered items in the store's per-message cache.
 const ITEM_ENVELOPE: u8 = 1;
 const ITEM_BODYSTRUCTURE: u8 = 2;
@@ -363,7 +367,8 @@ impl Session {
         let mut pos = 0;
         while pos < uids.len() {
             let sel = self.selected.as_ref().expect("selected");
-            pos += sel.mb.visit(&uids[pos..], |_, m| {
+            let end = (pos + RUN).min(uids.len());
+            pos += sel.mb.visit(&uids[pos..end], |_, m| {
                 let c = if cache_items || (wants_size && m.virtual_size().is_none()) {
                     m.cached().unwrap_or(&empty)
                 } else {
@@ -377,7 +382,10 @@ impl Session {
                 }
                 ControlFlow::Continue(())
             });
-            let Some(&u) = uids.get(pos) else { break };
+            if pos == end {
+                continue;
+            }
+            let u = uids[pos];
             pos += 1;
             let sel = self.selected.as_mut().expect("selected");
             let mut c = sel.mb.cached(u).unwrap_or_default();

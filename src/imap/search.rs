@@ -20,6 +20,7 @@ use imap_codec::imap_types::search::SearchKey;
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 use mail_parser::{HeaderValue, MessageParser, PartType};
 
+use super::fetch::RUN;
 use super::mime;
 use super::session::Session;
 use crate::store::{Flag, MessageRef, SYSTEM_FLAGS};
@@ -416,7 +417,8 @@ impl Session {
         // cache for the next SEARCH or FETCH).
         let mut pos = 0;
         while pos < view.len() {
-            pos += sel.mb.visit(&view[pos..], |i, m| {
+            let end = (pos + RUN).min(view.len());
+            pos += sel.mb.visit(&view[pos..end], |i, m| {
                 let header = if header_keys { m.cached().and_then(|c| c.header.as_deref()) } else { None };
                 let s = Subject { seq: (pos + i) as u32 + 1, max_seq, max_uid, m, header, file: None };
                 match s.eval(&key) {
@@ -429,7 +431,10 @@ impl Session {
                     None => ControlFlow::Break(()),
                 }
             });
-            let Some(&u) = view.get(pos) else { break };
+            if pos == end {
+                continue;
+            }
+            let u = view[pos];
             let seq = pos as u32 + 1;
             pos += 1;
             let mut raw = Vec::new();
