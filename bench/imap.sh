@@ -24,7 +24,7 @@
 #   2. posthaste only: BIG_IDLE concurrent idle connections (are they all still answered?),
 #      INBOX selected (BIG_NOSELECT=1: only logged in). One descriptor per connection
 #      (selected sessions share the folder's index; before that each kept the index open).
-#   3. single connection, best of 3: SELECT, FETCH 1:* (FLAGS UID RFC822.SIZE), header
+#   3. single connection, best of REPEAT (default 5): SELECT, FETCH 1:* (FLAGS UID RFC822.SIZE), header
 #      fields, BODYSTRUCTURE, ENVELOPE, SEARCH SUBJECT/FROM/UNSEEN/SINCE/BODY. The first
 #      SELECT (the server building its index from the copied Maildir) is timed on its own.
 #   4. mixed load: CLIENTS processes loop for SECONDS: connect, LOGIN, SELECT, 5 x (FETCH 50
@@ -374,7 +374,7 @@ def get(name):
     p = os.path.join(work, name)
     return json.load(open(p)) if os.path.exists(p) else None
 ph_s, dc_s = get("posthaste.single.json"), get("dovecot.single.json")
-print("%-72s %10s %10s %7s" % ("single connection (seconds, best of 3)", "posthaste", "Dovecot", "ratio"))
+print("%-72s %10s %10s %7s" % ("single connection (seconds, best of %s)" % os.environ.get("REPEAT", "5"), "posthaste", "Dovecot", "ratio"))
 for k in (ph_s or dc_s or {}):
     a = ph_s[k]["seconds"] if ph_s else None
     b = dc_s[k]["seconds"] if dc_s else None

@@ -341,7 +341,7 @@ def main():
     if a[0] == "gen":
         gen(a[1], int(a[2]))
     elif a[0] == "single":
-        single(a[1], int(a[2]), a[4], a[5], int(os.environ.get("REPEAT", "3")))
+        single(a[1], int(a[2]), a[4], a[5], int(os.environ.get("REPEAT", "5")))
     elif a[0] == "mixed":
         mixed(a[1], int(a[2]), a[4], a[5], int(a[6]), float(a[7]))
     elif a[0] == "idle":
