@@ -913,7 +913,16 @@ impl Index {
             log.file.set_len(log.offset)?;
         }
         log.file.write_all_at(text.as_bytes(), log.offset)?;
-        log.file.sync_data()?;
+        // Only `R` and `D` records: no fdatasync. Losing them in a crash is harmless: without
+        // the `R` the messages are \Recent again, which is what RFC 3501 §2.3.2 asks for when
+        // the server cannot tell whether a session already saw them ("SHOULD be considered
+        // recent"); without the `D` the next sync reads the directories once more. Every
+        // other record is synced, and its fdatasync writes these lines too. This spares the
+        // first SELECT of a folder with new messages one disk flush (docs/benchmarks.md).
+        let advisory = recs.iter().all(|r| matches!(r, Record::Recent(_) | Record::Stamp(..)));
+        if !advisory {
+            log.file.sync_data()?;
+        }
         log.offset += text.len() as u64;
         for r in recs {
             if let Record::Expunge { uid, .. } = r {
