@@ -677,6 +677,37 @@ async fn search_keys() {
     c.expect("w SEARCH FOO", "BAD").await;
 }
 
+/// A Maildir copied in (Dovecot-style names with the delivery time and S=) is indexed without
+/// a stat per file; INTERNALDATE is still the file's mtime (not the time in the name),
+/// learnt when SEARCH or FETCH first asks, for every session (after a restart:
+/// tests/store.rs `copied_in_mail_is_indexed_without_a_stat_and_dated_by_its_mtime`).
+#[tokio::test]
+async fn internal_date_of_copied_in_mail_is_its_mtime_learnt_on_demand() {
+    let env = env().await;
+    env.store.deliver(&alice(), "INBOX", &msg("ours", "x")).unwrap();
+    let inbox = env.store.account_dir(&alice());
+    // Named as delivered in Nov 2023, but its mtime (an APPEND with a date, or a migration)
+    // says 5 Jan 2021.
+    let path = inbox.join("cur/1700000001.M5P6Q7.elsewhere,S=16,W=16:2,S");
+    std::fs::write(&path, b"Subject: old\r\n\r\nx\r\n").unwrap();
+    let mtime = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_609_851_600); // 2021-01-05 13:00 UTC
+    std::fs::File::options().write(true).open(&path).unwrap().set_modified(mtime).unwrap();
+    for (round, fetch_first) in [(0, false), (1, true)] {
+        let mut c = Client::logged_in(&env).await;
+        c.ok(&format!("a{round} SELECT INBOX")).await;
+        if fetch_first {
+            let r = c.ok("f FETCH 2 INTERNALDATE").await;
+            assert!(r.contains("* 2 FETCH (INTERNALDATE \"05-Jan-2021 13:00:00 +0000\")"), "{r}");
+        }
+        let r = c.ok("s SEARCH BEFORE 1-Jan-2022").await;
+        assert!(r.contains("* SEARCH 2\r\n"), "{r}");
+        let r = c.ok("t SEARCH ON 5-Jan-2021").await;
+        assert!(r.contains("* SEARCH 2\r\n"), "{r}");
+        let r = c.ok("u FETCH 1:* (INTERNALDATE RFC822.SIZE)").await;
+        assert!(r.contains("INTERNALDATE \"05-Jan-2021 13:00:00 +0000\" RFC822.SIZE 16"), "{r}");
+    }
+}
+
 /// SEARCH decides from the index and the folder's cache where it can and reads a message only
 /// for what the cache lacks; it decodes a field or a body only when the raw bytes did not
 /// match. Every case runs twice: first with nothing cached (the messages are read), then

@@ -567,3 +567,48 @@ fn cached_indexes_follow_changes_made_by_another_store() {
         files(&a_store.account_dir(&a).join("new")).len() + files(&a_store.account_dir(&a).join("cur")).len();
     assert_eq!(mb.messages().len(), on_disk, "the index and the Maildir disagree");
 }
+
+/// A file named with its delivery time and S= (Dovecot's form) is indexed without a stat; its
+/// internal date is still its mtime, learnt from the file when asked, also by a new process
+/// (a new Store) reading the index file, and kept by copies.
+#[test]
+fn copied_in_mail_is_indexed_without_a_stat_and_dated_by_its_mtime() {
+    let (t, store, a) = setup();
+    store.deliver(&a, "INBOX", b"ours\n").unwrap();
+    let inbox = store.account_dir(&a);
+    let path = inbox.join("cur/1700000001.M5P6Q7.elsewhere,S=3:2,");
+    std::fs::write(&path, "abc").unwrap();
+    let mtime = 1_609_851_600;
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(UNIX_EPOCH + Duration::from_secs(mtime))
+        .unwrap();
+    let mb = store.open_mailbox(&a, "INBOX", false).unwrap();
+    let mut seen = None;
+    mb.visit(&[2], |_, m| {
+        seen = Some(m.internal_date());
+        std::ops::ControlFlow::Continue(())
+    });
+    assert_eq!(seen, Some(None), "not stat'ed by the scan");
+    assert_eq!(mb.message(2).unwrap().internal_date, mtime as i64, "a whole message view stats it");
+    mb.learn_date(2, mtime as i64);
+    mb.visit(&[2], |_, m| {
+        seen = Some(m.internal_date());
+        std::ops::ControlFlow::Continue(())
+    });
+    assert_eq!(seen, Some(Some(mtime as i64)), "learnt for every session of the folder");
+    // Another process: the index file, then the file's mtime again.
+    let again = Store::new(t.path().join("mail"));
+    let mb2 = again.open_mailbox(&a, "INBOX", false).unwrap();
+    assert_eq!(mb2.message(2).unwrap().internal_date, mtime as i64);
+    let mut mb2 = mb2;
+    let copied = mb2.copy_to(&[2], "Archive").unwrap();
+    let arch = again.open_mailbox(&a, "Archive", false).unwrap();
+    assert_eq!(
+        arch.message(copied.mapping[0].1).unwrap().internal_date,
+        mtime as i64,
+        "a copy keeps the date"
+    );
+}

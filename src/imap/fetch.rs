@@ -3,6 +3,7 @@
 use std::collections::BTreeSet;
 use std::io::{self, Read};
 use std::ops::ControlFlow;
+use std::os::unix::fs::MetadataExt;
 
 use imap_codec::imap_types::command::{FetchModifier, StoreModifier};
 use imap_codec::imap_types::fetch::{Macro, MacroOrMessageDataItemNames, MessageDataItemName, Part, Section};
@@ -105,7 +106,9 @@ fn header_section(header: &[u8], s: &Option<Section<'_>>) -> Vec<u8> {
 fn needs_file(item: &MessageDataItemName<'_>, c: &CachedMessage, m: &MessageRef<'_>) -> bool {
     use MessageDataItemName as N;
     match item {
-        N::Flags | N::Uid | N::InternalDate | N::ModSeq | N::Binary { .. } | N::BinarySize { .. } => false,
+        N::Flags | N::Uid | N::ModSeq | N::Binary { .. } | N::BinarySize { .. } => false,
+        // Not learnt yet: the file's mtime (its metadata, not its content).
+        N::InternalDate => m.internal_date().is_none(),
         N::Rfc822Size => c.size.is_none() && m.virtual_size().is_none(),
         N::Envelope => c.item(ITEM_ENVELOPE).is_none(),
         N::BodyStructure => c.item(ITEM_BODYSTRUCTURE).is_none(),
@@ -172,7 +175,8 @@ fn render(
                 let _ = write!(out, "UID {}", m.uid());
             }
             N::InternalDate => {
-                let _ = write!(out, "INTERNALDATE \"{}\"", internal_date(m.internal_date()));
+                let date = m.internal_date().unwrap_or_default();
+                let _ = write!(out, "INTERNALDATE \"{}\"", internal_date(date));
             }
             N::Rfc822Size => {
                 let size = m.virtual_size().or(c.size).or_else(|| file.map(|(d, _)| d.len() as u64));
@@ -390,8 +394,31 @@ impl Session {
             let sel = self.selected.as_mut().expect("selected");
             let mut c = sel.mb.cached(u).unwrap_or_default();
             let mut raw = Vec::new();
-            let data = match sel.mb.open_message(u).and_then(|mut f| f.read_to_end(&mut raw)) {
-                Ok(_) => mime::crlf(raw),
+            let read = sel.mb.open_message(u).and_then(|mut f| {
+                sel.mb.learn_date(u, f.metadata()?.mtime());
+                // Was the date all it lacked? Then the content need not be read.
+                let mut content = false;
+                sel.mb.visit(&[u], |_, m| {
+                    content = items.iter().any(|i| needs_file(i, &c, m));
+                    ControlFlow::Continue(())
+                });
+                if content {
+                    f.read_to_end(&mut raw)?;
+                }
+                Ok(content)
+            });
+            let data = match read {
+                Ok(true) => mime::crlf(raw),
+                Ok(false) => {
+                    let sel = self.selected.as_ref().expect("selected");
+                    sel.mb.visit(&[u], |_, m| {
+                        if let Some(seq) = sel.seq_of(u) {
+                            render(&mut out, &items, &names, seq, m, &c, None);
+                        }
+                        ControlFlow::Continue(())
+                    });
+                    continue;
+                }
                 // Expunged by another session meanwhile: nothing to send for it.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => {

@@ -13,6 +13,7 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::io::{self, Read};
 use std::ops::ControlFlow;
+use std::os::unix::fs::MetadataExt;
 
 use chrono::{NaiveDate, TimeZone};
 use imap_codec::imap_types::core::Vec1;
@@ -240,7 +241,7 @@ impl Subject<'_, '_> {
             Key::Larger(n) => Some(self.size() > *n),
             Key::Smaller(n) => Some(self.size() < *n),
             Key::Internal(cmp, d) => {
-                let day = chrono::Utc.timestamp_opt(m.internal_date(), 0).single().unwrap_or_default();
+                let day = chrono::Utc.timestamp_opt(m.internal_date()?, 0).single().unwrap_or_default();
                 Some(cmp_day(*cmp, day.date_naive(), *d))
             }
             Key::Sent(cmp, d) => {
@@ -438,8 +439,31 @@ impl Session {
             let seq = pos as u32 + 1;
             pos += 1;
             let mut raw = Vec::new();
-            let data = match sel.mb.open_message(u).and_then(|mut f| f.read_to_end(&mut raw)) {
-                Ok(_) => mime::crlf(raw),
+            let read = sel.mb.open_message(u).and_then(|mut f| {
+                sel.mb.learn_date(u, f.metadata()?.mtime());
+                // Was the date all it lacked? Then the content need not be read.
+                let mut verdict = None;
+                sel.mb.visit(&[u], |_, m| {
+                    let header =
+                        if header_keys { m.cached().and_then(|c| c.header.as_deref()) } else { None };
+                    let s = Subject { seq, max_seq, max_uid, m, header, file: None };
+                    verdict = s.eval(&key).map(|hit| (hit, m.modseq()));
+                    ControlFlow::Continue(())
+                });
+                if verdict.is_none() {
+                    f.read_to_end(&mut raw)?;
+                }
+                Ok(verdict)
+            });
+            let data = match read {
+                Ok(Some((hit, ms))) => {
+                    if hit {
+                        highest = highest.max(ms);
+                        hits.push(if uid { u } else { seq });
+                    }
+                    continue;
+                }
+                Ok(None) => mime::crlf(raw),
                 // Expunged meanwhile: an empty message (it cannot match content keys).
                 Err(_) => Vec::new(),
             };

@@ -68,6 +68,8 @@ use nix::fcntl::AtFlags;
 use super::name;
 
 pub const INDEX_FILE: &str = "posthaste-uidlist";
+/// [`Entry::date`] not known yet (written `?` in the index file).
+pub const DATE_UNKNOWN: i64 = i64::MIN;
 pub const LOCK_FILE: &str = "posthaste-uidlist.lock";
 const TMP_FILE: &str = "posthaste-uidlist.tmp";
 const CORRUPT_FILE: &str = "posthaste-uidlist.corrupt";
@@ -84,7 +86,11 @@ const STAMP_QUIET_NS: i128 = 2_000_000_000;
 pub struct Entry {
     pub uid: u32,
     pub modseq: u64,
-    /// Internal date (RFC 3501 §2.3.3), Unix seconds.
+    /// Internal date (RFC 3501 §2.3.3), Unix seconds: the file's mtime. [`DATE_UNKNOWN`]
+    /// until someone asks: a scan does not stat files whose name gives the delivery time
+    /// and size (as Dovecot does not), readers stat them when they need the date
+    /// (`Mailbox::learn_date`), and the index file keeps what was learnt at its next
+    /// compaction.
     pub date: i64,
     pub size: u64,
     pub in_new: bool,
@@ -421,10 +427,14 @@ fn format_entry(op: char, e: &Entry, out: &mut String) {
     out.push(' ');
     push_int(out, e.modseq);
     out.push(' ');
-    if e.date < 0 {
-        out.push('-');
+    if e.date == DATE_UNKNOWN {
+        out.push('?');
+    } else {
+        if e.date < 0 {
+            out.push('-');
+        }
+        push_int(out, e.date.unsigned_abs());
     }
-    push_int(out, e.date.unsigned_abs());
     out.push(' ');
     push_int(out, e.size);
     out.push_str(if e.in_new { " n " } else { " c " });
@@ -466,7 +476,10 @@ fn parse_record(line: &str) -> Option<Record> {
         "+" | "=" => {
             let uid: u32 = tok()?.parse().ok().filter(|u| *u > 0)?;
             let modseq = tok()?.parse().ok()?;
-            let date = tok()?.parse().ok()?;
+            let date = match tok()? {
+                "?" => DATE_UNKNOWN,
+                d => d.parse().ok().filter(|d| *d != DATE_UNKNOWN)?,
+            };
             let size = tok()?.parse().ok()?;
             let in_new = match tok()? {
                 "n" => true,
@@ -1277,6 +1290,13 @@ fn stat_fresh(
 ) -> io::Result<Option<Vec<((i64, u32), usize, i64, u64)>>> {
     let one = |i: usize| -> io::Result<Option<((i64, u32), usize, i64, u64)>> {
         let f = &files[i];
+        // A name with the delivery time and S= needs no stat now: the date is learnt when a
+        // reader asks (Entry::date).
+        if !needs_stat(f.base()) {
+            let key = name::time_from_base(f.base()).unwrap_or_default();
+            let size = name::size_from_base(f.base()).unwrap_or_default();
+            return Ok(Some((key, i, DATE_UNKNOWN, size)));
+        }
         // After a move the file is in cur/ under its new name: the same inode.
         let st = match fstatat(if f.in_new { new_fd } else { cur_fd }, f.name.as_str(), AtFlags::empty()) {
             Ok(st) => st,
@@ -1297,7 +1317,7 @@ fn stat_fresh(
         }
         Ok(Some(out))
     };
-    let threads = scan_threads(todo.len());
+    let threads = scan_threads(todo.iter().filter(|&&i| needs_stat(files[i].base())).count());
     if threads <= 1 {
         return chunk(todo);
     }
@@ -1320,6 +1340,12 @@ fn stat_fresh(
         }
     }
     Ok(Some(all))
+}
+
+/// Whether a new file must be stat'ed now: its name lacks the delivery time (the UID order)
+/// or the size.
+fn needs_stat(base: &str) -> bool {
+    name::time_from_base(base).is_none() || name::size_from_base(base).is_none()
 }
 
 /// How many threads stat `n` files: one below [`SCAN_FILES_PER_THREAD`] files per thread
@@ -1519,7 +1545,8 @@ mod tests {
                 (1, "no-time-name:2,", false, 1_600_000_000, 1, 1),
                 (2, "1700000001.M9P1.a,W=7", true, 1_700_000_400, 2, 2),
                 (3, "1700000001.M9P1.h", true, 1_700_000_300, 5, 3),
-                (4, "1700000002.M5P1.h,S=99:2,S", false, 1_700_000_100, 99, 4),
+                // Time and S= in the name: not stat'ed, the date is learnt when asked.
+                (4, "1700000002.M5P1.h,S=99:2,S", false, DATE_UNKNOWN, 99, 4),
             ]
         );
         assert_eq!((idx.state.next_uid, idx.state.highest_modseq), (5, 4));

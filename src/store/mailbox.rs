@@ -16,7 +16,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::MutexGuard;
 
-use super::index::{CachedMessage, Changes, DovecotKeywords, Entry, Index, IndexLock, MessageCache, Record};
+use super::index::{
+    CachedMessage, Changes, DovecotKeywords, Entry, Index, IndexLock, MessageCache, Record, DATE_UNKNOWN,
+};
 use super::{name, Flag, SharedIndex, Store};
 use crate::address::Address;
 
@@ -114,6 +116,13 @@ pub struct Mailbox {
     seen_modseq: u64,
 }
 
+/// The internal date of a message file whose date the index has not learnt yet (its mtime;
+/// 0 if it is gone).
+fn stat_date(path: &Path) -> i64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).map_or(0, |m| m.mtime())
+}
+
 /// A message of the index as a session sees it.
 fn view(e: &Entry, dir: &Path, recent: bool, kw: &DovecotKeywords) -> Message {
     Message {
@@ -121,7 +130,7 @@ fn view(e: &Entry, dir: &Path, recent: bool, kw: &DovecotKeywords) -> Message {
         modseq: e.modseq,
         flags: flags_of(e, kw),
         size: e.size,
-        internal_date: e.date,
+        internal_date: if e.date == DATE_UNKNOWN { stat_date(&e.path(dir)) } else { e.date },
         path: e.path(dir),
         recent,
         base: e.base().to_owned(),
@@ -154,8 +163,10 @@ impl<'a> MessageRef<'a> {
     pub fn size(&self) -> u64 {
         self.entry.size
     }
-    pub fn internal_date(&self) -> i64 {
-        self.entry.date
+    /// None until the index knows it (see `index::Entry::date`; then
+    /// [`Mailbox::learn_date`] from the file).
+    pub fn internal_date(&self) -> Option<i64> {
+        (self.entry.date != DATE_UNKNOWN).then_some(self.entry.date)
     }
     /// RFC822.SIZE from the file name's `W=` (Dovecot's and ours), when it has one.
     pub fn virtual_size(&self) -> Option<u64> {
@@ -299,6 +310,18 @@ impl Mailbox {
                     .map(|e| f(&view(e, &self.dir, self.recent.contains(&e.uid), &idx.keywords)))
             })
             .collect()
+    }
+
+    /// Record the internal date of `uid` read from its file (`File::metadata` of
+    /// [`Mailbox::open_message`]), if the index did not know it. In memory for every session
+    /// of the folder; written to the index file at its next compaction.
+    pub fn learn_date(&self, uid: u32, mtime: i64) {
+        let mut idx = self.index();
+        if let Some(e) = idx.state.entries.get_mut(&uid) {
+            if e.date == DATE_UNKNOWN {
+                e.date = mtime;
+            }
+        }
     }
 
     /// Call `f` for the messages of `uids` in order, under one lock of the index, with
