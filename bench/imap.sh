@@ -26,7 +26,8 @@
 #      (selected sessions share the folder's index; before that each kept the index open).
 #   3. single connection, best of REPEAT (default 5): SELECT, FETCH 1:* (FLAGS UID RFC822.SIZE), header
 #      fields, BODYSTRUCTURE, ENVELOPE, SEARCH SUBJECT/FROM/UNSEEN/SINCE/BODY. The first
-#      SELECT (the server building its index from the copied Maildir) is timed on its own.
+#      SELECT (the server building its index from the copied Maildir) is timed on its own,
+#      on INBOX and on FIRSTS (default 3) more copies as folders first1..firstN: the best.
 #   4. mixed load: CLIENTS processes loop for SECONDS: connect, LOGIN, SELECT, 5 x (FETCH 50
 #      headers, FETCH one BODY[], STORE \Seen), SEARCH UNSEEN, APPEND, NOOP, SEARCH ALL,
 #      STORE \Deleted + EXPUNGE of the newest message, LOGOUT -> commands/s.
@@ -44,6 +45,8 @@ SECONDS_MIXED=20
 IDLE=1000
 BIG_IDLE=10000
 ONLY=both
+# Extra copies of the big mailbox whose first SELECT (index build) is timed.
+export FIRSTS=${FIRSTS:-3}
 while getopts "m:c:t:i:I:o:h" opt; do
     case $opt in
         m) MESSAGES=$OPTARG ;;
@@ -159,6 +162,15 @@ fill() {
     case $user in u) src=$WORK/template ;; m*) src=$WORK/small ;; esac
     mkdir -p "$dir"
     cp -rp "$src/cur" "$src/new" "$src/tmp" "$dir/"  # -p: the mtime is the INTERNALDATE
+    # More copies of the big mailbox as Maildir++ folders first1..firstN: each one's first
+    # SELECT is an index build, timed (best of them and INBOX).
+    if [ "$user" = u ]; then
+        local i
+        for i in $(seq "$FIRSTS"); do
+            mkdir -p "$dir/.first$i"
+            cp -rp "$src/cur" "$src/new" "$src/tmp" "$dir/.first$i/"
+        done
+    fi
 }
 
 # measure NAME PORT MEM_CMD -> $WORK/NAME.*.json|txt

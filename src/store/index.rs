@@ -1151,10 +1151,10 @@ impl Index {
                 let Ok(fname) = de.file_name().to_str() else { continue };
                 // Hidden files (and `.`, `..`) are other programs' temporaries; a line break
                 // cannot be represented in the index (and no sane writer makes one).
-                if fname.starts_with('.') || fname.contains(['\n', '\r']) {
+                if fname.starts_with('.') || memchr::memchr2(b'\n', b'\r', fname.as_bytes()).is_some() {
                     continue;
                 }
-                let base_len = fname.find(':').unwrap_or(fname.len());
+                let base_len = memchr::memchr(b':', fname.as_bytes()).unwrap_or(fname.len());
                 if base_len == 0 {
                     continue;
                 }
@@ -1292,9 +1292,8 @@ fn stat_fresh(
         let f = &files[i];
         // A name with the delivery time and S= needs no stat now: the date is learnt when a
         // reader asks (Entry::date).
-        if !needs_stat(f.base()) {
-            let key = name::time_from_base(f.base()).unwrap_or_default();
-            let size = name::size_from_base(f.base()).unwrap_or_default();
+        let (key, size) = (name::time_from_base(f.base()), name::size_from_base(f.base()));
+        if let (Some(key), Some(size)) = (key, size) {
             return Ok(Some((key, i, DATE_UNKNOWN, size)));
         }
         // After a move the file is in cur/ under its new name: the same inode.
@@ -1303,8 +1302,8 @@ fn stat_fresh(
             Err(nix::errno::Errno::ENOENT) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let key = name::time_from_base(f.base()).unwrap_or((st.st_mtime, (st.st_mtime_nsec / 1000) as u32));
-        let size = name::size_from_base(f.base()).unwrap_or(st.st_size as u64);
+        let key = key.unwrap_or((st.st_mtime, (st.st_mtime_nsec / 1000) as u32));
+        let size = size.unwrap_or(st.st_size as u64);
         Ok(Some((key, i, st.st_mtime, size)))
     };
     let chunk = |part: &[usize]| -> io::Result<Option<Vec<_>>> {

@@ -16,8 +16,8 @@ pub const KNOWN_LETTERS: &str = "DFPRST";
 
 /// Split a file name into its base and its flag letters (only for the `2,` info form).
 pub fn split(filename: &str) -> (&str, &str) {
-    match filename.split_once(':') {
-        Some((base, info)) => (base, info.strip_prefix("2,").unwrap_or("")),
+    match memchr::memchr(b':', filename.as_bytes()) {
+        Some(i) => (&filename[..i], filename[i + 1..].strip_prefix("2,").unwrap_or("")),
         None => (filename, ""),
     }
 }
@@ -29,13 +29,30 @@ pub fn base(filename: &str) -> &str {
 
 /// The `S=<size>` field of a base name, if the writer put one there.
 pub fn size_from_base(base: &str) -> Option<u64> {
-    base.split(',').skip(1).find_map(|f| f.strip_prefix("S=")).and_then(|s| s.parse().ok())
+    info_field(base, "S=")
+}
+
+/// The first `,`-separated field after the first comma that starts with `key`, parsed (a
+/// scan of 10,000 names calls this per name: byte searches, no iterator of `char`s).
+fn info_field(base: &str, key: &str) -> Option<u64> {
+    let mut at = memchr::memchr(b',', base.as_bytes())? + 1;
+    loop {
+        let rest = &base[at..];
+        let end = memchr::memchr(b',', rest.as_bytes()).unwrap_or(rest.len());
+        if let Some(v) = rest[..end].strip_prefix(key) {
+            return v.parse().ok();
+        }
+        if end == rest.len() {
+            return None;
+        }
+        at += end + 1;
+    }
 }
 
 /// The `W=<size>` field (Dovecot's "virtual size": the size with every line ending CRLF,
 /// i.e. the IMAP RFC822.SIZE), if the writer put one there.
 pub fn vsize_from_base(base: &str) -> Option<u64> {
-    base.split(',').skip(1).find_map(|f| f.strip_prefix("W=")).and_then(|s| s.parse().ok())
+    info_field(base, "W=")
 }
 
 /// The size of `data` with every bare LF counted as CRLF (the `W=` of [`new_base`]).
@@ -55,13 +72,16 @@ pub fn crlf_size(data: &[u8]) -> u64 {
 /// when the index is rebuilt. Dovecot and most writers start with the Unix time; Dovecot
 /// adds `M<usecs>` as the first letter group of the second component.
 pub fn time_from_base(base: &str) -> Option<(i64, u32)> {
-    let mut parts = base.split('.');
-    let secs: i64 = parts.next()?.parse().ok()?;
-    let usecs = parts
-        .next()
-        .and_then(|p| p.strip_prefix('M'))
-        .map(|p| p.bytes().take_while(u8::is_ascii_digit).map(char::from).collect::<String>())
-        .and_then(|d| d.parse().ok())
+    let dot = memchr::memchr(b'.', base.as_bytes());
+    let secs: i64 = base[..dot.unwrap_or(base.len())].parse().ok()?;
+    let usecs = dot
+        .and_then(|d| {
+            let second = &base[d + 1..];
+            let second = &second[..memchr::memchr(b'.', second.as_bytes()).unwrap_or(second.len())];
+            let digits = second.strip_prefix('M')?;
+            let n = digits.bytes().take_while(u8::is_ascii_digit).count();
+            digits[..n].parse().ok()
+        })
         .unwrap_or(0);
     Some((secs, usecs))
 }
