@@ -44,15 +44,6 @@ class Imap:
         self.tagn = 0
         self.readline()  # greeting
 
-    def _fill(self):
-        chunk = self.sock.recv(262144)
-        if not chunk:
-            raise EOFError("connection closed")
-        if self.pos:
-            del self.buf[: self.pos]
-            self.pos = 0
-        self.buf += chunk
-
     def _more(self):
         """More bytes, without moving what is buffered (positions into it stay valid)."""
         chunk = self.sock.recv(262144)
@@ -61,20 +52,14 @@ class Imap:
         self.buf += chunk
 
     def readline(self):
+        """One line (the greeting, a continuation request); `cmd` drops what was read."""
         while True:
             i = self.buf.find(b"\r\n", self.pos)
             if i >= 0:
                 line = bytes(self.buf[self.pos : i])
                 self.pos = i + 2
                 return line
-            self._fill()
-
-    def readn(self, n):
-        while len(self.buf) - self.pos < n:
-            self._fill()
-        data = bytes(self.buf[self.pos : self.pos + n])
-        self.pos += n
-        return data
+            self._more()
 
     def cmd(self, text, literal=None):
         """Sends one command; returns (status line, number of untagged responses, bytes)."""

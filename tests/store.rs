@@ -271,7 +271,7 @@ fn copy_and_move_assign_new_uids_and_keep_flags_and_date() {
     store.deliver(&a, "Archive", b"already there\n").unwrap();
     let mut mb = store.open_mailbox(&a, "INBOX", false).unwrap();
     let m = mb.message(d.uid).unwrap();
-    assert_eq!(m.internal_date, 1_600_000_000);
+    assert_eq!(m.internal_date(), 1_600_000_000);
     assert_eq!(m.flags, vec![Flag::Seen, kw.clone()]);
 
     let c = mb.copy_to(&[1, 2, 7], "Archive").unwrap();
@@ -279,7 +279,7 @@ fn copy_and_move_assign_new_uids_and_keep_flags_and_date() {
     let arch = store.open_mailbox(&a, "Archive", false).unwrap();
     assert_eq!(c.uidvalidity, arch.uidvalidity());
     let copied = arch.message(2).unwrap();
-    assert_eq!(copied.internal_date, 1_600_000_000, "RFC 3501 §6.4.7 keeps the internal date");
+    assert_eq!(copied.internal_date(), 1_600_000_000, "RFC 3501 §6.4.7 keeps the internal date");
     assert_eq!(copied.flags, vec![Flag::Seen, kw]);
     assert_eq!(std::fs::read(&copied.path).unwrap(), b"appended\n");
     assert_ne!(copied.base, m.base, "a copy is a new message with its own name");
@@ -592,7 +592,7 @@ fn copied_in_mail_is_indexed_without_a_stat_and_dated_by_its_mtime() {
         std::ops::ControlFlow::Continue(())
     });
     assert_eq!(seen, Some(None), "not stat'ed by the scan");
-    assert_eq!(mb.message(2).unwrap().internal_date, mtime as i64, "a whole message view stats it");
+    assert_eq!(mb.message(2).unwrap().internal_date(), mtime as i64, "a whole message view stats it");
     mb.learn_date(2, mtime as i64);
     mb.visit(&[2], |_, m| {
         seen = Some(m.internal_date());
@@ -602,12 +602,12 @@ fn copied_in_mail_is_indexed_without_a_stat_and_dated_by_its_mtime() {
     // Another process: the index file, then the file's mtime again.
     let again = Store::new(t.path().join("mail"));
     let mb2 = again.open_mailbox(&a, "INBOX", false).unwrap();
-    assert_eq!(mb2.message(2).unwrap().internal_date, mtime as i64);
+    assert_eq!(mb2.message(2).unwrap().internal_date(), mtime as i64);
     let mut mb2 = mb2;
     let copied = mb2.copy_to(&[2], "Archive").unwrap();
     let arch = again.open_mailbox(&a, "Archive", false).unwrap();
     assert_eq!(
-        arch.message(copied.mapping[0].1).unwrap().internal_date,
+        arch.message(copied.mapping[0].1).unwrap().internal_date(),
         mtime as i64,
         "a copy keeps the date"
     );

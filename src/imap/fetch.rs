@@ -3,7 +3,6 @@
 use std::collections::BTreeSet;
 use std::io::{self, Read};
 use std::ops::ControlFlow;
-use std::os::unix::fs::MetadataExt;
 
 use imap_codec::imap_types::command::{FetchModifier, StoreModifier};
 use imap_codec::imap_types::fetch::{Macro, MacroOrMessageDataItemNames, MessageDataItemName, Part, Section};
@@ -14,7 +13,6 @@ use super::mailbox::flags_for;
 use super::mime;
 use super::session::{compact, io_no, Session};
 use super::wire;
-
 use crate::store::{CachedMessage, Flag, FlagOp, MessageRef, SYSTEM_FLAGS};
 
 fn part_path(p: &Part) -> Vec<u32> {
@@ -368,6 +366,19 @@ impl Session {
             })
             .collect();
         let mut out = std::mem::take(&mut self.out);
+        // One message, rendered under the lock from `c` and what was read of its file.
+        let render_one = |sel: &super::session::Selected,
+                          out: &mut Vec<u8>,
+                          u: u32,
+                          c: &CachedMessage,
+                          file: Option<(&[u8], &mime::Part)>| {
+            sel.mb.visit(&[u], |_, m| {
+                if let Some(seq) = sel.seq_of(u) {
+                    render(out, &items, &names, seq, m, c, file);
+                }
+                ControlFlow::Continue(())
+            });
+        };
         let mut pos = 0;
         while pos < uids.len() {
             let sel = self.selected.as_ref().expect("selected");
@@ -391,12 +402,11 @@ impl Session {
             }
             let u = uids[pos];
             pos += 1;
-            let sel = self.selected.as_mut().expect("selected");
             let mut c = sel.mb.cached(u).unwrap_or_default();
             let mut raw = Vec::new();
+            // Opening the file teaches the index its date (Mailbox::open_message); the
+            // content is read only if something else is missing.
             let read = sel.mb.open_message(u).and_then(|mut f| {
-                sel.mb.learn_date(u, f.metadata()?.mtime());
-                // Was the date all it lacked? Then the content need not be read.
                 let mut content = false;
                 sel.mb.visit(&[u], |_, m| {
                     content = items.iter().any(|i| needs_file(i, &c, m));
@@ -407,16 +417,10 @@ impl Session {
                 }
                 Ok(content)
             });
-            let data = match read {
-                Ok(true) => mime::crlf(raw),
+            match read {
+                Ok(true) => {}
                 Ok(false) => {
-                    let sel = self.selected.as_ref().expect("selected");
-                    sel.mb.visit(&[u], |_, m| {
-                        if let Some(seq) = sel.seq_of(u) {
-                            render(&mut out, &items, &names, seq, m, &c, None);
-                        }
-                        ControlFlow::Continue(())
-                    });
+                    render_one(sel, &mut out, u, &c, None);
                     continue;
                 }
                 // Expunged by another session meanwhile: nothing to send for it.
@@ -425,7 +429,8 @@ impl Session {
                     self.out = out;
                     return Err(e);
                 }
-            };
+            }
+            let data = mime::crlf(raw);
             let root = mime::parse(&data);
             fill_cache(&mut c, &items, &data, &root);
             let fresh = c.clone();
@@ -434,13 +439,7 @@ impl Session {
                 e.header = fresh.header;
                 e.items = fresh.items;
             });
-            let sel = self.selected.as_ref().expect("selected");
-            sel.mb.visit(&[u], |_, m| {
-                if let Some(seq) = sel.seq_of(u) {
-                    render(&mut out, &items, &names, seq, m, &c, Some((&data, &root)));
-                }
-                ControlFlow::Continue(())
-            });
+            render_one(sel, &mut out, u, &c, Some((&data, &root)));
         }
         self.out = out;
         self.updates(false, &seen_now)?;

@@ -13,7 +13,6 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::io::{self, Read};
 use std::ops::ControlFlow;
-use std::os::unix::fs::MetadataExt;
 
 use chrono::{NaiveDate, TimeZone};
 use imap_codec::imap_types::core::Vec1;
@@ -46,6 +45,16 @@ fn contains_lower(hay: &str, needle: &str) -> bool {
     needle.is_empty() || hay.to_lowercase().contains(needle)
 }
 
+/// Whether `hay` contains `needle` (ASCII, lowercase, not empty) ignoring ASCII case.
+fn contains_ascii_ci(hay: &[u8], needle: &[u8]) -> bool {
+    if hay.len() < needle.len() {
+        return false;
+    }
+    let last = hay.len() - needle.len();
+    memchr::memchr2_iter(needle[0], needle[0].to_ascii_uppercase(), &hay[..=last])
+        .any(|i| hay[i..i + needle.len()].eq_ignore_ascii_case(needle))
+}
+
 /// A search string, lowered once for the whole SEARCH.
 struct Needle {
     lower: String,
@@ -69,12 +78,7 @@ impl Needle {
         if !self.ascii {
             return contains_lower(&String::from_utf8_lossy(hay), &self.lower);
         }
-        if hay.len() < n.len() {
-            return false;
-        }
-        let last = hay.len() - n.len();
-        memchr::memchr2_iter(n[0], n[0].to_ascii_uppercase(), &hay[..=last])
-            .any(|i| hay[i..i + n.len()].eq_ignore_ascii_case(n))
+        contains_ascii_ci(hay, n)
     }
 
     fn in_str(&self, hay: &str) -> bool {
@@ -105,8 +109,6 @@ enum Key<'a> {
     System(u8, bool),
     Keyword(String, bool),
     Recent,
-    New,
-    Old,
     Larger(u64),
     Smaller(u64),
     Internal(DateCmp, NaiveDate),
@@ -144,10 +146,11 @@ impl<'a> Key<'a> {
             K::Unflagged => Key::System(bit(Flag::Flagged), false),
             K::Unseen => Key::System(bit(Flag::Seen), false),
             K::Recent => Key::Recent,
-            K::New => Key::New,
-            K::Old => Key::Old,
-            K::Keyword(k) => Key::Keyword(k.as_ref().to_owned(), true),
-            K::Unkeyword(k) => Key::Keyword(k.as_ref().to_owned(), false),
+            // RFC 3501 §6.4.4: NEW is RECENT UNSEEN, OLD is NOT RECENT.
+            K::New => Key::And(vec![Key::Recent, Key::System(bit(Flag::Seen), false)]),
+            K::Old => Key::Not(Box::new(Key::Recent)),
+            K::Keyword(k) => keyword(k.as_ref(), true),
+            K::Unkeyword(k) => keyword(k.as_ref(), false),
             K::Larger(n) => Key::Larger(*n as u64),
             K::Smaller(n) => Key::Smaller(*n as u64),
             K::Before(d) => Key::Internal(DateCmp::Before, *d.as_ref()),
@@ -236,8 +239,6 @@ impl Subject<'_, '_> {
             Key::System(bit, want) => Some((m.system_flags() & bit != 0) == *want),
             Key::Keyword(k, want) => Some(has_keyword(m, k) == *want),
             Key::Recent => Some(m.recent()),
-            Key::New => Some(m.recent() && m.system_flags() & bit(Flag::Seen) == 0),
-            Key::Old => Some(!m.recent()),
             Key::Larger(n) => Some(self.size() > *n),
             Key::Smaller(n) => Some(self.size() < *n),
             Key::Internal(cmp, d) => {
@@ -271,18 +272,18 @@ impl Subject<'_, '_> {
     }
 }
 
-fn has_keyword(m: &MessageRef<'_>, k: &str) -> bool {
+/// KEYWORD/UNKEYWORD: a system flag spelled as a keyword is matched as that flag.
+fn keyword(k: &str, want: bool) -> Key<'static> {
     match Flag::parse(k) {
-        // RFC 3501 §6.4.4 KEYWORD names a keyword; a system flag spelled as one is matched
-        // as that flag.
         Some(f @ (Flag::Seen | Flag::Answered | Flag::Flagged | Flag::Deleted | Flag::Draft)) => {
-            m.system_flags() & bit(f) != 0
+            Key::System(bit(f), want)
         }
-        _ => {
-            m.has_keywords()
-                && m.flags().iter().any(|f| matches!(f, Flag::Keyword(x) if x.eq_ignore_ascii_case(k)))
-        }
+        _ => Key::Keyword(k.to_owned(), want),
     }
+}
+
+fn has_keyword(m: &MessageRef<'_>, k: &str) -> bool {
+    m.has_keywords() && m.flags().iter().any(|f| matches!(f, Flag::Keyword(x) if x.eq_ignore_ascii_case(k)))
 }
 
 fn sent_day(header: &[u8]) -> Option<NaiveDate> {
@@ -307,7 +308,7 @@ fn header_has(header: &[u8], name: &str, needle: &Needle) -> bool {
             return true;
         }
         let plain = value.iter().all(|&b| b.is_ascii() && !matches!(b, b'"' | b'\\' | b'('))
-            && !contains_bytes(&value, b"=?");
+            && memchr::memmem::find(&value, b"=?").is_none();
         if plain {
             continue;
         }
@@ -321,10 +322,6 @@ fn header_has(header: &[u8], name: &str, needle: &Needle) -> bool {
         }
     }
     present && needle.lower.is_empty()
-}
-
-fn contains_bytes(hay: &[u8], needle: &[u8]) -> bool {
-    memchr::memmem::find(hay, needle).is_some()
 }
 
 /// The decoded values of field `name` in a header block.
@@ -359,11 +356,10 @@ fn body_matches(data: &[u8], body: std::ops::Range<usize>, needle: &Needle) -> b
     if needle.in_bytes(&data[body]) {
         return true;
     }
-    let lower = |w: &[u8]| Needle { lower: String::from_utf8_lossy(w).into_owned(), ascii: true };
     let encoded = !needle.ascii
         || [b"base64".as_slice(), b"quoted-printable", b"utf-7", b"utf-16", b"utf-32"]
             .iter()
-            .any(|w| lower(w).in_bytes(data));
+            .any(|w| contains_ascii_ci(data, w));
     if !encoded {
         return false;
     }
@@ -416,16 +412,20 @@ impl Session {
         // decide; a message that needs its file (or a header the cache lacks) stops the run,
         // is read without the lock, and decided from what was read (which also fills the
         // cache for the next SEARCH or FETCH).
+        // The verdict from the index and the cache alone (None: the file is needed).
+        let judge = |seq: u32, m: &MessageRef<'_>| {
+            let header = if header_keys { m.cached().and_then(|c| c.header.as_deref()) } else { None };
+            Subject { seq, max_seq, max_uid, m, header, file: None }.eval(&key)
+        };
         let mut pos = 0;
         while pos < view.len() {
             let end = (pos + RUN).min(view.len());
             pos += sel.mb.visit(&view[pos..end], |i, m| {
-                let header = if header_keys { m.cached().and_then(|c| c.header.as_deref()) } else { None };
-                let s = Subject { seq: (pos + i) as u32 + 1, max_seq, max_uid, m, header, file: None };
-                match s.eval(&key) {
+                let seq = (pos + i) as u32 + 1;
+                match judge(seq, m) {
                     Some(true) => {
                         highest = highest.max(m.modseq());
-                        hits.push(if uid { m.uid() } else { s.seq });
+                        hits.push(if uid { m.uid() } else { seq });
                         ControlFlow::Continue(())
                     }
                     Some(false) => ControlFlow::Continue(()),
@@ -439,15 +439,12 @@ impl Session {
             let seq = pos as u32 + 1;
             pos += 1;
             let mut raw = Vec::new();
+            // Opening the file teaches the index its date (Mailbox::open_message): was the
+            // date all it lacked? Then the content need not be read.
             let read = sel.mb.open_message(u).and_then(|mut f| {
-                sel.mb.learn_date(u, f.metadata()?.mtime());
-                // Was the date all it lacked? Then the content need not be read.
                 let mut verdict = None;
                 sel.mb.visit(&[u], |_, m| {
-                    let header =
-                        if header_keys { m.cached().and_then(|c| c.header.as_deref()) } else { None };
-                    let s = Subject { seq, max_seq, max_uid, m, header, file: None };
-                    verdict = s.eval(&key).map(|hit| (hit, m.modseq()));
+                    verdict = judge(seq, m).map(|hit| (hit, m.modseq()));
                     ControlFlow::Continue(())
                 });
                 if verdict.is_none() {

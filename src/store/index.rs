@@ -107,7 +107,7 @@ pub struct Entry {
 /// its time fetching and scanning the file name strings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct NameInfo {
-    /// S R F T D as bits 1, 2, 4, 8, 16 (`mailbox::SYSTEM_FLAGS`).
+    /// System flags as bits (`name::system_bit`).
     pub system: u8,
     /// Letters beyond the system flags (`P`, Dovecot's a–z).
     pub letter_keywords: bool,
@@ -121,15 +121,8 @@ impl NameInfo {
         let mut info =
             NameInfo { vsize: name::vsize_from_base(base).unwrap_or(u64::MAX), ..Default::default() };
         for c in letters.bytes() {
-            match c {
-                b'S' => info.system |= 1,
-                b'R' => info.system |= 2,
-                b'F' => info.system |= 4,
-                b'T' => info.system |= 8,
-                b'D' => info.system |= 16,
-                b'P' | b'a'..=b'z' => info.letter_keywords = true,
-                _ => {}
-            }
+            info.system |= name::system_bit(c);
+            info.letter_keywords |= c == b'P' || c.is_ascii_lowercase();
         }
         info
     }
@@ -1278,9 +1271,10 @@ impl Index {
     }
 }
 
-/// (order key, index in `files`, mtime, size) of each file in `todo`, or None when one
-/// vanished. A rebuild stats every file of the folder, which is most of its time (the
-/// kernel's name lookup): with many files the work is split between threads.
+/// (order key, index in `files`, mtime or [`DATE_UNKNOWN`], size) of each file in `todo`,
+/// or None when one vanished. Only files whose name lacks the delivery time or `S=` are
+/// stat'ed (the kernel's name lookup is most of a rebuild's time): with many of them the
+/// work is split between threads.
 #[allow(clippy::type_complexity)]
 fn stat_fresh(
     files: &[ScanFile],

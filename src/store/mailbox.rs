@@ -33,8 +33,9 @@ pub struct Message {
     /// RFC 822 size in bytes (the file size: messages are stored with CRLF or LF as
     /// received; the IMAP layer reports what it sends).
     pub size: u64,
-    /// Internal date (RFC 3501 §2.3.3), Unix seconds.
-    pub internal_date: i64,
+    /// Internal date as the index knows it (`index::DATE_UNKNOWN` if not yet): see
+    /// [`Message::internal_date`].
+    date: i64,
     /// Where the message is now. Another client may rename it at any time; read it with
     /// `Mailbox::open_message`, which follows such renames.
     pub path: PathBuf,
@@ -45,6 +46,16 @@ pub struct Message {
 }
 
 impl Message {
+    /// Internal date (RFC 3501 §2.3.3), Unix seconds: from the index, else the file's mtime
+    /// (a stat now, outside the index lock; 0 if the file is gone).
+    pub fn internal_date(&self) -> i64 {
+        if self.date != DATE_UNKNOWN {
+            return self.date;
+        }
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&self.path).map_or(0, |m| m.mtime())
+    }
+
     /// A POP3 UIDL (RFC 1939 §7: 1–70 characters 0x21–0x7E, unique and stable). The base
     /// name survives a rebuild of our index (a UID-based UIDL would not, and every POP3
     /// client would download everything again); base names that do not fit become a hash.
@@ -116,13 +127,6 @@ pub struct Mailbox {
     seen_modseq: u64,
 }
 
-/// The internal date of a message file whose date the index has not learnt yet (its mtime;
-/// 0 if it is gone).
-fn stat_date(path: &Path) -> i64 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).map_or(0, |m| m.mtime())
-}
-
 /// A message of the index as a session sees it.
 fn view(e: &Entry, dir: &Path, recent: bool, kw: &DovecotKeywords) -> Message {
     Message {
@@ -130,7 +134,7 @@ fn view(e: &Entry, dir: &Path, recent: bool, kw: &DovecotKeywords) -> Message {
         modseq: e.modseq,
         flags: flags_of(e, kw),
         size: e.size,
-        internal_date: if e.date == DATE_UNKNOWN { stat_date(&e.path(dir)) } else { e.date },
+        date: e.date,
         path: e.path(dir),
         recent,
         base: e.base().to_owned(),
@@ -143,14 +147,18 @@ fn view(e: &Entry, dir: &Path, recent: bool, kw: &DovecotKeywords) -> Message {
 pub struct MessageRef<'a> {
     entry: &'a Entry,
     kw: &'a DovecotKeywords,
-    dir: &'a Path,
     recent: bool,
     cache: &'a MessageCache,
 }
 
 /// Bits of [`MessageRef::system_flags`], in the order IMAP lists them.
-pub const SYSTEM_FLAGS: [(Flag, u8); 5] =
-    [(Flag::Seen, 1), (Flag::Answered, 2), (Flag::Flagged, 4), (Flag::Deleted, 8), (Flag::Draft, 16)];
+pub const SYSTEM_FLAGS: [(Flag, u8); 5] = [
+    (Flag::Seen, name::system_bit(b'S')),
+    (Flag::Answered, name::system_bit(b'R')),
+    (Flag::Flagged, name::system_bit(b'F')),
+    (Flag::Deleted, name::system_bit(b'T')),
+    (Flag::Draft, name::system_bit(b'D')),
+];
 
 impl<'a> MessageRef<'a> {
     pub fn uid(&self) -> u32 {
@@ -185,13 +193,6 @@ impl<'a> MessageRef<'a> {
     pub fn system_flags(&self) -> u8 {
         self.entry.info.system
     }
-    /// Whether the message has a system flag (for a keyword: [`MessageRef::flags`]).
-    pub fn has(&self, f: &Flag) -> bool {
-        match SYSTEM_FLAGS.iter().find(|(s, _)| s == f) {
-            Some((_, bit)) => self.system_flags() & bit != 0,
-            None => self.flags().contains(f),
-        }
-    }
     /// Whether it has keywords (Maildir `P` or a–z letters, or keywords of our index).
     pub fn has_keywords(&self) -> bool {
         self.entry.info.letter_keywords || !self.entry.keywords.is_empty()
@@ -199,10 +200,6 @@ impl<'a> MessageRef<'a> {
     /// All flags, sorted as [`Message::flags`].
     pub fn flags(&self) -> Vec<Flag> {
         flags_of(self.entry, self.kw)
-    }
-    /// The whole message as [`Mailbox::message`] returns it.
-    pub fn to_message(&self) -> Message {
-        view(self.entry, self.dir, self.recent, self.kw)
     }
 }
 
@@ -312,8 +309,8 @@ impl Mailbox {
             .collect()
     }
 
-    /// Record the internal date of `uid` read from its file (`File::metadata` of
-    /// [`Mailbox::open_message`]), if the index did not know it. In memory for every session
+    /// Record the internal date of `uid` read from its file (as [`Mailbox::open_message`]
+    /// does), if the index did not know it. In memory for every session
     /// of the folder; written to the index file at its next compaction.
     pub fn learn_date(&self, uid: u32, mtime: i64) {
         let mut idx = self.index();
@@ -362,7 +359,6 @@ impl Mailbox {
             let m = MessageRef {
                 entry,
                 kw: &idx.keywords,
-                dir: &self.dir,
                 recent: !self.recent.is_empty() && self.recent.contains(&u),
                 cache: &idx.cache,
             };
@@ -473,7 +469,7 @@ impl Mailbox {
     /// change elsewhere) if needed.
     pub fn open_message(&self, uid: u32) -> io::Result<File> {
         let e = self.entry(uid)?;
-        match File::open(e.path(&self.dir)) {
+        let file = match File::open(e.path(&self.dir)) {
             Err(err) if err.kind() == io::ErrorKind::NotFound => match find_file(&self.dir, e.base())? {
                 Some(p) => File::open(p),
                 None => {
@@ -481,7 +477,13 @@ impl Mailbox {
                 }
             },
             other => other,
+        }?;
+        // The internal date the scan did not stat for (index::Entry::date): the open file's.
+        if e.date == DATE_UNKNOWN {
+            use std::os::unix::fs::MetadataExt;
+            self.learn_date(uid, file.metadata()?.mtime());
         }
+        Ok(file)
     }
 
     fn entry(&self, uid: u32) -> io::Result<Entry> {

@@ -14,6 +14,20 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// for in the info part. D draft, F flagged, P passed, R replied, S seen, T trashed.
 pub const KNOWN_LETTERS: &str = "DFPRST";
 
+/// The bit of a system flag's Maildir letter in a flag bit set (S R F T D: 1 2 4 8 16; 0
+/// for any other letter). The one definition of those bits (`index::NameInfo`,
+/// `mailbox::SYSTEM_FLAGS`).
+pub const fn system_bit(letter: u8) -> u8 {
+    match letter {
+        b'S' => 1,
+        b'R' => 2,
+        b'F' => 4,
+        b'T' => 8,
+        b'D' => 16,
+        _ => 0,
+    }
+}
+
 /// Split a file name into its base and its flag letters (only for the `2,` info form).
 pub fn split(filename: &str) -> (&str, &str) {
     match memchr::memchr(b':', filename.as_bytes()) {
