@@ -129,6 +129,20 @@ impl Conn {
         Ok(conn)
     }
 
+    /// Implicit TLS when `implicit` (465, 993, 995), else plain for a later STARTTLS/STLS.
+    pub async fn open(
+        addr: SocketAddr,
+        implicit: bool,
+        tls: &Arc<rustls::ClientConfig>,
+        name: &str,
+    ) -> anyhow::Result<Conn> {
+        if implicit {
+            Conn::connect_tls(addr, tls, name).await
+        } else {
+            Conn::connect(addr).await
+        }
+    }
+
     /// Switch this connection to TLS (after STARTTLS/STLS was accepted, or at once).
     pub async fn start_tls(&mut self, tls: &Arc<rustls::ClientConfig>, name: &str) -> anyhow::Result<()> {
         if !self.reader.buffer().is_empty() {

@@ -575,8 +575,7 @@ async fn submit_message(
     creds: &Credentials,
     token: &str,
 ) -> anyhow::Result<String> {
-    let mut c =
-        if implicit { Conn::connect_tls(addr, tls, host).await? } else { Conn::connect(addr).await? };
+    let mut c = Conn::open(addr, implicit, tls, host).await?;
     let (code, text) = c.smtp_reply().await?;
     expect(code, 220, &text)?;
     c.smtp("EHLO posthaste-check", 2).await?;
@@ -614,8 +613,7 @@ async fn imap_session(
     host: &str,
     creds: &Credentials,
 ) -> anyhow::Result<Conn> {
-    let mut c =
-        if implicit { Conn::connect_tls(addr, tls, host).await? } else { Conn::connect(addr).await? };
+    let mut c = Conn::open(addr, implicit, tls, host).await?;
     let greeting = c.line().await?;
     if !greeting.starts_with("* OK") {
         bail!("unexpected IMAP greeting `{greeting}`");
@@ -700,8 +698,7 @@ async fn pop3_read_back(
 ) -> anyhow::Result<String> {
     let started = Instant::now();
     loop {
-        let mut c =
-            if implicit { Conn::connect_tls(addr, tls, host).await? } else { Conn::connect(addr).await? };
+        let mut c = Conn::open(addr, implicit, tls, host).await?;
         let greeting = c.line().await?;
         if !greeting.starts_with("+OK") {
             bail!("unexpected POP3 greeting `{greeting}`");
