@@ -359,3 +359,136 @@ fn connections_per_ip_are_limited() {
     });
     assert!(ok.starts_with("220"));
 }
+
+/// The fake end-of-data sequences a smuggling scanner tries (src/smtp/data.rs), with
+/// whether the message is accepted (bare LFs only: normalised) or refused (bare CR, NUL).
+const SMUGGLING: &[(&str, &str, bool)] = &[
+    ("LF.LF", "0a2e0a", true),
+    ("LF.CRLF", "0a2e0d0a", true),
+    ("CRLF.LF", "0d0a2e0a", true),
+    ("CR.CR", "0d2e0d", false),
+    ("CR.CRLF", "0d2e0d0a", false),
+    ("CRLF.CR", "0d0a2e0d", false),
+    ("CRLF NUL.CRLF", "0d0a002e0d0a", false),
+    ("CRCRLF.CRCRLF", "0d0d0a2e0d0d0a", false),
+];
+
+fn smuggle(
+    p: &Posthaste,
+    port: std::net::SocketAddr,
+    extra: &[&str],
+    to: &str,
+    smuggled_to: &str,
+    seq: &str,
+) -> Vec<String> {
+    let host = port.ip().to_string();
+    let port_s = port.port().to_string();
+    let ca = p.ca().display().to_string();
+    let mut args = vec![
+        "--host",
+        &host,
+        "--port",
+        &port_s,
+        "--cafile",
+        &ca,
+        "--tls-name",
+        HOSTNAME,
+        "--to",
+        to,
+        "--smuggled-to",
+        smuggled_to,
+        "--seq",
+        seq,
+    ];
+    args.extend_from_slice(extra);
+    let out = python("smtp_smuggle.py", &args);
+    let v: serde_json::Value =
+        serde_json::from_str(out.stdout.trim()).unwrap_or_else(|_| panic!("{}", out.all()));
+    assert!(v["error"].is_null(), "{seq}: {v}");
+    v["data_replies"].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_owned()).collect()
+}
+
+#[test]
+fn smtp_smuggling_scan_of_the_mx_and_submissions_ports_finds_nothing() {
+    let dir = TestDir::new("smuggling");
+    let mx = remote_mx_addr();
+    let dns = remote_dns(&dir, mx);
+    let peer = RawPeer::start(mx);
+    let p = server_with(&dir, |b| b.dns(&dns));
+    let mut relayed = 0;
+    for &(name, seq, accepted) in SMUGGLING {
+        let want = if accepted { "250" } else { "554 5.6.0" };
+        // Inbound on the MX: a forged second message to bob must never be delivered.
+        let replies = smuggle(
+            &p,
+            p.smtp(),
+            &["--from", "someone@remote.test"],
+            "alice@example.test",
+            "bob@example.test",
+            seq,
+        );
+        assert_eq!(replies.len(), 2, "{name} on the MX: {replies:?}");
+        assert!(
+            replies[0].starts_with(want) && replies[1].starts_with("221"),
+            "{name} on the MX: {replies:?}"
+        );
+        // Submission over implicit TLS (465), relayed to the remote MX.
+        let replies = smuggle(
+            &p,
+            p.submissions(),
+            &[
+                "--mode",
+                "ssl",
+                "--user",
+                "alice@example.test",
+                "--password",
+                PW,
+                "--from",
+                "alice@example.test",
+            ],
+            "carol@remote.test",
+            "dave@remote.test",
+            seq,
+        );
+        assert_eq!(replies.len(), 2, "{name} on submissions: {replies:?}");
+        assert!(
+            replies[0].starts_with(want) && replies[1].starts_with("221"),
+            "{name} on submissions: {replies:?}"
+        );
+        relayed += accepted as usize;
+    }
+    for m in maildir_files(&p.maildir("bob@example.test")) {
+        let text = std::fs::read_to_string(&m).unwrap();
+        assert!(!text.contains("Subject: smuggled"), "a smuggled message was delivered: {text}");
+    }
+    // Outbound: what reached the next hop has CRLF line ends only, and its one CRLF.CRLF
+    // is the end of the data: no receiver can find a second message in it.
+    let sessions = wait_for("the relayed messages at the raw peer", T, || {
+        let s = peer.sessions();
+        (s.iter().map(|s| s.transactions).sum::<usize>() >= relayed).then_some(s)
+    });
+    assert_eq!(sessions.iter().map(|s| s.transactions).sum::<usize>(), relayed, "{sessions:?}");
+    for s in &sessions {
+        let raw = &s.bytes;
+        let text = String::from_utf8_lossy(raw);
+        assert!(s.rcpts.iter().all(|r| r == "RCPT TO:<carol@remote.test>"), "{:?}", s.rcpts);
+        for (i, &b) in raw.iter().enumerate() {
+            assert!(b != 0, "NUL relayed: {text:?}");
+            if b == b'\r' {
+                assert_eq!(raw.get(i + 1), Some(&b'\n'), "bare CR relayed: {text:?}");
+            }
+            if b == b'\n' {
+                assert_eq!(raw[i - 1], b'\r', "bare LF relayed: {text:?}");
+            }
+        }
+        let data_start = text.find("\r\nDATA\r\n").expect("DATA") + 8;
+        let data = &raw[data_start..];
+        let end = data.windows(5).position(|w| w == b"\r\n.\r\n").map(|i| i + 5);
+        let after = &data[end.expect("end of data")..];
+        assert!(
+            after.starts_with(b"QUIT") || after.starts_with(b"RSET") || after.starts_with(b"MAIL"),
+            "the data ended before the message did: {text:?}"
+        );
+        assert!(text.contains("Subject: smuggled"), "the smuggled text travels as content: {text:?}");
+    }
+}

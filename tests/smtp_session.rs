@@ -513,3 +513,185 @@ async fn rcpt_to_an_account_over_its_quota_gets_452_mailbox_full() {
     c.cmd("RCPT TO:<alice@example.test>", "250 2.1.5").await;
     c.cmd("QUIT", "221").await;
 }
+
+// ---- SMTP smuggling (src/smtp/data.rs) ----------------------------------------------------
+
+/// The fake end-of-data sequences of the published smuggling scanners, and more: bare LF,
+/// bare CR, NUL, doubled CR, mixed. `true` when the sequence contains only bare LFs (then
+/// the message is accepted, normalised to CRLF); otherwise it has a bare CR or a NUL and
+/// the message is refused with 554 5.6.0. Either way no second transaction may start.
+const SMUGGLING: &[(&str, &[u8], bool)] = &[
+    ("LF.LF", b"\n.\n", true),
+    ("LF.CRLF", b"\n.\r\n", true),
+    ("CRLF.LF", b"\r\n.\n", true),
+    ("LFLF.LFLF", b"\n\n.\n\n", true),
+    ("CR.CR", b"\r.\r", false),
+    ("CR.CRLF", b"\r.\r\n", false),
+    ("CRLF.CR", b"\r\n.\r", false),
+    ("CRLF NUL.CRLF", b"\r\n\x00.\r\n", false),
+    ("CRLF.NUL CRLF", b"\r\n.\x00\r\n", false),
+    ("CRCRLF.CRCRLF", b"\r\r\n.\r\r\n", false),
+    ("CRLF.CRCRLF", b"\r\n.\r\r\n", false),
+    ("LF.CR", b"\n.\r", false),
+];
+
+/// A message carrying `seq` followed by a smuggled transaction whose end is the real end of
+/// the data (as the scanners send it).
+fn smuggling_payload(seq: &[u8]) -> Vec<u8> {
+    let mut p = b"From: a@remote.test\r\nSubject: first\r\n\r\nfirst body".to_vec();
+    p.extend_from_slice(seq);
+    p.extend_from_slice(
+        b"MAIL FROM:<ceo@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n\
+          From: ceo@example.test\r\nSubject: smuggled\r\n\r\nsmuggled body\r\n.\r\n",
+    );
+    p
+}
+
+fn assert_crlf_only(m: &str, what: &str) {
+    let b = m.as_bytes();
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            b'\r' => assert_eq!(b.get(i + 1), Some(&b'\n'), "{what}: bare CR stored: {m:?}"),
+            b'\n' => assert!(i > 0 && b[i - 1] == b'\r', "{what}: bare LF stored: {m:?}"),
+            0 => panic!("{what}: NUL stored: {m:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// Checks one session after the payload: exactly one reply to the data, then QUIT's 221 —
+/// a smuggled MAIL/RCPT/DATA would have produced replies of its own before it.
+async fn expect_one_transaction(c: &mut Client, name: &str, accepted: bool) {
+    let (code, text) = c.reply().await;
+    if accepted {
+        assert_eq!(code, 250, "{name}: {text}");
+    } else {
+        assert!(text.starts_with("554 5.6.0"), "{name}: {text}");
+    }
+    c.send("QUIT\r\n").await;
+    let (code, text) = c.reply().await;
+    assert_eq!(code, 221, "{name}: a smuggled command was executed: {text}");
+}
+
+fn assert_not_smuggled(env: &Env, name: &str, accepted: bool) {
+    for m in inbox(env, "bob@example.test") {
+        assert!(!m.contains("Subject: smuggled"), "{name}: the smuggled message was delivered: {m}");
+    }
+    let alice = inbox(env, "alice@example.test");
+    if accepted {
+        assert_eq!(alice.len(), 1, "{name}");
+        // The smuggled transaction is content of the one message, with CRLF line ends.
+        assert!(alice[0].contains("MAIL FROM:<ceo@example.test>\r\n"), "{name}: {}", alice[0]);
+        assert_crlf_only(&alice[0], name);
+    } else {
+        assert!(alice.is_empty(), "{name}: a malformed message was stored");
+    }
+}
+
+#[tokio::test]
+async fn smtp_smuggling_on_the_mx_never_starts_a_second_transaction() {
+    for &(name, seq, accepted) in SMUGGLING {
+        let env = env().await;
+        let mut c = Client::connect(&env, Profile::Mx).await;
+        c.cmd("EHLO client.test", "250").await;
+        c.cmd("MAIL FROM:<a@remote.test>", "250").await;
+        c.cmd("RCPT TO:<alice@example.test>", "250").await;
+        c.cmd("DATA", "354").await;
+        c.io.get_mut().write_all(&smuggling_payload(seq)).await.unwrap();
+        expect_one_transaction(&mut c, name, accepted).await;
+        assert_not_smuggled(&env, name, accepted);
+    }
+}
+
+#[tokio::test]
+async fn smtp_smuggling_pipelined_with_data_never_starts_a_second_transaction() {
+    // PIPELINING (RFC 2920): MAIL, RCPT and DATA in one write, then the payload and QUIT in
+    // one more, so the smuggled commands sit in the same buffer as the real ones.
+    for &(name, seq, accepted) in SMUGGLING {
+        let env = env().await;
+        let mut c = Client::connect(&env, Profile::Mx).await;
+        c.cmd("EHLO client.test", "250").await;
+        c.send("MAIL FROM:<a@remote.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n").await;
+        for want in [250, 250, 354] {
+            assert_eq!(c.reply().await.0, want, "{name}");
+        }
+        let mut p = smuggling_payload(seq);
+        p.extend_from_slice(b"QUIT\r\n");
+        c.io.get_mut().write_all(&p).await.unwrap();
+        let (code, text) = c.reply().await;
+        assert_eq!(code, if accepted { 250 } else { 554 }, "{name}: {text}");
+        let (code, text) = c.reply().await;
+        assert_eq!(code, 221, "{name}: a smuggled command was executed: {text}");
+        assert_not_smuggled(&env, name, accepted);
+    }
+}
+
+#[tokio::test]
+async fn smtp_smuggling_on_submission_never_starts_a_second_transaction() {
+    for &(name, seq, accepted) in SMUGGLING {
+        let env = env().await;
+        let mut c = submission_client(&env).await;
+        c.cmd("MAIL FROM:<alice@example.test>", "250").await;
+        c.cmd("RCPT TO:<alice@example.test>", "250").await;
+        c.cmd("DATA", "354").await;
+        let payload = smuggling_payload(seq);
+        let payload =
+            String::from_utf8(payload).unwrap().replace("From: a@remote.test", "From: alice@example.test");
+        c.io.get_mut().write_all(payload.as_bytes()).await.unwrap();
+        c.io.get_mut().flush().await.unwrap();
+        expect_one_transaction(&mut c, name, accepted).await;
+        assert_not_smuggled(&env, name, accepted);
+    }
+}
+
+#[tokio::test]
+async fn smtp_smuggling_in_bdat_chunks_is_normalised_or_refused() {
+    // Each sequence split at every position across two chunks; a CR at the end of one chunk
+    // and an LF at the start of the next are one CRLF.
+    for &(name, seq, accepted) in SMUGGLING {
+        for cut in 0..=seq.len() {
+            let env = env().await;
+            let mut c = Client::connect(&env, Profile::Mx).await;
+            c.cmd("EHLO client.test", "250").await;
+            c.cmd("MAIL FROM:<a@remote.test>", "250").await;
+            c.cmd("RCPT TO:<alice@example.test>", "250").await;
+            let mut first = b"Subject: chunked\r\n\r\nbody".to_vec();
+            first.extend_from_slice(&seq[..cut]);
+            let mut second = seq[cut..].to_vec();
+            second.extend_from_slice(b"MAIL FROM:<ceo@example.test>\r\n");
+            let mut w = format!("BDAT {}\r\n", first.len()).into_bytes();
+            w.extend_from_slice(&first);
+            w.extend_from_slice(format!("BDAT {} LAST\r\n", second.len()).as_bytes());
+            w.extend_from_slice(&second);
+            c.io.get_mut().write_all(&w).await.unwrap();
+            let what = format!("{name} cut at {cut}");
+            assert_eq!(c.reply().await.0, 250, "{what}");
+            let (code, text) = c.reply().await;
+            if accepted {
+                assert_eq!(code, 250, "{what}: {text}");
+                let m = &inbox(&env, "alice@example.test")[0];
+                assert_crlf_only(m, &what);
+                assert!(m.ends_with("MAIL FROM:<ceo@example.test>\r\n"), "{what}: {m:?}");
+            } else {
+                assert!(text.starts_with("554 5.6.0"), "{what}: {text}");
+                assert!(inbox(&env, "alice@example.test").is_empty(), "{what}");
+            }
+            c.cmd("QUIT", "221").await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn bare_cr_or_nul_in_a_command_line_is_refused_and_bare_lf_ends_a_command() {
+    let env = env().await;
+    let mut c = Client::connect(&env, Profile::Mx).await;
+    c.send("EHLO client.test\n").await;
+    assert_eq!(c.reply().await.0, 250, "LF alone ends a command line");
+    c.send("MAIL FROM:<a@remote.test>\rRCPT TO:<alice@example.test>\r\n").await;
+    assert!(c.reply().await.1.starts_with("500 5.5.2"));
+    c.send("MAIL FROM:<a@remote.test>\r\r\n").await;
+    assert!(c.reply().await.1.starts_with("500 5.5.2"));
+    c.send("NOOP\0\r\n").await;
+    assert!(c.reply().await.1.starts_with("500 5.5.2"));
+    c.cmd("MAIL FROM:<a@remote.test>", "250").await;
+}

@@ -332,17 +332,32 @@ async fn send_data<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// DATA content for the wire: every line ended by CRLF, dot-stuffed (RFC 5321 §4.5.2), then
+/// `.` CRLF. We never emit a bare CR or LF (RFC 5321 §2.3.8), so nothing we relay can end the
+/// data early at a receiver that accepts other line ends (SMTP smuggling): LF alone and CR
+/// alone each end a line, and NUL bytes are dropped. Our own SMTP server refuses bare CRs
+/// and NULs (src/smtp/data.rs); this also covers mail that reached the queue another way.
 pub fn dot_stuff(message: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(message.len() + message.len() / 40 + 5);
     let body = message.strip_suffix(b"\n").unwrap_or(message);
     if !message.is_empty() {
         for line in body.split(|&b| b == b'\n') {
             let line = line.strip_suffix(b"\r").unwrap_or(line);
-            if line.first() == Some(&b'.') {
-                out.push(b'.');
+            for piece in line.split(|&b| b == b'\r') {
+                // NULs go before the dot check: "\0." must not become a lone ".".
+                let cleaned;
+                let piece = if memchr::memchr(0, piece).is_some() {
+                    cleaned = piece.iter().copied().filter(|&b| b != 0).collect::<Vec<u8>>();
+                    &cleaned[..]
+                } else {
+                    piece
+                };
+                if piece.first() == Some(&b'.') {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(piece);
+                out.extend_from_slice(b"\r\n");
             }
-            out.extend_from_slice(line);
-            out.extend_from_slice(b"\r\n");
         }
     }
     out.extend_from_slice(b".\r\n");
@@ -424,5 +439,38 @@ mod tests {
         assert_eq!(dot_stuff(b"no newline"), b"no newline\r\n.\r\n");
         assert_eq!(dot_stuff(b"."), b"..\r\n.\r\n");
         assert_eq!(dot_stuff(b""), b".\r\n");
+    }
+
+    #[test]
+    fn no_bare_cr_lf_or_nul_reaches_the_next_hop() {
+        // The published smuggling sequences, each inside a message: on the wire every one is
+        // plain content and only the final CRLF . CRLF ends the data.
+        for seq in [
+            &b"\n.\n"[..],
+            b"\n.\r\n",
+            b"\r.\r",
+            b"\r.\r\n",
+            b"\r\n.\r",
+            b"\r\n.\n",
+            b"\r\n\x00.\r\n",
+            b"\r\n.\x00\r\n",
+            b"\r\r\n.\r\r\n",
+        ] {
+            let mut msg = b"Subject: x\r\n\r\nbody".to_vec();
+            msg.extend_from_slice(seq);
+            msg.extend_from_slice(b"MAIL FROM:<a@b>\r\n");
+            let wire = dot_stuff(&msg);
+            assert!(!wire.contains(&0), "{seq:?}: NUL on the wire");
+            for (i, &b) in wire.iter().enumerate() {
+                if b == b'\r' {
+                    assert_eq!(wire.get(i + 1), Some(&b'\n'), "{seq:?}: bare CR in {wire:?}");
+                }
+                if b == b'\n' {
+                    assert_eq!(wire[i - 1], b'\r', "{seq:?}: bare LF in {wire:?}");
+                }
+            }
+            let end = memchr::memmem::find(&wire, b"\r\n.\r\n").map(|i| i + 5);
+            assert_eq!(end, Some(wire.len()), "{seq:?}: the data ends early in {wire:?}");
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! The SMTP server: MX (port 25) and submission (587 with STARTTLS, 465 with implicit TLS).
 
 pub mod command;
+pub mod data;
 pub mod message;
 pub mod session;
 

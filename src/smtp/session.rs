@@ -11,6 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tracing::{info, warn};
 
 use super::command::{self, Command, ForwardPath, ReversePath};
+use super::data::{command_is_malformed, normalise_chunks, DataLines, Line, Malformed};
 use super::message;
 use super::{Context, Profile, Stream};
 use crate::address::Address;
@@ -131,6 +132,15 @@ impl Session {
                 }
                 Err(ReadError::Io(e)) => return Err(e),
             };
+            if command_is_malformed(&line) {
+                // src/smtp/data.rs: a CR or NUL inside a command line is never a line end.
+                self.guard_event(Event::ProtocolError { protocol: "smtp" });
+                self.error(500, "5.5.2", "Command line contains a bare CR or a NUL; end lines with CR LF");
+                if self.too_many_errors() {
+                    return self.flush().await;
+                }
+                continue;
+            }
             let Ok(line) = std::str::from_utf8(&line) else {
                 self.guard_event(Event::ProtocolError { protocol: "smtp" });
                 self.error(500, "5.5.2", "Command is not valid UTF-8");
@@ -614,6 +624,8 @@ impl Session {
         let mut body = Vec::with_capacity(8192);
         let mut oversize = false;
         let mut line = Vec::with_capacity(1024);
+        // Where the data ends and what it may contain: src/smtp/data.rs (SMTP smuggling).
+        let mut lines = DataLines::default();
         loop {
             line.clear();
             let read = tokio::time::timeout(
@@ -635,28 +647,24 @@ impl Session {
                 oversize = true;
                 continue;
             }
-            // Only CR LF . CR LF ends the data (RFC 5321 §4.1.1.4). A bare-LF line is
-            // normalised to CR LF and never ends the message, so an "end of data" that some
-            // other server would see cannot be smuggled through us.
-            let crlf = line.ends_with(b"\r\n");
-            if crlf && line == b".\r\n" {
-                break;
-            }
-            if !crlf {
-                line.pop();
-                line.extend_from_slice(b"\r\n");
-            }
-            // RFC 5321 §4.5.2: remove the transparency dot.
-            let content: &[u8] = if crlf && line.len() > 3 && line[0] == b'.' { &line[1..] } else { &line };
-            if body.len() + content.len() > max {
+            let content = match lines.line(&line) {
+                Line::End => break,
+                Line::Content(c) => c,
+            };
+            if body.len() + content.len() + 2 > max {
                 oversize = true;
             } else if !oversize {
                 body.extend_from_slice(content);
+                body.extend_from_slice(b"\r\n");
             }
         }
         if oversize {
             self.tx = None;
             self.error(552, "5.3.4", "Message size exceeds fixed maximum message size");
+            return Ok(());
+        }
+        if let Some(bad) = lines.malformed() {
+            self.refuse_malformed(bad);
             return Ok(());
         }
         self.finish_message(body).await;
@@ -714,8 +722,26 @@ impl Session {
             return Ok(());
         }
         let body = tx.chunks.take().unwrap_or_default();
-        self.finish_message(body).await;
+        match normalise_chunks(body) {
+            Ok(body) => self.finish_message(body).await,
+            Err(bad) => self.refuse_malformed(bad),
+        }
         Ok(())
+    }
+
+    /// A message with a bare CR or a NUL (src/smtp/data.rs): refused after its end, the
+    /// transaction is over and counted as a protocol error.
+    fn refuse_malformed(&mut self, bad: Malformed) {
+        let tx = self.tx.take();
+        let sender = tx.as_ref().map(|t| match &t.sender {
+            ReversePath::Null => String::new(),
+            ReversePath::Address(a) => a.to_string(),
+        });
+        warn!(event = "smtp_transaction", session = %self.id, client = %self.peer.ip(),
+              from = %sender.unwrap_or_default(), result = "rejected", reason = bad.as_str(),
+              "message refused: malformed line ends");
+        self.guard_event(Event::ProtocolError { protocol: "smtp" });
+        self.error(554, "5.6.0", bad.reply_text());
     }
 
     /// The whole message has arrived: policy checks, our headers, then make it durable.
@@ -944,7 +970,10 @@ impl Session {
             Ok(Ok(false)) => Err(ReadError::TooLong),
             Ok(Ok(true)) if !line.ends_with(b"\n") => Err(ReadError::Eof),
             Ok(Ok(true)) => {
-                while line.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                // One line end: LF, or CR LF. A second CR before it is a bare CR, left in
+                // the line for the command check (src/smtp/data.rs).
+                line.pop();
+                if line.last() == Some(&b'\r') {
                     line.pop();
                 }
                 Ok(line)

@@ -17,6 +17,7 @@ pub mod pebble;
 pub mod postfix;
 pub mod postgres;
 pub mod posthaste;
+pub mod rawpeer;
 pub mod rspamd;
 pub mod sink;
 pub mod tls;
@@ -25,6 +26,7 @@ pub use client::{python, swaks, SmtpClient, SmtpReply, SmtpTranscript, TlsMode};
 pub use dns::{DnsRecord, Dnsmasq};
 pub use postfix::{PeerMessage, PostfixPeer, PostfixPeerBuilder};
 pub use posthaste::{Posthaste, PosthasteBuilder};
+pub use rawpeer::{RawPeer, RawSession};
 pub use sink::{SinkMessage, SmtpSink, SmtpSinkBuilder};
 
 use std::collections::HashSet;
