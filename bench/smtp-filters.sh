@@ -17,7 +17,7 @@
 # so the difference is in how each MTA talks to them. Not a test: numbers depend on the
 # machine and on whatever else runs; see docs/benchmarks.md.
 #
-# rspamd runs offline (every DNS/network module off, as in tests/support/rspamd.rs) with a
+# rspamd runs offline (every DNS/network module off, as in tests/it/support/rspamd.rs) with a
 # one-signature clamd database (EICAR): the scanning work is rspamd's local rules and a
 # clamd stream scan, the same for both MTAs.
 #

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The real install on a fresh Debian booted with systemd as PID 1, in a container: what
-# tests/install.rs cannot show (apt, useradd, the hardened unit really starting, the
+# tests/it/install.rs cannot show (apt, useradd, the hardened unit really starting, the
 # daemon listening, reruns and uninstall on a live system). Slow (about a minute) and
 # root only; tests/run.sh runs it after the cargo tests. By hand:
 #

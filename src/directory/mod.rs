@@ -825,7 +825,7 @@ mod tests {
     }
 
     // A quick in-memory smoke test of the whole flow; the full matrix against real SQLite
-    // files and PostgreSQL is in tests/directory.rs.
+    // files and PostgreSQL is in tests/it/directory.rs.
     #[tokio::test]
     async fn in_memory_round_trip() {
         let dir = Directory::open("sqlite::memory:").await.unwrap();

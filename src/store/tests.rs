@@ -1,5 +1,5 @@
 //! Unit tests of the index's crash and format handling; the public API is tested in
-//! tests/store.rs.
+//! tests/it/store.rs.
 
 use super::index::{INDEX_FILE, LOCK_FILE};
 use super::*;

@@ -2,15 +2,14 @@
 //! (accepts local mail, refuses to relay), submission → IMAP and POP3 read back; a table
 //! or `--json`; exit 0 only when everything passed; nothing left behind.
 
-mod support;
 
 use std::time::Duration;
 
 use serde_json::Value;
-use support::clamd::Clamd;
-use support::rspamd::Rspamd;
-use support::tls::self_signed;
-use support::*;
+use crate::support::clamd::Clamd;
+use crate::support::rspamd::Rspamd;
+use crate::support::tls::self_signed;
+use crate::support::*;
 
 const PW: &str = "Check-Passw0rd!";
 

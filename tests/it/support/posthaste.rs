@@ -159,7 +159,7 @@ impl Posthaste {
             .set("log.format", "json")
             .set("log.level", "info")
             .set("server.user", "root")
-            // Tests never touch the host's nftables ruleset; tests/guard.rs turns nftables on
+            // Tests never touch the host's nftables ruleset; tests/it/guard.rs turns nftables on
             // only inside network namespaces it creates.
             .set("guard.nftables", false)
     }

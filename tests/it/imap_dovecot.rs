@@ -19,7 +19,6 @@
 //! namespace, so both servers show the same IMAP names.
 //!
 
-mod support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -27,7 +26,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::*;
+use crate::support::*;
 
 const USER: &str = "alice@example.test";
 const PW: &str = "dovecot interop 1";

@@ -2,14 +2,13 @@
 //! smtp-sink, Postfix, swaks, Python). When an interop test fails, these tell whether the
 //! harness or posthaste is at fault.
 
-mod support;
 
 use std::collections::HashSet;
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 const T: Duration = Duration::from_secs(20);
 

@@ -3,14 +3,13 @@
 //! temperror, and DKIM signing of submitted mail verified by dkimpy (an independent
 //! implementation) with the records `posthaste dns` prints.
 
-mod support;
 
 use std::net::{TcpListener, UdpSocket};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::posthaste::HOSTNAME;
-use support::*;
+use crate::support::posthaste::HOSTNAME;
+use crate::support::*;
 
 const T: Duration = Duration::from_secs(30);
 const PW: &str = "Secret-Passw0rd!";

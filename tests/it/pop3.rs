@@ -2,7 +2,6 @@
 //! case per protocol edge), then the `posthaste serve` binary with real clients: Python
 //! poplib over 995 and 110+STLS, curl, fetchmail.
 
-mod support;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -17,7 +16,7 @@ use ::posthaste::store::{Flag, Store};
 use base64::Engine;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use support::*;
+use crate::support::*;
 
 // ---------------------------------------------------------------------------------------
 // In-memory sessions

@@ -3,7 +3,6 @@
 //! `posthaste ban` with --json, persistence across a restart), and nftables inside two
 //! network namespaces joined by a veth pair (never the host's own ruleset).
 
-mod support;
 
 use std::path::Path;
 use std::process::Command;
@@ -18,7 +17,7 @@ use posthaste::guard::{Guard, Verdict};
 use posthaste::queue::Queue;
 use posthaste::smtp::{Profile, Stream};
 use posthaste::store::Store;
-use support::{require, run, Out, Posthaste, ProcessGuard, TestDir};
+use crate::support::{require, run, Out, Posthaste, ProcessGuard, TestDir};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 const PASSWORD: &str = "correct horse battery";
@@ -374,7 +373,7 @@ impl NetnsPair {
     fn new(tag: &str, offset: u32) -> NetnsPair {
         require("ip", "iproute2");
         require("nft", "nftables");
-        assert!(support::is_root(), "the nftables test creates network namespaces and needs root");
+        assert!(crate::support::is_root(), "the nftables test creates network namespaces and needs root");
         let n = (std::process::id() + offset) % 250 + 1;
         let p = NetnsPair {
             server: format!("ph-{tag}-{n}-s"),
@@ -435,7 +434,7 @@ impl Drop for NetnsPair {
 /// `posthaste serve` inside the server namespace; returns once it logged `started`.
 fn start_in(net: &NetnsPair, p: &Posthaste) -> ProcessGuard {
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &net.server, support::posthaste::bin(), "--config"])
+    cmd.args(["netns", "exec", &net.server, crate::support::posthaste::bin(), "--config"])
         .arg(p.config_path())
         .arg("serve");
     cmd.env_remove("POSTHASTE_CONFIG");
@@ -455,7 +454,7 @@ fn start_in(net: &NetnsPair, p: &Posthaste) -> ProcessGuard {
 fn cli_in(net: &NetnsPair, p: &Posthaste, args: &[&str]) -> Out {
     let mut full = vec!["--config", p.config_path().to_str().unwrap()];
     full.extend_from_slice(args);
-    net.exec(&net.server, support::posthaste::bin(), &full)
+    net.exec(&net.server, crate::support::posthaste::bin(), &full)
 }
 
 fn ban_json(net: &NetnsPair, p: &Posthaste) -> Vec<serde_json::Value> {

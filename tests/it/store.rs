@@ -437,7 +437,7 @@ fn child_process_delivers() {
 fn concurrent_deliveries_from_two_processes_never_lose_or_duplicate_a_uid() {
     let (_t, store, a) = setup();
     let child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_process_delivers", "--nocapture", "--test-threads=1"])
+        .args(["--exact", "store::child_process_delivers", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, store.root())
         .stdout(std::process::Stdio::piped())
         .spawn()

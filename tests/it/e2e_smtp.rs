@@ -1,12 +1,11 @@
 //! The posthaste binary end to end: `serve` as a daemon, real clients (swaks, Python
 //! smtplib), dnsmasq for MX records, Postfix as the remote MX, both directory backends.
 
-mod support;
 
 use std::time::Duration;
 
-use support::posthaste::HOSTNAME;
-use support::*;
+use crate::support::posthaste::HOSTNAME;
+use crate::support::*;
 
 const T: Duration = Duration::from_secs(30);
 const PW: &str = "Secret-Passw0rd!";
@@ -261,7 +260,7 @@ fn kill_9_after_250_loses_nothing() {
 #[test]
 fn postgresql_directory_backend_end_to_end() {
     let dir = TestDir::new("postgres-e2e");
-    let url = support::postgres::postgres_url_for_new_db();
+    let url = crate::support::postgres::postgres_url_for_new_db();
     let p = server_with(&dir, |b| b.directory_url(&url));
     let t = SmtpClient::new(p.smtp())
         .from("x@remote.test")

@@ -3,7 +3,6 @@
 //! commands run once on SQLite and once on a throwaway PostgreSQL database; what they wrote
 //! is read back through the library's `Directory` (hashes are not visible through the CLI).
 
-mod support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -13,8 +12,8 @@ use std::time::Duration;
 use ::posthaste::address::Address;
 use ::posthaste::directory::Directory;
 use serde_json::{json, Value};
-use support::posthaste::{bin, HOSTNAME};
-use support::*;
+use crate::support::posthaste::{bin, HOSTNAME};
+use crate::support::*;
 
 const PW: &str = "Secret-Passw0rd!";
 const T: Duration = Duration::from_secs(30);
@@ -27,7 +26,7 @@ const T: Duration = Duration::from_secs(30);
 fn server(dir: &TestDir, postgresql: bool) -> Posthaste {
     let b = Posthaste::builder(dir);
     if postgresql {
-        b.directory_url(&support::postgres::postgres_url_for_new_db()).build()
+        b.directory_url(&crate::support::postgres::postgres_url_for_new_db()).build()
     } else {
         b.build()
     }

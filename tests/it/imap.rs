@@ -680,7 +680,7 @@ async fn search_keys() {
 /// A Maildir copied in (Dovecot-style names with the delivery time and S=) is indexed without
 /// a stat per file; INTERNALDATE is still the file's mtime (not the time in the name),
 /// learnt when SEARCH or FETCH first asks, for every session (after a restart:
-/// tests/store.rs `copied_in_mail_is_indexed_without_a_stat_and_dated_by_its_mtime`).
+/// tests/it/store.rs `copied_in_mail_is_indexed_without_a_stat_and_dated_by_its_mtime`).
 #[tokio::test]
 async fn internal_date_of_copied_in_mail_is_its_mtime_learnt_on_demand() {
     let env = env().await;

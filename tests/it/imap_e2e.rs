@@ -2,11 +2,10 @@
 //! and 143+STARTTLS, verified with the test CA), curl, mbsync (isync), IDLE push after an
 //! SMTP delivery, and the auth-failure log line.
 
-mod support;
 
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 const PW: &str = "imap secret 1";
 const T: Duration = Duration::from_secs(15);
@@ -148,7 +147,7 @@ fn mbsync_syncs_both_ways() {
     // isync 1.4 matches the host name against DNS names and the CN only, never an IP
     // address: give it a certificate whose CN is the address it connects to.
     let ip: std::net::IpAddr = "127.0.0.1".parse().unwrap();
-    let cert = support::tls::self_signed(dir.path(), "mbsync", "127.0.0.1", &["mail.example.test"], &[ip]);
+    let cert = crate::support::tls::self_signed(dir.path(), "mbsync", "127.0.0.1", &["mail.example.test"], &[ip]);
     let mut p = Posthaste::builder(&dir)
         .listener("imap")
         .listener("imaps")

@@ -3,7 +3,6 @@
 //! new certificate served without a restart, SIGHUP reloading rotated files, and an
 //! unreachable CA.
 
-mod support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -11,8 +10,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use posthaste::tls::acme::{self, Settings};
-use support::pebble::{file_serial, served_serial, Pebble};
-use support::{free_port, is_root, loopback_ip, run, Posthaste, TestDir};
+use crate::support::pebble::{file_serial, served_serial, Pebble};
+use crate::support::{free_port, is_root, loopback_ip, run, Posthaste, TestDir};
 
 const HOST: &str = "mail.example.test";
 
@@ -104,15 +103,15 @@ fn answers(dir: &TestDir, directory: &str, http_listen: std::net::SocketAddr, ca
     )
 }
 
-fn install(root: &Path, answers: &Path, extra: &[&str]) -> support::Out {
-    let mut cmd = Command::new(support::posthaste::bin());
+fn install(root: &Path, answers: &Path, extra: &[&str]) -> crate::support::Out {
+    let mut cmd = Command::new(crate::support::posthaste::bin());
     cmd.arg("install").arg("--root").arg(root).arg("--answers").arg(answers).args(extra);
     cmd.env_remove("POSTHASTE_CONFIG");
     run(cmd, None)
 }
 
 /// The key change for the certificate in a `--dry-run --json` plan.
-fn cert_action(out: &support::Out) -> String {
+fn cert_action(out: &crate::support::Out) -> String {
     let json: serde_json::Value =
         serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.all()));
     let c = json["changes"]
@@ -284,7 +283,7 @@ fn an_unprivileged_daemon_renews_through_port_80_bound_before_dropping_root() {
     assert_eq!(norm(&served_serial(server.submissions(), HOST)), norm(&serial));
     pebble.assert_verifies(&cert, HOST);
     // The port-80 responder answers nothing but challenges.
-    let mut curl = Command::new(support::require("curl", "curl"));
+    let mut curl = Command::new(crate::support::require("curl", "curl"));
     curl.args(["-s", "-o", "/dev/null", "-w", "%{http_code}"]).arg(format!("http://{ip}/"));
     assert_eq!(run(curl, None).stdout, "404");
 }
@@ -297,7 +296,7 @@ fn a_failed_renewal_keeps_the_current_certificate() {
     let mut server = Posthaste::builder(&dir)
         .set("acme.directory", format!("https://127.0.0.1:{}/dir", free_port()))
         .set("acme.email", "postmaster@example.test")
-        .set("acme.http_listen", support::free_addr().to_string())
+        .set("acme.http_listen", crate::support::free_addr().to_string())
         .build();
     let before = file_serial(&server.cert().cert);
     server.start();
@@ -318,7 +317,7 @@ fn sighup_reloads_rotated_certificate_files() {
     assert_eq!(norm(&before), norm(&file_serial(&server.cert().cert)));
 
     // Rotate the files the way `mode: files` users do, then SIGHUP.
-    let fresh = support::tls::self_signed(&dir.subdir("new"), "cert", HOST, &[], &[]);
+    let fresh = crate::support::tls::self_signed(&dir.subdir("new"), "cert", HOST, &[], &[]);
     let (cert, key) = (server.cert().cert.clone(), server.cert().key.clone());
     std::fs::copy(&fresh.key, &key).unwrap();
     std::fs::copy(&fresh.cert, &cert).unwrap();
@@ -343,12 +342,12 @@ fn an_unreachable_ca_gives_a_clear_error_and_changes_nothing() {
     let dir = TestDir::new("acme-unreachable");
     // Nothing listens there.
     let directory = format!("https://127.0.0.1:{}/dir", free_port());
-    let ca = support::tls::self_signed(&dir.subdir("ca"), "ca", "ca.example.test", &[], &[]).cert;
+    let ca = crate::support::tls::self_signed(&dir.subdir("ca"), "ca", "ca.example.test", &[], &[]).cert;
 
     // The library: an error with a help line, no file written.
     let out = dir.subdir("tls");
     let s = settings(&directory, Some(&ca), &out);
-    let err = format!("{:#}", issue(&s, support::free_addr()).unwrap_err());
+    let err = format!("{:#}", issue(&s, crate::support::free_addr()).unwrap_err());
     assert!(err.contains("cannot reach the ACME CA") && err.contains(&directory), "{err}");
     assert!(err.contains("\nhelp: "), "{err}");
     assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "files were written");
@@ -356,7 +355,7 @@ fn an_unreachable_ca_gives_a_clear_error_and_changes_nothing() {
     // The installer: the dry run does not contact the CA, so it succeeds; the install fails
     // with the same help and leaves the target as it was.
     let root = target(&dir);
-    let answers = answers(&dir, &directory, support::free_addr(), &ca);
+    let answers = answers(&dir, &directory, crate::support::free_addr(), &ca);
     let listing = |r: &Path| {
         let out = Command::new("find").arg(r).output().unwrap();
         let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();

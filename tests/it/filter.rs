@@ -1,19 +1,18 @@
 //! Spam and virus checks in the SMTP path, through the real `posthaste serve` binary with
 //! a real rspamd (+ Redis for Bayes) and a real clamd started by the test
-//! (tests/support/{rspamd,clamd}.rs): rspamd's actions (reject, add header → Junk, no
+//! (tests/it/support/{rspamd,clamd}.rs): rspamd's actions (reject, add header → Junk, no
 //! action → INBOX), EICAR at the MX and at submission, rspamd and clamd down or slow, the
 //! size limit, and learning from IMAP MOVE into and out of Junk.
 
-mod support;
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::clamd::{Clamd, EICAR, EICAR_NAME};
-use support::posthaste::HOSTNAME;
-use support::rspamd::{Redis, Rspamd, GTUBE_ADD_HEADER, GTUBE_REJECT};
-use support::*;
+use crate::support::clamd::{Clamd, EICAR, EICAR_NAME};
+use crate::support::posthaste::HOSTNAME;
+use crate::support::rspamd::{Redis, Rspamd, GTUBE_ADD_HEADER, GTUBE_REJECT};
+use crate::support::*;
 
 const T: Duration = Duration::from_secs(30);
 const PW: &str = "Filter-Passw0rd!";

@@ -2,8 +2,7 @@
 //! and once on a fresh PostgreSQL database (see `support/postgres.rs`), because the point of
 //! the single `Any` code path is that both behave the same.
 
-#[path = "support/postgres.rs"]
-mod postgres;
+use crate::support::postgres;
 
 use std::time::{Duration, Instant};
 
