@@ -9,6 +9,7 @@
 #   -t  seconds of mixed load per system (default 20; 0 skips it)
 #   -i  idle logged-in connections (INBOX selected) for the memory figure (default 1000; 0 skips)
 #   -I  idle connections posthaste must hold at once (default 10000; 0 skips)
+#   APPENDS=N (environment): messages per connection of the APPEND phase (default 250; 0 skips)
 #
 # A mailbox of MESSAGES messages is generated once (bench/imap_load.py gen: 2-12 KB, every
 # fifth multipart with an attachment, 70 % \Seen, 10 % \Flagged, Dovecot-style file names)
@@ -31,6 +32,8 @@
 #   4. mixed load: CLIENTS processes loop for SECONDS: connect, LOGIN, SELECT, 5 x (FETCH 50
 #      headers, FETCH one BODY[], STORE \Seen), SEARCH UNSEEN, APPEND, NOOP, SEARCH ALL,
 #      STORE \Deleted + EXPUNGE of the newest message, LOGOUT -> commands/s.
+#   5. APPEND: 4 Python imaplib connections x APPENDS messages (2-12 KB) into folders of
+#      their own, with the client's default socket (Nagle on) and with TCP_NODELAY -> msg/s.
 # The ratio is posthaste/Dovecot: > 1 means posthaste is faster (or smaller for memory).
 # Not a test and not run by CI: the numbers depend on the machine; see docs/benchmarks.md.
 #
@@ -45,6 +48,9 @@ SECONDS_MIXED=20
 IDLE=1000
 BIG_IDLE=10000
 ONLY=both
+# Messages each of 4 imaplib connections APPENDs, once with a default socket and once with
+# TCP_NODELAY (0 skips).
+APPENDS=${APPENDS:-250}
 # Extra copies of the big mailbox whose first SELECT (index build) is timed.
 export FIRSTS=${FIRSTS:-3}
 while getopts "m:c:t:i:I:o:h" opt; do
@@ -185,6 +191,17 @@ measure() {
         echo "-- $name: mixed load, $CLIENTS clients, ${SECONDS_MIXED}s (load $(load))"
         $LOAD mixed 127.0.0.1 "$port" - m "$PW" "$CLIENTS" "$SECONDS_MIXED" >"$WORK/$name.mixed.json"
         echo "   $(cut -c1-200 "$WORK/$name.mixed.json") (load $(load))"
+    fi
+    if [ "$APPENDS" != 0 ]; then
+        # imaplib APPEND (synchronizing literals) with the client's default socket (Nagle
+        # on, as nearly every client runs) and with TCP_NODELAY: the 40 ms delayed-ACK stall
+        # shows as a large gap between the two.
+        local nd
+        for nd in 0 1; do
+            echo "-- $name: imaplib APPEND, 4 connections x $APPENDS, TCP_NODELAY=$nd (load $(load))"
+            $LOAD append 127.0.0.1 "$port" - "u@bench.test" "$PW" 4 "$APPENDS" "$nd" >"$WORK/$name.append$nd.json"
+            echo "   $(cat "$WORK/$name.append$nd.json")"
+        done
     fi
 }
 
@@ -398,6 +415,15 @@ b = dc_m["per_second"] if dc_m else None
 print("%-72s %10s %10s %7s" % ("mixed load, commands/s (errors)",
       "%.0f (%d)" % (a, ph_m["errors"]) if ph_m else "-", "%.0f (%d)" % (b, dc_m["errors"]) if dc_m else "-",
       "%.2f" % (a / b) if a and b else "-"))
+for nd, label in (("0", "default socket"), ("1", "TCP_NODELAY")):
+    pa, da = get("posthaste.append%s.json" % nd), get("dovecot.append%s.json" % nd)
+    a = pa["per_second"] if pa else None
+    b = da["per_second"] if da else None
+    print("%-72s %10s %10s %7s" % ("imaplib APPEND, 4 connections, msg/s, %s" % label,
+          "%.0f" % a if a else "-", "%.0f" % b if b else "-", "%.2f" % (a / b) if a and b else "-"))
+p0, p1 = get("posthaste.append0.json"), get("posthaste.append1.json")
+if p0 and p1:
+    print("posthaste APPEND, default socket / TCP_NODELAY: %.2f (the 40 ms stall would make it ~0.05)" % (p0["per_second"] / p1["per_second"]))
 ph_i, dc_i = get("posthaste.mem.json"), get("dovecot.mem.json")
 def per(m):
     return (m["after"] - m["before"]) / max(m["n"], 1)

@@ -362,6 +362,51 @@ def idle(host, port, user, pw, count, srcs):
     print("alive %d" % alive, flush=True)
 
 
+def append_worker(host, port, user, pw, n, nodelay, folder, out):
+    """imaplib, as scripts and migration tools use it: APPEND with a synchronizing literal
+    (imaplib waits for "+"), over a socket with Nagle on unless `nodelay`."""
+    import imaplib
+
+    m = imaplib.IMAP4_SSL(host, port, ssl_context=CTX)
+    if nodelay:
+        m.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    m.login(user, pw)
+    rnd = random.Random(n)
+    msgs = [message(200000 + i, rnd)[0] for i in range(n)]
+    t0 = time.perf_counter()
+    for msg in msgs:
+        typ, _ = m.append(folder, None, None, msg)
+        if typ != "OK":
+            raise RuntimeError("APPEND: %s" % typ)
+    out.put(time.perf_counter() - t0)
+    m.logout()
+
+
+def append(host, port, user, pw, conns, n, nodelay):
+    """CONNS connections each APPEND N ~4-12 KB messages to a folder of their own; prints
+    {"per_second": …} over the whole run (wall clock from the first to the last)."""
+    import imaplib
+    import multiprocessing
+
+    m = imaplib.IMAP4_SSL(host, port, ssl_context=CTX)
+    m.login(user, pw)
+    folders = ["append%d_%d" % (int(nodelay), i) for i in range(conns)]
+    for f in folders:
+        m.create(f)
+    m.logout()
+    q = multiprocessing.Queue()
+    t0 = time.perf_counter()
+    procs = [multiprocessing.Process(target=append_worker, args=(host, port, user, pw, n, nodelay, f, q)) for f in folders]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    wall = time.perf_counter() - t0
+    if q.qsize() != conns:
+        sys.exit("append: a worker failed")
+    print(json.dumps({"per_second": conns * n / wall, "connections": conns, "each": n, "nodelay": nodelay}))
+
+
 def main():
     a = sys.argv[1:]
     if not a:
@@ -372,6 +417,8 @@ def main():
         single(a[1], int(a[2]), a[4], a[5], int(os.environ.get("REPEAT", "5")))
     elif a[0] == "mixed":
         mixed(a[1], int(a[2]), a[4], a[5], int(a[6]), float(a[7]))
+    elif a[0] == "append":
+        append(a[1], int(a[2]), a[4], a[5], int(a[6]), int(a[7]), a[8] == "1")
     elif a[0] == "idle":
         srcs = a[7].split(",") if len(a) > 7 and a[7] else []
         idle(a[1], int(a[2]), a[4], a[5], int(a[6]), srcs)

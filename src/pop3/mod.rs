@@ -72,7 +72,7 @@ pub async fn serve(
 async fn handle_connection(
     ctx: Arc<Context>,
     implicit_tls: bool,
-    mut tcp: tokio::net::TcpStream,
+    mut tcp: crate::net::Tcp,
     peer: SocketAddr,
 ) {
     // A banned client is dropped before any greeting (src/guard/mod.rs).

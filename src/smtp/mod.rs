@@ -195,12 +195,7 @@ pub async fn serve(
     .await
 }
 
-async fn handle_connection(
-    ctx: Arc<Context>,
-    profile: Profile,
-    mut tcp: tokio::net::TcpStream,
-    peer: SocketAddr,
-) {
+async fn handle_connection(ctx: Arc<Context>, profile: Profile, mut tcp: crate::net::Tcp, peer: SocketAddr) {
     // A banned client is dropped before any greeting (src/guard/mod.rs).
     if ctx.guard.connect(peer.ip()).is_banned() {
         debug!(client = %peer.ip(), "smtp: connection from a banned client closed");

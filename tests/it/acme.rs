@@ -3,15 +3,14 @@
 //! new certificate served without a restart, SIGHUP reloading rotated files, and an
 //! unreachable CA.
 
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use posthaste::tls::acme::{self, Settings};
 use crate::support::pebble::{file_serial, served_serial, Pebble};
 use crate::support::{free_port, is_root, loopback_ip, run, Posthaste, TestDir};
+use posthaste::tls::acme::{self, Settings};
 
 const HOST: &str = "mail.example.test";
 

@@ -2,14 +2,13 @@
 //! (accepts local mail, refuses to relay), submission → IMAP and POP3 read back; a table
 //! or `--json`; exit 0 only when everything passed; nothing left behind.
 
-
 use std::time::Duration;
 
-use serde_json::Value;
 use crate::support::clamd::Clamd;
 use crate::support::rspamd::Rspamd;
 use crate::support::tls::self_signed;
 use crate::support::*;
+use serde_json::Value;
 
 const PW: &str = "Check-Passw0rd!";
 

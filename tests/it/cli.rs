@@ -3,17 +3,16 @@
 //! commands run once on SQLite and once on a throwaway PostgreSQL database; what they wrote
 //! is read back through the library's `Directory` (hashes are not visible through the CLI).
 
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::support::posthaste::{bin, HOSTNAME};
+use crate::support::*;
 use ::posthaste::address::Address;
 use ::posthaste::directory::Directory;
 use serde_json::{json, Value};
-use crate::support::posthaste::{bin, HOSTNAME};
-use crate::support::*;
 
 const PW: &str = "Secret-Passw0rd!";
 const T: Duration = Duration::from_secs(30);

@@ -1,7 +1,6 @@
 //! The posthaste binary end to end: `serve` as a daemon, real clients (swaks, Python
 //! smtplib), dnsmasq for MX records, Postfix as the remote MX, both directory backends.
 
-
 use std::time::Duration;
 
 use crate::support::posthaste::HOSTNAME;
@@ -489,5 +488,29 @@ fn smtp_smuggling_scan_of_the_mx_and_submissions_ports_finds_nothing() {
             "the data ended before the message did: {text:?}"
         );
         assert!(text.contains("Subject: smuggled"), "the smuggled text travels as content: {text:?}");
+    }
+}
+
+/// The 40 ms stall on SMTP (src/net.rs, `Tcp`): a client with Nagle on that writes the body
+/// of DATA and then `.` CRLF separately (or a BDAT command and then its chunk) waits for our
+/// ACK of the body before the last bytes leave it. 20 messages would take 800 ms or more
+/// with the stall; the bound is half that, a wide margin over what they take without it.
+#[test]
+fn default_socket_data_and_bdat_do_not_wait_for_a_delayed_ack() {
+    let dir = TestDir::new("smtp-quickack");
+    // The MX checks SPF and iprev: a DNS server that answers at once keeps lookups out of
+    // the timing (the machine's own resolver may be unreachable).
+    let dns = Dnsmasq::start(&dir, &[]);
+    let p = server_with(&dir, |b| b.dns(&dns));
+    let port = p.smtp().port().to_string();
+    for kind in ["smtp", "bdat"] {
+        let out = python("literal_stall.py", &[kind, "127.0.0.1", &port, "20", "bob@example.test"]);
+        out.assert_success();
+        let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+        let each = v["each_ms"].as_f64().unwrap();
+        assert!(
+            each < 20.0,
+            "{kind}: {each:.1} ms a message with a default client socket (delayed ACK stall): {v}"
+        );
     }
 }

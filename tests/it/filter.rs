@@ -4,7 +4,6 @@
 //! action → INBOX), EICAR at the MX and at submission, rspamd and clamd down or slow, the
 //! size limit, and learning from IMAP MOVE into and out of Junk.
 
-
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};

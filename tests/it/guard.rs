@@ -3,12 +3,12 @@
 //! `posthaste ban` with --json, persistence across a restart), and nftables inside two
 //! network namespaces joined by a veth pair (never the host's own ruleset).
 
-
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::{require, run, Out, Posthaste, ProcessGuard, TestDir};
 use base64::Engine;
 use posthaste::address::Address;
 use posthaste::config::{Config, TlsConfig};
@@ -17,7 +17,6 @@ use posthaste::guard::{Guard, Verdict};
 use posthaste::queue::Queue;
 use posthaste::smtp::{Profile, Stream};
 use posthaste::store::Store;
-use crate::support::{require, run, Out, Posthaste, ProcessGuard, TestDir};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 const PASSWORD: &str = "correct horse battery";

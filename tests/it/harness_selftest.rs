@@ -2,7 +2,6 @@
 //! smtp-sink, Postfix, swaks, Python). When an interop test fails, these tell whether the
 //! harness or posthaste is at fault.
 
-
 use std::collections::HashSet;
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;

@@ -19,14 +19,13 @@
 //! namespace, so both servers show the same IMAP names.
 //!
 
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use serde_json::Value;
 use crate::support::*;
+use serde_json::Value;
 
 const USER: &str = "alice@example.test";
 const PW: &str = "dovecot interop 1";

@@ -2,7 +2,6 @@
 //! and 143+STARTTLS, verified with the test CA), curl, mbsync (isync), IDLE push after an
 //! SMTP delivery, and the auth-failure log line.
 
-
 use std::time::Duration;
 
 use crate::support::*;
@@ -147,7 +146,8 @@ fn mbsync_syncs_both_ways() {
     // isync 1.4 matches the host name against DNS names and the CN only, never an IP
     // address: give it a certificate whose CN is the address it connects to.
     let ip: std::net::IpAddr = "127.0.0.1".parse().unwrap();
-    let cert = crate::support::tls::self_signed(dir.path(), "mbsync", "127.0.0.1", &["mail.example.test"], &[ip]);
+    let cert =
+        crate::support::tls::self_signed(dir.path(), "mbsync", "127.0.0.1", &["mail.example.test"], &[ip]);
     let mut p = Posthaste::builder(&dir)
         .listener("imap")
         .listener("imaps")
@@ -269,4 +269,24 @@ fn connections_per_ip_are_limited() {
         let d = std::net::TcpStream::connect(addr).ok()?;
         greet(&d).starts_with("* OK").then_some(())
     });
+}
+
+/// The 40 ms stall: a client that leaves Nagle on (imaplib's default socket) sends a
+/// synchronizing literal after `+`, and its last small TLS record waits for the ACK of the
+/// literal. 20 APPENDs cost 800 ms or more when the server's kernel delays that ACK; the
+/// bound is half of that, a wide margin over the few ms they take without the stall.
+#[test]
+fn default_socket_append_does_not_wait_for_a_delayed_ack() {
+    let dir = TestDir::new("imap-quickack");
+    let p = server(&dir);
+    let port = p.addr("imaps").port().to_string();
+    let ca = p.ca().display().to_string();
+    let out = python("literal_stall.py", &["imap", "127.0.0.1", &port, &ca, "alice@example.test", PW, "20"]);
+    out.assert_success();
+    let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    let each = v["each_ms"].as_f64().unwrap();
+    assert!(
+        each < 20.0,
+        "APPEND with a default client socket took {each:.1} ms each (delayed ACK stall): {v}"
+    );
 }

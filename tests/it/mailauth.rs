@@ -3,7 +3,6 @@
 //! temperror, and DKIM signing of submitted mail verified by dkimpy (an independent
 //! implementation) with the records `posthaste dns` prints.
 
-
 use std::net::{TcpListener, UdpSocket};
 use std::path::Path;
 use std::time::{Duration, Instant};

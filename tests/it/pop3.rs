@@ -2,7 +2,6 @@
 //! case per protocol edge), then the `posthaste serve` binary with real clients: Python
 //! poplib over 995 and 110+STLS, curl, fetchmail.
 
-
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
