@@ -35,6 +35,9 @@ enum ReadError {
 struct Transaction {
     sender: ReversePath,
     recipients: Vec<(Address, Vec<Target>)>,
+    /// RCPT commands answered 250, repeats of the same address included: the limit counts
+    /// commands, or a client could pipeline a million identical RCPTs.
+    rcpt_commands: usize,
     /// Collected BDAT chunks (RFC 3030), if the client uses CHUNKING.
     chunks: Option<Vec<u8>>,
     oversize: bool,
@@ -465,8 +468,14 @@ impl Session {
                 }
             }
         }
-        self.tx =
-            Some(Transaction { sender: path, recipients: Vec::new(), chunks: None, oversize: false, utf8 });
+        self.tx = Some(Transaction {
+            sender: path,
+            recipients: Vec::new(),
+            rcpt_commands: 0,
+            chunks: None,
+            oversize: false,
+            utf8,
+        });
         self.reply(250, "2.1.0", "Sender OK");
     }
 
@@ -474,7 +483,7 @@ impl Session {
         let Some(tx) = &self.tx else {
             return self.error(503, "5.5.1", "Need MAIL command first");
         };
-        if tx.recipients.len() >= self.ctx.config.smtp.max_recipients {
+        if tx.rcpt_commands >= self.ctx.config.smtp.max_recipients {
             // RFC 5321 §4.5.3.1.10: 452 for too many recipients; the client retries the rest.
             return self.error(452, "4.5.3", "Too many recipients");
         }
@@ -542,7 +551,13 @@ impl Session {
             return self.error(452, "4.2.2", &format!("<{addr}>: Mailbox full"));
         }
         let tx = self.tx.as_mut().expect("checked above");
-        if !tx.recipients.iter().any(|(a, _)| *a == addr) {
+        tx.rcpt_commands += 1;
+        if tx.recipients.iter().any(|(a, _)| *a == addr) {
+            // A repeated recipient is harmless once (RFC 5321 §3.3 lets us accept it; the
+            // message is delivered once) but counts as an error, so repeating it endlessly
+            // ends the session like any other misbehaviour.
+            self.errors += 1;
+        } else {
             tx.recipients.push((addr, targets));
         }
         self.reply(250, "2.1.5", "Recipient OK");

@@ -379,6 +379,43 @@ async fn too_many_recipients_get_452() {
     c.cmd("RCPT TO:<postmaster@example.test>", "452 4.5.3").await;
 }
 
+#[tokio::test]
+async fn repeated_identical_rcpt_counts_against_max_recipients_and_max_errors() {
+    // Before: a million pipelined identical RCPTs each got 250 (hardening issue).
+    let env = env_with(|c| {
+        c.smtp.max_recipients = 5;
+        c.smtp.max_errors = 100;
+    })
+    .await;
+    let mut c = Client::connect(&env, Profile::Mx).await;
+    c.cmd("EHLO client.test", "250").await;
+    c.cmd("MAIL FROM:<a@remote.test>", "250").await;
+    for _ in 0..5 {
+        c.cmd("RCPT TO:<alice@example.test>", "250").await;
+    }
+    c.cmd("RCPT TO:<alice@example.test>", "452 4.5.3").await;
+    c.cmd("RCPT TO:<bob@example.test>", "452 4.5.3").await;
+    c.cmd("RSET", "250").await;
+
+    let env = env_with(|c| c.smtp.max_errors = 3).await;
+    let mut c = Client::connect(&env, Profile::Mx).await;
+    c.cmd("EHLO client.test", "250").await;
+    c.cmd("MAIL FROM:<a@remote.test>", "250").await;
+    c.cmd("RCPT TO:<alice@example.test>", "250").await;
+    c.send(&"RCPT TO:<alice@example.test>\r\n".repeat(1000)).await;
+    let mut codes = Vec::new();
+    loop {
+        let (code, _) = c.reply().await;
+        if code == 0 {
+            break;
+        }
+        codes.push(code);
+    }
+    assert_eq!(codes, vec![250, 250, 250, 421], "three repeats, then the session ends");
+    // The message was never sent; nothing was delivered twice or at all.
+    assert!(inbox(&env, "alice@example.test").is_empty());
+}
+
 // Keep the trait-object helpers honest: the client side is any stream, like the server's.
 #[allow(dead_code)]
 fn assert_stream<T: AsyncRead + AsyncWrite + Unpin + Send + Sync>() {}
