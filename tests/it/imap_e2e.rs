@@ -273,8 +273,10 @@ fn connections_per_ip_are_limited() {
 
 /// The 40 ms stall: a client that leaves Nagle on (imaplib's default socket) sends a
 /// synchronizing literal after `+`, and its last small TLS record waits for the ACK of the
-/// literal. 20 APPENDs cost 800 ms or more when the server's kernel delays that ACK; the
-/// bound is half of that, a wide margin over the few ms they take without the stall.
+/// literal; a server whose kernel delays that ACK adds ~40 ms to every APPEND. A default and
+/// a TCP_NODELAY client take turns and their median APPEND times are compared, so machine
+/// load (which slows both) cannot fail the test and the stall (which only hits the first)
+/// cannot pass it.
 #[test]
 fn default_socket_append_does_not_wait_for_a_delayed_ack() {
     let dir = TestDir::new("imap-quickack");
@@ -284,9 +286,6 @@ fn default_socket_append_does_not_wait_for_a_delayed_ack() {
     let out = python("literal_stall.py", &["imap", "127.0.0.1", &port, &ca, "alice@example.test", PW, "20"]);
     out.assert_success();
     let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
-    let each = v["each_ms"].as_f64().unwrap();
-    assert!(
-        each < 20.0,
-        "APPEND with a default client socket took {each:.1} ms each (delayed ACK stall): {v}"
-    );
+    let (default, nodelay) = (v["default_ms"].as_f64().unwrap(), v["nodelay_ms"].as_f64().unwrap());
+    assert!(default - nodelay < 20.0, "APPEND with a default client socket waits for a delayed ACK: {v}");
 }

@@ -1,86 +1,102 @@
 #!/usr/bin/env python3
-"""Times N synchronizing literals from clients that leave Nagle on (the default socket):
-imaplib APPENDs over IMAPS, POP3 is line-only, and SMTP clients that write the final
-"." of DATA (or a BDAT chunk) in a second small write. With a server whose kernel delays the
-ACK of the literal, each one waits ~40 ms for the delayed-ACK timer (issue: the 40 ms stall).
+"""The 40 ms delayed-ACK stall, measured so that machine load cancels out: two clients of
+the same kind, one with the default socket (Nagle on, as nearly every client runs) and one
+with TCP_NODELAY, take turns for N rounds; each operation is timed on its own and the
+medians are compared. A server whose kernel delays the ACK of a literal (or of a DATA body,
+or a BDAT command) adds ~40 ms to every default-socket operation and nothing to the other.
 
-usage: literal_stall.py imap HOST PORT CA USER PASSWORD N
-       literal_stall.py smtp|bdat HOST PORT N RCPT
-prints {"seconds": S, "n": N, "each_ms": M}
+  literal_stall.py imap HOST PORT CA USER PASSWORD N   # imaplib APPEND (synchronizing literal)
+  literal_stall.py smtp|bdat HOST PORT N RCPT          # DATA with the final "." in its own
+                                                       # write / BDAT command and chunk apart
+prints {"default_ms": median, "nodelay_ms": median, "n": N}
 """
 import imaplib
 import json
 import socket
 import ssl
+import statistics
 import sys
 import time
 
+MSG = b"From: a@example.test\r\nSubject: stall\r\n\r\n" + b"x" * 4000 + b"\r\n"
 
-def imap(host, port, ca, user, password, n):
-    ctx = ssl.create_default_context(cafile=ca)
-    m = imaplib.IMAP4_SSL(host, int(port), ssl_context=ctx)
-    m.login(user, password)
-    msg = b"From: a@example.test\r\nSubject: stall\r\n\r\n" + b"x" * 4000 + b"\r\n"
-    m.append("INBOX", None, None, msg)  # warm up
-    start = time.monotonic()
-    for _ in range(n):
-        typ, _ = m.append("INBOX", None, None, msg)
+
+class ImapClient:
+    def __init__(self, host, port, ca, user, password, nodelay):
+        ctx = ssl.create_default_context(cafile=ca)
+        self.m = imaplib.IMAP4_SSL(host, int(port), ssl_context=ctx)
+        if nodelay:
+            self.m.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.m.login(user, password)
+
+    def op(self):
+        typ, _ = self.m.append("INBOX", None, None, MSG)
         assert typ == "OK", typ
-    took = time.monotonic() - start
-    m.logout()
-    return took
 
 
-def smtp(host, port, n, rcpt, bdat):
-    s = socket.create_connection((host, int(port)))
-    f = s.makefile("rb")
+class SmtpClient:
+    def __init__(self, host, port, rcpt, nodelay, bdat):
+        self.s = socket.create_connection((host, int(port)))
+        if nodelay:
+            self.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.f = self.s.makefile("rb")
+        self.rcpt = rcpt.encode()
+        self.bdat = bdat
+        self.reply()
+        self.s.sendall(b"EHLO stall.test\r\n")
+        self.reply()
 
-    def reply():
+    def reply(self):
         while True:
-            line = f.readline()
+            line = self.f.readline()
             if not line or line[3:4] != b"-":
                 return line
 
-    reply()
-    s.sendall(b"EHLO stall.test\r\n")
-    reply()
-    body = b"Subject: stall\r\n\r\n" + b"x" * 4000 + b"\r\n"
-    start = None
-    for i in range(n + 1):
-        if i == 1:
-            start = time.monotonic()
+    def op(self):
+        s = self.s
         s.sendall(b"MAIL FROM:<a@remote.test>\r\n")
-        assert reply().startswith(b"250")
-        s.sendall(b"RCPT TO:<" + rcpt.encode() + b">\r\n")
-        assert reply().startswith(b"250")
-        if bdat:
-            # Two chunks, each command and its data in separate writes.
-            s.sendall(b"BDAT %d\r\n" % len(body))
-            s.sendall(body)
-            assert reply().startswith(b"250")
+        assert self.reply().startswith(b"250")
+        s.sendall(b"RCPT TO:<" + self.rcpt + b">\r\n")
+        assert self.reply().startswith(b"250")
+        if self.bdat:
+            s.sendall(b"BDAT %d\r\n" % len(MSG))
+            s.sendall(MSG)
+            assert self.reply().startswith(b"250")
             s.sendall(b"BDAT 2 LAST\r\n")
             s.sendall(b"\r\n")
         else:
             s.sendall(b"DATA\r\n")
-            assert reply().startswith(b"354")
-            # The body, then the end of data in a write of its own, as many clients do.
-            s.sendall(body)
+            assert self.reply().startswith(b"354")
+            s.sendall(MSG)
             s.sendall(b".\r\n")
-        r = reply()
+        r = self.reply()
         assert r.startswith(b"250"), r
-    took = time.monotonic() - start
-    s.sendall(b"QUIT\r\n")
-    reply()
-    return took
 
 
-if __name__ == "__main__":
+def main():
     kind = sys.argv[1]
     if kind == "imap":
         host, port, ca, user, password, n = sys.argv[2:8]
-        took = imap(host, port, ca, user, password, int(n))
+        make = lambda nd: ImapClient(host, port, ca, user, password, nd)  # noqa: E731
     else:
         host, port, n, rcpt = sys.argv[2:6]
-        took = smtp(host, port, int(n), rcpt, kind == "bdat")
+        make = lambda nd: SmtpClient(host, port, rcpt, nd, kind == "bdat")  # noqa: E731
     n = int(n)
-    print(json.dumps({"seconds": took, "n": n, "each_ms": took * 1000 / n}))
+    clients = {False: make(False), True: make(True)}
+    for c in clients.values():
+        c.op()  # warm up
+    times = {False: [], True: []}
+    for _ in range(n):
+        for nd in (False, True):
+            t = time.monotonic()
+            clients[nd].op()
+            times[nd].append((time.monotonic() - t) * 1000)
+    print(json.dumps({
+        "default_ms": statistics.median(times[False]),
+        "nodelay_ms": statistics.median(times[True]),
+        "n": n,
+    }))
+
+
+if __name__ == "__main__":
+    main()
