@@ -8,6 +8,7 @@ pub mod directory;
 pub mod endpoint;
 pub mod filter;
 pub mod guard;
+pub mod header;
 pub mod hostname;
 pub mod imap;
 pub mod install;

@@ -60,28 +60,9 @@ impl Decision {
     }
 
     fn header(mut self, name: &str, value: &str) -> Decision {
-        self.headers.push_str(&fold_header(name, value));
+        self.headers.push_str(&crate::header::fold(name, value));
         self
     }
-}
-
-/// `Name: value\r\n`, folded (RFC 5322 §2.2.3) at spaces so lines stay under 78 characters.
-fn fold_header(name: &str, value: &str) -> String {
-    let mut out = format!("{name}:");
-    let mut line_len = out.len();
-    for word in value.split(' ').filter(|w| !w.is_empty()) {
-        if line_len + 1 + word.len() > 78 && line_len > name.len() + 1 {
-            out.push_str("\r\n\t");
-            line_len = 1;
-        } else {
-            out.push(' ');
-            line_len += 1;
-        }
-        out.push_str(word);
-        line_len += word.len();
-    }
-    out.push_str("\r\n");
-    out
 }
 
 /// Text from a checker (a virus name, rspamd's message) made safe for a reply or header:
@@ -196,18 +177,6 @@ impl Filter {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn folding_keeps_lines_short() {
-        let v: Vec<String> = (0..30).map(|i| format!("SYMBOL_NUMBER_{i}(1.00)")).collect();
-        let h = fold_header("X-Spam-Symbols", &v.join(", "));
-        assert!(h.ends_with("\r\n"));
-        for line in h.trim_end().split("\r\n") {
-            assert!(line.len() <= 78, "{line:?}");
-        }
-        assert!(h.lines().skip(1).all(|l| l.starts_with('\t')));
-        assert_eq!(fold_header("X-A", "b c"), "X-A: b c\r\n");
-    }
 
     #[test]
     fn merge_first_reject_wins() {

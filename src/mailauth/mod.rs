@@ -222,22 +222,14 @@ fn headers_to_sign(message: &[u8]) -> Vec<String> {
     out
 }
 
-/// The field names of the header section (RFC 5322 §2.2), in order.
+/// The field names of the header section (RFC 5322 §2.2), in order; broken lines and
+/// continuation lines at the very start are no fields.
 fn header_names(message: &[u8]) -> Vec<String> {
-    let mut names = Vec::new();
-    for line in message.split(|b| *b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            break;
-        }
-        if line[0] == b' ' || line[0] == b'\t' {
-            continue;
-        }
-        if let Some(colon) = line.iter().position(|b| *b == b':') {
-            names.push(String::from_utf8_lossy(&line[..colon]).trim().to_owned());
-        }
-    }
-    names
+    crate::header::fields(message)
+        .filter(|f| !f.is_continuation())
+        .filter_map(|f| f.name())
+        .map(|n| String::from_utf8_lossy(n).trim().to_owned())
+        .collect()
 }
 
 /// A resolver on `[dns] nameservers` (else the system's), with the `[mailauth]` timeout and
