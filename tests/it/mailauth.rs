@@ -184,10 +184,16 @@ fn dmarc_reject_refuses_a_spoof_quarantine_goes_to_junk_aligned_mail_passes() {
 #[test]
 fn dns_that_never_answers_gives_temperror_in_bounded_time() {
     let dir = TestDir::new("mailauth-temperror");
-    // A "DNS server" that receives and never answers, on UDP and TCP.
-    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    // A "DNS server" that receives and never answers, on UDP and TCP. The free UDP port
+    // may be taken on TCP by a parallel test: then another one.
+    let (udp, _tcp) = (0..20)
+        .find_map(|_| {
+            let udp = UdpSocket::bind("127.0.0.1:0").ok()?;
+            let tcp = TcpListener::bind(udp.local_addr().ok()?).ok()?;
+            Some((udp, tcp))
+        })
+        .expect("a loopback port free on UDP and TCP");
     let addr = udp.local_addr().unwrap();
-    let _tcp = TcpListener::bind(addr).unwrap();
     let mut p = Posthaste::builder(&dir)
         .set("dns.nameservers", vec![addr.to_string()])
         .set("mailauth.dns_timeout", "1s")
