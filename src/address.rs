@@ -8,6 +8,8 @@
 
 use std::fmt;
 
+use crate::hostname::Hostname;
+
 /// A syntactically valid `local@domain`, lowercased.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -96,15 +98,16 @@ pub fn is_dot_atom(s: &str) -> bool {
     !s.is_empty() && s.split('.').all(|atom| !atom.is_empty() && atom.chars().all(is_atext))
 }
 
-/// A domain name (RFC 5321 §4.1.2 `Domain`); address literals are not accepted for mailboxes.
+/// A domain name (RFC 5321 §4.1.2 `Domain`) by the one host name rule of
+/// [`crate::hostname`]; address literals are not accepted for mailboxes.
 pub fn is_domain(s: &str) -> bool {
-    crate::config::is_valid_hostname(s) && s.trim_end_matches('.').contains('.')
+    crate::hostname::is_fqdn(s)
 }
 
-/// Normalise a domain name for storage and comparison.
+/// Normalise a domain name for storage and comparison: surrounding white space and the
+/// final dot dropped, lowercased.
 pub fn normalize_domain(s: &str) -> Option<String> {
-    let d = s.trim().trim_end_matches('.').to_ascii_lowercase();
-    is_domain(&d).then_some(d)
+    Hostname::parse(s.trim()).ok().map(Hostname::into_string)
 }
 
 #[cfg(test)]
@@ -130,9 +133,20 @@ mod tests {
             "alice@localhost",
             "alice@-bad.test",
             "alice@",
+            "alice@example.test..",
+            "alice@192.0.2.1",
         ] {
             assert!(Address::parse(bad).is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn domains_follow_the_hostname_rule() {
+        assert_eq!(Address::parse("a@Example.TEST.").unwrap().domain(), "example.test");
+        assert_eq!(Address::parse("a@xn--bcher-kva.example").unwrap().domain(), "xn--bcher-kva.example");
+        assert_eq!(normalize_domain(" Example.ORG. ").as_deref(), Some("example.org"));
+        assert_eq!(normalize_domain("localhost"), None);
+        assert_eq!(normalize_domain("bücher.example"), None);
     }
 
     #[test]

@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::endpoint::Endpoint;
+use crate::hostname;
+
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/posthaste/posthaste.toml";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -609,9 +612,9 @@ impl Config {
     /// Every problem with the values, each with what to do about it.
     pub fn validate(&self) -> Vec<String> {
         let mut p = Vec::new();
-        if !is_valid_hostname(&self.hostname) || !self.hostname.contains('.') {
+        if let Err(e) = hostname::check(&self.hostname) {
             p.push(format!(
-                "hostname {:?} is not a fully qualified domain name (help: use the name your MX record points to, e.g. mail.example.org)",
+                "hostname {:?} is not a fully qualified domain name: {e} (help: use the name your MX record points to, e.g. mail.example.org)",
                 self.hostname
             ));
         }
@@ -722,8 +725,8 @@ impl Config {
                 ));
             }
             for n in &a.names {
-                if !is_valid_hostname(n) || !n.contains('.') {
-                    p.push(format!("acme.names: {n:?} is not a fully qualified host name (help: wildcards need DNS-01, which is not supported)"));
+                if let Err(e) = hostname::check(n) {
+                    p.push(format!("acme.names: {n:?} is not a fully qualified host name: {e} (help: wildcards need DNS-01, which is not supported)"));
                 }
             }
             if self.listeners().iter().any(|(_, addrs)| addrs.contains(&a.http_listen)) {
@@ -742,7 +745,7 @@ impl Config {
         if let Some(a) = &self.antispam {
             for (key, url) in [("rspamd", Some(&a.rspamd)), ("controller", a.controller.as_ref())] {
                 if let Some(url) = url {
-                    if let Err(e) = crate::filter::Endpoint::parse_http(url) {
+                    if let Err(e) = Endpoint::parse_http(url) {
                         p.push(format!("antispam.{key}: {e}"));
                     }
                 }
@@ -755,7 +758,7 @@ impl Config {
             }
         }
         if let Some(v) = &self.antivirus {
-            if let Err(e) = crate::filter::Endpoint::parse_socket(&v.clamd) {
+            if let Err(e) = Endpoint::parse_socket(&v.clamd) {
                 p.push(format!("antivirus.clamd: {e}"));
             }
             if v.timeout.is_zero() {
@@ -797,20 +800,6 @@ impl Config {
     pub fn dkim_dir(&self) -> PathBuf {
         self.data_dir.join("dkim")
     }
-}
-
-/// RFC 1035 §2.3.1 / RFC 1123 §2.1 host name syntax (labels of letters, digits, hyphens).
-pub fn is_valid_hostname(name: &str) -> bool {
-    let name = name.strip_suffix('.').unwrap_or(name);
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
 }
 
 /// An optional duration in the [`duration_str`] format.
@@ -916,6 +905,25 @@ retry_initial = "0s"
         for needle in ["hostname", "data_dir", "need TLS", "more than one listener", "retry_initial"] {
             assert!(err.contains(needle), "{needle} missing from {err}");
         }
+    }
+
+    /// `hostname.contains('.')` on the raw string let a single label with the root dot
+    /// through; the one rule of `crate::hostname` drops the root first.
+    #[test]
+    fn single_label_hostname_with_root_dot_is_refused() {
+        for bad in ["localhost.", "localhost", "192.0.2.1", "bücher.example"] {
+            let text = format!("hostname = \"{bad}\"\ndata_dir = \"/x\"\n");
+            let err = Config::parse(&text, Path::new("t.toml")).unwrap_err().to_string();
+            assert!(err.contains("is not a fully qualified domain name: "), "{bad}: {err}");
+            assert!(err.contains("help:"), "{bad}: {err}");
+        }
+        let ok = "hostname = \"Mail.Example.TEST.\"\ndata_dir = \"/x\"\n[acme]\nemail = \"a@example.test\"\nnames = [\"xn--bcher-kva.example\", \"x\"]\n[tls]\ncert = \"/c\"\nkey = \"/k\"\n";
+        let err = Config::parse(ok, Path::new("t.toml")).unwrap_err().to_string();
+        assert!(
+            err.contains("acme.names: \"x\" is not a fully qualified host name: it has only one label"),
+            "{err}"
+        );
+        assert!(!err.contains("xn--") && !err.contains("hostname \""), "{err}");
     }
 
     #[test]

@@ -16,13 +16,12 @@ pub mod clamd;
 pub mod rspamd;
 
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
-
-use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::address::Address;
 use crate::config::Config;
+// Where rspamd and clamd listen; a leaf of its own because config validates with it.
+use crate::endpoint::{Conn, Endpoint};
 
 /// A reply that refuses the message at the end of DATA.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,28 +60,9 @@ impl Decision {
     }
 
     fn header(mut self, name: &str, value: &str) -> Decision {
-        self.headers.push_str(&fold_header(name, value));
+        self.headers.push_str(&crate::header::fold(name, value));
         self
     }
-}
-
-/// `Name: value\r\n`, folded (RFC 5322 §2.2.3) at spaces so lines stay under 78 characters.
-fn fold_header(name: &str, value: &str) -> String {
-    let mut out = format!("{name}:");
-    let mut line_len = out.len();
-    for word in value.split(' ').filter(|w| !w.is_empty()) {
-        if line_len + 1 + word.len() > 78 && line_len > name.len() + 1 {
-            out.push_str("\r\n\t");
-            line_len = 1;
-        } else {
-            out.push(' ');
-            line_len += 1;
-        }
-        out.push_str(word);
-        line_len += word.len();
-    }
-    out.push_str("\r\n");
-    out
 }
 
 /// Text from a checker (a virus name, rspamd's message) made safe for a reply or header:
@@ -105,90 +85,6 @@ pub struct MessageInfo<'a> {
     pub submission: bool,
     /// Our hostname (authserv-id, rspamd `Hostname` of the MTA).
     pub hostname: &'a str,
-}
-
-/// Where a checker listens: TCP `host:port` or a unix socket.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Endpoint {
-    Tcp { host: String, port: u16 },
-    Unix(PathBuf),
-}
-
-/// A connected checker socket.
-pub trait Conn: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn for T {}
-
-impl Endpoint {
-    /// `http://host:port[/]` (rspamd) or an absolute unix socket path.
-    pub fn parse_http(url: &str) -> Result<Endpoint, String> {
-        if url.starts_with('/') {
-            return Ok(Endpoint::Unix(url.into()));
-        }
-        let Some(rest) = url.strip_prefix("http://") else {
-            return Err(format!(
-                "{url:?} is not an http:// URL (help: rspamd listens on loopback without TLS, e.g. http://127.0.0.1:11333)"
-            ));
-        };
-        let authority = rest.split('/').next().unwrap_or("");
-        Self::host_port(authority, 80)
-            .ok_or_else(|| format!("{url:?} has no valid host:port (help: e.g. http://127.0.0.1:11333)"))
-    }
-
-    /// An absolute unix socket path (clamd's `LocalSocket`) or `host:port` (`TCPSocket`).
-    pub fn parse_socket(s: &str) -> Result<Endpoint, String> {
-        if s.starts_with('/') {
-            return Ok(Endpoint::Unix(s.into()));
-        }
-        match s.rsplit_once(':') {
-            Some((_, port)) if port.parse::<u16>().is_ok() => {}
-            _ => {
-                return Err(format!(
-                    "{s:?} is neither an absolute socket path nor host:port (help: e.g. /run/clamav/clamd.ctl or 127.0.0.1:3310)"
-                ))
-            }
-        }
-        Self::host_port(s, 0).ok_or_else(|| format!("{s:?} is not a valid host:port"))
-    }
-
-    fn host_port(authority: &str, default_port: u16) -> Option<Endpoint> {
-        // [v6]:port, host:port or host.
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (h, rest) = v6.split_once(']')?;
-            (h, rest.strip_prefix(':'))
-        } else {
-            match authority.rsplit_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (authority, None),
-            }
-        };
-        let port = match port {
-            Some(p) => p.parse().ok()?,
-            None if default_port != 0 => default_port,
-            None => return None,
-        };
-        (!host.is_empty() && port != 0).then(|| Endpoint::Tcp { host: host.to_owned(), port })
-    }
-
-    pub async fn connect(&self) -> std::io::Result<Box<dyn Conn>> {
-        match self {
-            Endpoint::Tcp { host, port } => {
-                let s = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
-                let _ = s.set_nodelay(true);
-                Ok(Box::new(s))
-            }
-            Endpoint::Unix(path) => Ok(Box::new(tokio::net::UnixStream::connect(path).await?)),
-        }
-    }
-}
-
-impl std::fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Endpoint::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
-            Endpoint::Tcp { host, port } => write!(f, "{host}:{port}"),
-            Endpoint::Unix(p) => write!(f, "{}", p.display()),
-        }
-    }
 }
 
 /// The spam and virus checks configured in `[antispam]` and `[antivirus]`.
@@ -281,45 +177,6 @@ impl Filter {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn endpoints() {
-        assert_eq!(
-            Endpoint::parse_http("http://127.0.0.1:11333").unwrap(),
-            Endpoint::Tcp { host: "127.0.0.1".into(), port: 11333 }
-        );
-        assert_eq!(
-            Endpoint::parse_http("http://[::1]:11334/").unwrap(),
-            Endpoint::Tcp { host: "::1".into(), port: 11334 }
-        );
-        assert_eq!(
-            Endpoint::parse_http("http://localhost").unwrap(),
-            Endpoint::Tcp { host: "localhost".into(), port: 80 }
-        );
-        assert!(Endpoint::parse_http("https://127.0.0.1:11333").unwrap_err().contains("help:"));
-        assert_eq!(
-            Endpoint::parse_socket("/run/clamav/clamd.ctl").unwrap(),
-            Endpoint::Unix("/run/clamav/clamd.ctl".into())
-        );
-        assert_eq!(
-            Endpoint::parse_socket("127.0.0.1:3310").unwrap(),
-            Endpoint::Tcp { host: "127.0.0.1".into(), port: 3310 }
-        );
-        assert!(Endpoint::parse_socket("clamd.ctl").is_err());
-        assert!(Endpoint::parse_socket("127.0.0.1").is_err());
-    }
-
-    #[test]
-    fn folding_keeps_lines_short() {
-        let v: Vec<String> = (0..30).map(|i| format!("SYMBOL_NUMBER_{i}(1.00)")).collect();
-        let h = fold_header("X-Spam-Symbols", &v.join(", "));
-        assert!(h.ends_with("\r\n"));
-        for line in h.trim_end().split("\r\n") {
-            assert!(line.len() <= 78, "{line:?}");
-        }
-        assert!(h.lines().skip(1).all(|l| l.starts_with('\t')));
-        assert_eq!(fold_header("X-A", "b c"), "X-A: b c\r\n");
-    }
 
     #[test]
     fn merge_first_reject_wins() {

@@ -7,6 +7,7 @@
 use std::ops::Range;
 
 use super::wire::{nstring, string};
+use crate::header;
 
 /// Bare LF → CRLF (messages may be stored either way; IMAP sizes count CRLF lines).
 pub fn crlf(raw: Vec<u8>) -> Vec<u8> {
@@ -52,24 +53,37 @@ pub struct Part {
     pub message: Option<Box<Part>>,
 }
 
-/// Header fields of a block: (name, unfolded raw value).
+/// Header fields of a block: (name, unfolded raw value), for the MIME parser, BODYSTRUCTURE
+/// and ENVELOPE, over the walker in [`crate::header`]. Two readings of its own, kept from
+/// before the walker was shared (they decide what BODYSTRUCTURE and ENVELOPE show):
+/// the continuation lines of a broken line (no colon) join the last field before it, and
+/// a stray CR inside a line stays in the value.
 pub fn fields(block: &[u8]) -> Vec<(String, String)> {
+    let lossy = String::from_utf8_lossy;
     let mut out: Vec<(String, String)> = Vec::new();
-    for line in block.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            break;
-        }
-        if line[0] == b' ' || line[0] == b'\t' {
-            if let Some(last) = out.last_mut() {
-                last.1.push_str(&String::from_utf8_lossy(line));
-            }
+    for f in header::fields(block) {
+        if f.is_continuation() {
             continue;
         }
-        if let Some(colon) = line.iter().position(|&b| b == b':') {
-            let name = String::from_utf8_lossy(&line[..colon]).trim().to_owned();
-            let value = String::from_utf8_lossy(&line[colon + 1..]).trim_start().to_owned();
-            out.push((name, value));
+        let continuation = header::lines(f.raw()).skip(1);
+        let value = match f.name() {
+            Some(name) => {
+                // The value's first line (value() already ends before the last line end).
+                let v = f.value();
+                let first = match memchr::memchr(b'\n', v) {
+                    Some(i) => v[..i].strip_suffix(b"\r").unwrap_or(&v[..i]),
+                    None => v,
+                };
+                out.push((lossy(name).trim().to_owned(), lossy(first).trim_start().to_owned()));
+                &mut out.last_mut().expect("just pushed").1
+            }
+            None => match out.last_mut() {
+                Some(last) => &mut last.1,
+                None => continue,
+            },
+        };
+        for line in continuation {
+            value.push_str(&lossy(line));
         }
     }
     for f in &mut out {
@@ -80,48 +94,14 @@ pub fn fields(block: &[u8]) -> Vec<(String, String)> {
 
 /// The fields of a header block as (name, raw value) slices, without copying: the value
 /// runs from after the colon to the end of the field's last continuation line (its CRLF
-/// excluded), folding kept. Ends at the empty line.
+/// excluded), folding kept. Ends at the empty line. Broken lines are skipped; continuation
+/// lines at the very start count by their trimmed name (as SEARCH always read them).
 pub fn raw_fields(block: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
-    let mut rest = block;
-    std::iter::from_fn(move || loop {
-        if rest.is_empty() || rest.starts_with(b"\r\n") || rest.starts_with(b"\n") {
-            return None;
-        }
-        // The field ends at a line break not followed by white space (RFC 5322 §2.2.3).
-        let mut end = 0;
-        let next = loop {
-            match memchr::memchr(b'\n', &rest[end..]) {
-                None => break rest.len(),
-                Some(i) => {
-                    let nl = end + i;
-                    if matches!(rest.get(nl + 1), Some(b' ' | b'\t')) {
-                        end = nl + 1;
-                    } else {
-                        break nl + 1;
-                    }
-                }
-            }
-        };
-        let line = &rest[..next];
-        rest = &rest[next..];
-        let line = line.strip_suffix(b"\n").unwrap_or(line);
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        // A line without a colon is not a field (a broken header): skipped, as `fields` does.
-        if let Some(colon) = memchr::memchr(b':', line) {
-            return Some((line[..colon].trim_ascii(), &line[colon + 1..]));
-        }
-    })
+    header::fields(block).filter_map(|f| Some((f.name()?, f.value())))
 }
 
-/// A raw field value unfolded (RFC 5322 §2.2.3: line breaks before white space removed)
-/// and trimmed.
-pub fn unfold(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
-    let raw = raw.trim_ascii();
-    if memchr::memchr(b'\n', raw).is_none() {
-        return raw.into();
-    }
-    raw.iter().copied().filter(|&b| b != b'\r' && b != b'\n').collect::<Vec<u8>>().into()
-}
+/// A raw field value unfolded and trimmed ([`header::unfold`]).
+pub use crate::header::unfold;
 
 fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
     fields.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
@@ -185,15 +165,8 @@ pub fn parse(data: &[u8]) -> Part {
 }
 
 fn parse_part(data: &[u8], range: Range<usize>, digest: bool, depth: usize) -> Part {
-    let slice = &data[range.clone()];
-    let header_len = if slice.starts_with(b"\r\n") {
-        2
-    } else {
-        match find(slice, b"\r\n\r\n") {
-            Some(i) => i + 4,
-            None => slice.len(),
-        }
-    };
+    // The header range includes the empty line that ends it (BODY[1.MIME] is exactly that).
+    let header_len = header::body_start(&data[range.clone()]);
     let header = range.start..range.start + header_len;
     let body = range.start + header_len..range.end;
     let f = fields(&data[header.clone()]);
@@ -213,10 +186,6 @@ fn parse_part(data: &[u8], range: Range<usize>, digest: bool, depth: usize) -> P
         part.message = Some(Box::new(parse_part(data, body, false, depth + 1)));
     }
     part
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 /// The byte ranges of the body parts between `--boundary` lines (RFC 2046 §5.1.1): the CRLF
@@ -497,21 +466,18 @@ fn address_list(out: &mut Vec<u8>, list: Option<&mail_parser::Address>) {
 }
 
 /// The header block reduced to (or without, `not`) the named fields (HEADER.FIELDS, RFC
-/// 3501 §6.4.5), ending with the blank line.
+/// 3501 §6.4.5), ending with the blank line. A broken line (no colon) is no listed field,
+/// so only `.NOT` keeps it; continuation lines at the very start are never kept.
 pub fn header_fields<N: AsRef<[u8]>>(header: &[u8], names: &[N], not: bool) -> Vec<u8> {
     let mut out = Vec::new();
-    let mut keep = false;
-    for line in header.split_inclusive(|&b| b == b'\n') {
-        if line == b"\r\n" || line == b"\n" {
-            break;
+    for f in header::fields(header) {
+        if f.is_continuation() {
+            continue;
         }
-        if line[0] != b' ' && line[0] != b'\t' {
-            let name = memchr::memchr(b':', line).map(|i| &line[..i]).unwrap_or(b"").trim_ascii();
-            let listed = names.iter().any(|n| n.as_ref().eq_ignore_ascii_case(name));
-            keep = listed != not;
-        }
-        if keep {
-            out.extend_from_slice(line);
+        let name = f.name().unwrap_or_default();
+        let listed = names.iter().any(|n| n.as_ref().eq_ignore_ascii_case(name));
+        if listed != not {
+            out.extend_from_slice(f.raw());
         }
     }
     out.extend_from_slice(b"\r\n");
@@ -536,6 +502,29 @@ mod tests {
         );
         assert_eq!(raw_fields(b"A: 1\nB: 2").count(), 2);
         assert_eq!(raw_fields(b"").count(), 0);
+    }
+
+    /// The readings of `fields` that differ from the shared walker's, and HEADER.FIELDS at
+    /// the same edges: what BODYSTRUCTURE, ENVELOPE and FETCH showed before the walker was
+    /// shared.
+    #[test]
+    fn broken_lines_in_fields_and_header_fields() {
+        let h = b" Lead: x\r\nSubject: a\r\n b\r\nbroken\r\n c\r\nX: 1\rz\r\n\r\nBody: no\r\n";
+        let f = fields(h);
+        assert_eq!(f, vec![("Subject".to_owned(), "a b c".to_owned()), ("X".to_owned(), "1\rz".to_owned())]);
+        assert_eq!(header_fields(h, &["subject"], false), b"Subject: a\r\n b\r\n\r\n");
+        assert_eq!(header_fields(h, &["subject", "lead"], true), b"broken\r\n c\r\nX: 1\rz\r\n\r\n");
+        assert_eq!(header_fields(h, &["lead"], false), b"\r\n");
+        // SEARCH reads the leading line by its trimmed name, and skips the broken line.
+        let names: Vec<&[u8]> = raw_fields(h).map(|(n, _)| n).collect();
+        assert_eq!(names, [&b"Lead"[..], b"Subject", b"X"]);
+        // Only the first line's white space is trimmed at the front (a value folded right
+        // after the colon keeps its indentation; ENVELOPE shows it so).
+        assert_eq!(fields(b"A:\r\n  v\r\n"), vec![("A".to_owned(), "  v".to_owned())]);
+        assert_eq!(
+            fields(b"A: 1\nB: 2"),
+            vec![("A".to_owned(), "1".to_owned()), ("B".to_owned(), "2".to_owned())]
+        );
     }
 
     const MIXED: &[u8] = b"From: A <a@x.test>\r\nSubject: hi\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\npreamble\r\n--b1\r\nContent-Type: text/plain\r\n\r\nhello\r\n--b1\r\nContent-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\ninner body\r\n--b1--\r\n";

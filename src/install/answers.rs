@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use super::host::Prompter;
 use super::yaml::{self, Node, Value};
 use crate::address::{normalize_domain, Address};
-use crate::config::is_valid_hostname;
 use crate::directory::password;
+use crate::hostname::Hostname;
 
 pub const SAVED_ANSWERS: &str = "/etc/posthaste/answers.yaml";
 pub const LETSENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
@@ -314,14 +314,12 @@ fn validate(c: &mut Check, root: &Node, base: &Path) -> Option<Answers> {
             missing(c, "hostname", "hostname: mail.example.org");
             None
         }
-        Some(n) => c.string(n, "hostname").and_then(|h| {
-            let h = h.trim_end_matches('.').to_ascii_lowercase();
-            if is_valid_hostname(&h) && h.contains('.') {
-                Some(h)
-            } else {
+        Some(n) => c.string(n, "hostname").and_then(|h| match Hostname::parse(&h) {
+            Ok(h) => Some(h.into_string()),
+            Err(e) => {
                 c.add(
                     n.line,
-                    format!("hostname {h:?} is not a fully qualified domain name"),
+                    format!("hostname {h:?} is not a fully qualified domain name: {e}"),
                     Some("use the name your MX record will point to, e.g. mail.example.org".into()),
                 );
                 None
@@ -341,7 +339,7 @@ fn validate(c: &mut Check, root: &Node, base: &Path) -> Option<Answers> {
                 for item in items {
                     match c.string(item, "domains[]") {
                         Some(d) => match normalize_domain(&d) {
-                            Some(d) if d.contains('.') => {
+                            Some(d) => {
                                 if out.contains(&d) {
                                     c.add(
                                         item.line,
@@ -675,14 +673,16 @@ pub fn ask(
 ) -> anyhow::Result<Answers> {
     let guess_host = previous
         .map(|a| a.hostname.clone())
-        .or_else(|| system_hostname.filter(|h| h.contains('.')).map(str::to_owned));
+        .or_else(|| system_hostname.and_then(|h| Hostname::parse(h).ok()).map(Hostname::into_string));
     let hostname = loop {
         let h = p.input("Host name of this mail server (the MX name)", guess_host.as_deref())?;
-        let h = h.trim().trim_end_matches('.').to_ascii_lowercase();
-        if is_valid_hostname(&h) && h.contains('.') {
-            break h;
-        }
-        p.input("That is not a fully qualified name like mail.example.org; press Enter", Some(""))?;
+        match Hostname::parse(h.trim()) {
+            Ok(h) => break h.into_string(),
+            Err(e) => p.input(
+                &format!("That is not a fully qualified name like mail.example.org ({e}); press Enter"),
+                Some(""),
+            )?,
+        };
     };
     let guess_domains = previous
         .map(|a| a.domains.join(" "))

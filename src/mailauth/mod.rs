@@ -21,11 +21,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use mail_auth::common::crypto::SigningKey;
 use mail_auth::common::headers::{HeaderWriter, Writable};
 use mail_auth::dkim::DkimSigner;
-use mail_auth::hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
 use mail_auth::MessageAuthenticator;
 use tracing::warn;
 
 use crate::config::{Config, MailAuthConfig};
+use crate::dns::{self, Resolver as _};
 use crate::filter::{Decision, MessageInfo};
 pub use results::{authserv_id, strip_fields, strip_own_results};
 pub use verify::OwnSignature;
@@ -50,7 +50,9 @@ pub const SIGNED_HEADERS: [&str; 10] = [
 pub struct MailAuth {
     config: MailAuthConfig,
     dkim_dir: PathBuf,
-    nameservers: Vec<SocketAddr>,
+    /// Where the verifier's resolver comes from (see [`crate::dns::Resolver`] for how
+    /// mail-auth is given one).
+    dns: DnsSource,
     /// Built on first use, not at startup: `serve` writes its pidfile before it installs
     /// its signal handlers, and a slower start there lets a `queue flush` SIGUSR1 kill it.
     /// None inside when no resolver could be built (logged once): nothing is verified.
@@ -68,12 +70,28 @@ impl std::fmt::Debug for MailAuth {
     }
 }
 
+enum DnsSource {
+    /// `[dns] nameservers` (empty: the system's).
+    Config(Vec<SocketAddr>),
+    /// A resolver given by the caller (tests: a [`crate::dns::Zone`]).
+    Given(Arc<dyn dns::Resolver>),
+}
+
 impl MailAuth {
     pub fn from_config(config: &Config) -> MailAuth {
+        Self::with_dns_source(config, DnsSource::Config(config.dns.nameservers.clone()))
+    }
+
+    /// Like [`MailAuth::from_config`], verifying with `dns` instead of `[dns]`.
+    pub fn with_dns(config: &Config, dns: Arc<dyn dns::Resolver>) -> MailAuth {
+        Self::with_dns_source(config, DnsSource::Given(dns))
+    }
+
+    fn with_dns_source(config: &Config, dns: DnsSource) -> MailAuth {
         MailAuth {
             config: config.mailauth.clone(),
             dkim_dir: config.dkim_dir(),
-            nameservers: config.dns.nameservers.clone(),
+            dns,
             authenticator: OnceLock::new(),
             keys: Mutex::new(HashMap::new()),
             warned: Mutex::new(HashSet::new()),
@@ -82,8 +100,8 @@ impl MailAuth {
 
     fn authenticator(&self) -> Option<&MessageAuthenticator> {
         self.authenticator
-            .get_or_init(|| match resolver(&self.nameservers, &self.config) {
-                Ok(a) => Some(a),
+            .get_or_init(|| match self.resolver() {
+                Ok(r) => Some(MessageAuthenticator(r)),
                 Err(e) => {
                     warn!(error = %e, "mailauth: no DNS resolver, mail is not verified (help: check /etc/resolv.conf or set [dns] nameservers)");
                     None
@@ -222,45 +240,29 @@ fn headers_to_sign(message: &[u8]) -> Vec<String> {
     out
 }
 
-/// The field names of the header section (RFC 5322 §2.2), in order.
+/// The field names of the header section (RFC 5322 §2.2), in order; broken lines and
+/// continuation lines at the very start are no fields.
 fn header_names(message: &[u8]) -> Vec<String> {
-    let mut names = Vec::new();
-    for line in message.split(|b| *b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            break;
-        }
-        if line[0] == b' ' || line[0] == b'\t' {
-            continue;
-        }
-        if let Some(colon) = line.iter().position(|b| *b == b':') {
-            names.push(String::from_utf8_lossy(&line[..colon]).trim().to_owned());
-        }
-    }
-    names
+    crate::header::fields(message)
+        .filter(|f| !f.is_continuation())
+        .filter_map(|f| f.name())
+        .map(|n| String::from_utf8_lossy(n).trim().to_owned())
+        .collect()
 }
 
-/// A resolver on `[dns] nameservers` (else the system's), with the `[mailauth]` timeout and
-/// one retry, so an unanswering server costs a bounded time and then reads as temperror.
-fn resolver(nameservers: &[SocketAddr], config: &MailAuthConfig) -> std::io::Result<MessageAuthenticator> {
-    let (resolver_config, mut opts) = if nameservers.is_empty() {
-        mail_auth::hickory_resolver::system_conf::read_system_conf().map_err(std::io::Error::other)?
-    } else {
-        let servers = nameservers
-            .iter()
-            .map(|ns| {
-                let mut udp = ConnectionConfig::udp();
-                udp.port = ns.port();
-                let mut tcp = ConnectionConfig::tcp();
-                tcp.port = ns.port();
-                NameServerConfig::new(ns.ip(), true, vec![udp, tcp])
-            })
-            .collect();
-        (ResolverConfig::from_parts(None, vec![], servers), ResolverOpts::default())
-    };
-    opts.timeout = config.dns_timeout;
-    opts.attempts = 1;
-    MessageAuthenticator::new(resolver_config, opts).map_err(std::io::Error::other)
+impl MailAuth {
+    /// The hickory resolver mail-auth asks: on `[dns] nameservers` (else the system's)
+    /// with the `[mailauth]` timeout and one attempt, so an unanswering server costs a
+    /// bounded time and then reads as temperror.
+    fn resolver(&self) -> std::io::Result<dns::TokioResolver> {
+        match &self.dns {
+            DnsSource::Config(nameservers) => {
+                let limits = dns::Limits { timeout: self.config.dns_timeout, attempts: 1 };
+                dns::Hickory::new(nameservers, limits)?.hickory()
+            }
+            DnsSource::Given(dns) => dns.hickory(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -304,6 +306,54 @@ mod tests {
         assert!(results.iter().all(|r| !r.passed()), "{results:?}");
         // Another domain's keys are not ours to check; a domain without keys signs nothing.
         assert!(auth.sign("other.test", msg.as_bytes()).is_empty());
+    }
+
+    /// The in-process DNS double serves mail-auth's own lookups (over its loopback server):
+    /// SPF, DMARC and iprev run for real without dnsmasq.
+    #[tokio::test]
+    async fn inbound_checks_ask_the_resolver_they_are_given() {
+        use crate::address::Address;
+        use crate::dns::Zone;
+        let zone = Arc::new(Zone::new());
+        zone.add_txt("good.test", "v=spf1 ip4:192.0.2.1 -all")
+            .add_txt("bank.test", "v=spf1 ip4:198.51.100.7 -all")
+            .add_txt("_dmarc.bank.test", "v=DMARC1; p=reject")
+            .add_ptr([192, 0, 2, 1], "mx.good.test")
+            .add_addr("mx.good.test", [192, 0, 2, 1]);
+        let text = "hostname = \"mail.example.test\"\ndata_dir = \"/nonexistent\"\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n";
+        let config = Config::parse(text, std::path::Path::new("t.toml")).unwrap();
+        let auth = MailAuth::with_dns(&config, zone.clone());
+        let rcpt = [Address::parse("alice@example.test").unwrap()];
+        let check = |sender: &str, ip: [u8; 4], from: &str| {
+            let sender = Address::parse(sender).unwrap();
+            let msg = format!("From: <{from}>\r\nTo: alice@example.test\r\nSubject: x\r\n\r\nhi\r\n");
+            let auth = &auth;
+            let rcpt = &rcpt;
+            async move {
+                let info = MessageInfo {
+                    client_ip: ip.into(),
+                    helo: Some("mx.good.test"),
+                    sender: Some(&sender),
+                    recipients: rcpt,
+                    auth_user: None,
+                    submission: false,
+                    hostname: "mail.example.test",
+                };
+                auth.verify_inbound(&info, msg.as_bytes()).await
+            }
+        };
+        let ok = check("a@good.test", [192, 0, 2, 1], "a@good.test").await;
+        assert!(ok.reject.is_none(), "{:?}", ok.reject);
+        assert!(ok.headers.contains("spf=pass"), "{}", ok.headers);
+        assert!(ok.headers.contains("iprev=pass"), "{}", ok.headers);
+        let spoof = check("a@bank.test", [192, 0, 2, 1], "ceo@bank.test").await;
+        let reject = spoof.reject.expect("DMARC p=reject refuses the spoof");
+        assert_eq!((reject.code, reject.enhanced), (550, "5.7.1"));
+        assert!(spoof.headers.contains("dmarc=fail"), "{}", spoof.headers);
+        let asked = zone.asked();
+        for q in ["TXT good.test", "TXT _dmarc.bank.test", "PTR 1.2.0.192.in-addr.arpa"] {
+            assert!(asked.contains(&q.to_owned()), "{q} not asked: {asked:?}");
+        }
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! but arrives from outside was not written by us; readers would trust it, so it is removed
 //! before ours is added.
 
+use crate::header;
+
 /// The authserv-id of an `Authentication-Results` value (RFC 8601 §2.2: `[CFWS]
 /// authserv-id [CFWS authres-version] ";" …`), without comments, lowercased.
 pub fn authserv_id(value: &str) -> Option<String> {
@@ -37,42 +39,11 @@ pub fn strip_own_results(message: Vec<u8>, hostname: &str) -> Vec<u8> {
 }
 
 /// Remove the header fields (with their continuation lines) for which `drop(name, value)`
-/// is true; the body is untouched. Returns the message itself when nothing matches.
+/// is true; the body is untouched. Returns the message itself when nothing matches. The
+/// walk is [`crate::header`]'s: continuation lines at the very start count as a field by
+/// their trimmed name here, so a forged header cannot hide behind a leading space.
 pub fn strip_fields(message: Vec<u8>, drop: impl Fn(&[u8], &str) -> bool) -> Vec<u8> {
-    // The header fields as (start, end) byte ranges, each with its continuation lines.
-    let mut fields: Vec<(usize, usize)> = Vec::new();
-    let mut pos = 0;
-    while pos < message.len() {
-        let end = message[pos..].iter().position(|b| *b == b'\n').map_or(message.len(), |i| pos + i + 1);
-        let line = &message[pos..end];
-        if line == b"\r\n" || line == b"\n" {
-            break;
-        }
-        match (line[0], fields.last_mut()) {
-            (b' ' | b'\t', Some(last)) => last.1 = end,
-            _ => fields.push((pos, end)),
-        }
-        pos = end;
-    }
-    let dropped: Vec<(usize, usize)> = fields
-        .into_iter()
-        .filter(|&(start, end)| {
-            let field = &message[start..end];
-            let Some(colon) = field.iter().position(|b| *b == b':') else { return false };
-            drop(field[..colon].trim_ascii(), &String::from_utf8_lossy(&field[colon + 1..]))
-        })
-        .collect();
-    if dropped.is_empty() {
-        return message;
-    }
-    let mut out = Vec::with_capacity(message.len());
-    let mut copied = 0;
-    for (start, end) in dropped {
-        out.extend_from_slice(&message[copied..start]);
-        copied = end;
-    }
-    out.extend_from_slice(&message[copied..]);
-    out
+    header::remove(message, |f| f.name().is_some_and(|name| drop(name, &String::from_utf8_lossy(f.value()))))
 }
 
 #[cfg(test)]
@@ -109,6 +80,10 @@ Subject: Authentication-Results: mail.example.test; fake\r\n\
 \r\n\
 Authentication-Results: mail.example.test; in the body\r\n"
         );
+        // A leading space does not hide one (it would fold into the header we prepend).
+        let hidden =
+            b" Authentication-Results: mail.example.test; dkim=pass\r\nFrom: a@b.test\r\n\r\n".to_vec();
+        assert_eq!(strip_own_results(hidden, "mail.example.test"), b"From: a@b.test\r\n\r\n");
         let untouched = b"From: a@b.test\r\n\r\nbody".to_vec();
         assert_eq!(strip_own_results(untouched.clone(), "mail.example.test"), untouched);
     }

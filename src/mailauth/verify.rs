@@ -8,7 +8,6 @@
 use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
-use std::net::IpAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -57,14 +56,11 @@ fn defer_reply() -> Reply {
 }
 
 /// The HELO name when it is a domain (RFC 7208 §2.3: an address literal or a bare word
-/// cannot be checked).
+/// cannot be checked): the one host name rule, which refuses both (`[…]` has brackets, a
+/// dotted quad an all-digit top label, a bare word a single label).
 fn helo_domain(helo: &str) -> Option<&str> {
-    let h = helo.trim_end_matches('.');
-    (h.contains('.')
-        && !h.starts_with('[')
-        && h.parse::<IpAddr>().is_err()
-        && crate::config::is_valid_hostname(h))
-    .then_some(h)
+    let h = helo.strip_suffix('.').unwrap_or(helo);
+    crate::hostname::is_fqdn(h).then_some(h)
 }
 
 async fn evaluate(
@@ -308,6 +304,8 @@ mod tests {
         assert_eq!(helo_domain("mx.example.org."), Some("mx.example.org"));
         assert_eq!(helo_domain("[192.0.2.1]"), None);
         assert_eq!(helo_domain("192.0.2.1"), None);
+        assert_eq!(helo_domain("[IPv6:2001:db8::1]"), None);
+        assert_eq!(helo_domain("xn--bcher-kva.example"), Some("xn--bcher-kva.example"));
         assert_eq!(helo_domain("localhost"), None);
         assert_eq!(helo_domain(""), None);
     }

@@ -133,21 +133,20 @@ fn status_part(out: &mut String, hostname: &str, boundary: &str, env: &Envelope,
 
 /// The header section of `message`, with CRLF line ends, without the blank line.
 fn original_headers(message: &[u8]) -> String {
-    let text = String::from_utf8_lossy(message);
-    let mut lines = Vec::new();
-    for line in text.split('\n') {
-        let line = line.strip_suffix('\r').unwrap_or(line);
-        if line.is_empty() {
-            break;
-        }
-        lines.push(line);
-    }
+    let lines: Vec<_> = crate::header::lines(message).map(String::from_utf8_lossy).collect();
     lines.join("\r\n")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn original_headers_are_the_header_section_with_crlf() {
+        assert_eq!(original_headers(b"A: 1\nB: 2\r\n c\n\nbody\n"), "A: 1\r\nB: 2\r\n c");
+        assert_eq!(original_headers(b"\r\nbody"), "");
+        assert_eq!(original_headers(b"A: \xff\r\n"), "A: \u{fffd}");
+    }
 
     #[test]
     fn status_codes() {

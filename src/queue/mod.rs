@@ -137,7 +137,7 @@ struct Inner {
     spool: Spool,
     store: Store,
     router: Arc<dyn DsnRouter>,
-    resolver: mx::Resolver,
+    resolver: mx::Router,
     tls: Arc<rustls::ClientConfig>,
     sched: Mutex<manager::Schedule>,
     notify: Notify,
@@ -150,6 +150,21 @@ impl Queue {
 
     /// Like [`Queue::open`], with any [`DsnRouter`] in place of the directory.
     pub fn open_with(config: &Config, store: Store, router: Arc<dyn DsnRouter>) -> Result<Queue, QueueError> {
+        Self::open_with_dns(config, store, router, None)
+    }
+
+    /// Like [`Queue::open_with`], with a resolver in place of the one `[dns]` configures
+    /// (tests give a [`crate::dns::Zone`]; None: the configured one).
+    pub fn open_with_dns(
+        config: &Config,
+        store: Store,
+        router: Arc<dyn DsnRouter>,
+        dns: Option<Arc<dyn crate::dns::Resolver>>,
+    ) -> Result<Queue, QueueError> {
+        let resolver = match dns {
+            Some(dns) => mx::Router::with_dns(config, dns),
+            None => mx::Router::new(config)?,
+        };
         let spool = Spool::open(&config.queue_dir())?;
         let inner = Inner {
             hostname: config.hostname.clone(),
@@ -157,7 +172,7 @@ impl Queue {
             spool,
             store,
             router,
-            resolver: mx::Resolver::new(config)?,
+            resolver,
             tls: remote::opportunistic_tls(),
             sched: Mutex::new(manager::Schedule::default()),
             notify: Notify::new(),

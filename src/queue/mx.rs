@@ -2,16 +2,14 @@
 //! them in order.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
-use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig, ResolverOpts};
-use hickory_resolver::error::{ResolveError, ResolveErrorKind};
-use hickory_resolver::proto::op::ResponseCode;
-use hickory_resolver::TokioAsyncResolver;
 use rand::seq::SliceRandom;
 
 use super::remote::{self, HostResult, Job, RcptResult};
 use super::spool::RcptStatus;
 use crate::config::Config;
+use crate::dns::{self, DnsError};
 
 /// Why a domain has no usable host.
 #[derive(Debug, Clone)]
@@ -30,47 +28,45 @@ impl RouteError {
     }
 }
 
-pub struct Resolver {
-    dns: TokioAsyncResolver,
+/// Where mail for a domain goes: the MX hosts and their addresses from DNS, and the loop
+/// check against ourselves.
+pub struct Router {
+    dns: Arc<dyn dns::Resolver>,
     /// Our own name: an MX pointing here is a loop.
     hostname: String,
     /// Our SMTP listeners, for the same check by address.
     own_addrs: Vec<SocketAddr>,
 }
 
-impl Resolver {
-    /// `[dns] nameservers` when set, else the system resolver.
-    pub fn new(config: &Config) -> std::io::Result<Resolver> {
-        let dns = if config.dns.nameservers.is_empty() {
-            TokioAsyncResolver::tokio_from_system_conf().map_err(std::io::Error::other)?
-        } else {
-            let mut group = NameServerConfigGroup::new();
-            for ns in &config.dns.nameservers {
-                group.merge(NameServerConfigGroup::from_ips_clear(&[ns.ip()], ns.port(), true));
-            }
-            TokioAsyncResolver::tokio(
-                ResolverConfig::from_parts(None, vec![], group),
-                ResolverOpts::default(),
-            )
-        };
-        Ok(Resolver { dns, hostname: normalize(&config.hostname), own_addrs: config.listen.smtp.clone() })
+impl Router {
+    /// `[dns] nameservers` when set, else the system resolver, with delivery's limits.
+    pub fn new(config: &Config) -> std::io::Result<Router> {
+        let dns = dns::Hickory::new(&config.dns.nameservers, dns::Limits::DELIVERY)?;
+        Ok(Router::with_dns(config, Arc::new(dns)))
+    }
+
+    /// With any resolver (tests give a [`dns::Zone`]).
+    pub fn with_dns(config: &Config, dns: Arc<dyn dns::Resolver>) -> Router {
+        Router { dns, hostname: normalize(&config.hostname), own_addrs: config.listen.smtp.clone() }
     }
 
     /// The host names to try, best first. RFC 5321 §5.1: MX records sorted by preference
     /// (equal preferences in random order); no MX at all → the domain itself (implicit MX).
     pub async fn mx_hosts(&self, domain: &str) -> Result<Vec<String>, RouteError> {
-        let fqdn = format!("{}.", normalize(domain));
-        let records = match self.dns.mx_lookup(fqdn.as_str()).await {
-            Ok(lookup) => lookup.iter().map(|mx| (mx.preference(), mx.exchange().to_ascii())).collect(),
-            Err(e) if no_records(&e) == Some(ResponseCode::NoError) => Vec::new(),
+        let records = match self.dns.mx(&normalize(domain)).await {
+            Ok(records) => records,
+            Err(DnsError::NoRecords) => Vec::new(),
             Err(e) => return Err(dns_error(domain, &e)),
         };
         if records.is_empty() {
             return Ok(vec![normalize(domain)]);
         }
         // RFC 7505 §3: a single MX with the root as exchange says the domain takes no mail.
-        let mut records: Vec<(u16, String)> =
-            records.into_iter().map(|(p, h)| (p, normalize(&h))).filter(|(_, h)| !h.is_empty()).collect();
+        let mut records: Vec<(u16, String)> = records
+            .into_iter()
+            .map(|mx| (mx.preference, mx.exchange))
+            .filter(|(_, h)| !h.is_empty())
+            .collect();
         if records.is_empty() {
             return Err(RouteError::permanent(format!(
                 "5.1.10 domain {domain} does not accept mail (null MX, RFC 7505)"
@@ -86,9 +82,9 @@ impl Resolver {
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Ok(vec![ip]);
         }
-        match self.dns.lookup_ip(format!("{host}.").as_str()).await {
-            Ok(lookup) => Ok(lookup.iter().collect()),
-            Err(e) if no_records(&e).is_some() => {
+        match self.dns.ip(host).await {
+            Ok(ips) if !ips.is_empty() => Ok(ips),
+            Ok(_) | Err(DnsError::NxDomain | DnsError::NoRecords) => {
                 Err(RouteError::permanent(format!("5.1.2 host {host} has no address (A/AAAA)")))
             }
             Err(e) => Err(dns_error(host, &e)),
@@ -106,20 +102,12 @@ fn normalize(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
 }
 
-fn no_records(e: &ResolveError) -> Option<ResponseCode> {
-    match e.kind() {
-        ResolveErrorKind::NoRecordsFound { response_code, .. } => Some(*response_code),
-        _ => None,
-    }
-}
-
-fn dns_error(name: &str, e: &ResolveError) -> RouteError {
-    if no_records(e) == Some(ResponseCode::NXDomain) {
-        RouteError::permanent(format!("5.1.2 domain {name} does not exist"))
-    } else if let Some(rcode) = no_records(e) {
-        RouteError::temporary(format!("4.4.3 DNS lookup for {name} failed: {rcode}"))
-    } else {
-        RouteError::temporary(format!("4.4.3 DNS lookup for {name} failed: {e}"))
+/// RFC 5321 §5.1: a domain that does not exist fails the mail; any other DNS failure is
+/// temporary (RFC 3463 4.4.3), retried on the queue's schedule.
+fn dns_error(name: &str, e: &DnsError) -> RouteError {
+    match e {
+        DnsError::NxDomain => RouteError::permanent(format!("5.1.2 domain {name} does not exist")),
+        e => RouteError::temporary(format!("4.4.3 DNS lookup for {name} failed: {e}")),
     }
 }
 
@@ -131,7 +119,7 @@ pub struct DomainResult {
 
 /// Try every host of `domain` until one runs the transaction. When none does, every
 /// recipient gets the last error: failed if it was permanent, deferred otherwise.
-pub async fn deliver_domain(resolver: &Resolver, domain: &str, port: u16, job: &Job<'_>) -> DomainResult {
+pub async fn deliver_domain(resolver: &Router, domain: &str, port: u16, job: &Job<'_>) -> DomainResult {
     let all = |err: RouteError, mta: Option<String>| DomainResult {
         results: job
             .rcpts
@@ -185,5 +173,68 @@ async fn try_host(addr: SocketAddr, host: &str, job: &Job<'_>) -> HostResult {
             remote::deliver(addr, host, &plain).await
         }
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dns::{Failure, Zone};
+
+    fn router(zone: &Arc<Zone>) -> Router {
+        let text =
+            "hostname = \"mail.local.test\"\ndata_dir = \"/x\"\n[listen]\nsmtp = [\"192.0.2.25:25\"]\n";
+        let config = Config::parse(text, std::path::Path::new("t.toml")).unwrap();
+        Router::with_dns(&config, zone.clone())
+    }
+
+    #[tokio::test]
+    async fn mx_hosts_by_preference_with_the_implicit_mx_and_null_mx() {
+        let zone = Arc::new(Zone::new());
+        zone.add_mx("multi.test", 20, "b.multi.test")
+            .add_mx("multi.test", 10, "A.multi.test.")
+            .add_mx("multi.test", 30, "c.multi.test")
+            .add_addr("bare.test", [192, 0, 2, 1])
+            .add_mx("nullmx.test", 0, ".")
+            .fail("broken.test", Failure::ServFail)
+            .fail("silent.test", Failure::Timeout);
+        let r = router(&zone);
+        assert_eq!(r.mx_hosts("Multi.TEST").await.unwrap(), ["a.multi.test", "b.multi.test", "c.multi.test"]);
+        // RFC 5321 §5.1: no MX records → the domain itself.
+        assert_eq!(r.mx_hosts("bare.test").await.unwrap(), ["bare.test"]);
+        let e = r.mx_hosts("nullmx.test").await.unwrap_err();
+        assert!(e.permanent && e.reason.starts_with("5.1.10"), "{e:?}");
+        let e = r.mx_hosts("nowhere.test").await.unwrap_err();
+        assert!(e.permanent && e.reason == "5.1.2 domain nowhere.test does not exist", "{e:?}");
+        for name in ["broken.test", "silent.test"] {
+            let e = r.mx_hosts(name).await.unwrap_err();
+            assert!(!e.permanent && e.reason.starts_with("4.4.3 DNS lookup for"), "{e:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn addresses_missing_are_permanent_failing_dns_is_temporary() {
+        let zone = Arc::new(Zone::new());
+        zone.add_addr("v6.test", "2001:db8::25".parse::<IpAddr>().unwrap())
+            .add_mx("mxonly.test", 10, "mx.mxonly.test")
+            .fail("broken.test", Failure::ServFail);
+        let r = router(&zone);
+        assert_eq!(r.addresses("192.0.2.7").await.unwrap(), [IpAddr::from([192, 0, 2, 7])]);
+        assert_eq!(r.addresses("v6.test").await.unwrap(), ["2001:db8::25".parse::<IpAddr>().unwrap()]);
+        for name in ["mxonly.test", "nowhere.test"] {
+            let e = r.addresses(name).await.unwrap_err();
+            assert!(e.permanent && e.reason.starts_with("5.1.2 host"), "{e:?}");
+        }
+        let e = r.addresses("broken.test").await.unwrap_err();
+        assert!(!e.permanent && e.reason.starts_with("4.4.3"), "{e:?}");
+        assert!(!zone.asked().iter().any(|q| q.contains("192.0.2.7")), "an address literal is not looked up");
+    }
+
+    #[test]
+    fn loops_back_by_name_or_listener() {
+        let r = router(&Arc::new(Zone::new()));
+        assert!(r.is_self("mail.local.test", "198.51.100.1:25".parse().unwrap()));
+        assert!(r.is_self("other.test", "192.0.2.25:25".parse().unwrap()));
+        assert!(!r.is_self("other.test", "192.0.2.25:2525".parse().unwrap()));
     }
 }

@@ -1,47 +1,13 @@
-//! Small helpers on raw RFC 5322 messages: find the header block and single header values
+//! Header values the SMTP session reads from a message it received (Date and Message-ID at
+//! submission, Message-ID for the log), over the one header walker in [`crate::header`],
 //! without parsing the whole message (the MX path must stay cheap).
 
-/// The header section, up to and excluding the empty line that ends it (RFC 5322 §2.1).
-pub fn header_block(msg: &[u8]) -> &[u8] {
-    if msg.starts_with(b"\r\n") || msg.starts_with(b"\n") {
-        return &msg[..0];
-    }
-    let mut i = 0;
-    while let Some(pos) = msg[i..].iter().position(|&b| b == b'\n') {
-        let next = i + pos + 1;
-        match msg.get(next) {
-            Some(b'\r') if msg.get(next + 1) == Some(&b'\n') => return &msg[..next],
-            Some(b'\n') => return &msg[..next],
-            None => return msg,
-            _ => i = next,
-        }
-    }
-    msg
-}
+use crate::header;
 
 /// The unfolded value of the first header called `name` (case-insensitive), trimmed.
 pub fn header_value(msg: &[u8], name: &str) -> Option<String> {
-    let block = header_block(msg);
-    let mut lines = block.split(|&b| b == b'\n').peekable();
-    while let Some(line) = lines.next() {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
-        if !line[..colon].trim_ascii_end().eq_ignore_ascii_case(name.as_bytes()) {
-            continue;
-        }
-        let mut value = String::from_utf8_lossy(&line[colon + 1..]).into_owned();
-        // RFC 5322 §2.2.3: a header continues on lines that start with white space.
-        while let Some(next) = lines.peek() {
-            if next.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
-                let next = lines.next().unwrap();
-                value.push_str(&String::from_utf8_lossy(next.strip_suffix(b"\r").unwrap_or(next)));
-            } else {
-                break;
-            }
-        }
-        return Some(value.trim().to_owned());
-    }
-    None
+    let field = header::find(msg, name)?;
+    Some(String::from_utf8_lossy(&field.unfolded()).trim().to_owned())
 }
 
 #[cfg(test)]
@@ -54,12 +20,23 @@ mod tests {
         assert_eq!(header_value(m, "message-id").as_deref(), Some("<abc@x.test>"));
         assert_eq!(header_value(m, "From").as_deref(), Some("A <a@x.test>"));
         assert_eq!(header_value(m, "Date"), None);
-        assert_eq!(header_block(m).len(), m.len() - b"\r\nMessage-ID: <body@x>\r\n".len());
+        assert_eq!(header::block(m).len(), m.len() - b"\r\nMessage-ID: <body@x>\r\n".len());
     }
 
     #[test]
     fn headerless_message() {
-        assert_eq!(header_block(b"\r\nbody"), b"");
+        assert_eq!(header::block(b"\r\nbody"), b"");
         assert_eq!(header_value(b"\r\nX: y", "X"), None);
+    }
+
+    /// What the line-based lookup this replaced did at the edges: a leading continuation
+    /// line is no field, a broken line's continuation is not one either, and the name may
+    /// have white space before its colon (RFC 5322 §4.5).
+    #[test]
+    fn edges_of_the_lookup() {
+        assert_eq!(header_value(b" Message-ID: <lead@x>\r\nA: b\r\n\r\n", "Message-ID"), None);
+        assert_eq!(header_value(b"broken\r\n Date: x\r\n\r\n", "Date"), None);
+        assert_eq!(header_value(b"Date : Mon\r\n\r\n", "Date").as_deref(), Some("Mon"));
+        assert_eq!(header_value(b"Message-ID: <a@x>\n\n", "message-id").as_deref(), Some("<a@x>"));
     }
 }

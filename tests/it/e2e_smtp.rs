@@ -1,7 +1,11 @@
 //! The posthaste binary end to end: `serve` as a daemon, real clients (swaks, Python
 //! smtplib), dnsmasq for MX records, Postfix as the remote MX, both directory backends.
+//! Where DNS only routes mail to the peer, the in-process double (`posthaste::dns::Zone`,
+//! served on a loopback port) stands in for dnsmasq.
 
 use std::time::Duration;
+
+use ::posthaste::dns::Zone;
 
 use crate::support::posthaste::HOSTNAME;
 use crate::support::*;
@@ -25,6 +29,18 @@ fn remote_dns(dir: &TestDir, mx: std::net::SocketAddr) -> Dnsmasq {
         dir,
         &[DnsRecord::mx("remote.test", "mx.remote.test", 10), DnsRecord::a("mx.remote.test", mx.ip())],
     )
+}
+
+/// The same records from the in-process double, for tests where DNS is not under test.
+fn remote_zone(mx: std::net::SocketAddr) -> Zone {
+    let zone = Zone::new();
+    zone.add_mx("remote.test", 10, "mx.remote.test").add_addr("mx.remote.test", mx.ip());
+    zone
+}
+
+/// `[dns] nameservers` = the zone's loopback server.
+fn zone_dns<'a>(b: PosthasteBuilder<'a>, zone: &Zone) -> PosthasteBuilder<'a> {
+    b.set("dns.nameservers", vec![zone.nameserver().unwrap().to_string()])
 }
 
 fn submit(p: &Posthaste, to: &str) -> SmtpTranscript {
@@ -206,8 +222,8 @@ fn outbound_to_a_remote_mx_found_in_dns() {
 fn remote_down_then_up_is_retried_and_delivered() {
     let dir = TestDir::new("retry");
     let mx = remote_mx_addr();
-    let dns = remote_dns(&dir, mx);
-    let p = server_with(&dir, |b| b.dns(&dns));
+    let zone = remote_zone(mx);
+    let p = server_with(&dir, |b| zone_dns(b, &zone));
     assert!(submit(&p, "carol@remote.test").accepted());
     p.wait_for_log(|l| l["status"] == "deferred" && l["rcpt"] == "carol@remote.test", T);
     let listed = p.cmd_ok(&["queue", "list", "--json"]);
@@ -223,9 +239,9 @@ fn remote_down_then_up_is_retried_and_delivered() {
 fn permanent_remote_failure_bounces_to_the_sender() {
     let dir = TestDir::new("dsn");
     let mx = remote_mx_addr();
-    let dns = remote_dns(&dir, mx);
+    let zone = remote_zone(mx);
     let _peer = PostfixPeer::builder(mx).domain("remote.test").reject("rejectme@remote.test").start(&dir);
-    let p = server_with(&dir, |b| b.dns(&dns));
+    let p = server_with(&dir, |b| zone_dns(b, &zone));
     assert!(submit(&p, "rejectme@remote.test").accepted());
     let dsn = String::from_utf8_lossy(&p.wait_for_maildir_message("alice@example.test", T)).into_owned();
     assert!(dsn.contains("Return-Path: <>"), "a DSN has the null sender: {dsn}");
@@ -239,9 +255,10 @@ fn permanent_remote_failure_bounces_to_the_sender() {
 fn kill_9_after_250_loses_nothing() {
     let dir = TestDir::new("kill9");
     let mx = remote_mx_addr();
-    let dns = remote_dns(&dir, mx);
-    let mut p =
-        server_with(&dir, |b| b.dns(&dns).set("queue.retry_initial", "1h").set("queue.retry_max", "4h"));
+    let zone = remote_zone(mx);
+    let mut p = server_with(&dir, |b| {
+        zone_dns(b, &zone).set("queue.retry_initial", "1h").set("queue.retry_max", "4h")
+    });
     assert!(submit(&p, "carol@remote.test").accepted());
     // Local mail right after: acknowledged means on disk, even if we die now.
     let t = SmtpClient::new(p.smtp()).from("x@remote.test").to("bob@example.test").send();
@@ -500,8 +517,8 @@ fn default_socket_data_and_bdat_do_not_wait_for_a_delayed_ack() {
     let dir = TestDir::new("smtp-quickack");
     // The MX checks SPF and iprev: a DNS server that answers at once keeps lookups out of
     // the timing (the machine's own resolver may be unreachable).
-    let dns = Dnsmasq::start(&dir, &[]);
-    let p = server_with(&dir, |b| b.dns(&dns));
+    let zone = Zone::new();
+    let p = server_with(&dir, |b| zone_dns(b, &zone));
     let port = p.smtp().port().to_string();
     for kind in ["smtp", "bdat"] {
         let out = python("literal_stall.py", &[kind, "127.0.0.1", &port, "20", "bob@example.test"]);

@@ -1,6 +1,8 @@
-//! The outbound queue against real peers: dnsmasq serves MX/A records, Postfix's smtp-sink
-//! plays the remote MTA. Each test has its own 127.0.1.x addresses, ports and temp dir, so
-//! the tests run in parallel.
+//! The outbound queue against real peers: Postfix's smtp-sink plays the remote MTA. The
+//! tests of DNS behaviour (MX lookup, A fallback, null MX and MX loops) ask dnsmasq; the
+//! others only need a route to their sink and get it from the in-process double
+//! (`posthaste::dns::Zone`). Each test has its own 127.0.1.x addresses, ports and temp dir,
+//! so the tests run in parallel.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -12,6 +14,7 @@ use mail_parser::MimeHeaders;
 use posthaste::address::Address;
 use posthaste::config::Config;
 use posthaste::directory::Target;
+use posthaste::dns::{Failure, Zone};
 use posthaste::queue::spool::{RcptStatus, Spool};
 use posthaste::queue::{admin, DsnRouter, Incoming, Queue, QueueError, RemoteDsn};
 use posthaste::store::Store;
@@ -167,6 +170,21 @@ fn open(config: &Config) -> Queue {
     Queue::open_with(config, Store::new(config.mail_dir()), Arc::new(RemoteDsn)).unwrap()
 }
 
+/// Nothing listens here: a test whose DNS is a [`Zone`] must not ask a real server.
+const NO_DNS: &str = "127.0.0.1:9";
+
+/// A queue asking `zone` instead of `[dns]`.
+fn open_zone(config: &Config, zone: &Arc<Zone>) -> Queue {
+    let dns: Arc<dyn posthaste::dns::Resolver> = zone.clone();
+    Queue::open_with_dns(config, Store::new(config.mail_dir()), Arc::new(RemoteDsn), Some(dns)).unwrap()
+}
+
+/// `domain`'s MX is mx.`domain` at `ip`.
+fn route(zone: &Zone, domain: &str, ip: Ipv4Addr) {
+    let mx = format!("mx.{domain}");
+    zone.add_mx(domain, 10, &mx).add_addr(&mx, ip);
+}
+
 fn spool_ids(config: &Config) -> Vec<String> {
     Spool::open(&config.queue_dir()).unwrap().ids().unwrap()
 }
@@ -229,12 +247,10 @@ async fn remote_down_then_up_is_deferred_then_delivered() {
     let tmp = tempfile::tempdir().unwrap();
     let ip = Ipv4Addr::new(127, 0, 1, 3);
     let port = free_tcp_port(ip);
-    let (_dns, dns) = dnsmasq(
-        tmp.path(),
-        &["--mx-host=remote.test,mx.remote.test,10".into(), format!("--address=/mx.remote.test/{ip}")],
-    );
-    let config = config(&tmp.path().join("data"), dns, port, "");
-    let queue = open(&config);
+    let zone = Arc::new(Zone::new());
+    route(&zone, "remote.test", ip);
+    let config = config(&tmp.path().join("data"), NO_DNS.parse().unwrap(), port, "");
+    let queue = open_zone(&config, &zone);
     let id =
         queue.accept(incoming(Some("sender@sender.test"), &["a@remote.test"]), MESSAGE.into()).await.unwrap();
     let daemon = Daemon::start(&queue);
@@ -256,30 +272,74 @@ async fn remote_down_then_up_is_deferred_then_delivered() {
     assert_eq!(dumps(&tmp.path().join("sink")).len(), 1);
 }
 
-/// The sink on `bad` rejects every RCPT with 5xx; the sender's domain has its MX on `good`.
-fn bounce_setup(tmp: &Path, bad: Ipv4Addr, good: Ipv4Addr) -> (Vec<Peer>, Config) {
-    let port = free_tcp_port(bad);
-    let (dns_peer, dns) = dnsmasq(
-        tmp,
-        &[
-            "--mx-host=remote.test,mx.remote.test,10".into(),
-            format!("--address=/mx.remote.test/{bad}"),
-            "--mx-host=sender.test,mx.sender.test,10".into(),
-            format!("--address=/mx.sender.test/{good}"),
-        ],
+/// hickory 0.24 reported SERVFAIL as "no records", and the queue turned "no records" for
+/// an MX host's address into `5.1.2 host has no address`: a resolver's bad minute bounced
+/// mail. A SERVFAIL is a temporary DNS failure (RFC 5321 §5.1, RFC 3463 4.4.3): deferred,
+/// no DSN, delivered once DNS answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servfail_for_the_mx_hosts_address_defers_instead_of_bouncing() {
+    tracing_init();
+    let tmp = tempfile::tempdir().unwrap();
+    let (ip, sender_ip) = (crate::support::loopback_ip(), crate::support::loopback_ip());
+    let port = free_tcp_port(ip);
+    let zone = Arc::new(Zone::new());
+    zone.add_mx("remote.test", 10, "mx.remote.test").fail("mx.remote.test", Failure::ServFail);
+    route(&zone, "sender.test", sender_ip);
+    let _sink = smtp_sink(ip, port, &tmp.path().join("sink"), &[]);
+    let _sender = smtp_sink(sender_ip, port, &tmp.path().join("sender"), &[]);
+    let config = config(
+        &tmp.path().join("data"),
+        NO_DNS.parse().unwrap(),
+        port,
+        "retry_initial = \"1h\"\nretry_max = \"1h\"",
     );
+    let queue = open_zone(&config, &zone);
+    let id =
+        queue.accept(incoming(Some("sender@sender.test"), &["a@remote.test"]), MESSAGE.into()).await.unwrap();
+    let daemon = Daemon::start(&queue);
+    let qdir = config.queue_dir();
+    assert!(
+        eventually(Duration::from_secs(10), || admin::list(&qdir)
+            .unwrap()
+            .first()
+            .is_some_and(|e| e.attempts == 1))
+        .await
+    );
+    let entry = &admin::list(&qdir).unwrap()[0];
+    assert_eq!(entry.recipients[0].status, RcptStatus::Deferred, "{entry:?}");
+    let reply = entry.recipients[0].reply.clone().unwrap_or_default();
+    assert!(reply.starts_with("4.4.3 DNS lookup for mx.remote.test failed"), "{reply}");
+    assert!(zone.asked().contains(&"A mx.remote.test".to_owned()), "{:?}", zone.asked());
+    // DNS is back: the retry delivers, and the sender never got a DSN.
+    zone.remove("mx.remote.test").add_addr("mx.remote.test", ip);
+    assert_eq!(admin::flush(&qdir, Some(&id)).unwrap(), 1);
+    daemon.queue.wake();
+    assert!(eventually(Duration::from_secs(10), || spool_ids(&config).is_empty()).await, "still queued");
+    daemon.stop().await;
+    assert_eq!(dumps(&tmp.path().join("sink")).len(), 1);
+    assert!(dumps(&tmp.path().join("sender")).is_empty(), "a DSN went to the sender");
+}
+
+/// The sink on `bad` rejects every RCPT with 5xx; the sender's domain has its MX on `good`.
+/// The queue of the returned config asks the returned zone.
+fn bounce_setup(tmp: &Path, bad: Ipv4Addr, good: Ipv4Addr) -> (Vec<Peer>, Config, Arc<Zone>) {
+    let port = free_tcp_port(bad);
+    let zone = Arc::new(Zone::new());
+    route(&zone, "remote.test", bad);
+    route(&zone, "sender.test", good);
     let bad_sink = smtp_sink(bad, port, &tmp.join("bad"), &["-f", "RCPT"]);
     let good_sink = smtp_sink(good, port, &tmp.join("good"), &[]);
-    let config = config(&tmp.join("data"), dns, port, "");
-    (vec![dns_peer, bad_sink, good_sink], config)
+    let config = config(&tmp.join("data"), NO_DNS.parse().unwrap(), port, "");
+    (vec![bad_sink, good_sink], config, zone)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rcpt_5xx_fails_and_bounces_to_the_sender_by_mx() {
     tracing_init();
     let tmp = tempfile::tempdir().unwrap();
-    let (_peers, config) = bounce_setup(tmp.path(), Ipv4Addr::new(127, 0, 1, 4), Ipv4Addr::new(127, 0, 1, 5));
-    let queue = open(&config);
+    let (_peers, config, zone) =
+        bounce_setup(tmp.path(), Ipv4Addr::new(127, 0, 1, 4), Ipv4Addr::new(127, 0, 1, 5));
+    let queue = open_zone(&config, &zone);
     let id = queue
         .accept(incoming(Some("sender@sender.test"), &["a@remote.test", "b@remote.test"]), MESSAGE.into())
         .await
@@ -327,8 +387,9 @@ async fn rcpt_5xx_fails_and_bounces_to_the_sender_by_mx() {
 async fn null_sender_is_never_bounced() {
     tracing_init();
     let tmp = tempfile::tempdir().unwrap();
-    let (_peers, config) = bounce_setup(tmp.path(), Ipv4Addr::new(127, 0, 1, 6), Ipv4Addr::new(127, 0, 1, 7));
-    let queue = open(&config);
+    let (_peers, config, zone) =
+        bounce_setup(tmp.path(), Ipv4Addr::new(127, 0, 1, 6), Ipv4Addr::new(127, 0, 1, 7));
+    let queue = open_zone(&config, &zone);
     queue.accept(incoming(None, &["a@remote.test"]), MESSAGE.into()).await.unwrap();
     let daemon = Daemon::start(&queue);
     assert!(eventually(Duration::from_secs(10), || spool_ids(&config).is_empty()).await, "still queued");
@@ -345,18 +406,12 @@ async fn undeliverable_mail_expires_and_bounces() {
     let down = Ipv4Addr::new(127, 0, 1, 8);
     let good = Ipv4Addr::new(127, 0, 1, 9);
     let port = free_tcp_port(good);
-    let (_dns, dns) = dnsmasq(
-        tmp.path(),
-        &[
-            "--mx-host=remote.test,mx.remote.test,10".into(),
-            format!("--address=/mx.remote.test/{down}"),
-            "--mx-host=sender.test,mx.sender.test,10".into(),
-            format!("--address=/mx.sender.test/{good}"),
-        ],
-    );
+    let zone = Arc::new(Zone::new());
+    route(&zone, "remote.test", down);
+    route(&zone, "sender.test", good);
     let _sink = smtp_sink(good, port, &tmp.path().join("good"), &[]);
-    let config = config(&tmp.path().join("data"), dns, port, "expire = \"3s\"");
-    let queue = open(&config);
+    let config = config(&tmp.path().join("data"), NO_DNS.parse().unwrap(), port, "expire = \"3s\"");
+    let queue = open_zone(&config, &zone);
     queue.accept(incoming(Some("sender@sender.test"), &["a@remote.test"]), MESSAGE.into()).await.unwrap();
     let daemon = Daemon::start(&queue);
     let good_dir = tmp.path().join("good");
@@ -408,22 +463,20 @@ async fn crash_recovery_delivers_what_was_accepted_and_cleans_temp_files() {
     let tmp = tempfile::tempdir().unwrap();
     let ip = Ipv4Addr::new(127, 0, 1, 12);
     let port = free_tcp_port(ip);
-    let (_dns, dns) = dnsmasq(
-        tmp.path(),
-        &["--mx-host=remote.test,mx.remote.test,10".into(), format!("--address=/mx.remote.test/{ip}")],
-    );
+    let zone = Arc::new(Zone::new());
+    route(&zone, "remote.test", ip);
     let _sink = smtp_sink(ip, port, &tmp.path().join("sink"), &[]);
-    let config = config(&tmp.path().join("data"), dns, port, "");
+    let config = config(&tmp.path().join("data"), NO_DNS.parse().unwrap(), port, "");
     // "Before the crash": accepted, never delivered (no manager ran), process gone.
     let id = {
-        let queue = open(&config);
+        let queue = open_zone(&config, &zone);
         queue.accept(incoming(Some("sender@sender.test"), &["a@remote.test"]), MESSAGE.into()).await.unwrap()
     };
     // What a crash in the middle of writing leaves: a temp file and an uncommitted message.
     let qdir = config.queue_dir();
     std::fs::write(qdir.join("tmp/0123456789abc01234567.json.deadbeef"), b"{\"half").unwrap();
     std::fs::write(qdir.join("msg/0123456789abc01234567"), b"never acknowledged").unwrap();
-    let queue = open(&config);
+    let queue = open_zone(&config, &zone);
     let daemon = Daemon::start(&queue);
     assert!(eventually(Duration::from_secs(10), || spool_ids(&config).is_empty()).await, "not delivered");
     daemon.stop().await;
@@ -441,18 +494,17 @@ async fn delivered_recipients_are_not_delivered_again_after_restart() {
     let ip = Ipv4Addr::new(127, 0, 1, 13);
     let down = Ipv4Addr::new(127, 0, 1, 14);
     let port = free_tcp_port(ip);
-    let (_dns, dns) = dnsmasq(
-        tmp.path(),
-        &[
-            "--mx-host=remote.test,mx.remote.test,10".into(),
-            format!("--address=/mx.remote.test/{ip}"),
-            "--mx-host=down.test,mx.down.test,10".into(),
-            format!("--address=/mx.down.test/{down}"),
-        ],
-    );
+    let zone = Arc::new(Zone::new());
+    route(&zone, "remote.test", ip);
+    route(&zone, "down.test", down);
     let _sink = smtp_sink(ip, port, &tmp.path().join("sink"), &[]);
-    let config = config(&tmp.path().join("data"), dns, port, "retry_initial = \"1h\"\nretry_max = \"1h\"");
-    let queue = open(&config);
+    let config = config(
+        &tmp.path().join("data"),
+        NO_DNS.parse().unwrap(),
+        port,
+        "retry_initial = \"1h\"\nretry_max = \"1h\"",
+    );
+    let queue = open_zone(&config, &zone);
     let id = queue
         .accept(incoming(Some("sender@sender.test"), &["a@remote.test", "b@down.test"]), MESSAGE.into())
         .await
@@ -470,7 +522,7 @@ async fn delivered_recipients_are_not_delivered_again_after_restart() {
     assert_eq!(entry.recipients[1].status, RcptStatus::Deferred);
     // Restart and force a retry: only b@down.test is tried again.
     assert_eq!(admin::flush(&config.queue_dir(), Some(&id)).unwrap(), 1);
-    let queue = open(&config);
+    let queue = open_zone(&config, &zone);
     let daemon = Daemon::start(&queue);
     assert!(
         eventually(Duration::from_secs(10), || {
@@ -488,13 +540,16 @@ async fn admin_list_flush_delete() {
     let tmp = tempfile::tempdir().unwrap();
     let down = Ipv4Addr::new(127, 0, 1, 15);
     let port = free_tcp_port(down);
-    let (_dns, dns) = dnsmasq(
-        tmp.path(),
-        &["--mx-host=remote.test,mx.remote.test,10".into(), format!("--address=/mx.remote.test/{down}")],
+    let zone = Arc::new(Zone::new());
+    route(&zone, "remote.test", down);
+    let config = config(
+        &tmp.path().join("data"),
+        NO_DNS.parse().unwrap(),
+        port,
+        "retry_initial = \"1h\"\nretry_max = \"1h\"",
     );
-    let config = config(&tmp.path().join("data"), dns, port, "retry_initial = \"1h\"\nretry_max = \"1h\"");
     let qdir = config.queue_dir();
-    let queue = open(&config);
+    let queue = open_zone(&config, &zone);
     let id1 =
         queue.accept(incoming(Some("sender@sender.test"), &["a@remote.test"]), MESSAGE.into()).await.unwrap();
     let id2 = queue.accept(incoming(None, &["b@remote.test"]), MESSAGE.into()).await.unwrap();
@@ -587,13 +642,13 @@ async fn mixed_message_local_part_from_spool_and_local_sender_bounce_to_mailbox(
     let tmp = tempfile::tempdir().unwrap();
     let bad = Ipv4Addr::new(127, 0, 1, 16);
     let port = free_tcp_port(bad);
-    let (_dns, dns) = dnsmasq(
-        tmp.path(),
-        &["--mx-host=remote.test,mx.remote.test,10".into(), format!("--address=/mx.remote.test/{bad}")],
-    );
+    let zone = Arc::new(Zone::new());
+    route(&zone, "remote.test", bad);
     let _sink = smtp_sink(bad, port, &tmp.path().join("bad"), &["-f", "RCPT"]);
-    let config = config(&tmp.path().join("data"), dns, port, "");
-    let queue = Queue::open_with(&config, Store::new(config.mail_dir()), Arc::new(LocalDsn)).unwrap();
+    let config = config(&tmp.path().join("data"), NO_DNS.parse().unwrap(), port, "");
+    let dns: Arc<dyn posthaste::dns::Resolver> = zone.clone();
+    let queue =
+        Queue::open_with_dns(&config, Store::new(config.mail_dir()), Arc::new(LocalDsn), Some(dns)).unwrap();
     let mut inc = incoming(Some("carol@local.test"), &["x@remote.test"]);
     inc.recipients.push((addr("alice@local.test"), vec![Target::Local(addr("alice@local.test"))]));
     queue.accept(inc, MESSAGE.into()).await.unwrap();
@@ -711,19 +766,13 @@ async fn starttls_is_used_when_offered_and_a_failed_handshake_falls_back_to_plai
     let good = Ipv4Addr::new(127, 0, 1, 17);
     let bad = Ipv4Addr::new(127, 0, 1, 18);
     let port = free_tcp_port(good);
-    let (_dns, dns) = dnsmasq(
-        tmp.path(),
-        &[
-            "--mx-host=tls.test,mx.tls.test,10".into(),
-            format!("--address=/mx.tls.test/{good}"),
-            "--mx-host=badtls.test,mx.badtls.test,10".into(),
-            format!("--address=/mx.badtls.test/{bad}"),
-        ],
-    );
+    let zone = Arc::new(Zone::new());
+    route(&zone, "tls.test", good);
+    route(&zone, "badtls.test", bad);
     let _good = tls_peer(tmp.path(), good, port, "good");
     let _bad = tls_peer(tmp.path(), bad, port, "badtls");
-    let config = config(&tmp.path().join("data"), dns, port, "");
-    let queue = open(&config);
+    let config = config(&tmp.path().join("data"), NO_DNS.parse().unwrap(), port, "");
+    let queue = open_zone(&config, &zone);
     let mut message = MESSAGE.replace("Bye.", "Tsch\u{fc}ss.").into_bytes();
     message.extend_from_slice(b"..two dots\r\n");
     let size = message.len();
