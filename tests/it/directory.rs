@@ -145,7 +145,7 @@ async fn remove_domain_refused_unless_forced(b: &Backend) {
     d.add_alias("x@keep.test", &addr("alice@example.test")).await.unwrap();
 
     match d.remove_domain("example.test", false).await {
-        Err(DirectoryError::DomainNotEmpty { domain, accounts: 1, aliases: 2 }) => {
+        Err(DirectoryError::DomainNotEmpty { domain, accounts: 1, aliases: 2, inbound: 0 }) => {
             assert_eq!(domain, "example.test")
         }
         other => panic!("expected DomainNotEmpty with 1 account and 2 aliases, got {other:?}"),
