@@ -133,8 +133,9 @@ pub async fn add(
             match choice {
                 OldMail::Refuse => {
                     return Err(Error::exists(format!(
-                        "{} already holds a mailbox ({messages} messages), left by an earlier account {address}",
-                        path.display()
+                        "{} already holds a mailbox ({}), left by an earlier account {address}",
+                        path.display(),
+                        super::count(messages as usize, "message", "messages")
                     ))
                     .help(format!(
                         "pass --archive-old-mail to move it to {} and give {address} an empty mailbox, or --reuse-old-mail to give it that mail (to restore a removed account)",

@@ -730,32 +730,28 @@ impl Directory {
     pub async fn alias_cycle(&self, source: &str, destination: &Address) -> Result<Option<Vec<String>>> {
         let source = parse_alias_source(source)?;
         let overlay = Some((source.key.as_str(), destination));
-        // Breadth first from the destination; `via` is the alias key each address came from.
-        let mut parent: HashMap<String, Option<String>> = HashMap::new();
-        let mut work = std::collections::VecDeque::from([(destination.clone(), None::<String>)]);
+        // Breadth first from the destination, each address with the path that led to it
+        // (alias graphs are small, and this runs only when an alias is added).
+        let mut seen = HashSet::new();
+        let mut work = std::collections::VecDeque::from([(destination.clone(), vec![source.key.clone()])]);
         let mut local = HashMap::new();
-        while let Some((address, via)) = work.pop_front() {
+        while let Some((address, mut path)) = work.pop_front() {
+            path.push(address.to_string());
             let (key, next) = match self.find(&address, &mut local, overlay).await? {
                 Found::Alias(key, destinations) => (key, destinations),
                 Found::Postmaster(key, to) => (key, vec![to]),
                 Found::Remote | Found::Account(_) | Found::Nobody => continue,
             };
             if key == source.key {
-                let mut path = vec![key];
-                let mut at = via;
-                while let Some(k) = at {
-                    at = parent.get(&k).cloned().flatten();
-                    path.push(k);
+                if path.last() != Some(&key) {
+                    path.push(key);
                 }
-                path.push(source.key.clone());
-                path.reverse();
                 return Ok(Some(path));
             }
-            if parent.contains_key(&key) {
+            if !seen.insert(key) {
                 continue;
             }
-            parent.insert(key.clone(), via);
-            work.extend(next.into_iter().map(|d| (d, Some(key.clone()))));
+            work.extend(next.into_iter().map(|d| (d, path.clone())));
         }
         Ok(None)
     }
