@@ -109,8 +109,9 @@ impl Services {
         out
     }
 
-    /// Every listener on its standard port (for tests and for a target not yet configured).
-    pub fn standard() -> Services {
+    /// Every listener on its standard port.
+    #[cfg(test)]
+    fn standard() -> Services {
         Services {
             mx: true,
             srv: vec![

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::{count, short_list, Error, Kind, Result};
-use crate::address::{normalize_domain, Address};
+use crate::address::normalize_domain;
 use crate::config::Config;
 use crate::directory::{Directory, DirectoryError, Domain, DomainRemoval, PostmasterRoute, RemovedDomain};
 use crate::mailauth::keys;
@@ -141,9 +141,4 @@ pub async fn existing(dir: &Directory, name: &str) -> Result<String> {
     } else {
         Err(DirectoryError::UnknownDomain(domain).into())
     }
-}
-
-/// `postmaster@DOMAIN`.
-pub fn postmaster_of(domain: &str) -> Option<Address> {
-    Address::parse(&format!("{}@{domain}", crate::directory::POSTMASTER)).ok()
 }
