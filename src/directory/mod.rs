@@ -946,11 +946,11 @@ impl Directory {
         }
         // RFC 5321 §4.5.1: every domain must accept mail for its postmaster. One without a
         // postmaster of its own (a second domain, one added later) shares the first one.
-        let base = address.without_tag().unwrap_or_else(|| address.clone());
-        if base.local() == POSTMASTER {
+        let base = address.local().split_once('+').map_or(address.local(), |(base, _)| base);
+        if base == POSTMASTER {
             if let Some(first) = self.first_postmaster_with(overlay).await? {
                 if first.domain() != domain {
-                    return Ok(Found::Postmaster(base.to_string(), first));
+                    return Ok(Found::Postmaster(format!("{POSTMASTER}@{domain}"), first));
                 }
             }
         }
