@@ -884,12 +884,11 @@ async fn temporary_account(config: &Config) -> anyhow::Result<(Credentials, Dire
     Ok((Credentials { address, password }, dir))
 }
 
+/// The temporary account goes the way `user remove --purge` takes: its mailbox leaves the
+/// live tree before it is deleted, so nothing of it is ever found at its address.
 async fn remove_temporary(config: &Config, dir: &Directory, address: &Address) -> anyhow::Result<String> {
-    dir.remove_account(address).await?;
-    let maildir = Store::new(config.mail_dir()).account_dir(address);
-    if maildir.exists() {
-        std::fs::remove_dir_all(&maildir).with_context(|| format!("cannot remove {}", maildir.display()))?;
-    }
+    let store = Store::new(config.mail_dir());
+    crate::admin::user::remove(dir, &store, address, crate::admin::user::RemoveMail::Purge).await?;
     Ok(format!("{address} removed"))
 }
 

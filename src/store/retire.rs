@@ -69,13 +69,16 @@ impl Store {
         Ok(())
     }
 
-    /// Delete an archived mailbox (and the domain's archive directory once it is empty).
-    /// Deleting from the archive rather than in place means an interrupted delete leaves a
-    /// partial archive, never a partial mailbox that a new account of the address would find.
+    /// Delete an archived mailbox (and the archive directories it leaves empty). Deleting
+    /// from the archive rather than in place means an interrupted delete leaves a partial
+    /// archive, never a partial mailbox that a new account of the address would find.
     pub fn delete_archived(&self, archived: &Path) -> io::Result<()> {
         std::fs::remove_dir_all(archived)?;
-        if let Some(parent) = archived.parent() {
-            let _ = std::fs::remove_dir(parent);
+        // remove_dir refuses a directory that still holds something: only empty ones go.
+        if let Some(domain_dir) = archived.parent() {
+            if std::fs::remove_dir(domain_dir).is_ok() {
+                let _ = std::fs::remove_dir(self.archive_root());
+            }
         }
         Ok(())
     }

@@ -99,6 +99,7 @@ fn everything_passes_with_a_temporary_account_that_is_removed_afterwards() {
     let users = p.cmd_ok(&["user", "list"]).stdout;
     assert!(!users.contains("posthaste-check-"), "temporary account left behind:\n{users}");
     assert!(!p.maildir(address).exists(), "Maildir of {address} left behind");
+    assert!(!p.data_dir().join("mail/.removed").exists(), "nothing of it archived either");
     assert!(p.maildir_messages("postmaster@example.test").is_empty());
 }
 
