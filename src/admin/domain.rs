@@ -30,7 +30,10 @@ pub struct Added {
 
 pub async fn add(config: &Config, dir: &Directory, name: &str) -> Result<Added> {
     let d = dir.add_domain(name).await?;
-    let dkim = dkim_keys(config, &d.name)?;
+    // The domain stays added (undoing that could fail as well), and the advice says how
+    // to make the keys once the cause is fixed.
+    let dkim = dkim_keys(config, &d.name)
+        .map_err(|e| e.reworded(format!("added domain {}, but cannot make its DKIM keys", d.name)))?;
     let postmaster = dir.postmaster_route(&d.name).await?;
     Ok(Added { domain: d.name, dkim, postmaster })
 }

@@ -77,6 +77,12 @@ impl Error {
         Error::new(Kind::Failed, message)
     }
 
+    /// The same failure and causes, told differently (e.g. what did happen before it).
+    pub fn reworded(mut self, message: impl Into<String>) -> Error {
+        self.message = message.into();
+        self
+    }
+
     /// Adds the advice (one `help:` line).
     pub fn help(mut self, help: impl Into<String>) -> Error {
         self.help = Some(help.into());
