@@ -1,5 +1,9 @@
-//! The command line: arguments (clap) → one of the commands below. Errors become exit code
-//! 1 with a message and `help:` lines; clap's usage errors exit with 2.
+//! The command line: arguments (clap) → one of the admin areas in `src/admin/` (or the
+//! installer, the smoke test, the daemon) → lines or `--json` on stdout. Errors become exit
+//! code 1 with a message and `help:` lines; clap's usage errors exit with 2.
+//!
+//! What a command does lives in `admin::*`; this file only parses, reads what must be read
+//! from the terminal or files (passwords), and words the results.
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -7,15 +11,26 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context as _};
 use clap::{Args, Parser, Subcommand};
 
-use crate::address::{normalize_domain, Address, AddressError};
+use crate::address::Address;
+use crate::admin::{self, count, short_list};
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
-use crate::directory::{password, Directory, DirectoryError};
-use crate::queue::spool::RcptStatus;
-use crate::queue::QueueError;
+use crate::directory::{Directory, PostmasterRoute};
 use crate::store::Store;
 
 #[derive(Parser, Debug)]
-#[command(name = "posthaste", version, about = "A turnkey mail server: SMTP, queue, admin CLI")]
+#[command(
+    name = "posthaste",
+    version,
+    about = "A turnkey mail server: SMTP, IMAP, POP3, queue, installer and admin CLI",
+    after_help = "Examples:
+  posthaste install --answers answers.yaml --yes      install from an answers file
+  posthaste domain add example.org                    accept mail for a domain
+  posthaste user add alice@example.org                an account with a generated password
+  posthaste dns example.org                           the DNS records to publish
+  posthaste check                                     the smoke test
+
+`posthaste COMMAND --help` describes each command with examples."
+)]
 pub struct Cli {
     /// The daemon config file.
     #[arg(long, global = true, env = "POSTHASTE_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
@@ -27,6 +42,11 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the mail server (all configured listeners and the queue).
+    #[command(after_help = "Examples:
+  posthaste serve                                     with /etc/posthaste/posthaste.toml
+  posthaste --config ./posthaste.toml serve           with another config
+
+The installer starts it as a service; run it by hand only where there is no service manager.")]
     Serve,
     /// Manage the mail domains this server accepts.
     #[command(subcommand)]
@@ -41,19 +61,46 @@ pub enum Command {
     #[command(subcommand)]
     Queue(QueueCmd),
     /// Install posthaste on this machine (or into --root DIR): packages, user, config, TLS, service.
+    #[command(after_help = "Examples:
+  posthaste install                                   the wizard asks (needs a terminal)
+  posthaste install --answers answers.yaml --dry-run  show the plan, change nothing
+  posthaste install --answers answers.yaml --yes      apply it without asking
+
+A rerun with the same answers changes only what differs (see docs/install.md).")]
     Install(crate::install::InstallArgs),
     /// Remove posthaste (mail, keys and accounts stay unless --purge).
+    #[command(after_help = "Examples:
+  posthaste uninstall --dry-run                       what would be removed
+  posthaste uninstall --yes                           remove the program, keep mail and accounts
+  posthaste uninstall --purge --yes                   remove mail, keys and accounts too")]
     Uninstall(crate::install::uninstall::UninstallArgs),
-    /// Tell whether the daemon is running.
-    Status,
+    /// Tell whether the daemon is running (exit 1 when it is not). Works for any user.
+    #[command(after_help = "Examples:
+  posthaste status
+  posthaste status --json")]
+    Status {
+        /// Print {"running", "mode", "pid", "pidfile", "notes"} as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// The smoke test: TLS on every listener, the MX refuses to relay, and a message
     /// submitted with AUTH is read back over IMAP and POP3. Exit 0 only if all passed.
+    #[command(after_help = "Examples:
+  posthaste check                                     as a temporary account, removed afterwards
+  posthaste check --json                              rows with stable ids (tls.imaps, mx.relay, …)
+  posthaste check --user alice@example.org --password-file alice.pass")]
     Check(CheckArgs),
-    /// Print the DNS records to publish (MX, SPF, DMARC, DKIM) for one domain or all of them.
-    /// Makes the DKIM keys of a domain that has none yet.
+    /// Print the DNS records to publish (MX, SPF, DMARC, DKIM, and SRV for the configured
+    /// listeners) for one domain or all of them. Makes the DKIM keys of a domain that has
+    /// none yet.
+    #[command(after_help = "Examples:
+  posthaste dns                                       every domain, as zone-file lines
+  posthaste dns example.org                           one domain
+  posthaste dns example.org --json                    objects with host and value for web forms")]
     Dns {
+        /// The domain (one that `posthaste domain list` shows); all of them when omitted.
         domain: Option<String>,
-        /// The records as a JSON array of {domain, name, ttl, type, value, strings}.
+        /// The records as a JSON array of {domain, name, host, ttl, type, value, strings}.
         #[arg(long)]
         json: bool,
     },
@@ -64,7 +111,7 @@ pub enum Command {
 
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct CheckArgs {
-    /// Print the results as JSON ({"ok", "passed", "failed", "skipped", "checks":[…]}).
+    /// Print the results as JSON ({"ok", "passed", "failed", "skipped", "checks":[{"id", "name", …}]}).
     #[arg(long)]
     pub json: bool,
     /// Send as this account (needs --password-file); without it a temporary account is
@@ -79,21 +126,36 @@ pub struct CheckArgs {
 #[derive(Subcommand, Debug)]
 pub enum BanCmd {
     /// The active bans.
+    #[command(after_help = "Examples:
+  posthaste ban list
+  posthaste ban list --json")]
     List {
+        /// Print [{client, since, until, remaining_seconds, reason, offence}] as JSON.
         #[arg(long)]
         json: bool,
     },
-    /// Ban a client address now (refused for addresses in [guard] allow).
+    /// Ban a client address now (refused for addresses in [guard] allow). Needs write
+    /// access to the data directory (root, or the daemon's user).
+    #[command(after_help = "Examples:
+  posthaste ban add 192.0.2.7
+  posthaste ban add 2001:db8::7 --duration 7d --reason \"password spraying\"")]
     Add {
+        /// The client's IPv4 or IPv6 address.
         ip: std::net::IpAddr,
         /// How long, e.g. 30m, 1h, 7d (default: [guard] ban_time, doubled for repeat offenders).
         #[arg(long, value_parser = parse_duration)]
         duration: Option<std::time::Duration>,
+        /// Why, for the log and `ban list`.
         #[arg(long, default_value = "banned by the administrator")]
         reason: String,
     },
     /// Lift the ban of a client address.
-    Remove { ip: std::net::IpAddr },
+    #[command(after_help = "Examples:
+  posthaste ban remove 192.0.2.7")]
+    Remove {
+        /// The banned client's address.
+        ip: std::net::IpAddr,
+    },
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -105,17 +167,35 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 
 #[derive(Subcommand, Debug)]
 pub enum DomainCmd {
-    /// Accept mail for a domain.
-    Add { name: String },
+    /// Accept mail for a domain (and make its DKIM keys).
+    #[command(after_help = "Examples:
+  posthaste domain add example.org
+
+Its postmaster@ reaches the server's first postmaster until the domain has its own
+(RFC 5321 §4.5.1). Then publish its records: posthaste dns example.org")]
+    Add {
+        /// The domain name, e.g. example.org.
+        name: String,
+    },
     /// List the domains.
+    #[command(after_help = "Examples:
+  posthaste domain list
+  posthaste domain list --json")]
     List {
+        /// Print [{name}] as JSON.
         #[arg(long)]
         json: bool,
     },
-    /// Stop accepting mail for a domain. Refused while it has accounts or aliases unless --force.
+    /// Stop accepting mail for a domain. Refused while it has accounts or aliases, or
+    /// aliases of other domains point into it, unless --force.
+    #[command(after_help = "Examples:
+  posthaste domain remove old.example
+  posthaste domain remove old.example --force         with its accounts and aliases")]
     Remove {
+        /// The domain name.
         name: String,
-        /// Also remove its accounts and aliases (their mail stays on disk).
+        /// Also remove its accounts and aliases, and the destinations of other domains'
+        /// aliases that point into it (their mail stays on disk).
         #[arg(long)]
         force: bool,
     },
@@ -138,62 +218,182 @@ pub struct PasswordSource {
     pub file_contents: Option<String>,
 }
 
+#[derive(Args, Debug, Clone, Copy)]
+#[group(multiple = false)]
+pub struct OldMailChoice {
+    /// If a mailbox of an earlier account with this address is still on disk, move it to
+    /// the archive (mail/.removed/) and start with an empty one.
+    #[arg(long)]
+    pub archive_old_mail: bool,
+    /// If a mailbox of an earlier account with this address is still on disk, give it to
+    /// this account (restoring a removed account).
+    #[arg(long)]
+    pub reuse_old_mail: bool,
+}
+
+#[derive(Args, Debug, Clone, Copy)]
+#[group(multiple = false)]
+pub struct RemoveMailChoice {
+    /// Keep the mail: move the mailbox to mail/.removed/DOMAIN/NAME.removed-DATE (the default).
+    #[arg(long)]
+    pub keep_mail: bool,
+    /// Delete the mailbox with the account.
+    #[arg(long)]
+    pub purge: bool,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum UserCmd {
     /// Create an account. Without a password option a strong one is generated and printed once.
+    #[command(after_help = "Examples:
+  posthaste user add alice@example.org                a generated password, printed once
+  posthaste user add bob@example.org --password-stdin --quota 2G
+  posthaste user add carol@example.org --password-hash \"$(doveadm pw -s SHA512-CRYPT)\"
+
+Passwords need 8 characters and must not be a common one or the account's name.")]
     Add {
+        /// The account's address, e.g. alice@example.org (its domain must be added first).
         address: String,
         #[command(flatten)]
         password: PasswordSource,
         /// Mailbox quota, e.g. 2G, 500M or 1.5G (binary units; 0 = unlimited).
-        #[arg(long, value_name = "SIZE", default_value = "0", value_parser = parse_quota)]
+        #[arg(long, value_name = "SIZE", default_value = "0", value_parser = admin::user::parse_quota)]
         quota: u64,
+        /// Accept a password from the list of common passwords, or the account's own name
+        /// (the 8-character minimum still holds).
+        #[arg(long)]
+        allow_weak_password: bool,
+        #[command(flatten)]
+        old_mail: OldMailChoice,
     },
     /// List accounts, optionally of one domain.
+    #[command(after_help = "Examples:
+  posthaste user list
+  posthaste user list example.org --json")]
     List {
+        /// Only this domain's accounts.
         domain: Option<String>,
+        /// Print [{address, quota, enabled}] as JSON (quota in bytes, 0 = unlimited).
         #[arg(long)]
         json: bool,
     },
     /// Change an account's password.
+    #[command(after_help = "Examples:
+  posthaste user passwd alice@example.org             a generated password, printed once
+  posthaste user passwd alice@example.org --password-stdin")]
     Passwd {
+        /// The account's address.
         address: String,
         #[command(flatten)]
         password: PasswordSource,
+        /// Accept a password from the list of common passwords, or the account's own name
+        /// (the 8-character minimum still holds).
+        #[arg(long)]
+        allow_weak_password: bool,
     },
-    /// Remove an account (its mail stays on disk).
-    Remove { address: String },
+    /// Change an account's settings.
+    #[command(after_help = "Examples:
+  posthaste user set alice@example.org --quota 5G
+  posthaste user set alice@example.org --quota 0      unlimited")]
+    Set {
+        /// The account's address.
+        address: String,
+        /// The new mailbox quota, e.g. 2G, 500M or 1.5G (binary units; 0 = unlimited).
+        #[arg(long, value_name = "SIZE", value_parser = admin::user::parse_quota, required = true)]
+        quota: Option<u64>,
+    },
+    /// Stop an account from logging in and sending; mail to it is still delivered.
+    #[command(after_help = "Examples:
+  posthaste user disable alice@example.org            `user enable` undoes it")]
+    Disable {
+        /// The account's address.
+        address: String,
+    },
+    /// Let a disabled account log in and send again.
+    #[command(after_help = "Examples:
+  posthaste user enable alice@example.org")]
+    Enable {
+        /// The account's address.
+        address: String,
+    },
+    /// Remove an account. Its mail is kept in an archive (mail/.removed/) unless --purge;
+    /// a later account with the same address never sees it.
+    #[command(after_help = "Examples:
+  posthaste user remove alice@example.org             mail moved to mail/.removed/example.org/
+  posthaste user remove alice@example.org --purge     mail deleted")]
+    Remove {
+        /// The account's address.
+        address: String,
+        #[command(flatten)]
+        mail: RemoveMailChoice,
+    },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum AliasCmd {
     /// Deliver mail for SOURCE (an address, or @domain for a catch-all) to DESTINATIONs.
+    /// Refused when it would make a loop.
+    #[command(after_help = "Examples:
+  posthaste alias add info@example.org alice@example.org bob@example.org
+  posthaste alias add @example.org alice@example.org  the catch-all
+  posthaste alias add sales@example.org partner@elsewhere.example    forwarded")]
     Add {
+        /// The address mail is sent to (its domain must be added), or @domain for all
+        /// addresses of the domain that have no account or alias.
         source: String,
+        /// Where the mail goes: local accounts or aliases, or addresses elsewhere.
         #[arg(required = true)]
         destinations: Vec<String>,
     },
     /// List aliases, optionally of one domain.
+    #[command(after_help = "Examples:
+  posthaste alias list
+  posthaste alias list example.org --json")]
     List {
+        /// Only this domain's aliases.
         domain: Option<String>,
+        /// Print [{source, destinations}] as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Remove one destination of an alias, or the whole alias.
-    Remove { source: String, destination: Option<String> },
+    #[command(after_help = "Examples:
+  posthaste alias remove info@example.org bob@example.org
+  posthaste alias remove info@example.org             every destination")]
+    Remove {
+        /// The alias's address, or @domain for the catch-all.
+        source: String,
+        /// The destination to remove; the whole alias when omitted.
+        destination: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum QueueCmd {
     /// Show queued messages.
+    #[command(after_help = "Examples:
+  posthaste queue list
+  posthaste queue list --json")]
     List {
+        /// Print [{id, sender, recipients, size, created, attempts, next_attempt}] as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Retry deferred messages now (all, or one).
-    Flush { id: Option<String> },
-    /// Remove a message from the queue without delivering it.
-    Delete { id: String },
+    #[command(after_help = "Examples:
+  posthaste queue flush
+  posthaste queue flush 0123456789abcdef01234")]
+    Flush {
+        /// The queue id (from `queue list`); every message when omitted.
+        id: Option<String>,
+    },
+    /// Remove a message from the queue without delivering it (no bounce is sent).
+    #[command(after_help = "Examples:
+  posthaste queue delete 0123456789abcdef01234")]
+    Delete {
+        /// The queue id (from `queue list`).
+        id: String,
+    },
 }
 
 /// The config, or an error that says which file and what to do. The message is flat (no
@@ -237,42 +437,11 @@ fn init_admin_logging() {
         .try_init();
 }
 
-/// Runs the command; the error, if any, is worded for the terminal (see [`friendly`]).
+/// Runs the command. Admin errors carry their advice (`admin::Error`'s `\nhelp: …`), which
+/// `main` prints on a `help:` line of its own.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    run_command(cli).map_err(friendly)
-}
-
-/// Errors from the directory and the queue carry their advice as a trailing
-/// `(help: …)`; on the terminal it goes on a `help:` line of its own. An invalid address
-/// gets an example of a valid one.
-fn friendly(e: anyhow::Error) -> anyhow::Error {
-    let address_error =
-        e.downcast_ref::<AddressError>().or_else(|| match e.downcast_ref::<DirectoryError>() {
-            Some(DirectoryError::InvalidAddress(a)) => Some(a),
-            _ => None,
-        });
-    if let Some(a) = address_error {
-        return anyhow!("{a}\nhelp: an address looks like alice@example.org");
-    }
-    if let Some(DirectoryError::NotFound(what)) = e.downcast_ref::<DirectoryError>() {
-        let list = match what.split(' ').next() {
-            Some("domain") => "domain list",
-            Some("account") => "user list",
-            _ => "alias list",
-        };
-        return anyhow!("{what} does not exist\nhelp: `posthaste {list}` shows what there is");
-    }
-    if e.downcast_ref::<DirectoryError>().is_some() || e.downcast_ref::<QueueError>().is_some() {
-        let message = e.to_string();
-        if let Some((head, help)) = message.strip_suffix(')').and_then(|m| m.split_once(" (help: ")) {
-            return anyhow!("{head}\nhelp: {help}");
-        }
-    }
-    e
-}
-
-fn run_command(cli: Cli) -> anyhow::Result<()> {
-    // These work before there is a config (install writes it).
+    // These work before there is a config (install writes it; status may not be allowed
+    // to read it).
     match cli.command {
         Command::Install(args) => {
             let host = crate::install::host::Host::real(args.root.clone())?;
@@ -282,9 +451,7 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
             let host = crate::install::host::Host::real(args.root.clone())?;
             return crate::install::uninstall::uninstall(&host, &args).map(|_| ());
         }
-        Command::Status => {
-            return crate::install::status(&crate::install::host::Host::real(None)?, &cli.config)
-        }
+        Command::Status { json } => return status_cmd(&cli.config, json),
         _ => {}
     }
     let config = load_config(&cli.config)?;
@@ -315,8 +482,7 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Ban(cmd) => {
             init_admin_logging();
-            std::fs::create_dir_all(&config.data_dir)
-                .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+            // As root, not as the data owner: nftables needs CAP_NET_ADMIN.
             ban_cmd(&config, cmd)
         }
         Command::Queue(cmd) => {
@@ -344,9 +510,9 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
                     | Command::Queue(_)
                     | Command::Install(_)
                     | Command::Uninstall(_)
-                    | Command::Status
+                    | Command::Status { .. }
                     | Command::Check(_)
-                    | Command::Ban(_) => unreachable!(),
+                    | Command::Ban(_) => unreachable!("dispatched above"),
                 }
             })
         }
@@ -365,7 +531,8 @@ fn check_cmd(config: &Config, args: CheckArgs, rt: tokio::runtime::Runtime) -> a
                     file.display()
                 );
             }
-            Some(crate::check::Credentials { address: Address::parse(user)?, password })
+            let address = Address::parse(user).map_err(admin::Error::from)?;
+            Some(crate::check::Credentials { address, password })
         }
         _ => None,
     };
@@ -389,21 +556,53 @@ fn check_cmd(config: &Config, args: CheckArgs, rt: tokio::runtime::Runtime) -> a
     Ok(())
 }
 
+fn status_cmd(config: &Path, json: bool) -> anyhow::Result<()> {
+    let log = crate::install::steps::Layout::default().log();
+    let st = admin::status::status(&admin::status::System, config, &log)?;
+    if json {
+        print_json(&st)?;
+    } else if st.running {
+        println!("{}", st.summary());
+    }
+    if !json {
+        for note in &st.notes {
+            eprintln!("note: {note}");
+        }
+    }
+    Ok(st.require_running()?)
+}
+
 fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
 
+fn address(s: &str) -> Result<Address, admin::Error> {
+    Ok(Address::parse(s)?)
+}
+
 async fn domain_cmd(config: &Config, dir: &Directory, store: &Store, cmd: DomainCmd) -> anyhow::Result<()> {
     match cmd {
         DomainCmd::Add { name } => {
-            let d = dir.add_domain(&name).await?;
-            println!("added domain {}", d.name);
-            dkim_keys(config, &d.name)?;
-            eprintln!("publish its DNS records (MX, SPF, DMARC, DKIM): posthaste dns {}", d.name);
+            let added = admin::domain::add(config, dir, &name).await?;
+            println!("added domain {}", added.domain);
+            if let Some(k) = &added.dkim {
+                print_keys_made(k);
+            }
+            let d = &added.domain;
+            match &added.postmaster {
+                PostmasterRoute::Own => {}
+                PostmasterRoute::Shared(to) => eprintln!(
+                    "postmaster@{d} reaches {to}, the server's postmaster (RFC 5321 §4.5.1); `posthaste user add postmaster@{d}` or `posthaste alias add postmaster@{d} ADDRESS` gives it its own"
+                ),
+                PostmasterRoute::Missing => eprintln!(
+                    "note: there is no postmaster yet, so mail to postmaster@{d} is refused; every domain must accept it (RFC 5321 §4.5.1): `posthaste user add postmaster@{d}`"
+                ),
+            }
+            eprintln!("publish its DNS records (MX, SPF, DMARC, DKIM): posthaste dns {d}");
         }
         DomainCmd::List { json } => {
-            let domains = dir.list_domains().await?;
+            let domains = admin::domain::list(dir).await?;
             if json {
                 print_json(&domains)?;
             } else if domains.is_empty() {
@@ -415,69 +614,51 @@ async fn domain_cmd(config: &Config, dir: &Directory, store: &Store, cmd: Domain
             }
         }
         DomainCmd::Remove { name, force } => {
-            // What goes with it, for the report (or the refusal) below.
-            let (accounts, aliases) = domain_contents(dir, &name).await?;
-            match dir.remove_domain(&name, force).await {
-                Err(DirectoryError::DomainNotEmpty { domain, accounts: n_accounts, aliases: n_aliases }) => {
-                    // The counts come from the refusal itself; the names, read just before,
-                    // may miss one added in between.
-                    let names: Vec<&str> = accounts.iter().chain(&aliases).map(String::as_str).collect();
-                    bail!(
-                        "domain {domain} still has {} and {}: {}\nhelp: remove them first (`posthaste user remove`, `posthaste alias remove`), or pass --force to remove them with the domain (their mail stays on disk)",
-                        count(n_accounts as usize, "account", "accounts"),
-                        count(n_aliases as usize, "alias", "aliases"),
-                        short_list(&names, 10)
-                    );
-                }
-                r => r?,
-            }
-            let name = normalize_domain(&name).unwrap_or(name);
+            let r = admin::domain::remove(dir, store, &name, force).await?;
             let mut with = Vec::new();
-            if !accounts.is_empty() {
-                with.push(count(accounts.len(), "account", "accounts"));
+            if !r.accounts.is_empty() {
+                with.push(count(r.accounts.len(), "account", "accounts"));
             }
-            if !aliases.is_empty() {
-                with.push(count(aliases.len(), "alias", "aliases"));
+            if !r.aliases.is_empty() {
+                with.push(count(r.aliases.len(), "alias", "aliases"));
             }
             let with =
                 if with.is_empty() { String::new() } else { format!(" with its {}", with.join(" and ")) };
-            let mail = if accounts.is_empty() {
-                String::new()
-            } else {
-                format!("; the mail stays in {}", store.root().join(&name).display())
+            let mail = match &r.mail_dir {
+                Some(m) => format!("; the mail stays in {}", m.display()),
+                None => String::new(),
             };
-            println!("removed domain {name}{with}{mail}");
+            println!("removed domain {}{with}{mail}", r.domain);
+            if !r.inbound.is_empty() {
+                let links: Vec<String> =
+                    r.inbound.iter().map(|l| format!("{} → {}", l.source, l.destination)).collect();
+                let links: Vec<&str> = links.iter().map(String::as_str).collect();
+                println!(
+                    "removed from aliases of other domains (they would have forwarded to the Internet): {}",
+                    short_list(&links, 10)
+                );
+            }
+            match &r.postmaster_now {
+                None | Some(PostmasterRoute::Own) => {}
+                Some(PostmasterRoute::Shared(to)) => {
+                    eprintln!("note: postmaster@ of the domains without their own now reaches {to}")
+                }
+                Some(PostmasterRoute::Missing) => eprintln!(
+                    "note: there is no postmaster left, so mail to postmaster@ is refused (RFC 5321 §4.5.1 requires it): `posthaste user add postmaster@DOMAIN`"
+                ),
+            }
         }
     }
     Ok(())
 }
 
-/// The addresses of the accounts and the sources of the aliases of a domain; empty lists
-/// when the domain does not exist (removing it reports that).
-async fn domain_contents(dir: &Directory, name: &str) -> anyhow::Result<(Vec<String>, Vec<String>)> {
-    let accounts = match dir.list_accounts(Some(name)).await {
-        Ok(a) => a.into_iter().map(|a| a.address).collect(),
-        Err(DirectoryError::UnknownDomain(_) | DirectoryError::InvalidDomain(_)) => {
-            return Ok(Default::default())
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let aliases = dir.list_aliases(Some(name)).await?.into_iter().map(|a| a.source).collect();
-    Ok((accounts, aliases))
-}
-
-/// `1 account`, `2 accounts`.
-fn count(n: usize, one: &str, many: &str) -> String {
-    format!("{n} {}", if n == 1 { one } else { many })
-}
-
-/// `a, b, c` or `a, b and 5 more`.
-fn short_list(items: &[&str], max: usize) -> String {
-    let mut s = items.iter().take(max).copied().collect::<Vec<_>>().join(", ");
-    if items.len() > max {
-        s.push_str(&format!(" and {} more", items.len() - max));
-    }
-    s
+fn print_keys_made(k: &admin::domain::DkimKeys) {
+    eprintln!(
+        "made DKIM keys for {} (selectors {}) in {}",
+        k.domain,
+        k.selectors.join(" and "),
+        k.dir.display()
+    );
 }
 
 /// Read a `--password-file` before we switch to the data directory's owner: the file is
@@ -497,123 +678,31 @@ fn preload_secrets(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The password hash to store, and the generated password if the user chose none (the
-/// caller prints it once).
-fn read_password(src: &PasswordSource) -> anyhow::Result<(String, Option<String>)> {
+/// The password the options name, read from where they say (checking it is the admin
+/// layer's job).
+fn password_input(src: &PasswordSource) -> anyhow::Result<admin::user::Password> {
+    use admin::user::Password;
     if let Some(hash) = &src.password_hash {
-        check_password_hash(hash)?;
-        return Ok((hash.clone(), None));
+        return Ok(Password::Hash(hash.clone()));
     }
-    let plain = if src.password_stdin {
+    if src.password_stdin {
         // One line, so this works from a pipe and from a terminal (Enter, no Ctrl-D).
         let mut line = String::new();
         std::io::stdin()
             .lock()
             .read_line(&mut line)
             .context("cannot read the password from standard input")?;
-        first_line(&line)
-    } else if let Some(f) = &src.password_file {
-        match &src.file_contents {
-            Some(text) => first_line(text),
-            None => first_line(
-                &std::fs::read_to_string(f)
-                    .with_context(|| format!("cannot read the password file {}", f.display()))?,
-            ),
-        }
-    } else {
-        let p = password::generate();
-        return Ok((password::hash(&p), Some(p)));
-    };
-    if plain.is_empty() {
-        let from = if src.password_stdin { "standard input" } else { "the password file" };
-        bail!("no password on {from} (an empty first line)\nhelp: put the password on the first line, or omit the password options to get a generated one");
+        return Ok(Password::Plain { text: line, from: "standard input" });
     }
-    if plain.chars().count() < 8 {
-        bail!("the password is shorter than 8 characters\nhelp: choose a longer one, or omit the password options to get a generated one");
+    if let Some(f) = &src.password_file {
+        let text = match &src.file_contents {
+            Some(text) => text.clone(),
+            None => std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read the password file {}", f.display()))?,
+        };
+        return Ok(Password::Plain { text, from: "the password file" });
     }
-    Ok((password::hash(&plain), None))
-}
-
-/// A `--password-hash` must be in Dovecot's `{SCHEME}` form with a scheme we verify, and
-/// the part after it must look like that scheme's hashes: a hash nobody can log in with is
-/// better refused now than discovered at the first login.
-fn check_password_hash(hash: &str) -> anyhow::Result<()> {
-    let help = format!(
-        "help: use Dovecot's {{SCHEME}} form with one of {}, e.g. from `doveadm pw -s SHA512-CRYPT`",
-        password::SCHEMES.join(", ")
-    );
-    if !hash.starts_with('{') {
-        // `openssl passwd -6`, `mkpasswd` and /etc/shadow give the crypt(3) string alone.
-        if let Some(scheme) = crypt_scheme(hash) {
-            bail!("--password-hash has no {{SCHEME}} prefix\nhelp: this looks like a {scheme} hash; pass it as '{{{scheme}}}{hash}'");
-        }
-    }
-    if !password::is_supported(hash) {
-        bail!("--password-hash is not a supported hash\n{help}");
-    }
-    let (scheme, rest) = hash[1..].split_once('}').expect("is_supported checked the {SCHEME} form");
-    let scheme = scheme.to_ascii_uppercase();
-    let fits = match scheme.as_str() {
-        "ARGON2ID" => rest.starts_with("$argon2id$"),
-        "ARGON2I" => rest.starts_with("$argon2i$"),
-        "CRYPT" => crypt_scheme(rest).is_some(),
-        other => crypt_scheme(rest) == Some(other),
-    };
-    if !fits {
-        bail!("--password-hash says {{{scheme}}} but what follows is not a {scheme} hash\n{help}");
-    }
-    Ok(())
-}
-
-/// The Dovecot scheme of a bare crypt(3) string (`$6$…` → SHA512-CRYPT).
-fn crypt_scheme(s: &str) -> Option<&'static str> {
-    if s.starts_with("$6$") {
-        Some("SHA512-CRYPT")
-    } else if s.starts_with("$5$") {
-        Some("SHA256-CRYPT")
-    } else if ["$2y$", "$2b$", "$2a$"].iter().any(|p| s.starts_with(p)) {
-        Some("BLF-CRYPT")
-    } else {
-        None
-    }
-}
-
-fn first_line(s: &str) -> String {
-    s.lines().next().unwrap_or("").to_owned()
-}
-
-/// `2G`, `500M`, `1.5G`, `2GiB`, `2gb`, `1048576` (bytes): binary units. For clap.
-fn parse_quota(s: &str) -> Result<u64, String> {
-    let bad = || format!("{s:?} is not a size like 500M, 2G or 1.5G (0 = unlimited)");
-    let t = s.trim();
-    let t = t.strip_suffix(['B', 'b']).unwrap_or(t);
-    let t = t.strip_suffix(['I', 'i']).unwrap_or(t);
-    let (num, mult) = match t.chars().last() {
-        Some('K' | 'k') => (&t[..t.len() - 1], 1u64 << 10),
-        Some('M' | 'm') => (&t[..t.len() - 1], 1 << 20),
-        Some('G' | 'g') => (&t[..t.len() - 1], 1 << 30),
-        Some('T' | 't') => (&t[..t.len() - 1], 1 << 40),
-        _ => (t, 1),
-    };
-    let num = num.trim();
-    if num.is_empty() || !num.chars().all(|c| c.is_ascii_digit() || c == '.') {
-        return Err(bad());
-    }
-    let too_large = || format!("{s:?} is too large for a quota");
-    let bytes = if num.contains('.') {
-        let n: f64 = num.parse().map_err(|_| bad())?;
-        let b = (n * mult as f64).round();
-        if b >= i64::MAX as f64 {
-            return Err(too_large());
-        }
-        b as u64
-    } else {
-        num.parse::<u64>().ok().and_then(|n| n.checked_mul(mult)).ok_or_else(too_large)?
-    };
-    if bytes > i64::MAX as u64 {
-        return Err(too_large());
-    }
-    Ok(bytes)
+    Ok(Password::Generate)
 }
 
 /// `512 B`, `1.5 KiB`, `2.0 GiB`.
@@ -631,27 +720,49 @@ fn human_size(bytes: u64) -> String {
     format!("{v:.1} {}", UNITS[unit])
 }
 
+fn human_quota(quota: u64) -> String {
+    if quota == 0 {
+        "unlimited".to_owned()
+    } else {
+        human_size(quota)
+    }
+}
+
 async fn user_cmd(dir: &Directory, store: &Store, cmd: UserCmd) -> anyhow::Result<()> {
+    use admin::user::{MailOutcome, OldMail, OldMailOutcome, RemoveMail};
     match cmd {
-        UserCmd::Add { address, password, quota } => {
-            let addr = Address::parse(&address)?;
-            let (hash, generated) = read_password(&password)?;
-            let account = dir.add_account(&addr, &hash, quota).await?;
-            store.create_account(&addr).with_context(|| {
-                format!(
-                    "the account exists but its Maildir could not be created under {}",
-                    store.root().display()
-                )
-            })?;
+        UserCmd::Add { address: a, password, quota, allow_weak_password, old_mail } => {
+            let addr = address(&a)?;
+            let input = password_input(&password)?;
+            let choice = match (old_mail.archive_old_mail, old_mail.reuse_old_mail) {
+                (true, _) => OldMail::Archive,
+                (_, true) => OldMail::Reuse,
+                _ => OldMail::Refuse,
+            };
+            let added =
+                admin::user::add(dir, store, &addr, &input, quota, choice, allow_weak_password).await?;
+            match &added.old_mail {
+                None => {}
+                Some(OldMailOutcome::Archived { path, messages }) => eprintln!(
+                    "note: the mailbox an earlier {addr} left ({}) was moved to {}",
+                    count(*messages as usize, "message", "messages"),
+                    path.display()
+                ),
+                Some(OldMailOutcome::Reused { path, messages }) => eprintln!(
+                    "note: {addr} has the mailbox an earlier account left in {} ({})",
+                    path.display(),
+                    count(*messages as usize, "message", "messages")
+                ),
+            }
             let quota = if quota == 0 { String::new() } else { format!(" (quota {})", human_size(quota)) };
-            println!("added account {}{quota}", account.address);
-            if let Some(p) = generated {
+            println!("added account {}{quota}", added.account.address);
+            if let Some(p) = added.password {
                 // Shown once; we only keep the hash.
                 println!("password: {p}");
             }
         }
         UserCmd::List { domain, json } => {
-            let accounts = dir.list_accounts(domain.as_deref()).await?;
+            let accounts = admin::user::list(dir, domain.as_deref()).await?;
             if json {
                 print_json(&accounts)?;
             } else if accounts.is_empty() {
@@ -659,40 +770,76 @@ async fn user_cmd(dir: &Directory, store: &Store, cmd: UserCmd) -> anyhow::Resul
             } else {
                 let width = accounts.iter().map(|a| a.address.chars().count()).max().unwrap_or(0);
                 for a in accounts {
-                    let quota = if a.quota == 0 { "unlimited".to_owned() } else { human_size(a.quota) };
                     let state = if a.enabled { "" } else { "  disabled" };
-                    println!("{:width$}  quota {quota}{state}", a.address);
+                    println!("{:width$}  quota {}{state}", a.address, human_quota(a.quota));
                 }
             }
         }
-        UserCmd::Passwd { address, password } => {
-            let addr = Address::parse(&address)?;
-            let (hash, generated) = read_password(&password)?;
-            dir.set_password(&addr, &hash).await?;
+        UserCmd::Passwd { address: a, password, allow_weak_password } => {
+            let addr = address(&a)?;
+            let input = password_input(&password)?;
+            let generated = admin::user::passwd(dir, &addr, &input, allow_weak_password).await?;
             println!("password changed for {addr}");
             if let Some(p) = generated {
                 println!("password: {p}");
             }
         }
-        UserCmd::Remove { address } => {
-            let addr = Address::parse(&address)?;
-            dir.remove_account(&addr).await?;
-            println!("removed account {addr}; its mail stays in {}", store.account_dir(&addr).display());
-            // Aliases to it stay (they may be meant for a successor) and skip it meanwhile.
-            let me = addr.to_string();
-            let pointing: Vec<String> = dir
-                .list_aliases(None)
-                .await?
-                .into_iter()
-                .filter(|a| a.destinations.contains(&me))
-                .map(|a| a.source)
-                .collect();
-            if !pointing.is_empty() {
-                let names: Vec<&str> = pointing.iter().map(String::as_str).collect();
+        UserCmd::Set { address: a, quota } => {
+            let addr = address(&a)?;
+            if let Some(q) = quota {
+                let c = admin::user::set_quota(dir, &addr, q).await?;
+                println!(
+                    "quota of {} is now {} (was {})",
+                    c.address,
+                    human_quota(c.after),
+                    human_quota(c.before)
+                );
+            }
+        }
+        UserCmd::Disable { address: a } => {
+            let c = admin::user::set_enabled(dir, &address(&a)?, false).await?;
+            if c.before {
+                println!(
+                    "disabled {0}: it can no longer log in or send; mail to it is still delivered (`posthaste user enable {0}` undoes this)",
+                    c.address
+                );
+            } else {
+                println!("{} was already disabled", c.address);
+            }
+        }
+        UserCmd::Enable { address: a } => {
+            let c = admin::user::set_enabled(dir, &address(&a)?, true).await?;
+            if c.before {
+                println!("{} was already enabled", c.address);
+            } else {
+                println!("enabled {}: it can log in and send again", c.address);
+            }
+        }
+        UserCmd::Remove { address: a, mail } => {
+            let addr = address(&a)?;
+            let choice = if mail.purge { RemoveMail::Purge } else { RemoveMail::Keep };
+            let r = admin::user::remove(dir, store, &addr, choice).await?;
+            match &r.mail {
+                MailOutcome::Archived { path, messages } => println!(
+                    "removed account {}; its mail ({}) was moved to {}",
+                    r.address,
+                    count(*messages as usize, "message", "messages"),
+                    path.display()
+                ),
+                MailOutcome::Purged { messages } => println!(
+                    "removed account {} and deleted its mail ({})",
+                    r.address,
+                    count(*messages as usize, "message", "messages")
+                ),
+                MailOutcome::None => println!("removed account {} (it had no mailbox)", r.address),
+            }
+            if !r.aliases.is_empty() {
+                let names: Vec<&str> = r.aliases.iter().map(String::as_str).collect();
                 let (what, verb) = if names.len() == 1 { ("alias", "points") } else { ("aliases", "point") };
                 println!(
-                    "note: {what} {} still {verb} to it (`posthaste alias remove SOURCE {me}` to change that)",
-                    short_list(&names, 10)
+                    "note: {what} {} still {verb} to it (`posthaste alias remove SOURCE {}` to change that)",
+                    short_list(&names, 10),
+                    r.address
                 );
             }
         }
@@ -700,62 +847,17 @@ async fn user_cmd(dir: &Directory, store: &Store, cmd: UserCmd) -> anyhow::Resul
     Ok(())
 }
 
-/// The normalised form of an alias source (`Info@Example.org`, `@Example.org`), for output.
-fn alias_source(source: &str) -> anyhow::Result<String> {
-    match source.strip_prefix('@') {
-        Some(domain) => Ok(format!(
-            "@{}",
-            normalize_domain(domain).ok_or_else(|| DirectoryError::InvalidDomain(domain.to_owned()))?
-        )),
-        None => Ok(Address::parse(source)?.to_string()),
-    }
-}
-
 async fn alias_cmd(dir: &Directory, cmd: AliasCmd) -> anyhow::Result<()> {
     match cmd {
         AliasCmd::Add { source, destinations } => {
-            let key = alias_source(&source)?;
-            let mut dests: Vec<Address> = Vec::new();
-            for d in &destinations {
-                let d = Address::parse(d)?;
-                if d.to_string() == key {
-                    bail!("alias {key} cannot point to itself");
-                }
-                if !dests.contains(&d) {
-                    dests.push(d);
-                }
-            }
-            // A destination the alias already has is reported, not fatal, so that adding
-            // one more destination can be retried; only nothing new at all is an error.
-            let mut added = Vec::new();
-            let mut present = Vec::new();
-            for d in dests {
-                match dir.add_alias(&key, &d).await {
-                    Ok(()) => added.push(d.to_string()),
-                    Err(DirectoryError::Duplicate(what)) if what.starts_with("alias ") => {
-                        present.push(d.to_string())
-                    }
-                    Err(e) => {
-                        if !added.is_empty() {
-                            eprintln!("note: {key} → {} was added before this error", added.join(", "));
-                        }
-                        return Err(e.into());
-                    }
-                }
-            }
-            if added.is_empty() {
-                bail!(
-                    "alias {key} → {} already exists\nhelp: `posthaste alias list` shows the aliases",
-                    present.join(", ")
-                );
-            }
-            println!("alias {key} → {}", added.join(", "));
-            if !present.is_empty() {
-                println!("note: {key} → {} was already there", present.join(", "));
+            let a = admin::alias::add(dir, &source, &destinations).await?;
+            println!("alias {} → {}", a.source, a.added.join(", "));
+            if !a.present.is_empty() {
+                println!("note: {} → {} was already there", a.source, a.present.join(", "));
             }
         }
         AliasCmd::List { domain, json } => {
-            let aliases = dir.list_aliases(domain.as_deref()).await?;
+            let aliases = admin::alias::list(dir, domain.as_deref()).await?;
             if json {
                 print_json(&aliases)?;
             } else if aliases.is_empty() {
@@ -768,12 +870,10 @@ async fn alias_cmd(dir: &Directory, cmd: AliasCmd) -> anyhow::Result<()> {
             }
         }
         AliasCmd::Remove { source, destination } => {
-            let key = alias_source(&source)?;
-            let dest = destination.as_deref().map(Address::parse).transpose()?;
-            dir.remove_alias(&key, dest.as_ref()).await?;
-            match dest {
-                Some(d) => println!("removed {d} from alias {key}"),
-                None => println!("removed alias {key}"),
+            let r = admin::alias::remove(dir, &source, destination.as_deref()).await?;
+            match r.destination {
+                Some(d) => println!("removed {d} from alias {}", r.source),
+                None => println!("removed alias {}", r.source),
             }
         }
     }
@@ -781,11 +881,10 @@ async fn alias_cmd(dir: &Directory, cmd: AliasCmd) -> anyhow::Result<()> {
 }
 
 fn queue_cmd(config: &Config, cmd: QueueCmd) -> anyhow::Result<()> {
-    use crate::queue::admin;
-    let dir = config.queue_dir();
+    use admin::queue::{status_name, Flushed};
     match cmd {
         QueueCmd::List { json } => {
-            let entries = admin::list(&dir)?;
+            let entries = admin::queue::list(config)?;
             if json {
                 return print_json(&entries);
             }
@@ -808,53 +907,34 @@ fn queue_cmd(config: &Config, cmd: QueueCmd) -> anyhow::Result<()> {
                 }
             }
         }
-        QueueCmd::Flush { id } => {
-            if id.is_none() && admin::list(&dir)?.is_empty() {
-                println!("the queue is empty: nothing to flush");
-                return Ok(());
+        QueueCmd::Flush { id } => match admin::queue::flush(config, id.as_deref())? {
+            Flushed::Empty => println!("the queue is empty: nothing to flush"),
+            Flushed::Due { count: n, daemon_told } => {
+                let what = count(n, "message", "messages");
+                if daemon_told {
+                    println!("{what} due now; the daemon was told to retry at once");
+                } else {
+                    println!(
+                        "{what} due now, but the daemon is not running: they are retried when it starts"
+                    );
+                    eprintln!("help: start it (`systemctl start posthaste`, or `posthaste serve`)");
+                }
             }
-            let n = admin::flush(&dir, id.as_deref())?;
-            let what = count(n, "message", "messages");
-            if signal_daemon(config) {
-                println!("{what} due now; the daemon was told to retry at once");
-            } else {
-                println!("{what} due now, but the daemon is not running: they are retried when it starts");
-                eprintln!("help: start it (`systemctl start posthaste`, or `posthaste serve`)");
-            }
-        }
+        },
         QueueCmd::Delete { id } => {
-            admin::delete(&dir, &id)?;
+            admin::queue::delete(config, &id)?;
             println!("deleted {id} from the queue (not delivered, no bounce sent)");
         }
     }
     Ok(())
 }
 
-/// `posthaste ban …`. Runs as root (nftables needs CAP_NET_ADMIN) and edits the ban file in
-/// the data directory, which it then gives to the directory's owner (the daemon's user).
-/// The running daemon notices the change by the file's mtime (see src/guard/mod.rs).
 fn ban_cmd(config: &Config, cmd: BanCmd) -> anyhow::Result<()> {
-    use crate::guard::bans::{now_secs, rfc3339};
-    let guard = crate::guard::Guard::open(config)?;
-    let fmt_left = |until: u64| human_duration(until.saturating_sub(now_secs()));
     match cmd {
         BanCmd::List { json } => {
-            let bans = guard.list();
+            let bans = admin::ban::list(config)?;
             if json {
-                let out: Vec<serde_json::Value> = bans
-                    .iter()
-                    .map(|b| {
-                        serde_json::json!({
-                            "client": b.client.to_string(),
-                            "since": rfc3339(b.since),
-                            "until": rfc3339(b.until),
-                            "remaining_seconds": b.until.saturating_sub(now_secs()),
-                            "reason": b.reason,
-                            "offence": b.offence,
-                        })
-                    })
-                    .collect();
-                return print_json(&out);
+                return print_json(&bans);
             }
             if bans.is_empty() {
                 println!("no client is banned");
@@ -863,26 +943,26 @@ fn ban_cmd(config: &Config, cmd: BanCmd) -> anyhow::Result<()> {
                 println!(
                     "{}  until {} ({} left)  offence {}  {}",
                     b.client,
-                    rfc3339(b.until),
-                    fmt_left(b.until),
+                    b.until,
+                    human_duration(b.remaining_seconds),
                     b.offence,
                     b.reason
                 );
             }
         }
         BanCmd::Add { ip, duration, reason } => {
-            let b = guard.ban(ip, duration, &reason)?;
-            give_to_data_owner(config);
-            let fw = if guard.nftables() { " and in nftables" } else { "" };
-            println!("banned {} until {} ({}){fw}", b.client, rfc3339(b.until), fmt_left(b.until));
+            let b = admin::ban::add(config, ip, duration, &reason)?;
+            let fw = if b.nftables { " and in nftables" } else { "" };
+            println!(
+                "banned {} until {} ({}){fw}",
+                b.ban.client,
+                b.ban.until,
+                human_duration(b.ban.remaining_seconds)
+            );
         }
         BanCmd::Remove { ip } => {
-            let removed = guard.unban(ip, "removed by the administrator")?;
-            give_to_data_owner(config);
-            match removed {
-                Some(_) => println!("lifted the ban of {ip}"),
-                None => bail!("{ip} is not banned\nhelp: `posthaste ban list` shows the bans"),
-            }
+            admin::ban::remove(config, ip)?;
+            println!("lifted the ban of {ip}");
         }
     }
     Ok(())
@@ -899,122 +979,22 @@ fn human_duration(secs: u64) -> String {
     }
 }
 
-/// Files the CLI wrote as root must stay writable by the daemon after it dropped root.
-fn give_to_data_owner(config: &Config) {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(meta) = std::fs::metadata(&config.data_dir) else { return };
-    let file = crate::guard::BanFile::new(&config.data_dir);
-    let lock = format!("{}.lock", file.path().display());
-    for p in [file.path(), Path::new(&lock)] {
-        let _ = std::os::unix::fs::chown(p, Some(meta.uid()), Some(meta.gid()));
-    }
-}
-
-/// As in `--json` (and the log): lowercase.
-fn status_name(s: RcptStatus) -> &'static str {
-    match s {
-        RcptStatus::Queued => "queued",
-        RcptStatus::Deferred => "deferred",
-        RcptStatus::Delivered => "delivered",
-        RcptStatus::Failed => "failed",
-    }
-}
-
-/// SIGUSR1 to the running daemon (its pid from the pidfile): retry the queue now. False if
-/// there is none. A pidfile left by a crash may name a pid that now belongs to another
-/// program, for which SIGUSR1 would be fatal: only a `posthaste … serve` process is signalled.
-fn signal_daemon(config: &Config) -> bool {
-    let Ok(text) = std::fs::read_to_string(crate::serve::pidfile_path(config)) else { return false };
-    let Ok(pid) = text.trim().parse::<i32>() else { return false };
-    if pid <= 0 || !is_posthaste_serve(pid) {
-        return false;
-    }
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGUSR1).is_ok()
-}
-
-/// Is process `pid` a `posthaste … serve`? (From /proc/PID/cmdline.)
-fn is_posthaste_serve(pid: i32) -> bool {
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
-    let mut args = cmdline.split(|&b| b == 0).map(String::from_utf8_lossy);
-    let Some(argv0) = args.next() else { return false };
-    let name = Path::new(argv0.as_ref()).file_name().map(|n| n.to_string_lossy().into_owned());
-    name.is_some_and(|n| n.contains("posthaste")) && args.any(|a| a == "serve")
-}
-
-/// Makes the domain's missing DKIM keys (the installer's directory step calls the same
-/// function). The CLI already runs as the data directory's owner (`become_data_owner`), so
-/// what it creates belongs to the daemon's user.
-fn dkim_keys(config: &Config, domain: &str) -> anyhow::Result<()> {
-    let created = crate::mailauth::keys::ensure_domain_keys(&config.dkim_dir(), domain, None)
-        .with_context(|| format!("cannot make the DKIM keys of {domain}"))?;
-    if !created.is_empty() {
-        eprintln!(
-            "made DKIM keys for {domain} (selectors {} and {}) in {}",
-            crate::mailauth::keys::ED25519_SELECTOR,
-            crate::mailauth::keys::RSA_SELECTOR,
-            crate::mailauth::keys::domain_dir(&config.dkim_dir(), domain).display()
-        );
-    }
-    Ok(())
-}
-
-/// `posthaste dns [DOMAIN] [--json]`: the records for one domain, or for every domain. A
-/// domain without DKIM keys (added before signing existed, or keys moved away) gets them
-/// here, so the printed records can be published at once.
+/// `posthaste dns [DOMAIN] [--json]`.
 async fn dns_cmd(config: &Config, dir: &Directory, domain: Option<String>, json: bool) -> anyhow::Result<()> {
-    let domains = match domain {
-        Some(d) => vec![normalize_domain(&d).ok_or_else(|| anyhow::anyhow!("{d:?} is not a valid domain"))?],
-        None => dir.list_domains().await?.into_iter().map(|d| d.name).collect(),
-    };
-    if domains.is_empty() {
-        bail!("no domains yet\nhelp: posthaste domain add example.org");
+    let zone = admin::dns::zone(config, dir, domain.as_deref()).await?;
+    for k in &zone.keys_made {
+        print_keys_made(k);
     }
-    let known: Vec<String> = dir.list_domains().await?.into_iter().map(|d| d.name).collect();
-    for d in &domains {
-        // Keys only for domains we serve: `dns other.org` must not leave key files behind.
-        if known.contains(d) {
-            dkim_keys(config, d)?;
-        }
-    }
-    let postmaster = format!("postmaster@{}", domains[0]);
-    let dkim_dir = config.dkim_dir();
     if json {
-        let mut all = Vec::new();
-        for d in &domains {
-            all.extend(crate::install::dns::domain_records(
-                &config.hostname,
-                d,
-                &postmaster,
-                Some(&dkim_dir),
-            )?);
-        }
-        return print_json(&all);
+        return print_json(&zone.records()?);
     }
-    print!("{}", crate::install::dns::records(&config.hostname, &domains, &postmaster, Some(&dkim_dir))?);
+    print!("{}", zone.text()?);
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quotas() {
-        assert_eq!(parse_quota("0"), Ok(0));
-        assert_eq!(parse_quota("1024"), Ok(1024));
-        assert_eq!(parse_quota("500M"), Ok(500 << 20));
-        assert_eq!(parse_quota("2G"), Ok(2 << 30));
-        assert_eq!(parse_quota("2g"), Ok(2 << 30));
-        assert_eq!(parse_quota("2GB"), Ok(2 << 30));
-        assert_eq!(parse_quota("2GiB"), Ok(2 << 30));
-        assert_eq!(parse_quota("1.5G"), Ok(3 << 29));
-        assert_eq!(parse_quota("1T"), Ok(1 << 40));
-        for bad in ["", "G", "2X", "-1G", "1.2.3G", "two", "2 G B", "99999999999999999999"] {
-            assert!(parse_quota(bad).is_err(), "{bad:?}");
-        }
-        assert!(parse_quota("9999999T").is_err());
-        assert!(parse_quota("99999999999T").is_err());
-    }
 
     #[test]
     fn ban_durations_for_people() {
@@ -1033,17 +1013,35 @@ mod tests {
         assert_eq!(human_size(2 << 30), "2.0 GiB");
     }
 
+    /// `--help` of every command: each argument and flag described, and examples.
     #[test]
-    fn hashes() {
-        let sha512 = "{SHA512-CRYPT}$6$salt$abc";
-        assert!(check_password_hash(sha512).is_ok());
-        assert!(check_password_hash("{sha512-crypt}$6$salt$abc").is_ok());
-        assert!(check_password_hash("{CRYPT}$5$salt$abc").is_ok());
-        assert!(check_password_hash("{ARGON2ID}$argon2id$v=19$m=1,t=1,p=1$a$b").is_ok());
-        assert!(check_password_hash("{MD5}abc").is_err());
-        assert!(check_password_hash("{SHA512-CRYPT}$5$salt$abc").is_err());
-        assert!(check_password_hash("{ARGON2I}$argon2id$v=19$a$b").is_err());
-        let bare = check_password_hash("$6$salt$abc").unwrap_err().to_string();
-        assert!(bare.contains("'{SHA512-CRYPT}$6$salt$abc'"), "{bare}");
+    fn help_describes_every_flag_and_shows_examples() {
+        use clap::CommandFactory;
+        fn walk(cmd: &clap::Command, path: &str, problems: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" || arg.is_hide_set() {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    problems.push(format!("{path}: {id} has no description"));
+                }
+            }
+            let subs: Vec<&clap::Command> =
+                cmd.get_subcommands().filter(|c| c.get_name() != "help").collect();
+            if subs.is_empty() {
+                let examples = cmd.get_after_help().map(|h| h.to_string()).unwrap_or_default();
+                if !examples.contains("Examples:\n  posthaste ") {
+                    problems.push(format!("{path}: no examples"));
+                }
+            }
+            for sub in subs {
+                walk(sub, &path, problems);
+            }
+        }
+        let mut problems = Vec::new();
+        walk(&Cli::command(), "", &mut problems);
+        assert!(problems.is_empty(), "{problems:#?}");
     }
 }

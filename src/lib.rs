@@ -1,6 +1,7 @@
 //! posthaste: a turnkey mail server. The binary in `main.rs` is a thin CLI over these modules.
 
 pub mod address;
+pub mod admin;
 pub mod check;
 pub mod cli;
 pub mod config;

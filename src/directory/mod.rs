@@ -41,8 +41,15 @@ pub enum DirectoryError {
     Duplicate(String),
     #[error("{0} does not exist")]
     NotFound(String),
-    #[error("domain {domain} still has {accounts} account(s) and {aliases} alias(es) (help: remove them first, or pass --force to remove them with the domain; their mail stays on disk)")]
-    DomainNotEmpty { domain: String, accounts: u64, aliases: u64 },
+    #[error("{}", not_empty_message(domain, *accounts, *aliases, *inbound))]
+    DomainNotEmpty {
+        domain: String,
+        accounts: u64,
+        aliases: u64,
+        /// Alias destinations of other domains that point into this one (always 0 from
+        /// [`Directory::remove_domain`], which leaves them alone).
+        inbound: u64,
+    },
     #[error("directory database error: {0}")]
     Db(#[from] sqlx::Error),
     #[error("{0}")]
@@ -50,6 +57,17 @@ pub enum DirectoryError {
 }
 
 pub type Result<T> = std::result::Result<T, DirectoryError>;
+
+fn not_empty_message(domain: &str, accounts: u64, aliases: u64, inbound: u64) -> String {
+    let pointing = if inbound == 0 {
+        String::new()
+    } else {
+        format!(", and {inbound} alias destination(s) elsewhere point into it")
+    };
+    format!(
+        "domain {domain} still has {accounts} account(s) and {aliases} alias(es){pointing} (help: remove them first, or pass --force to remove them with the domain; their mail stays on disk)"
+    )
+}
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Domain {
@@ -196,7 +214,7 @@ fn account_from_row(row: &AnyRow) -> Result<Account> {
 }
 
 fn check_hash(password_hash: &str) -> Result<()> {
-    if password::is_supported(password_hash) {
+    if password::check_hash(password_hash).is_ok() {
         Ok(())
     } else {
         Err(DirectoryError::Other(format!(
@@ -204,6 +222,19 @@ fn check_hash(password_hash: &str) -> Result<()> {
             password::SCHEMES.join(", ")
         )))
     }
+}
+
+/// The local part names the Maildir (`mail/DOMAIN/LOCAL`). `/` is valid in an address
+/// (RFC 5322 atext) but would put the mailbox inside another one: `bob/.Sent@…` would read
+/// bob's Sent folder as its INBOX.
+fn check_account_name(address: &Address) -> Result<()> {
+    if address.local().contains('/') {
+        return Err(DirectoryError::InvalidAddress(AddressError {
+            input: address.to_string(),
+            reason: "an account's name cannot contain / (it is the name of its mailbox directory)",
+        }));
+    }
+    Ok(())
 }
 
 fn normalize_domain_arg(name: &str) -> Result<String> {
@@ -235,7 +266,49 @@ enum Found {
     Account(Address),
     /// An alias (maybe the catch-all) with its key and destinations.
     Alias(String, Vec<Address>),
+    /// `postmaster@` of a domain that has no postmaster of its own: the server's first
+    /// postmaster (see [`Directory::first_postmaster`]), under the key `postmaster@DOMAIN`.
+    Postmaster(String, Address),
     Nobody,
+}
+
+/// The local part RFC 5321 §4.5.1 requires every domain to accept.
+pub const POSTMASTER: &str = "postmaster";
+
+/// Where mail to `postmaster@DOMAIN` goes (RFC 5321 §4.5.1: every domain must accept it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "address", rename_all = "lowercase")]
+pub enum PostmasterRoute {
+    /// The domain's own: an account, an alias or the domain's catch-all.
+    Own,
+    /// No postmaster of its own: mail goes to the server's first postmaster.
+    Shared(Address),
+    /// No postmaster anywhere yet: mail to it is refused until there is one.
+    Missing,
+}
+
+/// An alias that would be added, for a loop check before it exists (see
+/// [`Directory::alias_cycle`]): `(source key, destination)`.
+type Overlay<'a> = Option<(&'a str, &'a Address)>;
+
+/// What [`Directory::remove_domain_and_references`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DomainRemoval {
+    Removed(RemovedDomain),
+    /// Not empty and not forced: nothing was changed; this is what is in the way.
+    Refused(RemovedDomain),
+}
+
+/// What [`Directory::remove_domain_and_references`] removed (or would have to remove).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RemovedDomain {
+    pub name: String,
+    /// The domain's accounts (their Maildirs are not touched).
+    pub accounts: Vec<String>,
+    /// The sources of the domain's aliases.
+    pub aliases: Vec<String>,
+    /// `(source, destination)` of other domains' aliases that pointed into the domain.
+    pub inbound: Vec<(String, String)>,
 }
 
 impl Directory {
@@ -349,26 +422,82 @@ impl Directory {
     }
 
     /// Refused with `DomainNotEmpty` unless `force`, which removes its accounts and aliases too.
+    /// Aliases of other domains that point into it are left as they are; the admin command
+    /// uses [`Directory::remove_domain_and_references`], which takes them along.
     pub async fn remove_domain(&self, name: &str, force: bool) -> Result<()> {
+        match self.remove_domain_inner(name, force, false).await? {
+            DomainRemoval::Removed(_) => Ok(()),
+            DomainRemoval::Refused(what) => Err(DirectoryError::DomainNotEmpty {
+                domain: what.name,
+                accounts: what.accounts.len() as u64,
+                aliases: what.aliases.len() as u64,
+                inbound: 0,
+            }),
+        }
+    }
+
+    /// [`Directory::remove_domain`], and also the destinations of other domains' aliases
+    /// that point into the domain: once it is gone those addresses are no longer local, and
+    /// mail to the alias would be forwarded to the Internet instead (an alias left without
+    /// any destination goes too). Without `force`, such references refuse the removal like
+    /// accounts do, and the refusal names everything that is in the way. One transaction:
+    /// all of it, or nothing.
+    pub async fn remove_domain_and_references(&self, name: &str, force: bool) -> Result<DomainRemoval> {
+        self.remove_domain_inner(name, force, true).await
+    }
+
+    async fn remove_domain_inner(&self, name: &str, force: bool, references: bool) -> Result<DomainRemoval> {
         let name = normalize_domain_arg(name)?;
         let mut tx = self.pool.begin().await?;
         if !Self::lock_domain(&mut tx, &name).await? {
             return Err(DirectoryError::NotFound(format!("domain {name}")));
         }
-        let accounts: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM accounts WHERE domain = $1")
+        let accounts: Vec<String> =
+            sqlx::query_scalar("SELECT address FROM accounts WHERE domain = $1 ORDER BY address")
+                .bind(&name)
+                .fetch_all(&mut *tx)
+                .await?;
+        let aliases: Vec<String> =
+            sqlx::query_scalar("SELECT DISTINCT source FROM aliases WHERE domain = $1 ORDER BY source")
+                .bind(&name)
+                .fetch_all(&mut *tx)
+                .await?;
+        let mut inbound = Vec::new();
+        if references {
+            let suffix = format!("@{name}");
+            let rows = sqlx::query(
+                "SELECT source, destination FROM aliases WHERE domain <> $1 ORDER BY source, destination",
+            )
             .bind(&name)
-            .fetch_one(&mut *tx)
+            .fetch_all(&mut *tx)
             .await?;
-        let aliases: i64 = sqlx::query_scalar("SELECT COUNT(DISTINCT source) FROM aliases WHERE domain = $1")
-            .bind(&name)
-            .fetch_one(&mut *tx)
-            .await?;
-        if (accounts > 0 || aliases > 0) && !force {
-            return Err(DirectoryError::DomainNotEmpty {
-                domain: name,
-                accounts: accounts as u64,
-                aliases: aliases as u64,
-            });
+            for row in rows {
+                let (source, destination): (String, String) =
+                    (row.try_get("source")?, row.try_get("destination")?);
+                if destination.ends_with(&suffix) {
+                    inbound.push((source, destination));
+                }
+            }
+        }
+        let what = RemovedDomain { name, accounts, aliases, inbound };
+        if (!what.accounts.is_empty() || !what.aliases.is_empty() || !what.inbound.is_empty()) && !force {
+            return Ok(DomainRemoval::Refused(what));
+        }
+        let (name, inbound) = (&what.name, &what.inbound);
+        // The other domains whose aliases change get their serial bumped like any change.
+        let mut touched: Vec<String> =
+            inbound.iter().filter_map(|(s, _)| parse_alias_source(s).ok()).map(|s| s.domain).collect();
+        touched.sort();
+        touched.dedup();
+        for domain in &touched {
+            Self::lock_domain(&mut tx, domain).await?;
+        }
+        for (source, destination) in inbound {
+            sqlx::query("DELETE FROM aliases WHERE source = $1 AND destination = $2")
+                .bind(source)
+                .bind(destination)
+                .execute(&mut *tx)
+                .await?;
         }
         // Children first: the foreign keys (enforced in both engines) would refuse otherwise.
         for statement in [
@@ -376,10 +505,10 @@ impl Directory {
             "DELETE FROM accounts WHERE domain = $1",
             "DELETE FROM domains WHERE name = $1",
         ] {
-            sqlx::query(statement).bind(&name).execute(&mut *tx).await?;
+            sqlx::query(statement).bind(name).execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(DomainRemoval::Removed(what))
     }
 
     /// Is mail for `domain` ours to deliver? False for names that are not valid domains.
@@ -394,8 +523,27 @@ impl Directory {
         Ok(found.is_some())
     }
 
+    /// Would [`Directory::add_account`] accept `address`? The same checks without a write, so a
+    /// caller can prepare (e.g. move an old mailbox aside) only for an account that will be
+    /// created. `add_account` checks again inside its transaction.
+    pub async fn check_new_account(&self, address: &Address) -> Result<()> {
+        check_account_name(address)?;
+        if !self.is_local_domain(address.domain()).await? {
+            return Err(DirectoryError::UnknownDomain(address.domain().to_owned()));
+        }
+        let key = address.to_string();
+        if self.alias_destinations(&key).await?.is_some() {
+            return Err(DirectoryError::Duplicate(format!("alias {key}")));
+        }
+        if self.account_exists(address).await? {
+            return Err(DirectoryError::Duplicate(format!("account {key}")));
+        }
+        Ok(())
+    }
+
     /// `password_hash` is already in `{SCHEME}` form (see [`password::hash`]).
     pub async fn add_account(&self, address: &Address, password_hash: &str, quota: u64) -> Result<Account> {
+        check_account_name(address)?;
         check_hash(password_hash)?;
         let db_quota = quota_to_db(quota)?;
         let key = address.to_string();
@@ -519,10 +667,28 @@ impl Directory {
     /// another system (forwarded). It need not exist yet, so aliases can be set up before
     /// the accounts they point to.
     pub async fn add_alias(&self, source: &str, destination: &Address) -> Result<()> {
+        let (_, present) = self.add_aliases(source, std::slice::from_ref(destination)).await?;
+        match present.into_iter().next() {
+            Some(d) => {
+                Err(DirectoryError::Duplicate(format!("alias {} → {d}", parse_alias_source(source)?.key)))
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// [`Directory::add_alias`] for several destinations in one transaction: every one is
+    /// added, or (on an error) none. Returns the destinations added and those the alias
+    /// already had, in the order given.
+    pub async fn add_aliases(
+        &self,
+        source: &str,
+        destinations: &[Address],
+    ) -> Result<(Vec<String>, Vec<String>)> {
         let source = parse_alias_source(source)?;
-        let destination = destination.to_string();
-        if source.key == destination {
-            return Err(DirectoryError::Other(format!("alias {destination} cannot point to itself")));
+        for d in destinations {
+            if source.key == d.to_string() {
+                return Err(DirectoryError::Other(format!("alias {d} cannot point to itself")));
+            }
         }
         let mut tx = self.pool.begin().await?;
         if !Self::lock_domain(&mut tx, &source.domain).await? {
@@ -535,20 +701,59 @@ impl Directory {
         if account.is_some() {
             return Err(DirectoryError::Duplicate(format!("account {}", source.key)));
         }
-        let done = sqlx::query(
-            "INSERT INTO aliases (source, domain, destination) VALUES ($1, $2, $3)
-             ON CONFLICT (source, destination) DO NOTHING",
-        )
-        .bind(&source.key)
-        .bind(&source.domain)
-        .bind(&destination)
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Err(DirectoryError::Duplicate(format!("alias {} → {destination}", source.key)));
+        let (mut added, mut present) = (Vec::new(), Vec::new());
+        for destination in destinations {
+            let destination = destination.to_string();
+            let done = sqlx::query(
+                "INSERT INTO aliases (source, domain, destination) VALUES ($1, $2, $3)
+                 ON CONFLICT (source, destination) DO NOTHING",
+            )
+            .bind(&source.key)
+            .bind(&source.domain)
+            .bind(&destination)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 0 {
+                present.push(destination);
+            } else {
+                added.push(destination);
+            }
         }
         tx.commit().await?;
-        Ok(())
+        Ok((added, present))
+    }
+
+    /// Would `source → destination` close a loop, i.e. does mail to `destination` come back
+    /// to `source` (through aliases, plus-addressing, catch-alls or the shared postmaster)?
+    /// The loop as alias keys, from `source` back to it, or None. Resolution cuts loops
+    /// anyway ([`Directory::resolve`]); this lets `alias add` refuse to make one.
+    pub async fn alias_cycle(&self, source: &str, destination: &Address) -> Result<Option<Vec<String>>> {
+        let source = parse_alias_source(source)?;
+        let overlay = Some((source.key.as_str(), destination));
+        // Breadth first from the destination, each address with the path that led to it
+        // (alias graphs are small, and this runs only when an alias is added).
+        let mut seen = HashSet::new();
+        let mut work = std::collections::VecDeque::from([(destination.clone(), vec![source.key.clone()])]);
+        let mut local = HashMap::new();
+        while let Some((address, mut path)) = work.pop_front() {
+            path.push(address.to_string());
+            let (key, next) = match self.find(&address, &mut local, overlay).await? {
+                Found::Alias(key, destinations) => (key, destinations),
+                Found::Postmaster(key, to) => (key, vec![to]),
+                Found::Remote | Found::Account(_) | Found::Nobody => continue,
+            };
+            if key == source.key {
+                if path.last() != Some(&key) {
+                    path.push(key);
+                }
+                return Ok(Some(path));
+            }
+            if !seen.insert(key) {
+                continue;
+            }
+            work.extend(next.into_iter().map(|d| (d, path.clone())));
+        }
+        Ok(None)
     }
 
     /// All aliases, or those of one domain (which must exist), ordered by source; the
@@ -652,9 +857,66 @@ impl Directory {
         Ok(row.is_some())
     }
 
+    /// The alias's destinations, with the overlay's if it is the alias being added.
+    async fn alias_destinations_with(&self, key: &str, overlay: Overlay<'_>) -> Result<Option<Vec<Address>>> {
+        let mut found = self.alias_destinations(key).await?;
+        if let Some((_, d)) = overlay.filter(|(k, _)| *k == key) {
+            found.get_or_insert_with(Vec::new).push(d.clone());
+        }
+        Ok(found)
+    }
+
+    /// The server's first postmaster, who gets `postmaster@` of every domain that has none
+    /// of its own (RFC 5321 §4.5.1): the first `postmaster@` account (by domain name), or,
+    /// when there is none, the first `postmaster@` alias. None while there is neither.
+    pub async fn first_postmaster(&self) -> Result<Option<Address>> {
+        self.first_postmaster_with(None).await
+    }
+
+    async fn first_postmaster_with(&self, overlay: Overlay<'_>) -> Result<Option<Address>> {
+        let pattern = format!("{POSTMASTER}@%");
+        let account: Option<String> =
+            sqlx::query_scalar("SELECT address FROM accounts WHERE address LIKE $1 ORDER BY address LIMIT 1")
+                .bind(&pattern)
+                .fetch_optional(&self.pool)
+                .await?;
+        let found = match account {
+            Some(a) => Some(a),
+            None => {
+                let alias: Option<String> = sqlx::query_scalar(
+                    "SELECT source FROM aliases WHERE source LIKE $1 ORDER BY source LIMIT 1",
+                )
+                .bind(&pattern)
+                .fetch_optional(&self.pool)
+                .await?;
+                let added =
+                    overlay.map(|(k, _)| k.to_owned()).filter(|k| k.starts_with(&format!("{POSTMASTER}@")));
+                [alias, added].into_iter().flatten().min()
+            }
+        };
+        Ok(found.and_then(|a| Address::parse(&a).ok()))
+    }
+
+    /// Where `postmaster@domain` goes; the domain must exist.
+    pub async fn postmaster_route(&self, domain: &str) -> Result<PostmasterRoute> {
+        let domain = self.existing_domain(domain).await?;
+        let address = Address::parse(&format!("{POSTMASTER}@{domain}"))?;
+        Ok(match self.find(&address, &mut HashMap::new(), None).await? {
+            Found::Postmaster(_, to) => PostmasterRoute::Shared(to),
+            Found::Nobody => PostmasterRoute::Missing,
+            Found::Remote | Found::Account(_) | Found::Alias(..) => PostmasterRoute::Own,
+        })
+    }
+
     /// One lookup in the documented order: account, alias, account without +tag, alias
-    /// without +tag, catch-all.
-    async fn find(&self, address: &Address, local: &mut HashMap<String, bool>) -> Result<Found> {
+    /// without +tag, catch-all, and for `postmaster@` the server's first postmaster.
+    /// `overlay`: an alias that is about to be added, as if it existed.
+    async fn find(
+        &self,
+        address: &Address,
+        local: &mut HashMap<String, bool>,
+        overlay: Overlay<'_>,
+    ) -> Result<Found> {
         let domain = address.domain();
         let is_local = match local.get(domain) {
             Some(&known) => known,
@@ -674,13 +936,23 @@ impl Directory {
                 return Ok(Found::Account(candidate));
             }
             let key = candidate.to_string();
-            if let Some(destinations) = self.alias_destinations(&key).await? {
+            if let Some(destinations) = self.alias_destinations_with(&key, overlay).await? {
                 return Ok(Found::Alias(key, destinations));
             }
         }
         let catch_all = format!("@{domain}");
-        if let Some(destinations) = self.alias_destinations(&catch_all).await? {
+        if let Some(destinations) = self.alias_destinations_with(&catch_all, overlay).await? {
             return Ok(Found::Alias(catch_all, destinations));
+        }
+        // RFC 5321 §4.5.1: every domain must accept mail for its postmaster. One without a
+        // postmaster of its own (a second domain, one added later) shares the first one.
+        let base = address.local().split_once('+').map_or(address.local(), |(base, _)| base);
+        if base == POSTMASTER {
+            if let Some(first) = self.first_postmaster_with(overlay).await? {
+                if first.domain() != domain {
+                    return Ok(Found::Postmaster(format!("{POSTMASTER}@{domain}"), first));
+                }
+            }
         }
         Ok(Found::Nobody)
     }
@@ -695,31 +967,35 @@ impl Directory {
         let mut targets = BTreeSet::new();
         let mut local = HashMap::new();
         while let Some((address, depth)) = work.pop() {
-            match self.find(&address, &mut local).await? {
+            let (key, destinations) = match self.find(&address, &mut local, None).await? {
                 Found::Remote => {
                     targets.insert(Target::Remote(address));
+                    continue;
                 }
                 Found::Account(account) => {
                     targets.insert(Target::Local(account));
+                    continue;
                 }
-                Found::Alias(key, destinations) => {
-                    if depth >= MAX_ALIAS_DEPTH {
-                        tracing::warn!(alias = %key, "alias chain longer than {MAX_ALIAS_DEPTH} hops; cut");
-                        continue;
+                Found::Nobody => {
+                    if depth > 0 {
+                        tracing::warn!(%address, "alias destination is a local address without an account; skipped")
                     }
-                    // Marked only when actually expanded, so an alias first met too deep can
-                    // still be expanded when met again on a shorter path.
-                    if !expanded.insert(key.clone()) {
-                        tracing::debug!(alias = %key, "alias already expanded (loop or shared destination)");
-                        continue;
-                    }
-                    work.extend(destinations.into_iter().map(|d| (d, depth + 1)));
+                    continue;
                 }
-                Found::Nobody if depth > 0 => {
-                    tracing::warn!(%address, "alias destination is a local address without an account; skipped")
-                }
-                Found::Nobody => {}
+                Found::Alias(key, destinations) => (key, destinations),
+                Found::Postmaster(key, first) => (key, vec![first]),
+            };
+            if depth >= MAX_ALIAS_DEPTH {
+                tracing::warn!(alias = %key, "alias chain longer than {MAX_ALIAS_DEPTH} hops; cut");
+                continue;
             }
+            // Marked only when actually expanded, so an alias first met too deep can
+            // still be expanded when met again on a shorter path.
+            if !expanded.insert(key.clone()) {
+                tracing::debug!(alias = %key, "alias already expanded (loop or shared destination)");
+                continue;
+            }
+            work.extend(destinations.into_iter().map(|d| (d, depth + 1)));
         }
         Ok(targets)
     }
@@ -727,6 +1003,9 @@ impl Directory {
     /// Where mail to `address` goes. `Ok(None)`: the domain is local but nobody has that
     /// address (550 5.1.1). Order: account, alias, account without +tag, alias without +tag,
     /// catch-all. Aliases expand recursively (loops and depth > 10 are cut).
+    ///
+    /// `postmaster@` of a domain without a postmaster of its own goes to the server's first
+    /// postmaster ([`Directory::first_postmaster`]; RFC 5321 §4.5.1).
     ///
     /// The result is sorted and deduplicated. An address on a domain that is not local
     /// resolves to itself as `Target::Remote` (whether to relay it is the caller's decision).

@@ -107,6 +107,232 @@ pub fn is_supported(stored: &str) -> bool {
     })
 }
 
+/// Why a hash an administrator supplied cannot be stored (see [`check_hash`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashProblem {
+    /// A bare crypt(3) string, as `openssl passwd -6`, `mkpasswd` and /etc/shadow give it:
+    /// `scheme` is the prefix it needs.
+    NoScheme { scheme: &'static str },
+    /// Not `{SCHEME}…` with a scheme [`verify`] understands.
+    Unsupported,
+    /// `{scheme}` followed by something that is not a hash of that scheme (cut short,
+    /// another scheme's string, or garbage).
+    Malformed { scheme: String },
+}
+
+impl HashProblem {
+    /// What is wrong, naming where the hash came from (`field`: `--password-hash`, or
+    /// `postmaster.password_hash` for the answers file).
+    pub fn message(&self, field: &str) -> String {
+        match self {
+            HashProblem::NoScheme { .. } => format!("{field} has no {{SCHEME}} prefix"),
+            HashProblem::Unsupported => format!("{field} is not a supported hash"),
+            HashProblem::Malformed { scheme } => {
+                format!("{field} says {{{scheme}}} but what follows is not a {scheme} hash")
+            }
+        }
+    }
+
+    /// What to do about it; `hash` is the value that was refused.
+    pub fn help(&self, hash: &str) -> String {
+        match self {
+            HashProblem::NoScheme { scheme } => {
+                format!("this looks like a {scheme} hash; pass it as '{{{scheme}}}{hash}'")
+            }
+            HashProblem::Unsupported | HashProblem::Malformed { .. } => format!(
+                "use Dovecot's {{SCHEME}} form with one of {}, e.g. from `doveadm pw -s SHA512-CRYPT`",
+                SCHEMES.join(", ")
+            ),
+        }
+    }
+}
+
+/// The one check for a password hash that an administrator hands us (`user add
+/// --password-hash`, the answers file's `password_hash`): Dovecot's `{SCHEME}` form, a
+/// scheme we verify, and after it a string of that scheme's shape. A hash nobody can log
+/// in with is better refused when it is given than discovered at the first login.
+///
+/// Only the shape is checked, never by hashing: a crafted cost (bcrypt 31, SHA-crypt
+/// rounds=999999999, Argon2 with gigabytes) must not make the check itself slow.
+pub fn check_hash(hash: &str) -> Result<(), HashProblem> {
+    if !hash.starts_with('{') {
+        if let Some(scheme) = crypt_scheme(hash) {
+            return Err(HashProblem::NoScheme { scheme });
+        }
+    }
+    if !is_supported(hash) {
+        return Err(HashProblem::Unsupported);
+    }
+    let (scheme, rest) = split_scheme(hash).expect("is_supported checked the {SCHEME} form");
+    let scheme = scheme.to_ascii_uppercase();
+    let fits = match scheme.as_str() {
+        "ARGON2ID" => argon2_shape(rest, Algorithm::Argon2id),
+        "ARGON2I" => argon2_shape(rest, Algorithm::Argon2i),
+        "CRYPT" => crypt_scheme(rest).is_some_and(|s| crypt_shape(s, rest)),
+        other => crypt_scheme(rest).is_some_and(|s| s == other && crypt_shape(s, rest)),
+    };
+    if fits {
+        Ok(())
+    } else {
+        Err(HashProblem::Malformed { scheme })
+    }
+}
+
+/// The Dovecot scheme of a bare crypt(3) string (`$6$…` → SHA512-CRYPT), by its prefix.
+fn crypt_scheme(s: &str) -> Option<&'static str> {
+    if s.starts_with("$6$") {
+        Some("SHA512-CRYPT")
+    } else if s.starts_with("$5$") {
+        Some("SHA256-CRYPT")
+    } else if ["$2y$", "$2b$", "$2a$"].iter().any(|p| s.starts_with(p)) {
+        Some("BLF-CRYPT")
+    } else {
+        None
+    }
+}
+
+/// crypt(3)'s base-64 alphabet (`./0-9A-Za-z`), used by SHA-crypt and bcrypt.
+fn crypt_b64(s: &str) -> bool {
+    s.bytes().all(|b| b == b'.' || b == b'/' || b.is_ascii_alphanumeric())
+}
+
+/// Does `s` (a crypt string with a known prefix) have that algorithm's fields?
+/// SHA-crypt: `$5$`/`$6$`, optional `rounds=N$`, a salt of at most 16 characters, and a
+/// 43-character (SHA-256) or 86-character (SHA-512) digest. bcrypt: `$2?$NN$` with a cost
+/// of 4–31 and 53 characters of salt and digest.
+fn crypt_shape(scheme: &str, s: &str) -> bool {
+    if scheme == "BLF-CRYPT" {
+        let Some((cost, tail)) = s.get(4..).and_then(|r| r.split_once('$')) else { return false };
+        let cost_ok = cost.len() == 2 && cost.parse::<u32>().is_ok_and(|c| (4..=31).contains(&c));
+        return cost_ok && tail.len() == 53 && crypt_b64(tail);
+    }
+    let digest_len = if scheme == "SHA512-CRYPT" { 86 } else { 43 };
+    let mut fields: Vec<&str> = s[3..].split('$').collect();
+    if fields.first().is_some_and(|f| f.starts_with("rounds=")) {
+        let rounds = fields.remove(0)["rounds=".len()..].to_owned();
+        if rounds.is_empty() || !rounds.bytes().all(|b| b.is_ascii_digit()) {
+            return false;
+        }
+    }
+    match fields.as_slice() {
+        [salt, digest] => {
+            salt.len() <= 16
+                && !salt.bytes().any(|b| b.is_ascii_whitespace() || b == b':')
+                && digest.len() == digest_len
+                && crypt_b64(digest)
+        }
+        _ => false,
+    }
+}
+
+/// A PHC string of the right Argon2 variant with parameters Argon2 accepts, a salt and a
+/// digest.
+fn argon2_shape(phc: &str, expected: Algorithm) -> bool {
+    let Ok(parsed) = PasswordHash::new(phc) else { return false };
+    parsed.algorithm == expected.ident()
+        && parsed.salt.is_some()
+        && parsed.hash.is_some()
+        && Params::try_from(&parsed).is_ok()
+}
+
+/// Why a password is refused (see [`check_strength`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Weakness {
+    /// Fewer than [`MIN_LENGTH`] characters.
+    TooShort,
+    /// One of the passwords people pick most often, or one of them with digits or symbols
+    /// around it or letters swapped for look-alike digits (`P@ssw0rd1!`).
+    Common,
+    /// The account's own name or its domain's, dressed up the same way (`alice2024!` for
+    /// alice@…, `Example123` for …@example.org): the first thing an attacker tries.
+    AccountName,
+    /// The same character over and over (`aaaaaaaa`).
+    Repeated,
+}
+
+impl std::fmt::Display for Weakness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Weakness::TooShort => "the password is shorter than 8 characters",
+            Weakness::Common => "the password is one of the most common passwords",
+            Weakness::AccountName => "the password is the account's or the domain's name",
+            Weakness::Repeated => "the password is one character repeated",
+        })
+    }
+}
+
+/// Passwords shorter than this are refused, always.
+pub const MIN_LENGTH: usize = 8;
+
+/// The most common passwords, one per line, lowercase.
+///
+/// Compiled by hand for posthaste from what published analyses of breached-password
+/// corpora rank as the most used passwords — the UK NCSC's 2019 study of the top 100,000
+/// passwords in Have I Been Pwned, and the yearly "most common passwords" lists of
+/// password-manager vendors — together with the keyboard walks and the German, French,
+/// Spanish and Italian words those rankings show. It lists which strings people pick (a
+/// fact about people), not a copy of any one source. Short entries (`admin`, `qwerty`)
+/// are there as roots: a password that is one of them with digits or symbols around it
+/// is refused too. Brute-forcing the rest is what the guard's login bans are for.
+const COMMON: &str = include_str!("common-passwords.txt");
+
+static COMMON_SET: LazyLock<std::collections::HashSet<&'static str>> = LazyLock::new(|| {
+    COMMON.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect()
+});
+
+/// Is `password` good enough for the account `address` (`local@domain`)? Length is a hard
+/// rule; the other checks catch the passwords that password-spraying bots try first. Counted
+/// in characters, so a non-ASCII password is not penalised for its bytes.
+pub fn check_strength(password: &str, address: &crate::address::Address) -> Result<(), Weakness> {
+    if password.chars().count() < MIN_LENGTH {
+        return Err(Weakness::TooShort);
+    }
+    let lower = password.to_lowercase();
+    let mut chars = lower.chars();
+    let first = chars.next();
+    if chars.all(|c| Some(c) == first) {
+        return Err(Weakness::Repeated);
+    }
+    // The forms a common password takes: as typed, without the digits and symbols around
+    // it (`Summer2024!`), and with look-alike digits read as letters (`P@ssw0rd`).
+    let core = lower.trim_matches(|c: char| !c.is_alphabetic());
+    let candidates = [lower.clone(), core.to_owned(), unleet(&lower), unleet(core)];
+    let candidates: Vec<&str> = candidates
+        .iter()
+        .map(|c| c.trim_matches(|c: char| !c.is_alphanumeric()))
+        .filter(|c| !c.is_empty())
+        .collect();
+    if candidates.iter().any(|c| COMMON_SET.contains(c)) {
+        return Err(Weakness::Common);
+    }
+    let local = address.local().split('+').next().unwrap_or("");
+    let label = address.domain().split('.').next().unwrap_or("");
+    let names: Vec<String> =
+        [local.to_owned(), label.to_owned(), format!("{local}{label}"), address.to_string()]
+            .into_iter()
+            .filter(|n| n.chars().count() >= 3)
+            .collect();
+    if candidates.iter().any(|c| names.iter().any(|n| n == c)) {
+        return Err(Weakness::AccountName);
+    }
+    Ok(())
+}
+
+/// `p@ssw0rd` → `password`: the digit-for-letter swaps people believe make a word strong.
+fn unleet(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '0' => 'o',
+            '1' | '!' => 'i',
+            '3' => 'e',
+            '4' | '@' => 'a',
+            '5' | '$' => 's',
+            '7' => 't',
+            other => other,
+        })
+        .collect()
+}
+
 /// `{SCHEME}rest` → (`SCHEME`, `rest`).
 fn split_scheme(stored: &str) -> Option<(&str, &str)> {
     let rest = stored.strip_prefix('{')?;
@@ -285,6 +511,102 @@ mod tests {
         assert!(!is_supported("{PLAIN}secret"));
         assert!(!is_supported("{ARGON2ID}"));
         assert!(!is_supported("$6$saltsalt$abc"));
+    }
+
+    #[test]
+    fn admin_supplied_hashes_are_checked_by_shape() {
+        for good in [
+            DOVE_ARGON2ID,
+            DOVE_ARGON2I,
+            DOVE_SHA512,
+            DOVE_SHA256,
+            DOVE_BLF,
+            OPENSSL_SHA512,
+            OPENSSL_SHA256,
+            PY_SHA512_ROUNDS,
+            PY_SHA256_ROUNDS,
+            PY_BLF_2B,
+            PY_BLF_2A,
+            DOVE_ARGON2ID_UTF8,
+            DOVE_SHA512_EMPTY,
+        ] {
+            assert_eq!(check_hash(good), Ok(()), "{good}");
+        }
+        assert_eq!(check_hash(&DOVE_SHA512.replace("{SHA512-CRYPT}", "{CRYPT}")), Ok(()));
+        assert_eq!(check_hash(&DOVE_BLF.replace("{BLF-CRYPT}", "{blf-crypt}")), Ok(()));
+        let malformed = |scheme: &str| Err(HashProblem::Malformed { scheme: scheme.into() });
+        for (bad, scheme) in [
+            ("{ARGON2ID}garbage", "ARGON2ID"),
+            ("{ARGON2ID}$argon2id$v=19$garbage", "ARGON2ID"),
+            ("{ARGON2ID}$argon2id$v=19$m=65536,t=3,p=1$IP2H1MNOClFawmfRrIW+mg", "ARGON2ID"),
+            ("{ARGON2I}$argon2id$v=19$a$b", "ARGON2I"),
+            ("{SHA512-CRYPT}$5$salt$abc", "SHA512-CRYPT"),
+            ("{SHA512-CRYPT}$6$salt$abc", "SHA512-CRYPT"),
+            ("{SHA512-CRYPT}$6$rounds=x$saltsalt$abc", "SHA512-CRYPT"),
+            ("{SHA256-CRYPT}$5$pepper$I4JtT7ItqoiFALROk4x2EglL0Rls", "SHA256-CRYPT"),
+            ("{BLF-CRYPT}$2y$05$short", "BLF-CRYPT"),
+            ("{BLF-CRYPT}$2y$99$8ZXHjq1mfKDw.VGhIdbXjedQP9TKmVQ8QYOVjA9czpNdzWD.jHydW", "BLF-CRYPT"),
+            ("{CRYPT}$1$saltsalt$abcdefghijklmnopqrstuv", "CRYPT"),
+        ] {
+            assert_eq!(check_hash(bad), malformed(scheme), "{bad}");
+        }
+        for bad in ["{MD5}abc", "{PLAIN}secret", "{SHA512-CRYPT}", "nohash", ""] {
+            assert_eq!(check_hash(bad), Err(HashProblem::Unsupported), "{bad}");
+        }
+        let bare = "$6$salt$abc";
+        let problem = check_hash(bare).unwrap_err();
+        assert_eq!(problem, HashProblem::NoScheme { scheme: "SHA512-CRYPT" });
+        assert_eq!(problem.message("--password-hash"), "--password-hash has no {SCHEME} prefix");
+        assert!(problem.help(bare).contains("'{SHA512-CRYPT}$6$salt$abc'"), "{}", problem.help(bare));
+        let field = HashProblem::Malformed { scheme: "ARGON2ID".into() }.message("postmaster.password_hash");
+        assert_eq!(field, "postmaster.password_hash says {ARGON2ID} but what follows is not a ARGON2ID hash");
+    }
+
+    #[test]
+    fn the_common_password_list_is_clean() {
+        let entries: Vec<&str> = COMMON.lines().filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+        assert!(entries.len() >= 300, "{}", entries.len());
+        let mut seen = std::collections::HashSet::new();
+        for e in &entries {
+            assert_eq!(*e, e.trim(), "{e:?}");
+            assert_eq!(*e, e.to_lowercase(), "{e:?}: lowercase, it is compared lowercased");
+            assert!(seen.insert(*e), "{e} twice");
+        }
+    }
+
+    #[test]
+    fn weak_passwords() {
+        let alice = crate::address::Address::parse("alice@example.test").unwrap();
+        for (password, why) in [
+            ("short7!", Weakness::TooShort),
+            ("ñññññ", Weakness::TooShort),
+            ("password", Weakness::Common),
+            ("PASSWORD", Weakness::Common),
+            ("12345678", Weakness::Common),
+            ("Password1!", Weakness::Common),
+            ("P@ssw0rd", Weakness::Common),
+            ("!!Welcome2024", Weakness::Common),
+            ("qwertyuiop", Weakness::Common),
+            ("Summer2024!", Weakness::Common),
+            ("admin12345", Weakness::Common),
+            ("Alice2024!", Weakness::AccountName),
+            ("example123", Weakness::AccountName),
+            ("aliceexample", Weakness::AccountName),
+            ("aaaaaaaaaa", Weakness::Repeated),
+        ] {
+            assert_eq!(check_strength(password, &alice), Err(why), "{password}");
+        }
+        for ok in [
+            "correct horse battery",
+            "Secret-Passw0rd!",
+            "New-Passw0rd-2",
+            "ñññññññ8",
+            "kettle-orbit-spruce",
+            "Tr0ub4dor&3x",
+            "bob-2024-garden",
+        ] {
+            assert_eq!(check_strength(ok, &alice), Ok(()), "{ok}");
+        }
     }
 
     #[test]

@@ -304,8 +304,11 @@ impl Guard {
         }
         let reason =
             format!("{} {} in {}", times.len(), event.reason(), crate::config::duration_str::format(&window));
-        let ban = self.ban_locked(&mut st, ip, None, &reason, now);
-        Verdict::Banned { until: ban.until }
+        match self.ban_locked(&mut st, ip, None, &reason, now, false) {
+            Ok(ban) => Verdict::Banned { until: ban.until },
+            // Not reached: without `must_save` a ban always holds (in memory at least).
+            Err(_) => Verdict::Allow,
+        }
     }
 
     fn threshold(&self, event: Event) -> (u32, Duration) {
@@ -340,7 +343,10 @@ impl Guard {
         let mut st = self.state.lock().unwrap();
         let now = now_secs();
         self.refresh(&mut st, now);
-        Ok(self.ban_locked(&mut st, ip, duration, reason, now))
+        self.ban_locked(&mut st, ip, duration, reason, now, true).map_err(|e| {
+            let file = self.file.as_ref().map(|f| f.path().display().to_string()).unwrap_or_default();
+            anyhow::Error::new(e).context(format!("cannot save the ban list {file}: the ban was not made"))
+        })
     }
 
     fn ban_locked(
@@ -350,7 +356,8 @@ impl Guard {
         duration: Option<Duration>,
         reason: &str,
         now: u64,
-    ) -> Ban {
+        must_save: bool,
+    ) -> std::io::Result<Ban> {
         let (offence, auto) = self.next_ban(st.bans.get(&ip), now);
         let duration = duration.unwrap_or(auto);
         let ban = Ban {
@@ -366,6 +373,11 @@ impl Guard {
             if let Err(e) = f.update(self.cfg.repeat_window, |all| {
                 all.insert(ip, b);
             }) {
+                // The daemon's own bans hold in memory when the file cannot be written; an
+                // administrator's ban that is not saved would never reach the daemon.
+                if must_save {
+                    return Err(e);
+                }
                 warn!(error = %e, file = %f.path().display(), "guard: cannot save the ban list");
             }
             st.stamp = f.stamp();
@@ -382,7 +394,7 @@ impl Guard {
                 }
             });
         }
-        ban
+        Ok(ban)
     }
 
     /// Lift the ban of `ip`; returns it if there was an active one.

@@ -1,4 +1,5 @@
-//! `posthaste install`, `uninstall`, `status` and `dns`: the turnkey part.
+//! `posthaste install` and `uninstall`: the turnkey part (`status` and `dns` are admin
+//! areas in `src/admin/`, which this calls).
 //!
 //! An install is: detect the distro (os-release against `distros/*.yaml`), get the answers
 //! (file or wizard → one validated [`answers::Answers`]), run the preflight checks, compute
@@ -10,7 +11,6 @@
 pub mod answers;
 pub mod apply;
 pub mod distro;
-pub mod dns;
 pub mod host;
 pub mod plan;
 pub mod preflight;
@@ -291,11 +291,14 @@ pub fn install(host: &Host, args: &InstallArgs) -> anyhow::Result<Outcome> {
     }
     // The DKIM keys are in the target's data directory (made by the directory step).
     let dkim_dir = host.path(ctx.layout.dkim_dir());
-    let records = dns::records(
-        &answers.hostname,
+    // The SRV records follow the listeners of the config just written.
+    let config = crate::config::Config::load(&host.path(&ctx.layout.config))
+        .context("cannot read the config the install wrote")?;
+    let records = crate::admin::dns::zone_text(
+        &config,
         &answers.domains,
         &answers.postmaster.address.to_string(),
-        Some(&dkim_dir),
+        &dkim_dir,
     )?;
     host.say(format!("\nPublish these DNS records (posthaste dns prints them again):\n{records}"));
     Ok(Outcome { plan, applied: pending > 0 })
@@ -413,27 +416,31 @@ fn progress_bar(host: &Host, len: u64) -> indicatif::ProgressBar {
 
 /// `posthaste status`: is the daemon running?
 pub fn status(host: &Host, config_path: &std::path::Path) -> anyhow::Result<()> {
-    let config =
-        crate::config::Config::load(config_path).context("posthaste does not seem to be installed")?;
-    if host.probe.systemd_running() {
+    let st = crate::admin::status::status(&HostProbe(host), config_path, &Layout::default().log())?;
+    st.require_running()?;
+    host.say(st.summary());
+    Ok(())
+}
+
+/// `posthaste status` through the host seam (the installer's tests fake it).
+struct HostProbe<'a>(&'a Host);
+
+impl crate::admin::status::Probe for HostProbe<'_> {
+    fn systemd_state(&self) -> Option<String> {
+        let host = self.0;
+        if !host.probe.systemd_running() {
+            return None;
+        }
         let out = host.run(&host::Cmd::new("systemctl", &["is-active", "posthaste"]));
-        let state = out.map(|o| o.stdout.trim().to_owned()).unwrap_or_default();
-        if state == "active" {
-            host.say("posthaste is running (systemd unit posthaste.service)");
-            return Ok(());
-        }
-        bail!("posthaste is not running (systemd says: {state})\nhelp: journalctl -u posthaste shows why; start it with systemctl start posthaste");
+        Some(out.map(|o| o.stdout.trim().to_owned()).unwrap_or_default())
     }
-    let pidfile = crate::serve::pidfile_path(&config);
-    match steps::service::running_pid(host, &pidfile) {
-        Some(pid) => {
-            host.say(format!("posthaste is running (pid {pid}, direct mode, pidfile {})", pidfile.display()));
-            Ok(())
-        }
-        None => bail!(
-            "posthaste is not running (no live pid in {})\nhelp: start it with `posthaste serve` (rerunning the install also starts it); its log is in {}",
-            pidfile.display(),
-            Layout::default().log().display()
-        ),
+    fn is_daemon(&self, pid: i32) -> bool {
+        !self.0.under_root && self.0.probe.pid_alive(pid)
+    }
+    fn daemons_of(&self, _config: &std::path::Path) -> Vec<i32> {
+        Vec::new()
+    }
+    fn read(&self, path: &std::path::Path) -> std::io::Result<String> {
+        std::fs::read_to_string(self.0.path(path))
     }
 }

@@ -1,4 +1,4 @@
-//! Queue administration for the CLI (`posthaste queue list|flush|delete`). The CLI is a
+//! The spool side of `posthaste queue list|flush|delete` (see `admin::queue`). The CLI is a
 //! separate process from the daemon: it works on the spool files directly, under the same
 //! per-message lock the daemon uses (see [`super::spool::Spool::update`]).
 

@@ -22,6 +22,7 @@
 mod index;
 mod mailbox;
 mod name;
+mod retire;
 
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
@@ -34,6 +35,7 @@ use crate::address::Address;
 
 pub use index::{CachedMessage, Changes};
 pub use mailbox::{CopyResult, FlagOp, Mailbox, Message, MessageRef, StoreResult, Summary, SYSTEM_FLAGS};
+pub use retire::ARCHIVE_DIR;
 
 #[derive(Debug, Clone)]
 pub struct Store {

@@ -99,6 +99,7 @@ fn everything_passes_with_a_temporary_account_that_is_removed_afterwards() {
     let users = p.cmd_ok(&["user", "list"]).stdout;
     assert!(!users.contains("posthaste-check-"), "temporary account left behind:\n{users}");
     assert!(!p.maildir(address).exists(), "Maildir of {address} left behind");
+    assert!(!p.data_dir().join("mail/.removed").exists(), "nothing of it archived either");
     assert!(p.maildir_messages("postmaster@example.test").is_empty());
 }
 
@@ -219,4 +220,74 @@ fn with_rspamd_and_clamd_the_filters_answer_gtube_is_stopped_and_eicar_refused()
     assert_eq!(status(eicar), "fail", "{eicar:#}");
     // Mail itself is refused temporarily while clamd is down (fail closed by default).
     assert_eq!(status(named(&report, "submission")[0]), "fail", "{report:#}");
+}
+
+#[test]
+fn check_json_rows_have_stable_ids_without_addresses() {
+    let dir = TestDir::new("check-ids");
+    let p = server(&dir);
+    let (out, report) = check_json(&p, &[]);
+    assert!(out.success(), "check failed:\n{}", out.all());
+    let ids: Vec<&str> =
+        report["checks"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        ids,
+        [
+            "tls.smtp",
+            "tls.submission",
+            "tls.submissions",
+            "tls.imap",
+            "tls.imaps",
+            "tls.pop3",
+            "tls.pop3s",
+            "account.temporary",
+            "mx.local",
+            "mx.relay",
+            "submission",
+            "imap.read",
+            "pop3.read",
+            "dkim",
+            "filter.gtube",
+            "filter.eicar",
+        ],
+        "{report:#}"
+    );
+    // The names still say where (for people); the ids never do.
+    let relay = report["checks"].as_array().unwrap().iter().find(|c| c["id"] == "mx.relay").unwrap();
+    assert!(relay["name"].as_str().unwrap().contains("127.0.0.1:"), "{relay}");
+    // A second run gives the same ids, though the temporary account differs.
+    let (_, again) = check_json(&p, &[]);
+    let again: Vec<&str> =
+        again["checks"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(again, ids);
+}
+
+/// An "MX" that refuses every recipient with `reply`, and a config pointing the check at it.
+fn refusing_mx(dir: &TestDir, reply: &str) -> (crate::support::SmtpSink, Posthaste) {
+    let addr = free_addr();
+    let sink = crate::support::SmtpSink::builder(addr).hard_reject(&["RCPT"]).hard_reply(reply).start(dir);
+    let p = Posthaste::builder(dir).set("listen.smtp", vec![addr.to_string()]).build();
+    p.add_domain("example.test");
+    (sink, p)
+}
+
+#[test]
+fn mx_relay_check_fails_on_a_refusal_that_is_not_about_relaying() {
+    // A server that answers every RCPT with `550 5.1.1 User unknown` tells nothing about
+    // relaying; it used to pass "mx refuses relaying".
+    let dir = TestDir::new("check-relay-5-1-1");
+    let (_sink, p) = refusing_mx(&dir, "550 5.1.1 User unknown");
+    let (_, report) = check_json(&p, &[]);
+    let relay = report["checks"].as_array().unwrap().iter().find(|c| c["id"] == "mx.relay").unwrap();
+    assert_eq!(status(relay), "fail", "{relay:#}");
+    let detail = relay["detail"].as_str().unwrap();
+    assert!(detail.contains("550 5.1.1 User unknown") && detail.contains("not a relay refusal"), "{detail}");
+    // The sender was local (the check's own account), the recipient remote.
+    assert!(detail.contains("from <posthaste-check-") && detail.contains("@example.test>"), "{detail}");
+
+    let dir = TestDir::new("check-relay-5-7-1");
+    let (_sink, p) = refusing_mx(&dir, "554 5.7.1 Relay access denied");
+    let (_, report) = check_json(&p, &[]);
+    let relay = report["checks"].as_array().unwrap().iter().find(|c| c["id"] == "mx.relay").unwrap();
+    assert_eq!(status(relay), "pass", "{relay:#}");
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::support::posthaste::{bin, HOSTNAME};
 use crate::support::*;
 use ::posthaste::address::Address;
-use ::posthaste::directory::Directory;
+use ::posthaste::directory::{Directory, Target};
 use serde_json::{json, Value};
 
 const PW: &str = "Secret-Passw0rd!";
@@ -62,8 +62,15 @@ on_both_backends!(
     user_add_creates_the_maildir_with_special_folders,
     passwd_replaces_the_hash,
     user_remove_keeps_the_mail,
+    a_mailbox_left_on_disk_is_never_inherited_silently,
+    an_account_name_with_a_slash_is_refused,
+    quota_changes_and_accounts_are_disabled_and_enabled,
+    common_passwords_are_refused_unless_allowed,
     aliases,
     alias_errors,
+    alias_add_refuses_a_loop,
+    postmaster_of_every_domain_reaches_the_first_postmaster,
+    domain_remove_force_leaves_no_alias_forwarding_into_the_removed_domain,
 );
 
 /// Exit code `code`, an `error:` line first, and each of `needles` in stderr.
@@ -546,18 +553,24 @@ fn user_remove_keeps_the_mail(p: &Posthaste) {
     let inbox = p.maildir("alice@example.test");
     std::fs::write(inbox.join("new/1.msg"), "Subject: keep me\r\n\r\nbody\r\n").unwrap();
 
+    // Kept, but out of the way: moved to the archive under a dated name, and the output
+    // says where.
     let out = p.cmd_ok(&["user", "remove", "alice@example.test"]);
+    let archive = archived(p, "alice@example.test");
+    assert_eq!(archive.len(), 1, "{archive:?}");
+    let archive = &archive[0];
     assert!(
         out.stdout.starts_with(&format!(
-            "removed account alice@example.test; its mail stays in {}\n",
-            inbox.display()
+            "removed account alice@example.test; its mail (1 message) was moved to {}\n",
+            archive.display()
         )),
         "{}",
         out.stdout
     );
     assert!(out.stdout.contains("note: alias info@example.test still points to it"), "{}", out.stdout);
-    assert!(inbox.join("new/1.msg").exists());
-    assert!(inbox.join(".Sent/cur").is_dir());
+    assert!(archive.join("new/1.msg").exists(), "the mail is kept");
+    assert!(archive.join(".Sent/cur").is_dir(), "with its folders");
+    assert!(!inbox.exists(), "nothing is left where a new account would find it");
     assert_eq!(user_addresses(p), ["bob@example.test"]);
     assert!(!authenticates(p, "alice@example.test", PW));
 
@@ -567,9 +580,183 @@ fn user_remove_keeps_the_mail(p: &Posthaste) {
         &["account alice@example.test does not exist", "help: `posthaste user list`"],
     );
     assert_fails(&p.cmd(&["user", "remove", "alice"]), 1, &["not a valid mail address"]);
-    // Re-adding finds the old mail in place.
+    // Re-adding gives an empty mailbox; the old mail stays in the archive.
     p.add_user("alice@example.test", PW);
-    assert!(inbox.join("new/1.msg").exists());
+    assert!(p.maildir_messages("alice@example.test").is_empty());
+    assert!(archive.join("new/1.msg").exists());
+
+    // --keep-mail says the default explicitly; --purge deletes the mailbox.
+    std::fs::write(p.maildir("bob@example.test").join("new/2.msg"), "Subject: x\r\n\r\nx\r\n").unwrap();
+    let out = p.cmd_ok(&["user", "remove", "alice@example.test", "--keep-mail"]);
+    assert!(out.stdout.contains("its mail (0 messages) was moved to"), "{}", out.stdout);
+    let out = p.cmd_ok(&["user", "remove", "bob@example.test", "--purge"]);
+    assert!(
+        out.stdout.starts_with("removed account bob@example.test and deleted its mail (1 message)\n"),
+        "{}",
+        out.stdout
+    );
+    assert!(!p.maildir("bob@example.test").exists());
+    assert!(archived(p, "bob@example.test").is_empty(), "purged, not archived");
+    assert_fails(
+        &p.cmd(&["user", "remove", "x@example.test", "--purge", "--keep-mail"]),
+        2,
+        &["cannot be used with"],
+    );
+}
+
+/// The archived mailboxes of `address` (`mail/.removed/DOMAIN/LOCAL.removed-…`).
+fn archived(p: &Posthaste, address: &str) -> Vec<PathBuf> {
+    let (local, domain) = address.split_once('@').unwrap();
+    let dir = p.data_dir().join("mail/.removed").join(domain);
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|path| path.file_name().unwrap().to_str().unwrap().starts_with(&format!("{local}.removed-")))
+        .collect();
+    found.sort();
+    found
+}
+
+fn a_mailbox_left_on_disk_is_never_inherited_silently(p: &Posthaste) {
+    p.add_domain("example.test");
+    p.add_user("alice@example.test", PW);
+    let inbox = p.maildir("alice@example.test");
+    std::fs::write(inbox.join("new/1.msg"), "Subject: the predecessor's\r\n\r\nprivate\r\n").unwrap();
+    // `domain remove --force` leaves the mail where it was (as it says).
+    p.cmd_ok(&["domain", "remove", "example.test", "--force"]);
+    p.add_domain("example.test");
+
+    let add = ["user", "add", "alice@example.test", "--password-stdin"];
+    let out = p.cmd_stdin(&add, &format!("{PW}\n"));
+    assert_fails(
+        &out,
+        1,
+        &[
+            &format!(
+                "{} already holds a mailbox (1 message), left by an earlier account alice@example.test",
+                inbox.display()
+            ),
+            "\nhelp: pass --archive-old-mail",
+            "or --reuse-old-mail",
+        ],
+    );
+    assert_eq!(user_addresses(p), Vec::<String>::new(), "nothing was created");
+    assert!(inbox.join("new/1.msg").exists(), "nothing was moved");
+
+    // Archived: the new account starts empty.
+    let out = p.cmd_stdin(
+        &["user", "add", "alice@example.test", "--password-stdin", "--archive-old-mail"],
+        &format!("{PW}\n"),
+    );
+    out.assert_success();
+    let archive = archived(p, "alice@example.test");
+    assert_eq!(archive.len(), 1);
+    assert!(out.stderr.contains(&format!("was moved to {}", archive[0].display())), "{}", out.stderr);
+    assert!(archive[0].join("new/1.msg").exists());
+    assert!(p.maildir_messages("alice@example.test").is_empty());
+
+    // Reused on purpose (restoring an account): the mail is there, and the output says so.
+    p.cmd_ok(&["user", "remove", "alice@example.test", "--purge"]);
+    std::fs::create_dir_all(inbox.join("new")).unwrap();
+    std::fs::write(inbox.join("new/2.msg"), "Subject: restored\r\n\r\nx\r\n").unwrap();
+    let out = p.cmd_stdin(
+        &["user", "add", "alice@example.test", "--password-stdin", "--reuse-old-mail"],
+        &format!("{PW}\n"),
+    );
+    out.assert_success();
+    assert!(out.stderr.contains("has the mailbox an earlier account left"), "{}", out.stderr);
+    assert_eq!(p.maildir_messages("alice@example.test").len(), 1);
+    assert_fails(
+        &p.cmd(&["user", "add", "x@example.test", "--archive-old-mail", "--reuse-old-mail"]),
+        2,
+        &["cannot be used with"],
+    );
+}
+
+fn an_account_name_with_a_slash_is_refused(p: &Posthaste) {
+    // `alice/.Sent@…` would get alice's Sent folder as its INBOX.
+    p.add_domain("example.test");
+    p.add_user("alice@example.test", PW);
+    for bad in ["alice/.Sent@example.test", "a/b@example.test"] {
+        assert_fails(
+            &p.cmd_stdin(&["user", "add", bad, "--password-stdin"], &format!("{PW}\n")),
+            1,
+            &["cannot contain /", "help:"],
+        );
+    }
+    assert_eq!(user_addresses(p), ["alice@example.test"]);
+    // As an alias source (no mailbox) it is fine.
+    p.cmd_ok(&["alias", "add", "a/b@example.test", "alice@example.test"]);
+}
+
+fn quota_changes_and_accounts_are_disabled_and_enabled(p: &Posthaste) {
+    p.add_domain("example.test");
+    p.add_user("alice@example.test", PW);
+    let out = p.cmd_ok(&["user", "set", "alice@example.test", "--quota", "2G"]);
+    assert_eq!(out.stdout, "quota of alice@example.test is now 2.0 GiB (was unlimited)\n");
+    assert_eq!(parse_json(&p.cmd(&["user", "list", "--json"]))[0]["quota"], 2u64 << 30);
+    let out = p.cmd_ok(&["user", "set", "ALICE@example.test", "--quota", "0"]);
+    assert_eq!(out.stdout, "quota of alice@example.test is now unlimited (was 2.0 GiB)\n");
+    assert_fails(&p.cmd(&["user", "set", "alice@example.test", "--quota", "lots"]), 2, &["--quota"]);
+    assert_fails(&p.cmd(&["user", "set", "alice@example.test"]), 2, &["--quota"]);
+    assert_fails(
+        &p.cmd(&["user", "set", "nobody@example.test", "--quota", "1G"]),
+        1,
+        &["account nobody@example.test does not exist", "help: `posthaste user list`"],
+    );
+
+    let out = p.cmd_ok(&["user", "disable", "alice@example.test"]);
+    assert!(
+        out.stdout.starts_with(
+            "disabled alice@example.test: it can no longer log in or send; mail to it is still delivered"
+        ),
+        "{}",
+        out.stdout
+    );
+    assert!(!authenticates(p, "alice@example.test", PW), "a disabled account cannot log in");
+    assert_eq!(p.cmd_ok(&["user", "list"]).stdout, "alice@example.test  quota unlimited  disabled\n");
+    assert_eq!(parse_json(&p.cmd(&["user", "list", "--json"]))[0]["enabled"], false);
+    assert_eq!(
+        p.cmd_ok(&["user", "disable", "alice@example.test"]).stdout,
+        "alice@example.test was already disabled\n"
+    );
+    let out = p.cmd_ok(&["user", "enable", "alice@example.test"]);
+    assert_eq!(out.stdout, "enabled alice@example.test: it can log in and send again\n");
+    assert!(authenticates(p, "alice@example.test", PW));
+    assert_eq!(
+        p.cmd_ok(&["user", "enable", "alice@example.test"]).stdout,
+        "alice@example.test was already enabled\n"
+    );
+    assert_fails(&p.cmd(&["user", "disable", "nobody@example.test"]), 1, &["does not exist"]);
+}
+
+fn common_passwords_are_refused_unless_allowed(p: &Posthaste) {
+    p.add_domain("example.test");
+    let add = |pw: &str, extra: &[&str]| {
+        let mut args = vec!["user", "add", "alice@example.test", "--password-stdin"];
+        args.extend_from_slice(extra);
+        p.cmd_stdin(&args, &format!("{pw}\n"))
+    };
+    for weak in ["password", "Password1!", "P@ssw0rd", "12345678", "qwertyuiop", "Welcome2024!", "alice2024!"]
+    {
+        assert_fails(&add(weak, &[]), 1, &["the password is", "\nhelp: ", "--allow-weak-password"]);
+    }
+    assert_eq!(user_addresses(p), Vec::<String>::new(), "no account was created");
+    // The override is for the list, never for the length.
+    assert_fails(&add("short1!", &["--allow-weak-password"]), 1, &["shorter than 8 characters"]);
+    add("Password1!", &["--allow-weak-password"]).assert_success();
+    assert!(authenticates(p, "alice@example.test", "Password1!"));
+    let passwd = ["user", "passwd", "alice@example.test", "--password-stdin"];
+    assert_fails(&p.cmd_stdin(&passwd, "letmein123\n"), 1, &["one of the most common passwords"]);
+    assert!(authenticates(p, "alice@example.test", "Password1!"), "a refused change changes nothing");
+    p.cmd_stdin(
+        &["user", "passwd", "alice@example.test", "--password-stdin", "--allow-weak-password"],
+        "letmein123\n",
+    )
+    .assert_success();
+    assert!(authenticates(p, "alice@example.test", "letmein123"));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -719,6 +906,428 @@ fn alias_errors(p: &Posthaste) {
         json!([{"source": "info@example.test", "destinations": ["alice@example.test"]}]),
         "the failed commands changed nothing"
     );
+}
+
+fn alias_add_refuses_a_loop(p: &Posthaste) {
+    p.add_domain("example.test");
+    p.add_user("alice@example.test", PW);
+    p.cmd_ok(&["alias", "add", "sales@example.test", "team@example.test"]);
+    p.cmd_ok(&["alias", "add", "team@example.test", "alice@example.test", "desk@example.test"]);
+    // desk → sales would close sales → team → desk → sales.
+    assert_fails(
+        &p.cmd(&["alias", "add", "desk@example.test", "sales@example.test"]),
+        1,
+        &[
+            "alias desk@example.test → sales@example.test would make a loop: desk@example.test → sales@example.test → team@example.test → desk@example.test",
+            "\nhelp: ",
+        ],
+    );
+    // Through plus-addressing, and through a catch-all that takes an unknown address back.
+    assert_fails(
+        &p.cmd(&["alias", "add", "desk@example.test", "sales+x@example.test"]),
+        1,
+        &["would make a loop"],
+    );
+    assert_fails(
+        &p.cmd(&["alias", "add", "@example.test", "ghost@example.test"]),
+        1,
+        &["would make a loop: @example.test → ghost@example.test → @example.test"],
+    );
+    // Nothing of a refused command was added, not even its other destinations.
+    assert_fails(
+        &p.cmd(&["alias", "add", "desk@example.test", "alice@example.test", "sales@example.test"]),
+        1,
+        &["would make a loop"],
+    );
+    assert_eq!(
+        parse_json(&p.cmd(&["alias", "list", "--json"])),
+        json!([
+            {"source": "sales@example.test", "destinations": ["team@example.test"]},
+            {"source": "team@example.test", "destinations": ["alice@example.test", "desk@example.test"]},
+        ])
+    );
+    // A chain that ends in a mailbox, and a remote destination, are fine.
+    p.cmd_ok(&["alias", "add", "desk@example.test", "alice@example.test", "ext@remote.test"]);
+    p.cmd_ok(&["alias", "add", "@example.test", "alice@example.test"]);
+}
+
+/// Where the directory sends mail for `address` (the lookup SMTP RCPT makes).
+fn resolve(p: &Posthaste, address: &str) -> Option<Vec<Target>> {
+    let url = directory_url(p);
+    block_on(async {
+        let dir = Directory::open(&url).await.unwrap();
+        dir.resolve(&Address::parse(address).unwrap()).await.unwrap()
+    })
+}
+
+fn local(a: &str) -> Target {
+    Target::Local(Address::parse(a).unwrap())
+}
+
+fn postmaster_of_every_domain_reaches_the_first_postmaster(p: &Posthaste) {
+    // The first domain, before it has a postmaster: said, not hidden.
+    let out = p.cmd_ok(&["domain", "add", "example.test"]);
+    assert!(
+        out.stderr.contains("there is no postmaster yet, so mail to postmaster@example.test is refused"),
+        "{}",
+        out.stderr
+    );
+    p.add_user("postmaster@example.test", PW);
+    // RFC 5321 §4.5.1: every domain, also those added later.
+    let out = p.cmd_ok(&["domain", "add", "other.test"]);
+    assert!(
+        out.stderr.contains("postmaster@other.test reaches postmaster@example.test, the server's postmaster"),
+        "{}",
+        out.stderr
+    );
+    p.add_domain("later.test");
+    for d in ["example.test", "other.test", "later.test"] {
+        assert_eq!(
+            resolve(p, &format!("postmaster@{d}")),
+            Some(vec![local("postmaster@example.test")]),
+            "{d}"
+        );
+        assert_eq!(
+            resolve(p, &format!("Postmaster+reports@{d}")),
+            Some(vec![local("postmaster@example.test")]),
+            "{d}"
+        );
+    }
+    // A domain's own postmaster, or its catch-all, wins.
+    p.add_user("alice@later.test", PW);
+    p.cmd_ok(&["alias", "add", "postmaster@later.test", "alice@later.test"]);
+    assert_eq!(resolve(p, "postmaster@later.test"), Some(vec![local("alice@later.test")]));
+    p.cmd_ok(&["alias", "add", "@other.test", "alice@later.test"]);
+    assert_eq!(resolve(p, "postmaster@other.test"), Some(vec![local("alice@later.test")]));
+    // Other addresses are not affected.
+    assert_eq!(resolve(p, "nobody@example.test"), None);
+    // Without the first postmaster, an explicit postmaster alias serves the others.
+    p.cmd_ok(&["alias", "remove", "@other.test"]);
+    p.cmd_ok(&["user", "remove", "postmaster@example.test", "--purge"]);
+    assert_eq!(resolve(p, "postmaster@other.test"), Some(vec![local("alice@later.test")]));
+    assert_eq!(resolve(p, "postmaster@example.test"), Some(vec![local("alice@later.test")]));
+    // postmaster@example → postmaster@other would loop back through the shared postmaster.
+    p.cmd_ok(&["alias", "remove", "postmaster@later.test"]);
+    assert_eq!(resolve(p, "postmaster@other.test"), None, "no postmaster left anywhere");
+    assert_fails(
+        &p.cmd(&["alias", "add", "postmaster@example.test", "postmaster@other.test"]),
+        1,
+        &["would make a loop"],
+    );
+}
+
+fn domain_remove_force_leaves_no_alias_forwarding_into_the_removed_domain(p: &Posthaste) {
+    p.add_domain("example.test");
+    p.add_domain("keep.test");
+    p.add_user("alice@example.test", PW);
+    p.add_user("carol@keep.test", PW);
+    p.cmd_ok(&["alias", "add", "x@keep.test", "alice@example.test"]);
+    p.cmd_ok(&["alias", "add", "team@keep.test", "carol@keep.test", "alice@example.test"]);
+    p.cmd_ok(&["alias", "add", "info@example.test", "alice@example.test"]);
+
+    // Without --force the references are named along with the domain's own.
+    assert_fails(
+        &p.cmd(&["domain", "remove", "example.test"]),
+        1,
+        &[
+            "domain example.test still has 1 account and 1 alias: alice@example.test, info@example.test; and aliases of other domains pointing into it: team@keep.test → alice@example.test, x@keep.test → alice@example.test",
+            "--force",
+        ],
+    );
+    let out = p.cmd_ok(&["domain", "remove", "example.test", "--force"]);
+    assert!(
+        out.stdout.contains("removed from aliases of other domains (they would have forwarded to the Internet): team@keep.test → alice@example.test, x@keep.test → alice@example.test"),
+        "{}",
+        out.stdout
+    );
+    // Once example.test is not local, alice@example.test would be a remote address: mail to
+    // x@keep.test must not be relayed there.
+    assert_eq!(resolve(p, "x@keep.test"), None);
+    assert_eq!(resolve(p, "team@keep.test"), Some(vec![local("carol@keep.test")]));
+    assert_eq!(
+        parse_json(&p.cmd(&["alias", "list", "--json"])),
+        json!([{"source": "team@keep.test", "destinations": ["carol@keep.test"]}])
+    );
+
+    // A domain with nothing but references into it is not removed silently either.
+    p.add_domain("gone.test");
+    p.cmd_ok(&["alias", "add", "fwd@keep.test", "someone@gone.test"]);
+    assert_fails(
+        &p.cmd(&["domain", "remove", "gone.test"]),
+        1,
+        &["aliases of other domains pointing into it: fwd@keep.test → someone@gone.test"],
+    );
+    p.cmd_ok(&["domain", "remove", "gone.test", "--force"]);
+    assert_eq!(resolve(p, "fwd@keep.test"), None);
+}
+
+// ---------------------------------------------------------------------------------------
+// With the daemon
+// ---------------------------------------------------------------------------------------
+
+/// An inline imaplib client: logs in over 993 and reports what INBOX holds.
+const IMAP_INBOX: &str = r#"
+import imaplib, json, ssl, sys
+port, ca, user, password = sys.argv[1:5]
+m = imaplib.IMAP4_SSL("127.0.0.1", int(port), ssl_context=ssl.create_default_context(cafile=ca))
+try:
+    m.login(user, password)
+except imaplib.IMAP4.error as e:
+    print(json.dumps({"login": "NO"}))
+    sys.exit(0)
+typ, data = m.select("INBOX")
+n = int(data[0])
+subjects = []
+if n:
+    typ, data = m.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    subjects = [x[1].decode().strip() for x in data if isinstance(x, tuple)]
+print(json.dumps({"login": "OK", "exists": n, "subjects": subjects}))
+m.logout()
+"#;
+
+fn imap_inbox(p: &Posthaste, user: &str, password: &str) -> Value {
+    let out =
+        python(IMAP_INBOX, &[&p.addr("imaps").port().to_string(), p.ca().to_str().unwrap(), user, password]);
+    out.assert_success();
+    serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", out.all()))
+}
+
+fn deliver(p: &Posthaste, to: &str, subject: &str) {
+    let t =
+        SmtpClient::new(p.smtp()).from("sender@remote.test").to(to).subject(subject).body("private\n").send();
+    assert!(t.accepted(), "{}", t.raw);
+}
+
+#[test]
+fn a_removed_accounts_mail_is_never_shown_to_the_next_account_with_the_same_address() {
+    let dir = TestDir::new("cli-successor");
+    let mut p = Posthaste::builder(&dir).listener("imaps").build();
+    p.add_domain("example.test");
+    p.add_user("alice@example.test", PW);
+    p.start();
+    deliver(&p, "alice@example.test", "for the predecessor only");
+    p.wait_for_maildir_count("alice@example.test", 1, T);
+    // The daemon has the mailbox open (its index is cached in the process).
+    let before = imap_inbox(&p, "alice@example.test", PW);
+    assert_eq!(before["exists"], 1, "{before}");
+
+    p.cmd_ok(&["user", "remove", "alice@example.test"]);
+    p.add_user("alice@example.test", "Successor-Passw0rd!");
+    let after = imap_inbox(&p, "alice@example.test", "Successor-Passw0rd!");
+    assert_eq!(after["login"], "OK", "{after}");
+    assert_eq!(after["exists"], 0, "the new alice sees the old alice's mail: {after}");
+    assert_eq!(imap_inbox(&p, "alice@example.test", PW)["login"], "NO", "the old password is gone");
+    // New mail reaches the new account only.
+    deliver(&p, "alice@example.test", "for the successor");
+    p.wait_for_maildir_count("alice@example.test", 1, T);
+    let after = imap_inbox(&p, "alice@example.test", "Successor-Passw0rd!");
+    assert_eq!(after["subjects"], json!(["Subject: for the successor"]), "{after}");
+    let archive = archived(&p, "alice@example.test");
+    assert_eq!(maildir_files(&archive[0]).len(), 1, "the old mail is kept in the archive");
+}
+
+#[test]
+fn postmaster_of_a_domain_added_later_is_accepted_over_smtp() {
+    let dir = TestDir::new("cli-postmaster-smtp");
+    let mut p = Posthaste::new(&dir);
+    p.add_domain("example.test");
+    p.add_domain("second.test");
+    p.add_user("postmaster@example.test", PW);
+    p.start();
+    // Added while the daemon runs.
+    p.add_domain("later.test");
+    for (i, d) in ["second.test", "later.test"].iter().enumerate() {
+        let t = SmtpClient::new(p.smtp())
+            .from("reporter@remote.test")
+            .to(&format!("postmaster@{d}"))
+            .subject(&format!("report {i}"))
+            .send();
+        assert!(t.accepted(), "postmaster@{d}: {}", t.raw);
+        p.wait_for_maildir_count("postmaster@example.test", i + 1, T);
+    }
+}
+
+/// `posthaste ARGS` as the unprivileged user nobody (65534).
+fn cmd_as_nobody(p: &Posthaste, args: &[&str]) -> Out {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(bin());
+    cmd.arg("--config").arg(p.config_path()).args(args).env_remove("POSTHASTE_CONFIG").uid(65534).gid(65534);
+    run(cmd, None)
+}
+
+#[test]
+fn ban_add_that_cannot_be_saved_is_an_error() {
+    let dir = TestDir::new("cli-ban-nonroot");
+    let p = Posthaste::new(&dir);
+    // As root: the data directory and an (empty) ban list exist, owned by root.
+    p.cmd_ok(&["ban", "list"]);
+    let out = cmd_as_nobody(&p, &["ban", "add", "192.0.2.7", "--duration", "1h"]);
+    assert_fails(&out, 1, &["cannot save the ban list", "the ban was not made", "\nhelp: run it as root"]);
+    assert!(!out.stdout.contains("banned"), "{}", out.all());
+    assert_eq!(p.cmd_ok(&["ban", "list"]).stdout, "no client is banned\n");
+    // As root it works, and the daemon's user could read it.
+    let out = p.cmd_ok(&["ban", "add", "192.0.2.7", "--duration", "1h"]);
+    assert!(out.stdout.starts_with("banned 192.0.2.7 until "), "{}", out.stdout);
+    assert_eq!(parse_json(&cmd_as_nobody(&p, &["ban", "list", "--json"]))[0]["client"], "192.0.2.7");
+}
+
+#[test]
+fn status_as_a_non_root_user_sees_the_running_daemon() {
+    let dir = TestDir::new("cli-status-nonroot");
+    let mut p = Posthaste::new(&dir);
+    let out = cmd_as_nobody(&p, &["status"]);
+    assert_fails(&out, 1, &["posthaste is not running", "help: start it"]);
+    p.start();
+    let pid = p.pid().unwrap();
+    // The daemon binds its ports before it writes its pidfile.
+    let pidfile = p.data_dir().join("posthaste.pid");
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(&pidfile).map_or(true, |t| t.trim() != pid.to_string()) {
+        assert!(started.elapsed() < T, "no pidfile {}", pidfile.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The daemon is root's here (the posthaste user's in production): kill(pid, 0) from
+    // another user is EPERM, which means it lives.
+    let out = cmd_as_nobody(&p, &["status"]);
+    out.assert_success();
+    assert!(
+        out.stdout.starts_with(&format!("posthaste is running (pid {pid}, direct mode")),
+        "{}",
+        out.all()
+    );
+    let v = parse_json(&cmd_as_nobody(&p, &["status", "--json"]));
+    assert_eq!(
+        (v["running"].clone(), v["mode"].clone(), v["pid"].clone()),
+        (json!(true), json!("direct"), json!(pid))
+    );
+    // A config the user may not read (0640 in production): found in the process list.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p.config_path(), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = cmd_as_nobody(&p, &["status"]);
+    std::fs::set_permissions(p.config_path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+    out.assert_success();
+    assert!(
+        out.stdout.starts_with(&format!("posthaste is running (pid {pid}, direct mode)")),
+        "{}",
+        out.all()
+    );
+    assert!(
+        out.stderr.contains("note: cannot read") && out.stderr.contains("process list"),
+        "{}",
+        out.stderr
+    );
+    p.stop();
+    assert_fails(&cmd_as_nobody(&p, &["status"]), 1, &["posthaste is not running"]);
+}
+
+#[test]
+fn a_garbage_hash_is_refused_by_the_shared_validator() {
+    let dir = TestDir::new("cli-garbage-hash");
+    let p = Posthaste::new(&dir);
+    p.add_domain("example.test");
+    for garbage in [
+        "{ARGON2ID}garbage",
+        "{ARGON2ID}$argon2id$v=19$garbage",
+        "{SHA512-CRYPT}$6$saltsalt$cut-short",
+        "{BLF-CRYPT}$2y$05$short",
+    ] {
+        let scheme = &garbage[1..garbage.find('}').unwrap()];
+        assert_fails(
+            &p.cmd(&["user", "add", "pm@example.test", "--password-hash", garbage]),
+            1,
+            &[
+                &format!("--password-hash says {{{scheme}}} but what follows is not a {scheme} hash"),
+                "help: use Dovecot's {SCHEME} form",
+            ],
+        );
+    }
+    assert_eq!(user_addresses(&p), Vec::<String>::new());
+}
+
+#[test]
+fn dns_prints_only_configured_listeners_with_their_ports_and_refuses_unknown_domains() {
+    let dir = TestDir::new("cli-dns");
+    // Submission on a non-standard port, IMAPS reachable, IMAP on loopback only, no POP3.
+    let p = Posthaste::builder(&dir)
+        .remove("listen.submissions")
+        .set("listen.submission", vec!["0.0.0.0:2587"])
+        .set("listen.imaps", vec!["[::]:10993"])
+        .set("listen.imap", vec!["127.0.0.1:10143"])
+        .build();
+    p.add_domain("example.test");
+    let zone = p.cmd_ok(&["dns", "example.test"]).stdout;
+    assert!(
+        zone.contains(&format!("_submission._tcp.example.test.\t3600\tIN\tSRV\t10 1 2587 {HOSTNAME}.\n")),
+        "{zone}"
+    );
+    assert!(
+        zone.contains(&format!("_imaps._tcp.example.test.\t3600\tIN\tSRV\t0 1 10993 {HOSTNAME}.\n")),
+        "{zone}"
+    );
+    for absent in [
+        "_submissions._tcp.example.test.",
+        "_imap._tcp.example.test.",
+        "_pop3._tcp.example.test.",
+        "_pop3s._tcp.example.test.",
+        " 587 ",
+        " 993 ",
+        " 143 ",
+    ] {
+        assert!(!zone.contains(absent), "{absent} in:\n{zone}");
+    }
+    assert!(zone.contains("; listen.imap listens on loopback only: no _imap._tcp record"), "{zone}");
+    // The test config's smtp listener is on 127.0.0.1: the MX has no use yet, and it says so.
+    assert!(zone.contains("; listen.smtp listens on loopback only"), "{zone}");
+    assert!(
+        zone.contains("In a registrar's web form") && zone.contains("`_dmarc` for _dmarc.example.test."),
+        "{zone}"
+    );
+    let json = parse_json(&p.cmd(&["dns", "example.test", "--json"]));
+    let srv: Vec<&str> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["type"] == "SRV")
+        .map(|r| r["host"].as_str().unwrap())
+        .collect();
+    assert_eq!(srv, ["_submission._tcp", "_imaps._tcp"]);
+    let dmarc = json.as_array().unwrap().iter().find(|r| r["name"] == "_dmarc.example.test").unwrap();
+    assert_eq!(dmarc["host"], "_dmarc");
+
+    // A domain that was never added: refused, and nothing made for it.
+    assert_fails(
+        &p.cmd(&["dns", "other.test"]),
+        1,
+        &["domain other.test is not configured here", "help: `posthaste domain add other.test`"],
+    );
+    assert!(!p.data_dir().join("dkim/other.test").exists());
+    assert_fails(&p.cmd(&["dns", "not_a_domain"]), 1, &["is not a valid domain name"]);
+}
+
+#[test]
+fn help_shows_examples_and_describes_every_flag() {
+    let dir = TestDir::new("cli-help");
+    let p = Posthaste::new(&dir);
+    for args in [
+        &["--help"][..],
+        &["user", "add", "--help"],
+        &["user", "remove", "--help"],
+        &["domain", "remove", "--help"],
+        &["alias", "add", "--help"],
+        &["dns", "--help"],
+        &["check", "--help"],
+        &["ban", "add", "--help"],
+        &["status", "--help"],
+    ] {
+        let out = p.cmd_ok(args);
+        assert!(out.stdout.contains("Examples:\n  posthaste "), "{args:?}:\n{}", out.stdout);
+        // clap prints an option without a description as the bare flag on its line.
+        for line in out.stdout.lines().filter(|l| l.trim_start().starts_with("--")) {
+            assert!(line.trim().contains("  "), "{args:?}: undescribed option {line:?}");
+        }
+    }
+    let out = p.cmd_ok(&["user", "remove", "--help"]);
+    assert!(out.stdout.contains("--purge") && out.stdout.contains("--keep-mail"), "{}", out.stdout);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -7,7 +7,10 @@ use crate::support::postgres;
 use std::time::{Duration, Instant};
 
 use posthaste::address::Address;
-use posthaste::directory::{password, Directory, DirectoryError, Target, SCHEMA_VERSION};
+use posthaste::directory::{
+    password, Directory, DirectoryError, DomainRemoval, PostmasterRoute, RemovedDomain, Target,
+    SCHEMA_VERSION,
+};
 
 /// A directory on a fresh database; holds what must outlive the test (the SQLite temp dir).
 struct Backend {
@@ -63,6 +66,7 @@ on_both_backends!(
     authenticate_imported_hashes,
     may_send_as_rules,
     json_shape_of_lists,
+    shared_postmaster_alias_cycles_and_references_into_a_domain,
 );
 
 fn addr(s: &str) -> Address {
@@ -145,7 +149,7 @@ async fn remove_domain_refused_unless_forced(b: &Backend) {
     d.add_alias("x@keep.test", &addr("alice@example.test")).await.unwrap();
 
     match d.remove_domain("example.test", false).await {
-        Err(DirectoryError::DomainNotEmpty { domain, accounts: 1, aliases: 2 }) => {
+        Err(DirectoryError::DomainNotEmpty { domain, accounts: 1, aliases: 2, inbound: 0 }) => {
             assert_eq!(domain, "example.test")
         }
         other => panic!("expected DomainNotEmpty with 1 account and 2 aliases, got {other:?}"),
@@ -396,12 +400,18 @@ async fn authenticate_right_wrong_disabled_unknown(b: &Backend) {
 
     // Unknown users cost a verification like a wrong password does. Argon2 takes a good
     // fraction of a second here, a DB lookup milliseconds, so the ratio is a robust signal.
-    let start = Instant::now();
-    assert!(d.authenticate("alice@example.test", "wrong").await.unwrap().is_none());
-    let wrong = start.elapsed();
-    let start = Instant::now();
-    assert!(d.authenticate("nobody@example.test", "s3cret!").await.unwrap().is_none());
-    let unknown = start.elapsed();
+    // Each is the fastest of three tries: the test binary runs many suites at once, and a
+    // single try can be slowed several times over by the others' hashing.
+    let mut wrong = Duration::MAX;
+    let mut unknown = Duration::MAX;
+    for _ in 0..3 {
+        let start = Instant::now();
+        assert!(d.authenticate("alice@example.test", "wrong").await.unwrap().is_none());
+        wrong = wrong.min(start.elapsed());
+        let start = Instant::now();
+        assert!(d.authenticate("nobody@example.test", "s3cret!").await.unwrap().is_none());
+        unknown = unknown.min(start.elapsed());
+    }
     assert!(
         unknown * 3 > wrong && wrong > Duration::from_millis(5),
         "unknown user took {unknown:?}, wrong password {wrong:?}"
@@ -498,4 +508,65 @@ async fn json_shape_of_lists(b: &Backend) {
         json(serde_json::to_string(&remote("x@elsewhere.test"))),
         r#"{"kind":"remote","address":"x@elsewhere.test"}"#
     );
+}
+
+async fn shared_postmaster_alias_cycles_and_references_into_a_domain(b: &Backend) {
+    let d = &b.dir;
+    d.add_domain("a.test").await.unwrap();
+    d.add_domain("b.test").await.unwrap();
+    // RFC 5321 §4.5.1: no postmaster anywhere yet.
+    assert_eq!(d.first_postmaster().await.unwrap(), None);
+    assert_eq!(d.postmaster_route("b.test").await.unwrap(), PostmasterRoute::Missing);
+    assert_eq!(d.resolve(&addr("postmaster@b.test")).await.unwrap(), None);
+    // An alias counts while there is no account; the first account wins over it.
+    d.add_account(&addr("carol@b.test"), CHEAP_HASH, 0).await.unwrap();
+    d.add_alias("postmaster@b.test", &addr("carol@b.test")).await.unwrap();
+    assert_eq!(d.first_postmaster().await.unwrap(), Some(addr("postmaster@b.test")));
+    assert_eq!(d.resolve(&addr("postmaster@a.test")).await.unwrap(), Some(vec![local("carol@b.test")]));
+    d.add_account(&addr("postmaster@a.test"), CHEAP_HASH, 0).await.unwrap();
+    assert_eq!(d.first_postmaster().await.unwrap(), Some(addr("postmaster@a.test")));
+    assert_eq!(d.postmaster_route("b.test").await.unwrap(), PostmasterRoute::Own);
+    d.remove_alias("postmaster@b.test", None).await.unwrap();
+    assert_eq!(
+        d.postmaster_route("b.test").await.unwrap(),
+        PostmasterRoute::Shared(addr("postmaster@a.test"))
+    );
+    assert_eq!(
+        d.resolve(&addr("postmaster+x@b.test")).await.unwrap(),
+        Some(vec![local("postmaster@a.test")])
+    );
+    // Sending as it is not implied: only named aliases count for that.
+    assert!(!d.may_send_as(&addr("postmaster@a.test"), &addr("postmaster@b.test")).await.unwrap());
+
+    // Cycles, before the alias exists.
+    d.add_alias("x@a.test", &addr("y@a.test")).await.unwrap();
+    assert_eq!(
+        d.alias_cycle("y@a.test", &addr("x@a.test")).await.unwrap(),
+        Some(vec!["y@a.test".to_owned(), "x@a.test".to_owned(), "y@a.test".to_owned()])
+    );
+    assert_eq!(d.alias_cycle("y@a.test", &addr("carol@b.test")).await.unwrap(), None);
+    assert_eq!(d.alias_cycle("y@a.test", &addr("z@remote.test")).await.unwrap(), None);
+    // Several destinations in one transaction, with those already there reported.
+    let (added, present) =
+        d.add_aliases("x@a.test", &[addr("carol@b.test"), addr("y@a.test")]).await.unwrap();
+    assert_eq!((added, present), (vec!["carol@b.test".to_owned()], vec!["y@a.test".to_owned()]));
+
+    // References into b.test refuse its removal and are listed; forced, they go with it.
+    assert!(matches!(d.check_new_account(&addr("x@a.test")).await, Err(DirectoryError::Duplicate(_))));
+    match d.remove_domain_and_references("b.test", false).await.unwrap() {
+        DomainRemoval::Refused(RemovedDomain { accounts, aliases, inbound, .. }) => {
+            assert_eq!(accounts, ["carol@b.test"]);
+            assert!(aliases.is_empty());
+            assert_eq!(inbound, [("x@a.test".to_owned(), "carol@b.test".to_owned())]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(d.is_local_domain("b.test").await.unwrap(), "refused: nothing changed");
+    match d.remove_domain_and_references("b.test", true).await.unwrap() {
+        DomainRemoval::Removed(r) => assert_eq!(r.inbound.len(), 1),
+        other => panic!("{other:?}"),
+    }
+    let left: Vec<_> =
+        d.list_aliases(None).await.unwrap().into_iter().map(|a| (a.source, a.destinations)).collect();
+    assert_eq!(left, [("x@a.test".to_owned(), vec!["y@a.test".to_owned()])]);
 }
