@@ -135,8 +135,8 @@ impl Guard {
         }
     }
 
-    /// A guard that does nothing: no counting, no bans, no sending limits. What sessions get
-    /// unless the daemon attaches its shared guard (`Context::with_guard`).
+    /// A guard that does nothing: no counting, no bans, no sending limits. For tests that
+    /// want none: every listener's `Context::new` takes its guard as a required argument.
     pub fn off() -> Guard {
         let cfg = GuardConfig {
             enabled: false,
@@ -526,6 +526,14 @@ impl Guard {
     pub fn record_message_at(&self, user: &str, recipients: usize, now: u64) {
         let mut st = self.state.lock().unwrap();
         st.users.entry(user.to_owned()).or_default().push_back((now, recipients as u32));
+    }
+}
+
+/// The front door's question at accept (src/net/door.rs): refused while banned; the
+/// connection is counted (floods).
+impl crate::net::Gate for Guard {
+    fn refuse(&self, ip: IpAddr) -> bool {
+        self.connect(ip).is_banned()
     }
 }
 

@@ -20,8 +20,9 @@ use imap_codec::CommandCodec;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tracing::{debug, info, warn};
 
-use super::{Context, Stream};
+use super::Context;
 use crate::address::Address;
+use crate::net::Stream;
 use crate::sasl::{decode_b64, parse_plain, sanitize};
 use crate::store::{Flag, Mailbox};
 

@@ -13,9 +13,10 @@ use tracing::{debug, info, warn};
 
 use super::command::{self, Command};
 use super::maildrop::{self, Maildrop, OpenError, Part};
-use super::{Context, Stream};
+use super::Context;
 use crate::address::Address;
 use crate::guard::Event;
+use crate::net::Stream;
 use crate::sasl::{decode_b64, parse_plain, sanitize};
 
 /// RFC 2449 §4 limits commands to 255 octets; AUTH initial responses (RFC 5034 §4) and long
@@ -691,6 +692,6 @@ impl Session {
     }
 
     async fn read_limited(&mut self, line: &mut Vec<u8>) -> std::io::Result<bool> {
-        crate::smtp::read_line_limited(&mut self.reader, line, MAX_LINE).await
+        crate::net::read_line_limited(&mut self.reader, line, MAX_LINE).await
     }
 }
