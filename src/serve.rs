@@ -108,24 +108,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     for (profile, listener) in imap_listeners {
         tasks.push(tokio::spawn(net::serve(imap_ctx.clone(), profile, listener, shutdown_rx.clone())));
     }
-    // Notice `posthaste ban` changes and log expiries even when nobody connects (each
-    // accept also checks the ban file's mtime).
-    tasks.push(tokio::spawn({
-        let guard = guard.clone();
-        let mut rx = shutdown_rx.clone();
-        async move {
-            let mut tick = tokio::time::interval(crate::guard::SWEEP_INTERVAL);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {
-                        let g = guard.clone();
-                        let _ = tokio::task::spawn_blocking(move || g.sweep()).await;
-                    }
-                    _ = rx.changed() => return,
-                }
-            }
-        }
-    }));
+    // Keep the bans in step with the ban file (`posthaste ban`, edits by hand) and log
+    // expiries, off the async workers: the accept path only asks memory (src/guard/mod.rs).
+    tasks.push(tokio::spawn(guard.clone().watch(shutdown_rx.clone())));
     if let (Some(listener), Some(store)) = (acme_http, certs.clone()) {
         let challenges = crate::tls::acme::Challenges::default();
         tasks.push(tokio::spawn(challenges.clone().serve(listener, shutdown_rx.clone())));

@@ -129,9 +129,12 @@ fn ban_file_round_trip_and_change_detection() {
     let c = ip("203.0.113.5");
     assert_eq!(daemon.check(c), Verdict::Allow);
     cli.ban(c, Some(Duration::from_secs(600)), "manual").unwrap();
-    // The daemon sees the CLI's ban on its next check.
+    // The daemon sees the CLI's ban once it looks at the file again: its watch task does
+    // when the file is replaced (see the test below), the sweep every SWEEP_INTERVAL.
+    daemon.refresh();
     assert!(daemon.check(c).is_banned());
     cli.unban(c, "removed by test").unwrap();
+    daemon.sweep();
     assert_eq!(daemon.check(c), Verdict::Allow);
     // Bans the daemon makes persist for the next start.
     for _ in 0..5 {
@@ -142,6 +145,152 @@ fn ban_file_round_trip_and_change_detection() {
     let b = restarted.list();
     assert_eq!(b.len(), 1);
     assert_eq!(b[0].offence, 2, "the lifted manual ban still counts for escalation");
+}
+
+fn file_config(dir: &std::path::Path) -> Config {
+    let text = format!(
+        "hostname = \"mail.example.test\"\ndata_dir = \"{}\"\n[guard]\nnftables = false\n",
+        dir.display()
+    );
+    Config::parse(&text, std::path::Path::new("t.toml")).unwrap()
+}
+
+/// Poll `f` every 10 ms for up to `limit`; how long it took, or None.
+fn within(limit: Duration, f: impl Fn() -> bool) -> Option<Duration> {
+    let t = std::time::Instant::now();
+    while t.elapsed() < limit {
+        if f() {
+            return Some(t.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_bans_reach_the_daemon_through_its_watch_task_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = file_config(dir.path());
+    let daemon = Arc::new(Guard::open(&config).unwrap());
+    daemon.start().unwrap();
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(daemon.clone().watch(rx));
+    // The interval's first tick (a sweep) happens at once; let it pass.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let c = ip("203.0.113.9");
+    let (d, cfg) = (daemon.clone(), config.clone());
+    let took = tokio::task::spawn_blocking(move || {
+        Guard::open(&cfg).unwrap().ban(c, Some(Duration::from_secs(600)), "manual").unwrap();
+        within(Duration::from_secs(2), || d.check(c).is_banned())
+    })
+    .await
+    .unwrap();
+    // Well before the next sweep (SWEEP_INTERVAL): the change notification did it.
+    assert!(
+        took.is_some_and(|t| t < SWEEP_INTERVAL / 2),
+        "the daemon did not notice the CLI's ban: {took:?}"
+    );
+    let (d, cfg) = (daemon.clone(), config.clone());
+    let took = tokio::task::spawn_blocking(move || {
+        Guard::open(&cfg).unwrap().unban(c, "removed by test").unwrap();
+        within(Duration::from_secs(2), || d.check(c) == Verdict::Allow)
+    })
+    .await
+    .unwrap();
+    assert!(took.is_some(), "the daemon did not notice the CLI's unban");
+    stop.send(true).unwrap();
+    task.await.unwrap();
+}
+
+/// `Guard::check` used to stat (and, when it changed, re-read) the ban file under the state
+/// mutex on every accept, on the async workers. A ban file whose reading blocks (here a
+/// FIFO nobody writes: opening it for reading waits for a writer) must not hold up the
+/// accept path, nor a ban that a session triggers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepts_and_bans_no_longer_wait_for_the_ban_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = file_config(dir.path());
+    let daemon = Arc::new(Guard::open(&config).unwrap());
+    let path = dir.path().join(bans::BAN_FILE);
+    let fifo = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let c = ip("198.51.100.77");
+    let d = daemon.clone();
+    let verdicts = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::task::spawn_blocking(move || {
+            let first = (d.check(c), d.connect(c));
+            // Five failed logins ban (the default threshold); the ban is in force at once.
+            let banned = (0..5).map(|_| d.record(c, AUTH)).last().unwrap();
+            (first, banned, d.check(c))
+        }),
+    )
+    .await;
+    let Ok(verdicts) = verdicts else {
+        // Feed whoever is stuck on the FIFO, so that this test fails instead of hanging.
+        let p = path.clone();
+        std::thread::spawn(move || {
+            for _ in 0..20 {
+                let _ = std::fs::write(&p, "{\"bans\": []}\n");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        panic!("the accept path waited for the ban file");
+    };
+    let verdicts = verdicts.unwrap();
+    assert_eq!(verdicts.0, (Verdict::Allow, Verdict::Allow));
+    assert!(verdicts.1.is_banned() && verdicts.2.is_banned(), "{verdicts:?}");
+    // The save is stuck opening the FIFO; give it something to read, and it goes on to
+    // replace the FIFO by the real ban file.
+    tokio::task::spawn_blocking(move || std::fs::write(&path, "{\"bans\": []}\n")).await.unwrap().unwrap();
+    let cfg = config.clone();
+    let saved = tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::FileTypeExt;
+        within(Duration::from_secs(5), || {
+            // (Reading the FIFO ourselves would wait for a writer forever.)
+            let fifo =
+                std::fs::metadata(cfg.data_dir.join(bans::BAN_FILE)).is_ok_and(|m| m.file_type().is_fifo());
+            !fifo
+                && BanFile::new(&cfg.data_dir)
+                    .load()
+                    .is_ok_and(|b| b.get(&c).is_some_and(|b| b.active_at(now_secs())))
+        })
+    })
+    .await
+    .unwrap();
+    assert!(saved.is_some(), "the ban never reached the file");
+}
+
+#[test]
+fn a_ban_the_file_could_not_take_stays_in_force_and_is_saved_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = file_config(dir.path());
+    let daemon = Guard::open(&config).unwrap();
+    // The lock file cannot be opened (a directory in its place): every save fails.
+    let lock = dir.path().join(format!("{}.lock", bans::BAN_FILE));
+    std::fs::create_dir(&lock).unwrap();
+    let (a, b) = (ip("192.0.2.10"), ip("192.0.2.11"));
+    for _ in 0..5 {
+        daemon.record(a, AUTH);
+    }
+    assert!(daemon.check(a).is_banned());
+    // Meanwhile someone else writes the file (by hand): a re-read takes their ban and keeps
+    // ours, which the file does not hold yet.
+    let now = now_secs();
+    let theirs =
+        Ban { client: b, since: now, until: now + 600, reason: "by hand".into(), offence: 1, lifted: None };
+    let text = serde_json::json!({ "bans": [theirs] }).to_string();
+    std::fs::write(dir.path().join(bans::BAN_FILE), text).unwrap();
+    daemon.refresh();
+    assert!(daemon.check(a).is_banned(), "a re-read of the file dropped a ban not saved yet");
+    assert!(daemon.check(b).is_banned());
+    // Once the file can be written again, the sweep saves it.
+    std::fs::remove_dir(&lock).unwrap();
+    daemon.sweep();
+    let on_disk = BanFile::new(dir.path()).load().unwrap();
+    assert!(on_disk.contains_key(&a) && on_disk.contains_key(&b), "{on_disk:?}");
+    assert!(Guard::open(&config).unwrap().check(a).is_banned());
 }
 
 #[test]
