@@ -13,11 +13,14 @@
 //! to `CommandCodec`. Responses are written directly (`wire`): they are simple, and message
 //! bytes go from the file to the socket without building an `imap-types` response tree.
 
+mod conn;
 mod fetch;
+mod list;
 pub mod mailbox;
 pub mod mime;
 pub mod search;
 pub mod session;
+mod state;
 pub mod utf7;
 pub mod wire;
 
