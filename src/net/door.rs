@@ -12,8 +12,10 @@
 //! A protocol plugs in by implementing [`Protocol`] on its shared context. The gate is a
 //! required method with no default, and each protocol's `Context::new` takes the guard as a
 //! required argument, so a listener that bans nobody cannot be built by forgetting
-//! something: it is a compile error (the test of that guarantee is the compiler; there is no
-//! runtime way to show a missing argument). Tests that want no guard pass `Guard::off()`.
+//! something: it is a compile error. That guarantee is tested as one: `compile_fail`
+//! doctests on each `Context::new` (without the guard) next to the example in `net` that
+//! compiles (with it), run by `cargo test --doc`. Tests that want no guard pass
+//! `Guard::off()` and say so.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};

@@ -12,6 +12,19 @@
 //! - `tls`: [`tls_accept`] (implicit TLS, with its 30 s limit) and [`upgrade_to_tls`];
 //! - `tcp`: [`Tcp`], the accepted socket (TCP_QUICKACK after each read);
 //! - `line`: [`read_line_limited`].
+//!
+//! Every listener's context takes the guard it passes to the gate; there is no default:
+//!
+//! ```no_run
+//! # use std::sync::Arc;
+//! # use posthaste::{config::Config, directory::Directory, guard::Guard, queue::Queue, store::Store};
+//! # fn contexts(c: Arc<Config>, d: Directory, q: Queue, s: Store, guard: Arc<Guard>) {
+//! let smtp = posthaste::smtp::Context::new(c.clone(), d.clone(), q, None, guard.clone());
+//! let imap = posthaste::imap::Context::new(c.clone(), d.clone(), s.clone(), None, guard);
+//! // A test that wants no guard says so.
+//! let pop3 = posthaste::pop3::Context::new(c, d, s, None, Arc::new(Guard::off()));
+//! # }
+//! ```
 
 mod door;
 mod limit;

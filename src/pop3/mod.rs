@@ -54,7 +54,15 @@ pub struct Context {
 
 impl Context {
     /// `guard` is required: the daemon passes its shared guard, tests that want none pass
-    /// `Arc::new(Guard::off())` (see src/net/door.rs for why there is no default).
+    /// `Arc::new(Guard::off())` (see src/net/door.rs for why there is no default). Leaving
+    /// it out does not compile (the example beside `posthaste::net` is the one that does):
+    ///
+    /// ```compile_fail
+    /// # use std::sync::Arc;
+    /// # fn no_guard(c: Arc<posthaste::config::Config>, d: posthaste::directory::Directory, s: posthaste::store::Store) {
+    /// let ctx = posthaste::pop3::Context::new(c, d, s, None);
+    /// # }
+    /// ```
     pub fn new(
         config: Arc<Config>,
         directory: Directory,
