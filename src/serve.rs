@@ -16,6 +16,10 @@ use crate::queue::Queue;
 use crate::store::Store;
 use crate::{imap, net, pop3, smtp};
 
+/// Runs under `block_on` on the process's main thread (src/cli.rs), not on a runtime worker:
+/// the file I/O here (data dir, pidfile, ban list, SIGHUP's certificate reload) blocks no
+/// session. What runs per connection or on a timer is spawned and keeps blocking work off
+/// the workers itself (`net::serve`, `Guard::watch`).
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
     // One certificate store for every listener: SIGHUP and ACME renewal swap its contents.
