@@ -8,10 +8,21 @@
 //! UIDPLUS, CONDSTORE, ID, ENABLE, QUOTA, NAMESPACE, LITERAL+; writing and testing our own
 //! parser for that grammar (SEARCH keys, FETCH sections, dates) would cost more than it saves.
 //! We do not use `imap-next` (it queues its own greeting and sends nothing for an
-//! unparseable line, DESIGN.md): `session` frames lines and literals itself (literal size
-//! limit, synchronising `+` continuations, BAD for garbage) and hands each complete command
-//! to `CommandCodec`. Responses are written directly (`wire`): they are simple, and message
-//! bytes go from the file to the socket without building an `imap-types` response tree.
+//! unparseable line, DESIGN.md): `conn` frames lines and literals itself (literal size
+//! limit, synchronising `+` continuations, BAD for garbage) and `session` hands each
+//! complete command to `CommandCodec`. Responses are written directly (`wire`): they are
+//! simple, and message bytes go from the file to the socket without building an
+//! `imap-types` response tree.
+//!
+//! # Modules, top to bottom (each uses only those below it)
+//! - `session`: a connection's [`session::Session`] (its `Conn` and its `State`), the
+//!   dispatch by state, login and STARTTLS;
+//! - `mailbox` (SELECT…APPEND, COPY/MOVE, EXPUNGE, QUOTA), `fetch` (FETCH, STORE),
+//!   `search`: the command handlers, methods of `Conn` given the account and the selected
+//!   mailbox by the dispatch;
+//! - `conn`: the stream, framing, replies, untagged updates, IDLE;
+//! - `state` (RFC 3501 §3 as data), `list` (RFC 5258 LIST options), `wire`, `mime`, `utf7`.
+//! - this module: the shared `Context` and the front door's [`crate::net::Protocol`].
 
 mod conn;
 mod fetch;
