@@ -23,9 +23,9 @@
 //! daemon's [`Guard::watch`] task re-reads the file off the async workers when it is
 //! replaced (inotify, `watch.rs`) and every [`SWEEP_INTERVAL`] (which also logs expiries),
 //! so a `posthaste ban` is in force as soon as the CLI has renamed the new file into
-//! place. A ban the daemon makes itself is in force at once in memory and written to the
-//! file by a blocking task ([`Guard::record`] never waits for the disk); until then a
-//! re-read of the file keeps it.
+//! place. A ban the daemon makes itself is written to the file before [`Guard::record`]
+//! returns, but outside the state lock and with the session's worker thread handing its
+//! other connections over first (`net::blocking`); a re-read meanwhile keeps it.
 
 pub mod bans;
 pub mod nft;
@@ -111,12 +111,11 @@ pub struct Guard {
     nft: Option<Nft>,
     /// The thread that runs `nft` in the daemon (see [`Guard::start_nft_worker`]).
     nft_worker: Mutex<Option<std::sync::mpsc::Sender<Job>>>,
-    /// Taken briefly by every accept: never held across file I/O. Shared with the blocking
-    /// task that saves bans.
-    state: Arc<Mutex<State>>,
-    /// Held while the ban file is read or written (on blocking threads only), so a re-read
-    /// and a save never interleave: a save's stamp always belongs to what it wrote.
-    file_io: Arc<Mutex<()>>,
+    /// Taken briefly by every accept: never held across file I/O.
+    state: Mutex<State>,
+    /// Held while the ban file is read or written (never by an accept), so a re-read and a
+    /// save never interleave: a save's stamp always belongs to what it wrote.
+    file_io: Mutex<()>,
 }
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -158,8 +157,8 @@ impl Guard {
             file: None,
             nft: None,
             nft_worker: Mutex::new(None),
-            state: Arc::new(Mutex::new(State::default())),
-            file_io: Arc::new(Mutex::new(())),
+            state: Mutex::new(State::default()),
+            file_io: Mutex::new(()),
         }
     }
 
@@ -336,8 +335,11 @@ impl Guard {
             format!("{} {} in {}", times.len(), event.reason(), crate::config::duration_str::format(&window));
         let ban = self.ban_locked(&mut st, ip, None, &reason, now);
         drop(st);
-        // Sessions call this on the async workers: the file is written by a blocking task.
-        self.save_in_background();
+        // Saved before the session hears of it (as the CLI sees it at once, and a restart
+        // keeps it), without the state lock, and with the worker's other connections handed
+        // to another worker first (sessions call this on the async workers).
+        crate::net::blocking(|| self.save_now());
+        self.announce(&ban);
         Verdict::Banned { until: ban.until }
     }
 
@@ -379,6 +381,7 @@ impl Guard {
         };
         // The CLI's call: saved before it says "banned" (and exits).
         self.save_now();
+        self.announce(&ban);
         Ok(ban)
     }
 
@@ -401,14 +404,20 @@ impl Guard {
             lifted: None,
         };
         if self.file.is_some() {
-            // Written by the caller once the lock is released (`save`).
+            // Written by the caller once the lock is released (`save`), then announced.
             st.unsaved.insert(ip, ban.clone());
         }
         st.bans.insert(ip, ban.clone());
         st.active.insert(ip);
         st.counters.retain(|(c, _), _| *c != ip);
+        ban
+    }
+
+    /// After a ban is saved: the log line, and the ban into nftables (off this thread).
+    fn announce(&self, ban: &Ban) {
+        let (ip, duration) = (ban.client, Duration::from_secs(ban.until - ban.since));
         warn!(event = "ban", client = %ip, reason = %ban.reason, until = %rfc3339(ban.until),
-              duration = duration.as_secs(), offence, "client banned");
+              duration = duration.as_secs(), offence = ban.offence, "client banned");
         if let Some(nft) = self.nft.clone() {
             self.nft_job(move || {
                 if let Err(e) = nft.ban(ip, duration) {
@@ -416,7 +425,6 @@ impl Guard {
                 }
             });
         }
-        ban
     }
 
     /// Lift the ban of `ip`; returns it if there was an active one.
@@ -553,19 +561,6 @@ impl Guard {
         match f.load() {
             Ok(bans) => self.state.lock().unwrap().set_bans(bans, stamp),
             Err(e) => warn!(error = %e, "guard: cannot read the ban list; keeping the previous one"),
-        }
-    }
-
-    /// Write the bans not in the file yet, from a blocking task (inline outside a runtime).
-    fn save_in_background(&self) {
-        let Some(file) = self.file.clone() else { return };
-        let (state, io, keep) = (self.state.clone(), self.file_io.clone(), self.cfg.repeat_window);
-        let job = move || save(&file, &state, &io, keep);
-        match tokio::runtime::Handle::try_current() {
-            Ok(h) => {
-                h.spawn_blocking(job);
-            }
-            Err(_) => job(),
         }
     }
 

@@ -202,12 +202,24 @@ async fn cli_bans_reach_the_daemon_through_its_watch_task_at_once() {
     task.await.unwrap();
 }
 
+/// Feed a FIFO for a while, from a thread of its own: whoever waits to read it goes on.
+fn feed(fifo: &std::path::Path) {
+    let p = fifo.to_owned();
+    std::thread::spawn(move || {
+        for _ in 0..20 {
+            let _ = std::fs::write(&p, "{\"bans\": []}\n");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+}
+
 /// `Guard::check` used to stat (and, when it changed, re-read) the ban file under the state
-/// mutex on every accept, on the async workers. A ban file whose reading blocks (here a
-/// FIFO nobody writes: opening it for reading waits for a writer) must not hold up the
-/// accept path, nor a ban that a session triggers.
+/// mutex on every accept, on the async workers, and a ban was written to the file under that
+/// mutex. A ban file whose reading blocks (here a FIFO nobody writes: opening it for reading
+/// waits for a writer) must hold up neither accepts nor, while a ban is being saved, the
+/// other connections.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn accepts_and_bans_no_longer_wait_for_the_ban_file() {
+async fn accepts_wait_neither_for_the_ban_file_nor_for_a_ban_being_saved() {
     let dir = tempfile::tempdir().unwrap();
     let config = file_config(dir.path());
     let daemon = Arc::new(Guard::open(&config).unwrap());
@@ -215,54 +227,43 @@ async fn accepts_and_bans_no_longer_wait_for_the_ban_file() {
     let fifo = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
     // SAFETY: a NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
-    let c = ip("198.51.100.77");
-    let d = daemon.clone();
-    let verdicts = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::task::spawn_blocking(move || {
-            let first = (d.check(c), d.connect(c));
-            // Five failed logins ban (the default threshold); the ban is in force at once.
-            let mut banned = Verdict::Allow;
-            for _ in 0..5 {
-                banned = d.record(c, AUTH);
-            }
-            (first, banned, d.check(c))
-        }),
-    )
-    .await;
-    let Ok(verdicts) = verdicts else {
-        // Feed whoever is stuck on the FIFO, so that this test fails instead of hanging.
-        let p = path.clone();
-        std::thread::spawn(move || {
-            for _ in 0..20 {
-                let _ = std::fs::write(&p, "{\"bans\": []}\n");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        });
-        panic!("the accept path waited for the ban file");
+    let (a, b) = (ip("198.51.100.77"), ip("198.51.100.78"));
+    // An accept as the front door makes it, timed by a thread of its own: a stuck runtime
+    // must make this test fail, not hang.
+    let accept = |ip| {
+        let (d, (tx, rx)) = (daemon.clone(), std::sync::mpsc::channel());
+        std::thread::spawn(move || tx.send((d.check(ip), d.connect(ip))));
+        rx.recv_timeout(Duration::from_secs(3))
     };
-    let verdicts = verdicts.unwrap();
-    assert_eq!(verdicts.0, (Verdict::Allow, Verdict::Allow));
-    assert!(verdicts.1.is_banned() && verdicts.2.is_banned(), "{verdicts:?}");
-    // The save is stuck opening the FIFO; give it something to read, and it goes on to
-    // replace the FIFO by the real ban file.
-    tokio::task::spawn_blocking(move || std::fs::write(&path, "{\"bans\": []}\n")).await.unwrap().unwrap();
-    let cfg = config.clone();
-    let saved = tokio::task::spawn_blocking(move || {
-        use std::os::unix::fs::FileTypeExt;
-        within(Duration::from_secs(5), || {
-            // (Reading the FIFO ourselves would wait for a writer forever.)
-            let fifo =
-                std::fs::metadata(cfg.data_dir.join(bans::BAN_FILE)).is_ok_and(|m| m.file_type().is_fifo());
-            !fifo
-                && BanFile::new(&cfg.data_dir)
-                    .load()
-                    .is_ok_and(|b| b.get(&c).is_some_and(|b| b.active_at(now_secs())))
-        })
-    })
-    .await
-    .unwrap();
-    assert!(saved.is_some(), "the ban never reached the file");
+    let Ok(first) = accept(a) else {
+        feed(&path);
+        panic!("an accept waited for the ban file");
+    };
+    assert_eq!(first, (Verdict::Allow, Verdict::Allow));
+    // A session's fifth failed login bans `b`; saving the ban waits on the FIFO.
+    let d = daemon.clone();
+    let banning = tokio::spawn(async move {
+        let mut v = Verdict::Allow;
+        for _ in 0..5 {
+            v = d.record(b, AUTH);
+        }
+        v
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!banning.is_finished(), "the save did not wait for the FIFO: the test proves nothing");
+    // Meanwhile other connections are accepted, and `b` is already refused.
+    let during = accept(a);
+    let refused = accept(b);
+    feed(&path);
+    let (Ok(during), Ok(refused)) = (during, refused) else {
+        panic!("accepts waited for a ban being saved");
+    };
+    assert_eq!(during, (Verdict::Allow, Verdict::Allow));
+    assert!(refused.0.is_banned() && refused.1.is_banned(), "{refused:?}");
+    // Fed, the save goes on and replaces the FIFO by the real ban file, which has the ban.
+    assert!(tokio::time::timeout(Duration::from_secs(5), banning).await.unwrap().unwrap().is_banned());
+    let on_disk = BanFile::new(dir.path()).load().unwrap();
+    assert!(on_disk.get(&b).is_some_and(|x| x.active_at(now_secs())), "{on_disk:?}");
 }
 
 #[test]

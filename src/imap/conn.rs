@@ -18,7 +18,7 @@ use super::list::ListOptions;
 use super::state::{Selected, Selection};
 use super::wire::flag_list;
 use super::Context;
-use crate::net::Stream;
+use crate::net::{blocking, Stream};
 use crate::store::Flag;
 
 /// Longest command line (without literals) we buffer; RFC 7162 §4 asks for at least 8192.
@@ -326,17 +326,6 @@ impl Conn {
             self.bad(Some(tag), "Expected DONE");
         }
         Ok(Flow::Continue)
-    }
-}
-
-/// Run blocking file-system work: on a multi-threaded runtime (the daemon) the worker thread
-/// hands its other tasks over first; elsewhere (tests) it just runs.
-pub(super) fn blocking<R>(f: impl FnOnce() -> R) -> R {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
-        _ => f(),
     }
 }
 

@@ -23,12 +23,12 @@ use imap_codec::CommandCodec;
 use tokio::io::AsyncWriteExt;
 use tracing::{debug, info, warn};
 
-use super::conn::{blocking, tag_of, Conn, Flow, Framed, MAX_LINE};
+use super::conn::{tag_of, Conn, Flow, Framed, MAX_LINE};
 use super::list::{split_list_options, ListOptions};
 use super::state::{Account, Selected, Selection, State};
 use super::Context;
 use crate::address::Address;
-use crate::net::Stream;
+use crate::net::{blocking, Stream};
 use crate::sasl::{decode_b64, parse_plain, sanitize};
 
 /// Protocol errors in a row before we hang up.

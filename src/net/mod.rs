@@ -11,7 +11,8 @@
 //! - `limit`: [`ConnectionLimiter`], [`Refused`], [`ConnectionSlot`];
 //! - `tls`: [`tls_accept`] (implicit TLS, with its 30 s limit) and [`upgrade_to_tls`];
 //! - `tcp`: [`Tcp`], the accepted socket (TCP_QUICKACK after each read);
-//! - `line`: [`read_line_limited`].
+//! - `line`: [`read_line_limited`];
+//! - here: [`Stream`], and [`blocking`] for a session's file-system work.
 //!
 //! Every listener's context takes the guard it passes to the gate; there is no default:
 //!
@@ -39,6 +40,19 @@ pub use limit::{ConnectionLimiter, ConnectionSlot, Refused};
 pub use line::read_line_limited;
 pub use tcp::Tcp;
 pub use tls::{tls_accept, upgrade_to_tls, TLS_HANDSHAKE_TIMEOUT};
+
+/// Run blocking work (files, the disk) from a session's task: on a multi-threaded runtime
+/// (the daemon) the worker thread first hands its other tasks to another worker
+/// (`block_in_place`), so no other connection waits; elsewhere (a current-thread runtime in
+/// tests, no runtime in the CLI) it just runs.
+pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
 
 /// Any byte stream a session can run on: TCP, TLS over TCP, or an in-memory pipe in tests.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
