@@ -12,12 +12,14 @@ use tracing::{error, info, warn};
 use crate::config::Config;
 use crate::directory::Directory;
 use crate::guard::Guard;
-use crate::imap;
-use crate::pop3;
 use crate::queue::Queue;
-use crate::smtp::{self, Profile};
 use crate::store::Store;
+use crate::{imap, net, pop3, smtp};
 
+/// Runs under `block_on` on the process's main thread (src/cli.rs), not on a runtime worker:
+/// the file I/O here (data dir, pidfile, ban list, SIGHUP's certificate reload) blocks no
+/// session. What runs per connection or on a timer is spawned and keeps blocking work off
+/// the workers itself (`net::serve`, `Guard::watch`).
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
     // One certificate store for every listener: SIGHUP and ACME renewal swap its contents.
@@ -31,23 +33,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let tls = certs.as_ref().map(|c| c.acceptor());
 
     // Bind while we still may use ports below 1024; then give up root.
-    let mut listeners: Vec<(Profile, TcpListener)> = Vec::new();
+    let mut smtp_listeners: Vec<(smtp::Profile, TcpListener)> = Vec::new();
     for (profile, addrs) in [
-        (Profile::Mx, &config.listen.smtp),
-        (Profile::Submission, &config.listen.submission),
-        (Profile::Submissions, &config.listen.submissions),
+        (smtp::Profile::Mx, &config.listen.smtp),
+        (smtp::Profile::Submission, &config.listen.submission),
+        (smtp::Profile::Submissions, &config.listen.submissions),
     ] {
         for addr in addrs {
-            listeners.push((profile, bind(*addr, profile.name()).await?));
+            smtp_listeners.push((profile, bind(*addr, profile.name()).await?));
         }
     }
-    // (implicit TLS, listener): port 110 with STLS and 995 with TLS from the first byte.
-    let mut pop3_listeners: Vec<(bool, TcpListener)> = Vec::new();
-    for (implicit_tls, name, addrs) in
-        [(false, "pop3", &config.listen.pop3), (true, "pop3s", &config.listen.pop3s)]
+    let mut pop3_listeners: Vec<(pop3::Profile, TcpListener)> = Vec::new();
+    for (profile, addrs) in
+        [(pop3::Profile::Pop3, &config.listen.pop3), (pop3::Profile::Pop3s, &config.listen.pop3s)]
     {
         for addr in addrs {
-            pop3_listeners.push((implicit_tls, bind(*addr, name).await?));
+            pop3_listeners.push((profile, bind(*addr, profile.name()).await?));
         }
     }
     let mut imap_listeners: Vec<(imap::Profile, TcpListener)> = Vec::new();
@@ -64,7 +65,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Some(a) => Some(crate::tls::acme::bind_http(a.http_listen).await?),
         None => None,
     };
-    if listeners.is_empty() {
+    if smtp_listeners.is_empty() {
         bail!("no SMTP listener is configured\nhelp: add e.g. smtp = [\"0.0.0.0:25\"] under [listen]");
     }
 
@@ -81,10 +82,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Directory::open(&config.directory_url()).await.context("cannot open the account directory")?;
     let store = Store::new(config.mail_dir());
     let queue = Queue::open(&config, store.clone(), directory.clone()).context("cannot open the queue")?;
-    let imap_ctx = Arc::new(
-        imap::Context::new(config.clone(), directory.clone(), store.clone(), tls.clone())
-            .with_guard(guard.clone()),
-    );
+    let imap_ctx = Arc::new(imap::Context::new(
+        config.clone(),
+        directory.clone(),
+        store.clone(),
+        tls.clone(),
+        guard.clone(),
+    ));
 
     // Handlers first: whoever reads the pidfile may signal at once (`queue flush` sends
     // SIGUSR1, whose default action would kill the daemon).
@@ -94,39 +98,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write pidfile {}", pidfile.display()))?;
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    let pop3_ctx = Arc::new(
-        pop3::Context::new(config.clone(), directory.clone(), store, tls.clone()).with_guard(guard.clone()),
-    );
-    let ctx =
-        Arc::new(smtp::Context::new(config.clone(), directory, queue.clone(), tls).with_guard(guard.clone()));
+    let pop3_ctx =
+        Arc::new(pop3::Context::new(config.clone(), directory.clone(), store, tls.clone(), guard.clone()));
+    let smtp_ctx = Arc::new(smtp::Context::new(config.clone(), directory, queue.clone(), tls, guard.clone()));
+    // Every listener through the one front door (src/net/door.rs).
     let mut tasks = Vec::new();
-    for (profile, listener) in listeners {
-        tasks.push(tokio::spawn(smtp::serve(ctx.clone(), profile, listener, shutdown_rx.clone())));
+    for (profile, listener) in smtp_listeners {
+        tasks.push(tokio::spawn(net::serve(smtp_ctx.clone(), profile, listener, shutdown_rx.clone())));
     }
-    for (implicit_tls, listener) in pop3_listeners {
-        tasks.push(tokio::spawn(pop3::serve(pop3_ctx.clone(), implicit_tls, listener, shutdown_rx.clone())));
+    for (profile, listener) in pop3_listeners {
+        tasks.push(tokio::spawn(net::serve(pop3_ctx.clone(), profile, listener, shutdown_rx.clone())));
     }
     for (profile, listener) in imap_listeners {
-        tasks.push(tokio::spawn(imap::serve(imap_ctx.clone(), profile, listener, shutdown_rx.clone())));
+        tasks.push(tokio::spawn(net::serve(imap_ctx.clone(), profile, listener, shutdown_rx.clone())));
     }
-    // Notice `posthaste ban` changes and log expiries even when nobody connects (each
-    // accept also checks the ban file's mtime).
-    tasks.push(tokio::spawn({
-        let guard = guard.clone();
-        let mut rx = shutdown_rx.clone();
-        async move {
-            let mut tick = tokio::time::interval(crate::guard::SWEEP_INTERVAL);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {
-                        let g = guard.clone();
-                        let _ = tokio::task::spawn_blocking(move || g.sweep()).await;
-                    }
-                    _ = rx.changed() => return,
-                }
-            }
-        }
-    }));
+    // Keep the bans in step with the ban file (`posthaste ban`, edits by hand) and log
+    // expiries, off the async workers: the accept path only asks memory (src/guard/mod.rs).
+    tasks.push(tokio::spawn(guard.clone().watch(shutdown_rx.clone())));
     if let (Some(listener), Some(store)) = (acme_http, certs.clone()) {
         let challenges = crate::tls::acme::Challenges::default();
         tasks.push(tokio::spawn(challenges.clone().serve(listener, shutdown_rx.clone())));

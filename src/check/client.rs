@@ -12,7 +12,7 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use crate::smtp::Stream;
+use crate::net::Stream;
 
 /// Each network step (connect, one reply) must finish within this.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(10);

@@ -4,8 +4,9 @@
 //! Every change is read-modify-write under an exclusive `flock(2)` on
 //! `guard-bans.json.lock`, and the new file is written to a temporary name and renamed over
 //! the old one (rename is atomic on POSIX), so a reader sees the old list or the new one,
-//! never half of one. The daemon notices changes made by the CLI by comparing the file's
-//! inode and mtime ([`FileStamp`]) at accept time and on its periodic sweep.
+//! never half of one. The daemon notices changes made by the CLI when the file is replaced
+//! (inotify, src/guard/watch.rs) and on its periodic sweep, by comparing the file's inode and
+//! mtime ([`FileStamp`]); never on the accept path.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -58,6 +59,16 @@ pub struct FileStamp {
     len: u64,
 }
 
+impl FileStamp {
+    fn of(m: &std::fs::Metadata) -> FileStamp {
+        FileStamp {
+            ino: m.ino(),
+            mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+            len: m.len(),
+        }
+    }
+}
+
 pub fn now_secs() -> u64 {
     unix_secs(SystemTime::now())
 }
@@ -89,12 +100,7 @@ impl BanFile {
     }
 
     pub fn stamp(&self) -> Option<FileStamp> {
-        let m = std::fs::metadata(&self.path).ok()?;
-        Some(FileStamp {
-            ino: m.ino(),
-            mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
-            len: m.len(),
-        })
+        std::fs::metadata(&self.path).ok().map(|m| FileStamp::of(&m))
     }
 
     /// Every ban in the file (expired ones included), keyed by client; a missing file is an
@@ -113,19 +119,20 @@ impl BanFile {
 
     /// Read, change with `f`, write back (under the lock). Bans that ended more than
     /// `keep_expired` ago are dropped on the way, so the file stays small; recent ones are
-    /// kept because they decide whether the next ban is a repeat offence.
+    /// kept because they decide whether the next ban is a repeat offence. Also returns the
+    /// stamp of the file written, taken under the lock (so it is ours, not a later writer's).
     pub fn update<T>(
         &self,
         keep_expired: Duration,
         f: impl FnOnce(&mut BTreeMap<IpAddr, Ban>) -> T,
-    ) -> std::io::Result<T> {
+    ) -> std::io::Result<(T, FileStamp)> {
         let _lock = self.lock()?;
         let mut bans = self.load()?;
         let out = f(&mut bans);
         let horizon = now_secs().saturating_sub(keep_expired.as_secs());
         bans.retain(|_, b| b.until > horizon);
-        self.write(&bans)?;
-        Ok(out)
+        let stamp = self.write(&bans)?;
+        Ok((out, stamp))
     }
 
     fn lock(&self) -> std::io::Result<File> {
@@ -139,18 +146,21 @@ impl BanFile {
         Ok(f)
     }
 
-    fn write(&self, bans: &BTreeMap<IpAddr, Ban>) -> std::io::Result<()> {
+    /// Replace the file by `bans`; the stamp it will have (rename keeps inode and mtime).
+    fn write(&self, bans: &BTreeMap<IpAddr, Ban>) -> std::io::Result<FileStamp> {
         let data = FileFormat { bans: bans.values().cloned().collect() };
         let text = serde_json::to_string_pretty(&data).map_err(std::io::Error::other)?;
         let mut tmp = self.path.clone().into_os_string();
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
-        {
+        let stamp = {
             let mut f = File::create(&tmp)?;
             f.write_all(text.as_bytes())?;
             f.write_all(b"\n")?;
             f.sync_all()?;
-        }
-        std::fs::rename(&tmp, &self.path)
+            FileStamp::of(&f.metadata()?)
+        };
+        std::fs::rename(&tmp, &self.path)?;
+        Ok(stamp)
     }
 }

@@ -18,15 +18,22 @@
 //! other projects). Allow-listed clients are neither counted nor banned.
 //!
 //! Bans live in `{data_dir}/guard-bans.json` ([`bans`]), shared with `posthaste ban`. The
-//! daemon notices the CLI's changes by the file's inode/mtime: compared at every accept (one
-//! `stat`) and every [`SWEEP_INTERVAL`] by [`Guard::sweep`], which also logs expiries.
+//! accept path ([`Guard::check`], [`Guard::connect`]) answers from memory only: no file I/O
+//! on the async workers, and no file I/O under the state lock that every accept takes. The
+//! daemon's [`Guard::watch`] task re-reads the file off the async workers when it is
+//! replaced (inotify, `watch.rs`) and every [`SWEEP_INTERVAL`] (which also logs expiries),
+//! so a `posthaste ban` is in force as soon as the CLI has renamed the new file into
+//! place. A ban the daemon makes itself is written to the file before [`Guard::record`]
+//! returns, but outside the state lock and with the session's worker thread handing its
+//! other connections over first (`net::blocking`); a re-read meanwhile keeps it.
 
 pub mod bans;
 pub mod nft;
+mod watch;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -38,8 +45,8 @@ use bans::{now_secs, rfc3339, FileStamp};
 pub use bans::{Ban, BanFile};
 pub use nft::Nft;
 
-/// How often the daemon re-reads the ban file and logs expired bans without waiting for a
-/// connection.
+/// How often the daemon re-reads the ban file (if it changed) and logs expired bans, in
+/// case a change notification is missed (no inotify, a file system without events).
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Something a client did that counts against it.
@@ -104,7 +111,11 @@ pub struct Guard {
     nft: Option<Nft>,
     /// The thread that runs `nft` in the daemon (see [`Guard::start_nft_worker`]).
     nft_worker: Mutex<Option<std::sync::mpsc::Sender<Job>>>,
+    /// Taken briefly by every accept: never held across file I/O.
     state: Mutex<State>,
+    /// Held while the ban file is read or written (never by an accept), so a re-read and a
+    /// save never interleave: a save's stamp always belongs to what it wrote.
+    file_io: Mutex<()>,
 }
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -117,9 +128,24 @@ struct State {
     bans: BTreeMap<IpAddr, Ban>,
     /// Clients whose ban we last saw active (to log expiries and removals once).
     active: HashSet<IpAddr>,
+    /// The version of the ban file `bans` was last read from or written to.
     stamp: Option<FileStamp>,
+    /// Bans made here that the ban file does not hold yet (being saved, or the save failed
+    /// and is retried at the next sweep). Part of `bans` too; a re-read keeps them.
+    unsaved: BTreeMap<IpAddr, Ban>,
     /// user → (time, recipients) of messages submitted in the last hour.
     users: HashMap<String, VecDeque<(u64, u32)>>,
+}
+
+impl State {
+    /// `bans` from the file's `loaded` list, keeping the bans not saved yet.
+    fn set_bans(&mut self, loaded: BTreeMap<IpAddr, Ban>, stamp: Option<FileStamp>) {
+        self.bans = loaded;
+        for (ip, b) in &self.unsaved {
+            self.bans.insert(*ip, b.clone());
+        }
+        self.stamp = stamp;
+    }
 }
 
 impl Guard {
@@ -132,11 +158,12 @@ impl Guard {
             nft: None,
             nft_worker: Mutex::new(None),
             state: Mutex::new(State::default()),
+            file_io: Mutex::new(()),
         }
     }
 
-    /// A guard that does nothing: no counting, no bans, no sending limits. What sessions get
-    /// unless the daemon attaches its shared guard (`Context::with_guard`).
+    /// A guard that does nothing: no counting, no bans, no sending limits. For tests that
+    /// want none: every listener's `Context::new` takes its guard as a required argument.
     pub fn off() -> Guard {
         let cfg = GuardConfig {
             enabled: false,
@@ -153,7 +180,6 @@ impl Guard {
     pub fn open(config: &Config) -> anyhow::Result<Guard> {
         let cfg = &config.guard;
         let mut g = Guard::in_memory(cfg);
-        g.file = Some(BanFile::new(&config.data_dir));
         let ports: Vec<u16> =
             config.listeners().iter().flat_map(|(_, addrs)| addrs.iter().map(|a| a.port())).collect();
         g.nft = match cfg.nftables {
@@ -174,14 +200,16 @@ impl Guard {
         };
         // What is in the file now is the starting point, not news: only later changes are
         // logged as bans and unbans.
+        let file = BanFile::new(&config.data_dir);
         {
             let now = now_secs();
-            let f = g.file.as_ref().expect("set above");
-            let st = g.state.get_mut().unwrap();
-            st.stamp = f.stamp();
-            st.bans = f.load().with_context(|| format!("cannot read the ban list {}", f.path().display()))?;
+            let mut st = g.state.lock().unwrap();
+            st.stamp = file.stamp();
+            st.bans =
+                file.load().with_context(|| format!("cannot read the ban list {}", file.path().display()))?;
             st.active = st.bans.values().filter(|b| b.active_at(now)).map(|b| b.client).collect();
         }
+        g.file = Some(file);
         Ok(g)
     }
 
@@ -197,8 +225,9 @@ impl Guard {
     /// rebuilt from it).
     pub fn start(&self) -> anyhow::Result<()> {
         let now = now_secs();
+        self.reload();
         let mut st = self.state.lock().unwrap();
-        self.refresh(&mut st, now);
+        log_changes(&mut st, now);
         if let Some(nft) = &self.nft {
             let list: Vec<(IpAddr, Duration)> =
                 st.bans.values().filter(|b| b.active_at(now)).map(|b| (b.client, b.remaining(now))).collect();
@@ -253,7 +282,8 @@ impl Guard {
         ip.is_loopback() || self.allow.iter().any(|n| n.contains(&ip))
     }
 
-    /// Is `ip` banned? Cheap: one `stat` of the ban file (re-read only when it changed).
+    /// Is `ip` banned? From memory only (the accept path): the file is re-read elsewhere
+    /// ([`Guard::watch`], [`Guard::sweep`]).
     pub fn check(&self, ip: IpAddr) -> Verdict {
         self.check_at(ip, now_secs())
     }
@@ -263,8 +293,7 @@ impl Guard {
         if !self.cfg.enabled || self.is_allowed(ip) {
             return Verdict::Allow;
         }
-        let mut st = self.state.lock().unwrap();
-        self.refresh(&mut st, now);
+        let st = self.state.lock().unwrap();
         match st.bans.get(&ip) {
             Some(b) if b.active_at(now) => Verdict::Banned { until: b.until },
             _ => Verdict::Allow,
@@ -304,11 +333,14 @@ impl Guard {
         }
         let reason =
             format!("{} {} in {}", times.len(), event.reason(), crate::config::duration_str::format(&window));
-        match self.ban_locked(&mut st, ip, None, &reason, now, false) {
-            Ok(ban) => Verdict::Banned { until: ban.until },
-            // Not reached: without `must_save` a ban always holds (in memory at least).
-            Err(_) => Verdict::Allow,
-        }
+        let ban = self.ban_locked(&mut st, ip, None, &reason, now);
+        drop(st);
+        // Saved before the session hears of it (as the CLI sees it at once, and a restart
+        // keeps it), without the state lock, and with the worker's other connections handed
+        // to another worker first (sessions call this on the async workers).
+        crate::net::blocking(|| self.save_now());
+        self.announce(&ban);
+        Verdict::Banned { until: ban.until }
     }
 
     fn threshold(&self, event: Event) -> (u32, Duration) {
@@ -340,13 +372,29 @@ impl Guard {
                 "{ip} is never banned: it is a loopback address or in [guard] allow\nhelp: to ban it, remove it from [guard] allow (loopback cannot be banned)"
             );
         }
-        let mut st = self.state.lock().unwrap();
         let now = now_secs();
-        self.refresh(&mut st, now);
-        self.ban_locked(&mut st, ip, duration, reason, now, true).map_err(|e| {
-            let file = self.file.as_ref().map(|f| f.path().display().to_string()).unwrap_or_default();
-            anyhow::Error::new(e).context(format!("cannot save the ban list {file}: the ban was not made"))
-        })
+        self.reload();
+        let ban = {
+            let mut st = self.state.lock().unwrap();
+            log_changes(&mut st, now);
+            self.ban_locked(&mut st, ip, duration, reason, now)
+        };
+        // The CLI's call: saved before it says "banned" (and exits). A ban that is not saved
+        // would never reach the daemon: it is an error and is taken back here.
+        if let Some(file) = &self.file {
+            if let Err(e) = save(file, &self.state, &self.file_io, self.cfg.repeat_window) {
+                let mut st = self.state.lock().unwrap();
+                st.unsaved.remove(&ip);
+                st.bans.remove(&ip);
+                st.active.remove(&ip);
+                return Err(anyhow::Error::new(e).context(format!(
+                    "cannot save the ban list {}: the ban was not made",
+                    file.path().display()
+                )));
+            }
+        }
+        self.announce(&ban);
+        Ok(ban)
     }
 
     fn ban_locked(
@@ -356,8 +404,7 @@ impl Guard {
         duration: Option<Duration>,
         reason: &str,
         now: u64,
-        must_save: bool,
-    ) -> std::io::Result<Ban> {
+    ) -> Ban {
         let (offence, auto) = self.next_ban(st.bans.get(&ip), now);
         let duration = duration.unwrap_or(auto);
         let ban = Ban {
@@ -368,25 +415,21 @@ impl Guard {
             offence,
             lifted: None,
         };
-        if let Some(f) = &self.file {
-            let b = ban.clone();
-            if let Err(e) = f.update(self.cfg.repeat_window, |all| {
-                all.insert(ip, b);
-            }) {
-                // The daemon's own bans hold in memory when the file cannot be written; an
-                // administrator's ban that is not saved would never reach the daemon.
-                if must_save {
-                    return Err(e);
-                }
-                warn!(error = %e, file = %f.path().display(), "guard: cannot save the ban list");
-            }
-            st.stamp = f.stamp();
+        if self.file.is_some() {
+            // Written by the caller once the lock is released (`save`), then announced.
+            st.unsaved.insert(ip, ban.clone());
         }
         st.bans.insert(ip, ban.clone());
         st.active.insert(ip);
         st.counters.retain(|(c, _), _| *c != ip);
+        ban
+    }
+
+    /// After a ban is saved: the log line, and the ban into nftables (off this thread).
+    fn announce(&self, ban: &Ban) {
+        let (ip, duration) = (ban.client, Duration::from_secs(ban.until - ban.since));
         warn!(event = "ban", client = %ip, reason = %ban.reason, until = %rfc3339(ban.until),
-              duration = duration.as_secs(), offence, "client banned");
+              duration = duration.as_secs(), offence = ban.offence, "client banned");
         if let Some(nft) = self.nft.clone() {
             self.nft_job(move || {
                 if let Err(e) = nft.ban(ip, duration) {
@@ -394,28 +437,32 @@ impl Guard {
                 }
             });
         }
-        Ok(ban)
     }
 
     /// Lift the ban of `ip`; returns it if there was an active one.
+    /// The CLI's call: the file is changed under the state lock (no accept waits for it in
+    /// that process).
     pub fn unban(&self, ip: IpAddr, reason: &str) -> anyhow::Result<Option<Ban>> {
         let ip = canonical(ip);
         let now = now_secs();
+        self.reload();
+        let _io = self.file_io.lock().unwrap();
         let mut st = self.state.lock().unwrap();
-        self.refresh(&mut st, now);
+        log_changes(&mut st, now);
         let mut removed = st.bans.get(&ip).filter(|b| b.active_at(now)).cloned();
         if let Some(f) = &self.file {
             // Ending the ban now (rather than deleting it) keeps the offence count for
             // escalation.
-            removed = f.update(self.cfg.repeat_window, |all| {
+            let (was, stamp) = f.update(self.cfg.repeat_window, |all| {
                 let b = all.get_mut(&ip).filter(|b| b.active_at(now))?;
                 let was = b.clone();
                 b.until = now;
                 b.lifted = Some(reason.to_owned());
                 Some(was)
             })?;
-            st.stamp = f.stamp();
-            st.bans = f.load()?;
+            removed = was;
+            st.unsaved.remove(&ip);
+            st.set_bans(f.load()?, Some(stamp));
         } else if let Some(b) = st.bans.get_mut(&ip).filter(|b| b.active_at(now)) {
             b.until = now;
             b.lifted = Some(reason.to_owned());
@@ -436,19 +483,23 @@ impl Guard {
     /// The active bans.
     pub fn list(&self) -> Vec<Ban> {
         let now = now_secs();
+        self.reload();
         let mut st = self.state.lock().unwrap();
-        self.refresh(&mut st, now);
+        log_changes(&mut st, now);
         st.bans.values().filter(|b| b.active_at(now)).cloned().collect()
     }
 
-    /// Periodic housekeeping: notice CLI changes, log expiries, forget old counters.
+    /// Periodic housekeeping (blocking: file I/O): notice CLI changes, save bans whose save
+    /// failed, log expiries, forget old counters.
     pub fn sweep(&self) {
         self.sweep_at(now_secs());
     }
 
     pub fn sweep_at(&self, now: u64) {
+        self.reload();
+        self.save_now();
         let mut st = self.state.lock().unwrap();
-        self.refresh(&mut st, now);
+        log_changes(&mut st, now);
         let longest = [
             self.cfg.auth_failure_window,
             self.cfg.unknown_recipient_window,
@@ -463,41 +514,76 @@ impl Guard {
         st.users.retain(|_, v| v.back().is_some_and(|(t, _)| t + 3600 > now));
     }
 
-    /// Re-read the ban file if it changed, then log bans that appeared, ended or were
-    /// removed since we last looked.
-    fn refresh(&self, st: &mut State, now: u64) {
-        if let Some(f) = &self.file {
-            let stamp = f.stamp();
-            if stamp != st.stamp {
-                match f.load() {
-                    Ok(b) => {
-                        st.bans = b;
-                        st.stamp = stamp;
-                    }
-                    Err(e) => warn!(error = %e, "guard: cannot read the ban list; keeping the previous one"),
+    /// Blocking: re-read the ban file if it changed, then log what appeared or ended.
+    pub fn refresh(&self) {
+        self.reload();
+        log_changes(&mut self.state.lock().unwrap(), now_secs());
+    }
+
+    /// The daemon's task that keeps the bans in step with the ban file: a re-read when the
+    /// file is replaced (inotify) and a [`Guard::sweep`] every [`SWEEP_INTERVAL`], each on
+    /// a blocking thread. Without inotify the sweep alone notices changes.
+    pub async fn watch(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut changes = match &self.file {
+            Some(f) => match watch::FileWatch::new(f.path()) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    info!(error = %e, every = ?SWEEP_INTERVAL, "guard: cannot watch the ban file; it is re-read on a timer only");
+                    None
                 }
-            }
+            },
+            None => None,
+        };
+        let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+        loop {
+            let changed = async {
+                match changes.as_mut() {
+                    Some(w) => w.changed().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let job: fn(&Guard) = tokio::select! {
+                _ = tick.tick() => Guard::sweep,
+                r = changed => match r {
+                    Ok(()) => Guard::refresh,
+                    Err(e) => {
+                        warn!(error = %e, every = ?SWEEP_INTERVAL, "guard: watching the ban file failed; it is re-read on a timer only");
+                        changes = None;
+                        continue;
+                    }
+                },
+                _ = shutdown.changed() => return,
+            };
+            let g = self.clone();
+            let _ = tokio::task::spawn_blocking(move || job(&g)).await;
         }
-        let active: HashSet<IpAddr> =
-            st.bans.values().filter(|b| b.active_at(now)).map(|b| b.client).collect();
-        if active == st.active {
+    }
+
+    /// Blocking: read the ban file if it is not the version `bans` holds. Read outside the
+    /// state lock, so accepts never wait for the disk.
+    fn reload(&self) {
+        let Some(f) = &self.file else { return };
+        let _io = self.file_io.lock().unwrap();
+        let stamp = f.stamp();
+        if stamp == self.state.lock().unwrap().stamp {
             return;
         }
-        for ip in active.difference(&st.active) {
-            let b = &st.bans[ip];
-            warn!(event = "ban", client = %ip, reason = %b.reason, until = %rfc3339(b.until),
-                  duration = b.until.saturating_sub(b.since), offence = b.offence, source = "ban file", "client banned");
+        // A change between the stat and the read leaves a stamp older than the contents:
+        // the next look reads again, nothing is missed.
+        match f.load() {
+            Ok(bans) => self.state.lock().unwrap().set_bans(bans, stamp),
+            Err(e) => warn!(error = %e, "guard: cannot read the ban list; keeping the previous one"),
         }
-        let gone: Vec<IpAddr> = st.active.difference(&active).copied().collect();
-        for ip in gone {
-            let (reason, until) = match st.bans.get(&ip) {
-                Some(b) => (b.lifted.clone().unwrap_or_else(|| "expired".into()), b.until),
-                None => ("removed from the ban file".into(), now),
-            };
-            info!(event = "unban", client = %ip, reason, until = %rfc3339(until), "client unbanned");
-            st.counters.retain(|(c, _), _| *c != ip);
+    }
+
+    /// Blocking: write the bans not in the file yet, now. A failure is logged in `save`
+    /// and the bans stay in force in memory, retried at the next sweep.
+    fn save_now(&self) {
+        if let Some(file) = &self.file {
+            if let Err(e) = save(file, &self.state, &self.file_io, self.cfg.repeat_window) {
+                warn!(error = %e, file = %file.path().display(), "guard: cannot save the ban list");
+            }
         }
-        st.active = active;
     }
 
     // ---- per-user sending limits (submission) ---------------------------------------
@@ -538,6 +624,66 @@ impl Guard {
     pub fn record_message_at(&self, user: &str, recipients: usize, now: u64) {
         let mut st = self.state.lock().unwrap();
         st.users.entry(user.to_owned()).or_default().push_back((now, recipients as u32));
+    }
+}
+
+/// Write the bans of `state` that the file does not hold yet (blocking). The file is
+/// written outside the state lock; `io` keeps re-reads out meanwhile. A failed save leaves
+/// them unsaved (and in force in memory): the next sweep tries again.
+fn save(file: &BanFile, state: &Mutex<State>, io: &Mutex<()>, keep_expired: Duration) -> std::io::Result<()> {
+    let _io = io.lock().unwrap();
+    let pending = state.lock().unwrap().unsaved.clone();
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let written = file.update(keep_expired, |all| {
+        for (ip, b) in &pending {
+            all.insert(*ip, b.clone());
+        }
+        all.clone()
+    });
+    match written {
+        Ok((all, stamp)) => {
+            let mut st = state.lock().unwrap();
+            // A ban made again while this one was written stays unsaved for the next save.
+            st.unsaved.retain(|ip, b| pending.get(ip) != Some(b));
+            // What the file holds now, other writers' changes included.
+            st.set_bans(all, Some(stamp));
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Log the bans that appeared, ended or were removed since we last looked (and forget the
+/// counters of clients whose ban ended).
+fn log_changes(st: &mut State, now: u64) {
+    let active: HashSet<IpAddr> = st.bans.values().filter(|b| b.active_at(now)).map(|b| b.client).collect();
+    if active == st.active {
+        return;
+    }
+    for ip in active.difference(&st.active) {
+        let b = &st.bans[ip];
+        warn!(event = "ban", client = %ip, reason = %b.reason, until = %rfc3339(b.until),
+              duration = b.until.saturating_sub(b.since), offence = b.offence, source = "ban file", "client banned");
+    }
+    let gone: Vec<IpAddr> = st.active.difference(&active).copied().collect();
+    for ip in gone {
+        let (reason, until) = match st.bans.get(&ip) {
+            Some(b) => (b.lifted.clone().unwrap_or_else(|| "expired".into()), b.until),
+            None => ("removed from the ban file".into(), now),
+        };
+        info!(event = "unban", client = %ip, reason, until = %rfc3339(until), "client unbanned");
+        st.counters.retain(|(c, _), _| *c != ip);
+    }
+    st.active = active;
+}
+
+/// The front door's question at accept (src/net/door.rs): refused while banned; the
+/// connection is counted (floods).
+impl crate::net::Gate for Guard {
+    fn refuse(&self, ip: IpAddr) -> bool {
+        self.connect(ip).is_banned()
     }
 }
 

@@ -9,10 +9,10 @@ use imap_codec::imap_types::fetch::{Macro, MacroOrMessageDataItemNames, MessageD
 use imap_codec::imap_types::flag::{Flag as WireFlag, StoreResponse, StoreType};
 use imap_codec::imap_types::sequence::SequenceSet;
 
-use super::mailbox::flags_for;
+use super::conn::Conn;
 use super::mime;
-use super::session::{compact, io_no, Session};
-use super::wire;
+use super::state::Selected;
+use super::wire::{self, compact, flags_for, io_no};
 use crate::store::{CachedMessage, Flag, FlagOp, MessageRef, SYSTEM_FLAGS};
 
 fn part_path(p: &Part) -> Vec<u32> {
@@ -281,9 +281,10 @@ fn expand(items: MacroOrMessageDataItemNames<'_>) -> Vec<MessageDataItemName<'_>
     }
 }
 
-impl Session {
+impl Conn {
     pub(super) fn fetch(
         &mut self,
+        sel: &mut Selected,
         tag: &str,
         set: &SequenceSet,
         items: MacroOrMessageDataItemNames<'_>,
@@ -291,8 +292,8 @@ impl Session {
         modifiers: &[FetchModifier],
     ) -> io::Result<()> {
         use MessageDataItemName as N;
-        self.updates(false, &BTreeSet::new())?;
-        let uids = match self.resolve(set, uid) {
+        self.updates(sel, false, &BTreeSet::new())?;
+        let uids = match sel.resolve(set, uid) {
             Ok(u) => u,
             Err(e) => {
                 self.bad(Some(tag), &e);
@@ -325,7 +326,6 @@ impl Session {
         }
         let sets_seen =
             items.iter().any(|i| matches!(i, N::BodyExt { peek: false, .. } | N::Rfc822 | N::Rfc822Text));
-        let sel = self.selected.as_mut().expect("selected");
         let mut uids = uids;
         if let Some(since) = changed_since {
             uids.retain(|u| sel.mb.message(*u).is_some_and(|m| m.modseq > since));
@@ -367,7 +367,7 @@ impl Session {
             .collect();
         let mut out = std::mem::take(&mut self.out);
         // One message, rendered under the lock from `c` and what was read of its file.
-        let render_one = |sel: &super::session::Selected,
+        let render_one = |sel: &Selected,
                           out: &mut Vec<u8>,
                           u: u32,
                           c: &CachedMessage,
@@ -381,7 +381,6 @@ impl Session {
         };
         let mut pos = 0;
         while pos < uids.len() {
-            let sel = self.selected.as_ref().expect("selected");
             let end = (pos + RUN).min(uids.len());
             pos += sel.mb.visit(&uids[pos..end], |_, m| {
                 let c = if cache_items || (wants_size && m.virtual_size().is_none()) {
@@ -442,7 +441,7 @@ impl Session {
             render_one(sel, &mut out, u, &c, Some((&data, &root)));
         }
         self.out = out;
-        self.updates(false, &seen_now)?;
+        self.updates(sel, false, &seen_now)?;
         self.ok(tag, if uid { "UID FETCH completed" } else { "FETCH completed" });
         Ok(())
     }
@@ -450,6 +449,7 @@ impl Session {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn store(
         &mut self,
+        sel: &mut Selected,
         tag: &str,
         set: &SequenceSet,
         kind: StoreType,
@@ -458,11 +458,11 @@ impl Session {
         uid: bool,
         modifiers: &[StoreModifier],
     ) -> io::Result<()> {
-        if self.selected.as_ref().is_some_and(|s| s.read_only) {
+        if sel.read_only {
             self.no(tag, "[READ-ONLY] Mailbox is read-only");
             return Ok(());
         }
-        let uids = match self.resolve(set, uid) {
+        let uids = match sel.resolve(set, uid) {
             Ok(u) => u,
             Err(e) => {
                 self.bad(Some(tag), &e);
@@ -490,7 +490,6 @@ impl Session {
             self.condstore = true;
         }
         let condstore = self.condstore;
-        let sel = self.selected.as_mut().expect("selected");
         let r = match sel.mb.store_flags(&uids, op, &parsed, unchanged_since) {
             Ok(r) => r,
             Err(e) => {
@@ -526,12 +525,11 @@ impl Session {
             self.line(&l);
         }
         let quiet: BTreeSet<u32> = uids.iter().copied().collect();
-        self.updates(false, &quiet)?;
+        self.updates(sel, false, &quiet)?;
         if modified.is_empty() {
             self.ok(tag, "STORE completed");
         } else {
             // RFC 7162 §3.1.3: MODIFIED lists what was not stored (UIDs for UID STORE).
-            let sel = self.selected.as_ref().expect("selected");
             let list: Vec<u32> = if uid {
                 modified.iter().copied().collect()
             } else {

@@ -14,7 +14,9 @@ use imap_codec::imap_types::mailbox::Mailbox as WireMailbox;
 use imap_codec::imap_types::sequence::SequenceSet;
 use imap_codec::imap_types::status::StatusDataItemName;
 
-use super::session::{compact, flag_list, io_no, Selected, Session};
+use super::conn::Conn;
+use super::state::{flags_lines, Account, Selected, Selection};
+use super::wire::{compact, io_no};
 use super::{utf7, wire};
 use crate::store::{self, Flag};
 
@@ -64,64 +66,6 @@ fn matches(pattern: &[u8], name: &[u8]) -> bool {
     }
 }
 
-/// RFC 5258 options of one LIST command (the subset we serve).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct ListOptions {
-    /// Selection `SPECIAL-USE` (RFC 6154 §5.1): only special-use mailboxes.
-    pub special_use_only: bool,
-    /// Selection or return `SUBSCRIBED`: add \Subscribed; as selection, only those.
-    pub subscribed_only: bool,
-    pub return_subscribed: bool,
-}
-
-/// `tag LIST (opts) ref pat [RETURN (opts)]` → (`tag LIST ref pat`, options). None when the
-/// command is not a LIST with options (or carries literals: left to the parser).
-pub fn split_list_options(raw: &[u8]) -> Option<(Vec<u8>, ListOptions)> {
-    let line = std::str::from_utf8(raw).ok()?;
-    let line = line.strip_suffix("\r\n")?;
-    if line.contains('\n') || line.ends_with('}') {
-        return None;
-    }
-    let (tag, rest) = line.split_once(' ')?;
-    let (cmd, mut args) = rest.split_once(' ')?;
-    if !cmd.eq_ignore_ascii_case("LIST") {
-        return None;
-    }
-    let mut opts = ListOptions::default();
-    let mut changed = false;
-    if let Some(inner) = args.strip_prefix('(') {
-        let (sel, after) = inner.split_once(')')?;
-        for o in sel.split_whitespace() {
-            match o.to_ascii_uppercase().as_str() {
-                "SPECIAL-USE" => opts.special_use_only = true,
-                "SUBSCRIBED" => {
-                    opts.subscribed_only = true;
-                    opts.return_subscribed = true;
-                }
-                "RECURSIVEMATCH" | "REMOTE" => {}
-                _ => return None,
-            }
-        }
-        args = after.trim_start();
-        changed = true;
-    }
-    let upper = args.to_ascii_uppercase();
-    if let Some(i) = upper.rfind(" RETURN (") {
-        let ret = args[i + " RETURN (".len()..].strip_suffix(')')?;
-        for o in ret.split_whitespace() {
-            match o.to_ascii_uppercase().as_str() {
-                "SUBSCRIBED" => opts.return_subscribed = true,
-                // Always returned: \HasChildren/\HasNoChildren and special-use attributes.
-                "CHILDREN" | "SPECIAL-USE" => {}
-                _ => return None,
-            }
-        }
-        args = &args[..i];
-        changed = true;
-    }
-    changed.then(|| (format!("{tag} LIST {args}\r\n").into_bytes(), opts))
-}
-
 fn parse_flags(flags: &[WireFlag<'_>]) -> Result<Vec<Flag>, String> {
     flags
         .iter()
@@ -132,20 +76,18 @@ fn parse_flags(flags: &[WireFlag<'_>]) -> Result<Vec<Flag>, String> {
         .collect()
 }
 
-impl Session {
-    fn account(&self) -> crate::address::Address {
-        self.user.clone().expect("authenticated")
-    }
-
+impl Conn {
     pub(super) fn select(
         &mut self,
+        account: &Account,
+        mailbox: &mut Selection,
         tag: &str,
         m: &WireMailbox<'_>,
         read_only: bool,
         condstore: bool,
     ) -> io::Result<()> {
         // RFC 3501 §6.3.1: a failed SELECT leaves no mailbox selected.
-        self.selected = None;
+        *mailbox = Selection::NotSelected;
         if condstore {
             self.condstore = true;
         }
@@ -156,7 +98,7 @@ impl Session {
                 return Ok(());
             }
         };
-        let mb = match self.ctx.store.open_mailbox(&self.account(), &name, !read_only) {
+        let mb = match self.ctx.store.open_mailbox(&account.address, &name, !read_only) {
             Ok(mb) => mb,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 self.no(tag, "[NONEXISTENT] No such mailbox");
@@ -182,47 +124,65 @@ impl Session {
         self.line(&format!("* OK [UIDVALIDITY {}] UIDs valid", mb.uidvalidity()));
         self.line(&format!("* OK [UIDNEXT {}] Predicted next UID", mb.uid_next()));
         self.line(&format!("* OK [HIGHESTMODSEQ {}] Highest", mb.highest_modseq().max(1)));
-        self.selected = Some(Selected { mb, uids, read_only, pending_expunge: BTreeSet::new(), keywords });
+        *mailbox = Selection::Selected(Box::new(Selected {
+            mb,
+            uids,
+            read_only,
+            pending_expunge: BTreeSet::new(),
+            keywords,
+        }));
         let code = if read_only { "READ-ONLY" } else { "READ-WRITE" };
         let cmd = if read_only { "EXAMINE" } else { "SELECT" };
         self.ok(tag, &format!("[{code}] {cmd} completed"));
         Ok(())
     }
 
-    pub(super) fn create(&mut self, tag: &str, m: &WireMailbox<'_>) {
+    pub(super) fn create(&mut self, account: &Account, tag: &str, m: &WireMailbox<'_>) {
         let name = match disk_name(m) {
             Ok(n) if n == "INBOX" => return self.no(tag, "[ALREADYEXISTS] INBOX always exists"),
             Ok(n) => n,
             Err(e) => return self.no(tag, &e),
         };
-        match self.ctx.store.folder_exists(&self.account(), &name) {
+        match self.ctx.store.folder_exists(&account.address, &name) {
             Ok(true) => return self.no(tag, "[ALREADYEXISTS] Mailbox already exists"),
             Ok(false) => {}
             Err(e) => return self.no(tag, &io_no(&e)),
         }
-        match self.ctx.store.create_folder(&self.account(), &name) {
+        match self.ctx.store.create_folder(&account.address, &name) {
             Ok(()) => self.ok(tag, "CREATE completed"),
             Err(e) => self.no(tag, &io_no(&e)),
         }
     }
 
-    pub(super) fn delete(&mut self, tag: &str, m: &WireMailbox<'_>) {
+    pub(super) fn delete(
+        &mut self,
+        account: &Account,
+        mailbox: &mut Selection,
+        tag: &str,
+        m: &WireMailbox<'_>,
+    ) {
         let name = match disk_name(m) {
             Ok(n) if n == "INBOX" => return self.no(tag, "INBOX cannot be deleted"),
             Ok(n) => n,
             Err(e) => return self.no(tag, &e),
         };
-        if self.selected.as_ref().is_some_and(|s| s.mb.folder() == name) {
-            self.selected = None;
+        if mailbox.folder(&name).is_some() {
+            *mailbox = Selection::NotSelected;
         }
-        match self.ctx.store.delete_folder(&self.account(), &name) {
+        match self.ctx.store.delete_folder(&account.address, &name) {
             Ok(()) => self.ok(tag, "DELETE completed"),
             Err(e) if e.kind() == io::ErrorKind::NotFound => self.no(tag, "[NONEXISTENT] No such mailbox"),
             Err(e) => self.no(tag, &io_no(&e)),
         }
     }
 
-    pub(super) fn rename(&mut self, tag: &str, from: &WireMailbox<'_>, to: &WireMailbox<'_>) {
+    pub(super) fn rename(
+        &mut self,
+        account: &Account,
+        tag: &str,
+        from: &WireMailbox<'_>,
+        to: &WireMailbox<'_>,
+    ) {
         let (from, to) = match (disk_name(from), disk_name(to)) {
             (Ok(f), Ok(t)) => (f, t),
             (Err(e), _) | (_, Err(e)) => return self.no(tag, &e),
@@ -230,31 +190,31 @@ impl Session {
         if to == "INBOX" {
             return self.no(tag, "[ALREADYEXISTS] INBOX always exists");
         }
-        match self.ctx.store.folder_exists(&self.account(), &to) {
+        match self.ctx.store.folder_exists(&account.address, &to) {
             Ok(true) => return self.no(tag, "[ALREADYEXISTS] Target mailbox exists"),
             Ok(false) => {}
             Err(e) => return self.no(tag, &io_no(&e)),
         }
-        match self.ctx.store.rename_folder(&self.account(), &from, &to) {
+        match self.ctx.store.rename_folder(&account.address, &from, &to) {
             Ok(()) => self.ok(tag, "RENAME completed"),
             Err(e) if e.kind() == io::ErrorKind::NotFound => self.no(tag, "[NONEXISTENT] No such mailbox"),
             Err(e) => self.no(tag, &io_no(&e)),
         }
     }
 
-    pub(super) fn subscribe(&mut self, tag: &str, m: &WireMailbox<'_>, on: bool) {
+    pub(super) fn subscribe(&mut self, account: &Account, tag: &str, m: &WireMailbox<'_>, on: bool) {
         let name = match disk_name(m) {
             Ok(n) => n,
             Err(e) => return self.no(tag, &e),
         };
         let r = if on {
-            match self.ctx.store.folder_exists(&self.account(), &name) {
+            match self.ctx.store.folder_exists(&account.address, &name) {
                 Ok(false) => return self.no(tag, "[NONEXISTENT] No such mailbox"),
                 Err(e) => return self.no(tag, &io_no(&e)),
-                Ok(true) => self.ctx.store.subscribe(&self.account(), &name),
+                Ok(true) => self.ctx.store.subscribe(&account.address, &name),
             }
         } else {
-            self.ctx.store.unsubscribe(&self.account(), &name)
+            self.ctx.store.unsubscribe(&account.address, &name)
         };
         match r {
             Ok(()) => self.ok(tag, if on { "SUBSCRIBE completed" } else { "UNSUBSCRIBE completed" }),
@@ -262,7 +222,14 @@ impl Session {
         }
     }
 
-    pub(super) fn list(&mut self, tag: &str, reference: &WireMailbox<'_>, pattern: &[u8], lsub: bool) {
+    pub(super) fn list(
+        &mut self,
+        account: &Account,
+        tag: &str,
+        reference: &WireMailbox<'_>,
+        pattern: &[u8],
+        lsub: bool,
+    ) {
         let cmd = if lsub { "LSUB" } else { "LIST" };
         let reference: Vec<u8> = match reference {
             WireMailbox::Inbox => b"INBOX".to_vec(),
@@ -275,7 +242,7 @@ impl Session {
         }
         let mut full = reference.clone();
         full.extend_from_slice(pattern);
-        let folders = match self.ctx.store.list_folders(&self.account()) {
+        let folders = match self.ctx.store.list_folders(&account.address) {
             Ok(f) => f,
             Err(e) => return self.no(tag, &io_no(&e)),
         };
@@ -340,12 +307,18 @@ impl Session {
         self.ok(tag, &format!("{cmd} completed"));
     }
 
-    pub(super) fn status(&mut self, tag: &str, m: &WireMailbox<'_>, items: &[StatusDataItemName]) {
+    pub(super) fn status(
+        &mut self,
+        account: &Account,
+        tag: &str,
+        m: &WireMailbox<'_>,
+        items: &[StatusDataItemName],
+    ) {
         let name = match disk_name(m) {
             Ok(n) => n,
             Err(e) => return self.no(tag, &e),
         };
-        let mb = match self.ctx.store.open_mailbox(&self.account(), &name, false) {
+        let mb = match self.ctx.store.open_mailbox(&account.address, &name, false) {
             Ok(mb) => mb,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return self.no(tag, "[NONEXISTENT] No such mailbox")
@@ -382,16 +355,19 @@ impl Session {
         self.ok(tag, "STATUS completed");
     }
 
-    fn over_quota(&self, extra: u64) -> io::Result<bool> {
-        if self.quota == 0 {
+    fn over_quota(&self, account: &Account, extra: u64) -> io::Result<bool> {
+        if account.quota == 0 {
             return Ok(false);
         }
-        let used = self.ctx.store.account_usage(&self.account())?.bytes;
-        Ok(used + extra > self.quota)
+        let used = self.ctx.store.account_usage(&account.address)?.bytes;
+        Ok(used + extra > account.quota)
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn append(
         &mut self,
+        account: &Account,
+        mailbox: &mut Selection,
         tag: &str,
         m: &WireMailbox<'_>,
         flags: &[WireFlag<'_>],
@@ -416,7 +392,7 @@ impl Session {
             self.no(tag, "Empty message");
             return Ok(());
         }
-        match self.over_quota(data.len() as u64) {
+        match self.over_quota(account, data.len() as u64) {
             Ok(true) => {
                 self.no(tag, "[OVERQUOTA] Mailbox is full");
                 return Ok(());
@@ -429,10 +405,10 @@ impl Session {
         }
         let time = date
             .map(|d| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(d.timestamp().max(0) as u64));
-        match self.ctx.store.append(&self.account(), &name, data, &flags, time) {
+        match self.ctx.store.append(&account.address, &name, data, &flags, time) {
             Ok(d) => {
-                if self.selected.as_ref().is_some_and(|s| s.mb.folder() == name) {
-                    self.updates(true, &BTreeSet::new())?;
+                if let Some(sel) = mailbox.folder(&name) {
+                    self.updates(sel, true, &BTreeSet::new())?;
                 }
                 self.ok(tag, &format!("[APPENDUID {} {}] APPEND completed", d.uidvalidity, d.uid));
             }
@@ -442,8 +418,11 @@ impl Session {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn copy_move(
         &mut self,
+        account: &Account,
+        sel: &mut Selected,
         tag: &str,
         set: &SequenceSet,
         m: &WireMailbox<'_>,
@@ -457,7 +436,7 @@ impl Session {
                 return Ok(());
             }
         };
-        let uids = match self.resolve(set, uid) {
+        let uids = match sel.resolve(set, uid) {
             Ok(u) => u,
             Err(e) => {
                 self.bad(Some(tag), &e);
@@ -465,7 +444,7 @@ impl Session {
             }
         };
         let cmd = if is_move { "MOVE" } else { "COPY" };
-        if is_move && self.selected.as_ref().is_some_and(|s| s.read_only) {
+        if is_move && sel.read_only {
             self.no(tag, "[READ-ONLY] Mailbox is read-only");
             return Ok(());
         }
@@ -473,7 +452,7 @@ impl Session {
             self.ok(tag, &format!("{cmd} completed (no messages)"));
             return Ok(());
         }
-        match self.ctx.store.folder_exists(&self.account(), &name) {
+        match self.ctx.store.folder_exists(&account.address, &name) {
             Ok(false) => {
                 self.no(tag, "[TRYCREATE] No such mailbox");
                 return Ok(());
@@ -485,26 +464,18 @@ impl Session {
             Ok(true) => {}
         }
         if !is_move {
-            let sel = self.selected.as_ref().expect("selected");
             let size: u64 = uids.iter().filter_map(|u| sel.mb.message(*u)).map(|m| m.size).sum();
-            if self.over_quota(size)? {
+            if self.over_quota(account, size)? {
                 self.no(tag, "[OVERQUOTA] Mailbox is full");
                 return Ok(());
             }
         }
-        let sel = self.selected.as_mut().expect("selected");
         let r = if is_move { sel.mb.move_to(&uids, &name) } else { sel.mb.copy_to(&uids, &name) };
         match r {
             Ok(res) => {
                 let (src, dst): (Vec<u32>, Vec<u32>) = res.mapping.iter().copied().unzip();
                 // Into Junk = spam, out of Junk = ham, learned by rspamd in the background.
-                self.ctx.filter.learn_moved(
-                    &self.ctx.store,
-                    self.user.as_ref().expect("authenticated"),
-                    sel.mb.folder(),
-                    &name,
-                    &dst,
-                );
+                self.ctx.filter.learn_moved(&self.ctx.store, &account.address, sel.mb.folder(), &name, &dst);
                 let code = if src.is_empty() {
                     String::new()
                 } else {
@@ -515,11 +486,11 @@ impl Session {
                     if !code.is_empty() {
                         self.line(&format!("* OK {}Moved", code));
                     }
-                    self.updates(true, &BTreeSet::new())?;
+                    self.updates(sel, true, &BTreeSet::new())?;
                     self.ok(tag, "MOVE completed");
                 } else {
                     // A copy into the selected mailbox shows up at once.
-                    self.updates(true, &BTreeSet::new())?;
+                    self.updates(sel, true, &BTreeSet::new())?;
                     self.ok(tag, &format!("{code}COPY completed"));
                 }
             }
@@ -529,23 +500,27 @@ impl Session {
         Ok(())
     }
 
-    pub(super) fn expunge(&mut self, tag: &str, set: Option<&SequenceSet>) -> io::Result<()> {
-        if self.selected.as_ref().is_some_and(|s| s.read_only) {
+    pub(super) fn expunge(
+        &mut self,
+        sel: &mut Selected,
+        tag: &str,
+        set: Option<&SequenceSet>,
+    ) -> io::Result<()> {
+        if sel.read_only {
             self.no(tag, "[READ-ONLY] Mailbox is read-only");
             return Ok(());
         }
         let r = match set {
-            None => self.selected.as_mut().expect("selected").mb.expunge_deleted(),
+            None => sel.mb.expunge_deleted(),
             Some(set) => {
                 // UID EXPUNGE (RFC 4315 §2.1): only the listed messages that are \Deleted.
-                let uids = match self.resolve(set, true) {
+                let uids = match sel.resolve(set, true) {
                     Ok(u) => u,
                     Err(e) => {
                         self.bad(Some(tag), &e);
                         return Ok(());
                     }
                 };
-                let sel = self.selected.as_mut().expect("selected");
                 let deleted: Vec<u32> = uids
                     .into_iter()
                     .filter(|u| sel.mb.message(*u).is_some_and(|m| m.flags.contains(&Flag::Deleted)))
@@ -555,7 +530,7 @@ impl Session {
         };
         match r {
             Ok(_) => {
-                self.updates(true, &BTreeSet::new())?;
+                self.updates(sel, true, &BTreeSet::new())?;
                 self.ok(tag, "EXPUNGE completed");
             }
             Err(e) => self.no(tag, &io_no(&e)),
@@ -563,28 +538,28 @@ impl Session {
         Ok(())
     }
 
-    fn quota_line(&mut self) -> io::Result<()> {
-        let used = self.ctx.store.account_usage(&self.account())?.bytes;
-        if self.quota > 0 {
+    fn quota_line(&mut self, account: &Account) -> io::Result<()> {
+        let used = self.ctx.store.account_usage(&account.address)?.bytes;
+        if account.quota > 0 {
             // RFC 9208 §5.1: STORAGE in units of 1024 octets.
-            self.line(&format!("* QUOTA \"\" (STORAGE {} {})", used.div_ceil(1024), self.quota / 1024));
+            self.line(&format!("* QUOTA \"\" (STORAGE {} {})", used.div_ceil(1024), account.quota / 1024));
         } else {
             self.line("* QUOTA \"\" ()");
         }
         Ok(())
     }
 
-    pub(super) fn get_quota(&mut self, tag: &str, root: &str) {
+    pub(super) fn get_quota(&mut self, account: &Account, tag: &str, root: &str) {
         if !root.is_empty() {
             return self.no(tag, "[NONEXISTENT] No such quota root");
         }
-        match self.quota_line() {
+        match self.quota_line(account) {
             Ok(()) => self.ok(tag, "GETQUOTA completed"),
             Err(e) => self.no(tag, &io_no(&e)),
         }
     }
 
-    pub(super) fn get_quota_root(&mut self, tag: &str, m: &WireMailbox<'_>) {
+    pub(super) fn get_quota_root(&mut self, account: &Account, tag: &str, m: &WireMailbox<'_>) {
         let name = match disk_name(m) {
             Ok(n) => n,
             Err(e) => return self.no(tag, &e),
@@ -593,33 +568,11 @@ impl Session {
         wire::mailbox(&mut out, &disk_to_wire(&name));
         out.extend_from_slice(b" \"\"\r\n");
         self.out.extend_from_slice(&out);
-        match self.quota_line() {
+        match self.quota_line(account) {
             Ok(()) => self.ok(tag, "GETQUOTAROOT completed"),
             Err(e) => self.no(tag, &io_no(&e)),
         }
     }
-}
-
-/// FLAGS and PERMANENTFLAGS for a mailbox whose messages use `keywords` (RFC 3501 §7.2.6,
-/// §7.1: sent at SELECT and again when a new keyword appears).
-pub(super) fn flags_lines(keywords: &BTreeSet<String>, read_only: bool) -> Vec<String> {
-    let mut flags = "\\Answered \\Flagged \\Deleted \\Seen \\Draft".to_owned();
-    for k in keywords {
-        flags.push(' ');
-        flags.push_str(k);
-    }
-    vec![
-        format!("* FLAGS ({flags})"),
-        if read_only {
-            "* OK [PERMANENTFLAGS ()] Read-only mailbox".to_owned()
-        } else {
-            format!("* OK [PERMANENTFLAGS ({flags} \\*)] Flags permitted")
-        },
-    ]
-}
-
-pub(super) fn flags_for(m: &store::Message) -> String {
-    flag_list(&m.flags, m.recent)
 }
 
 #[cfg(test)]
@@ -640,13 +593,5 @@ mod tests {
         assert!(matches(b"a/%", b"a/b"));
         assert!(matches(b"A*", b"Archive/2024"));
         assert!(!matches(b"B*", b"Archive"));
-        let (plain, o) = split_list_options(b"a LIST (SPECIAL-USE) \"\" \"*\"\r\n").unwrap();
-        assert_eq!(plain, b"a LIST \"\" \"*\"\r\n");
-        assert!(o.special_use_only);
-        let (plain, o) = split_list_options(b"b list \"\" \"%\" RETURN (CHILDREN SUBSCRIBED)\r\n").unwrap();
-        assert_eq!(plain, b"b LIST \"\" \"%\"\r\n");
-        assert!(o.return_subscribed && !o.subscribed_only);
-        assert!(split_list_options(b"c LIST \"\" \"*\"\r\n").is_none());
-        assert!(split_list_options(b"d LIST \"\" \"*\" RETURN (STATUS (MESSAGES))\r\n").is_none());
     }
 }

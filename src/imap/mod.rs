@@ -8,30 +8,43 @@
 //! UIDPLUS, CONDSTORE, ID, ENABLE, QUOTA, NAMESPACE, LITERAL+; writing and testing our own
 //! parser for that grammar (SEARCH keys, FETCH sections, dates) would cost more than it saves.
 //! We do not use `imap-next` (it queues its own greeting and sends nothing for an
-//! unparseable line, DESIGN.md): `session` frames lines and literals itself (literal size
-//! limit, synchronising `+` continuations, BAD for garbage) and hands each complete command
-//! to `CommandCodec`. Responses are written directly (`wire`): they are simple, and message
-//! bytes go from the file to the socket without building an `imap-types` response tree.
+//! unparseable line, DESIGN.md): `conn` frames lines and literals itself (literal size
+//! limit, synchronising `+` continuations, BAD for garbage) and `session` hands each
+//! complete command to `CommandCodec`. Responses are written directly (`wire`): they are
+//! simple, and message bytes go from the file to the socket without building an
+//! `imap-types` response tree.
+//!
+//! # Modules, top to bottom (each uses only those below it)
+//! - `session`: a connection's [`session::Session`] (its `Conn` and its `State`), the
+//!   dispatch by state, login and STARTTLS;
+//! - `mailbox` (SELECT…APPEND, COPY/MOVE, EXPUNGE, QUOTA), `fetch` (FETCH, STORE),
+//!   `search`: the command handlers, methods of `Conn` given the account and the selected
+//!   mailbox by the dispatch;
+//! - `conn`: the stream, framing, replies, untagged updates, IDLE;
+//! - `state` (RFC 3501 §3 as data), `list` (RFC 5258 LIST options), `wire`, `mime`, `utf7`.
+//! - this module: the shared `Context` and the front door's [`crate::net::Protocol`].
 
+mod conn;
 mod fetch;
+mod list;
 pub mod mailbox;
 pub mod mime;
 pub mod search;
 pub mod session;
+mod state;
 pub mod utf7;
 pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tracing::debug;
 
 use crate::config::Config;
 use crate::directory::Directory;
-use crate::smtp::{ConnectionLimiter, Refused, Stream};
+use crate::filter::Filter;
+use crate::guard::Guard;
+use crate::net::{ConnectionLimiter, Gate, Protocol, Refused, Stream};
 use crate::store::Store;
 
 /// Port 143 (STARTTLS) or 993 (implicit TLS, RFC 8314 §3.3).
@@ -57,65 +70,76 @@ pub struct Context {
     pub store: Store,
     pub tls: Option<TlsAcceptor>,
     /// Bans and abuse counters shared with SMTP and POP3 (src/guard/).
-    pub guard: Arc<crate::guard::Guard>,
+    pub guard: Arc<Guard>,
     /// Spam learning when messages move into or out of Junk (src/filter/).
-    pub filter: Arc<crate::filter::Filter>,
+    pub filter: Arc<Filter>,
     connections: Arc<ConnectionLimiter>,
 }
 
 impl Context {
-    pub fn new(config: Arc<Config>, directory: Directory, store: Store, tls: Option<TlsAcceptor>) -> Context {
-        let guard = Arc::new(crate::guard::Guard::off());
+    /// `guard` is required: the daemon passes its shared guard, tests that want none pass
+    /// `Arc::new(Guard::off())` (see src/net/door.rs for why there is no default). Leaving
+    /// it out does not compile (the example beside `posthaste::net` is the one that does):
+    ///
+    /// ```compile_fail
+    /// # use std::sync::Arc;
+    /// # fn no_guard(c: Arc<posthaste::config::Config>, d: posthaste::directory::Directory, s: posthaste::store::Store) {
+    /// let ctx = posthaste::imap::Context::new(c, d, s, None);
+    /// # }
+    /// ```
+    pub fn new(
+        config: Arc<Config>,
+        directory: Directory,
+        store: Store,
+        tls: Option<TlsAcceptor>,
+        guard: Arc<Guard>,
+    ) -> Context {
         let connections =
             ConnectionLimiter::new(config.imap.max_connections, config.imap.max_connections_per_ip);
-        let filter = Arc::new(crate::filter::Filter::from_config(&config));
+        let filter = Arc::new(Filter::from_config(&config));
         Context { config, directory, store, tls, guard, filter, connections }
     }
-
-    /// Use the daemon's shared guard (the default one counts nothing and bans nobody).
-    pub fn with_guard(mut self, guard: Arc<crate::guard::Guard>) -> Context {
-        self.guard = guard;
-        self
-    }
 }
 
-/// Accept connections on `listener` until `shutdown` turns true.
-pub async fn serve(
-    ctx: Arc<Context>,
-    profile: Profile,
-    listener: TcpListener,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    crate::net::accept_loop(profile.name(), listener, shutdown, move |tcp, peer| {
-        handle_connection(ctx.clone(), profile, tcp, peer)
-    })
-    .await
-}
+/// IMAP and IMAPS through the front door (src/net/door.rs).
+impl Protocol for Context {
+    type Profile = Profile;
 
-async fn handle_connection(ctx: Arc<Context>, profile: Profile, mut tcp: crate::net::Tcp, peer: SocketAddr) {
-    // A banned client is dropped before any greeting (src/guard/mod.rs).
-    if ctx.guard.connect(peer.ip()).is_banned() {
-        return;
+    fn listener_name(profile: Profile) -> &'static str {
+        profile.name()
     }
-    let _slot = match ctx.connections.admit(peer.ip()) {
-        Ok(slot) => slot,
-        Err(why) => {
-            let reason = match why {
-                Refused::Total => "Too many connections, try again later",
-                Refused::PerIp => "Too many connections from your address",
-            };
-            debug!(client = %peer.ip(), reason, "imap: connection refused");
-            // RFC 3501 §7.1.5: BYE as the greeting refuses the connection.
-            let _ = tcp.write_all(format!("* BYE {reason}\r\n").as_bytes()).await;
-            return;
+
+    fn implicit_tls(profile: Profile) -> bool {
+        profile == Profile::Imaps
+    }
+
+    fn refusal(why: Refused) -> &'static str {
+        // RFC 3501 §7.1.5: BYE as the greeting refuses the connection.
+        match why {
+            Refused::Total => "* BYE Too many connections, try again later\r\n",
+            Refused::PerIp => "* BYE Too many connections from your address\r\n",
         }
-    };
-    let stream: Box<dyn Stream> = if profile == Profile::Imaps {
-        let Some(acceptor) = ctx.tls.clone() else { return };
-        let Some(tls) = crate::net::tls_accept(&acceptor, tcp, peer, "imaps").await else { return };
-        tls
-    } else {
-        Box::new(tcp)
-    };
-    session::Session::new(ctx, stream, peer, profile == Profile::Imaps).run().await;
+    }
+
+    fn gate(&self) -> &dyn Gate {
+        &*self.guard
+    }
+
+    fn limiter(&self) -> &Arc<ConnectionLimiter> {
+        &self.connections
+    }
+
+    fn tls(&self) -> Option<&TlsAcceptor> {
+        self.tls.as_ref()
+    }
+
+    async fn session(
+        self: Arc<Self>,
+        _profile: Profile,
+        stream: Box<dyn Stream>,
+        peer: SocketAddr,
+        tls: bool,
+    ) {
+        session::Session::new(self, stream, peer, tls).run().await;
+    }
 }

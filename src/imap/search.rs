@@ -20,9 +20,10 @@ use imap_codec::imap_types::search::SearchKey;
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 use mail_parser::{HeaderValue, MessageParser, PartType};
 
+use super::conn::Conn;
 use super::fetch::RUN;
 use super::mime;
-use super::session::Session;
+use super::state::Selected;
 use crate::store::{Flag, MessageRef, SYSTEM_FLAGS};
 
 fn in_set(set: &SequenceSet, v: u32, max: u32) -> bool {
@@ -380,9 +381,10 @@ fn uses_modseq(k: &SearchKey<'_>) -> bool {
     }
 }
 
-impl Session {
+impl Conn {
     pub(super) fn search(
         &mut self,
+        sel: &mut Selected,
         tag: &str,
         charset: Option<&str>,
         criteria: &Vec1<SearchKey<'_>>,
@@ -394,7 +396,7 @@ impl Session {
                 return Ok(());
             }
         }
-        self.updates(false, &BTreeSet::new())?;
+        self.updates(sel, false, &BTreeSet::new())?;
         let modseq = criteria.as_ref().iter().any(uses_modseq);
         if modseq {
             self.condstore = true;
@@ -402,7 +404,6 @@ impl Session {
         let key = Key::And(criteria.as_ref().iter().map(Key::compile).collect());
         // Only keys on the header look at the cache (probing it per message is not free).
         let header_keys = key.any(&|k| matches!(k, Key::Header(..) | Key::Sent(..)));
-        let sel = self.selected.as_ref().expect("selected");
         let view = &sel.uids;
         let max_seq = view.len() as u32;
         let max_uid = view.last().copied().unwrap_or(0);

@@ -3,6 +3,8 @@
 //! Responses are written by hand: the data is simple, and writing it directly keeps message
 //! bytes flowing from the file to the socket without building a response tree.
 
+use crate::store::{self, Flag};
+
 /// A `string`: quoted when that is allowed (RFC 3501 §4.3: 7-bit, no CR/LF/NUL), else a
 /// literal.
 pub fn string(out: &mut Vec<u8>, s: &[u8]) {
@@ -44,6 +46,40 @@ pub fn text(s: &str) -> String {
     s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
 }
 
+/// The text of a NO response for an I/O error.
+pub fn io_no(e: &std::io::Error) -> String {
+    text(&e.to_string())
+}
+
+/// `\Seen \Flagged …` for FETCH FLAGS.
+pub fn flag_list(flags: &[Flag], recent: bool) -> String {
+    let mut v: Vec<&str> = flags.iter().map(Flag::as_imap).collect();
+    if recent {
+        v.push("\\Recent");
+    }
+    v.join(" ")
+}
+
+/// The FLAGS of a message as FETCH sends them.
+pub fn flags_for(m: &store::Message) -> String {
+    flag_list(&m.flags, m.recent)
+}
+
+/// A UID set in compact form (`1:3,7`) for COPYUID/APPENDUID.
+pub fn compact(uids: &[u32]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < uids.len() {
+        let mut j = i;
+        while j + 1 < uids.len() && uids[j + 1] == uids[j] + 1 {
+            j += 1;
+        }
+        parts.push(if i == j { uids[i].to_string() } else { format!("{}:{}", uids[i], uids[j]) });
+        i = j + 1;
+    }
+    parts.join(",")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,5 +95,6 @@ mod tests {
         o.clear();
         nstring(&mut o, None);
         assert_eq!(o, b"NIL");
+        assert_eq!(compact(&[1, 2, 3, 5, 7, 8]), "1:3,5,7:8");
     }
 }

@@ -5,7 +5,8 @@
 //! - `session` runs one connection over any stream (tests drive it in memory);
 //! - `maildrop` is the INBOX as one session sees it: the messages present at login, numbered
 //!   1..n for the whole session, with the RFC 1939 §8 exclusive lock and the CRLF sizes;
-//! - this module accepts connections, enforces the connection limits and implicit TLS.
+//! - this module holds what the sessions share and plugs POP3 into the front door
+//!   (`net::serve`: guard, connection limits, implicit TLS on 995).
 
 pub mod command;
 mod maildrop;
@@ -14,18 +15,31 @@ pub mod session;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tracing::debug;
 
 use crate::config::Config;
 use crate::directory::Directory;
 use crate::guard::Guard;
-use crate::smtp::{ConnectionLimiter, Refused, Stream};
+use crate::net::{ConnectionLimiter, Gate, Protocol, Refused, Stream};
 use crate::store::Store;
 
 pub use maildrop::LOCK_FILE;
+
+/// Port 110 (STLS) or 995 (implicit TLS, RFC 8314 §3.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    Pop3,
+    Pop3s,
+}
+
+impl Profile {
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Pop3 => "pop3",
+            Profile::Pop3s => "pop3s",
+        }
+    }
+}
 
 /// What every POP3 session shares.
 pub struct Context {
@@ -39,68 +53,68 @@ pub struct Context {
 }
 
 impl Context {
-    /// With the guard off (nothing counted, nobody banned, no sending limits); the daemon
-    /// attaches its shared guard with [`Context::with_guard`].
-    pub fn new(config: Arc<Config>, directory: Directory, store: Store, tls: Option<TlsAcceptor>) -> Context {
+    /// `guard` is required: the daemon passes its shared guard, tests that want none pass
+    /// `Arc::new(Guard::off())` (see src/net/door.rs for why there is no default). Leaving
+    /// it out does not compile (the example beside `posthaste::net` is the one that does):
+    ///
+    /// ```compile_fail
+    /// # use std::sync::Arc;
+    /// # fn no_guard(c: Arc<posthaste::config::Config>, d: posthaste::directory::Directory, s: posthaste::store::Store) {
+    /// let ctx = posthaste::pop3::Context::new(c, d, s, None);
+    /// # }
+    /// ```
+    pub fn new(
+        config: Arc<Config>,
+        directory: Directory,
+        store: Store,
+        tls: Option<TlsAcceptor>,
+        guard: Arc<Guard>,
+    ) -> Context {
         let connections =
             ConnectionLimiter::new(config.pop3.max_connections, config.pop3.max_connections_per_ip);
-        let guard = Arc::new(Guard::off());
         Context { config, directory, store, tls, guard, connections }
     }
-
-    pub fn with_guard(mut self, guard: Arc<Guard>) -> Context {
-        self.guard = guard;
-        self
-    }
 }
 
-/// Accept connections on `listener` until `shutdown` turns true. `implicit_tls`: port 995,
-/// TLS from the first byte.
-pub async fn serve(
-    ctx: Arc<Context>,
-    implicit_tls: bool,
-    listener: TcpListener,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    let name = if implicit_tls { "pop3s" } else { "pop3" };
-    crate::net::accept_loop(name, listener, shutdown, move |tcp, peer| {
-        handle_connection(ctx.clone(), implicit_tls, tcp, peer)
-    })
-    .await
-}
+/// POP3 and POP3S through the front door (src/net/door.rs).
+impl Protocol for Context {
+    type Profile = Profile;
 
-async fn handle_connection(
-    ctx: Arc<Context>,
-    implicit_tls: bool,
-    mut tcp: crate::net::Tcp,
-    peer: SocketAddr,
-) {
-    // A banned client is dropped before any greeting (src/guard/mod.rs).
-    if ctx.guard.connect(peer.ip()).is_banned() {
-        debug!(client = %peer.ip(), "pop3: connection from a banned client closed");
-        return;
+    fn listener_name(profile: Profile) -> &'static str {
+        profile.name()
     }
-    let _slot = match ctx.connections.admit(peer.ip()) {
-        Ok(slot) => slot,
-        Err(why) => {
-            // RFC 3206 §4: [SYS/TEMP] is a temporary problem on our side; try later.
-            let text = match why {
-                Refused::Total => "-ERR [SYS/TEMP] Too many connections, try again later\r\n",
-                Refused::PerIp => {
-                    "-ERR [SYS/TEMP] Too many connections from your address, try again later\r\n"
-                }
-            };
-            debug!(client = %peer.ip(), "pop3: connection refused by the connection limit");
-            let _ = tcp.write_all(text.as_bytes()).await;
-            return;
+
+    fn implicit_tls(profile: Profile) -> bool {
+        profile == Profile::Pop3s
+    }
+
+    fn refusal(why: Refused) -> &'static str {
+        // RFC 3206 §4: [SYS/TEMP] is a temporary problem on our side; try later.
+        match why {
+            Refused::Total => "-ERR [SYS/TEMP] Too many connections, try again later\r\n",
+            Refused::PerIp => "-ERR [SYS/TEMP] Too many connections from your address, try again later\r\n",
         }
-    };
-    let stream: Box<dyn Stream> = if implicit_tls {
-        let Some(acceptor) = ctx.tls.clone() else { return };
-        let Some(tls) = crate::net::tls_accept(&acceptor, tcp, peer, "pop3s").await else { return };
-        tls
-    } else {
-        Box::new(tcp)
-    };
-    session::Session::new(ctx, stream, peer, implicit_tls).run().await;
+    }
+
+    fn gate(&self) -> &dyn Gate {
+        &*self.guard
+    }
+
+    fn limiter(&self) -> &Arc<ConnectionLimiter> {
+        &self.connections
+    }
+
+    fn tls(&self) -> Option<&TlsAcceptor> {
+        self.tls.as_ref()
+    }
+
+    async fn session(
+        self: Arc<Self>,
+        _profile: Profile,
+        stream: Box<dyn Stream>,
+        peer: SocketAddr,
+        tls: bool,
+    ) {
+        session::Session::new(self, stream, peer, tls).run().await;
+    }
 }

@@ -13,9 +13,10 @@ use tracing::{debug, info, warn};
 
 use super::command::{self, Command};
 use super::maildrop::{self, Maildrop, OpenError, Part};
-use super::{Context, Stream};
+use super::Context;
 use crate::address::Address;
 use crate::guard::Event;
+use crate::net::Stream;
 use crate::sasl::{decode_b64, parse_plain, sanitize};
 
 /// RFC 2449 §4 limits commands to 255 octets; AUTH initial responses (RFC 5034 §4) and long
@@ -46,13 +47,19 @@ enum Flow {
 }
 
 pub struct Session {
+    conn: Conn,
+    state: State,
+}
+
+/// The connection half of a session: the stream, the replies not yet written and the error
+/// count. The TRANSACTION commands are its methods and get the maildrop as an argument.
+struct Conn {
     ctx: Arc<Context>,
     reader: BufReader<Box<dyn Stream>>,
     out: Vec<u8>,
     peer: SocketAddr,
     tls: bool,
     id: String,
-    state: State,
     errors: usize,
     /// The guard banned this client during the session: close after the current reply.
     banned: bool,
@@ -61,50 +68,50 @@ pub struct Session {
 impl Session {
     /// `tls` is true when the stream is already encrypted (implicit TLS, port 995).
     pub fn new(ctx: Arc<Context>, stream: Box<dyn Stream>, peer: SocketAddr, tls: bool) -> Session {
-        Session {
+        let conn = Conn {
             ctx,
             reader: BufReader::with_capacity(16 * 1024, stream),
             out: Vec::with_capacity(512),
             peer,
             tls,
             id: format!("{:016x}", rand::random::<u64>()),
-            state: State::Authorization { user: None },
             errors: 0,
             banned: false,
-        }
+        };
+        Session { conn, state: State::Authorization { user: None } }
     }
 
     pub async fn run(mut self) {
         // RFC 1939 §4: the greeting. No APOP timestamp: APOP is not offered.
-        let greeting = format!("{} POP3 server ready", self.ctx.config.hostname);
-        self.ok(&greeting);
+        let greeting = format!("{} POP3 server ready", self.conn.ctx.config.hostname);
+        self.conn.ok(&greeting);
         if let Err(e) = self.run_loop().await {
-            debug!(session = %self.id, client = %self.peer.ip(), error = %e, "pop3 session ended with I/O error");
+            debug!(session = %self.conn.id, client = %self.conn.peer.ip(), error = %e, "pop3 session ended with I/O error");
         }
         // Dropping the state releases the maildrop lock without touching any message.
-        let _ = self.reader.get_mut().shutdown().await;
+        let _ = self.conn.reader.get_mut().shutdown().await;
     }
 
     async fn run_loop(&mut self) -> std::io::Result<()> {
         loop {
             // RFC 2449 §6.6 PIPELINING: answer in order, one write for all the replies to
             // what the client sent in one go.
-            if self.reader.buffer().is_empty() {
-                self.flush().await?;
+            if self.conn.reader.buffer().is_empty() {
+                self.conn.flush().await?;
             }
-            let line = match self.read_line().await {
+            let line = match self.conn.read_line().await {
                 Ok(line) => line,
                 Err(ReadError::Eof) => return Ok(()),
                 Err(ReadError::Timeout) => {
                     // RFC 1939 §3: the autologout timer closes without entering UPDATE.
-                    self.err("Autologout; idle for too long");
-                    return self.flush().await;
+                    self.conn.err("Autologout; idle for too long");
+                    return self.conn.flush().await;
                 }
                 Err(ReadError::TooLong) => {
-                    self.guard_event(Event::ProtocolError { protocol: "pop3" });
-                    self.error("Line too long");
-                    if self.too_many_errors() {
-                        return self.flush().await;
+                    self.conn.guard_event(Event::ProtocolError { protocol: "pop3" });
+                    self.conn.error("Line too long");
+                    if self.conn.too_many_errors() {
+                        return self.conn.flush().await;
                     }
                     continue;
                 }
@@ -112,25 +119,283 @@ impl Session {
             };
             let flow = match std::str::from_utf8(&line) {
                 Err(_) => {
-                    self.guard_event(Event::ProtocolError { protocol: "pop3" });
-                    self.error("Command is not valid UTF-8");
+                    self.conn.guard_event(Event::ProtocolError { protocol: "pop3" });
+                    self.conn.error("Command is not valid UTF-8");
                     Flow::Continue
                 }
                 Ok(line) => match command::parse(line) {
                     Ok(cmd) => self.handle(cmd).await?,
                     Err(e) => {
-                        self.guard_event(Event::ProtocolError { protocol: "pop3" });
-                        self.error(&e.0);
+                        self.conn.guard_event(Event::ProtocolError { protocol: "pop3" });
+                        self.conn.error(&e.0);
                         Flow::Continue
                     }
                 },
             };
-            if matches!(flow, Flow::Close) || self.too_many_errors() {
-                return self.flush().await;
+            if matches!(flow, Flow::Close) || self.conn.too_many_errors() {
+                return self.conn.flush().await;
             }
         }
     }
 
+    async fn handle(&mut self, cmd: Command) -> std::io::Result<Flow> {
+        // Commands allowed in both states.
+        match cmd {
+            Command::Capa => {
+                self.capa();
+                return Ok(Flow::Continue);
+            }
+            Command::Quit => return self.quit().await,
+            _ => {}
+        }
+        let State::Transaction(md) = &mut self.state else {
+            match cmd {
+                Command::Stls => return self.stls().await,
+                Command::User(name) => self.user(name),
+                Command::Pass(pass) => self.pass(pass).await,
+                Command::Auth { mechanism, initial } => self.auth(mechanism, initial).await?,
+                Command::Apop => self.conn.error("APOP is not supported; use AUTH PLAIN or USER/PASS"),
+                // RFC 1939 §5/§6: these need a maildrop, i.e. the TRANSACTION state.
+                _ => self.conn.error("Not logged in"),
+            }
+            return Ok(Flow::Continue);
+        };
+        let conn = &mut self.conn;
+        match cmd {
+            Command::Stat => conn.stat(md).await?,
+            Command::List(n) => conn.list(md, n).await?,
+            Command::Uidl(n) => conn.uidl(md, n),
+            Command::Retr(n) => return conn.retr(md, n, Part::All).await,
+            Command::Top(n, lines) => return conn.retr(md, n, Part::Top(lines)).await,
+            Command::Dele(n) => conn.dele(md, n),
+            Command::Rset => conn.rset(md),
+            Command::Noop => conn.ok(""),
+            // RFC 2595 §4: STLS only in the AUTHORIZATION state.
+            Command::Stls => conn.error("STLS is only allowed before login"),
+            Command::User(_) | Command::Pass(_) | Command::Auth { .. } | Command::Apop => {
+                conn.error("Already logged in")
+            }
+            Command::Capa | Command::Quit => unreachable!("handled above"),
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn tls_available(&self) -> bool {
+        self.conn.ctx.tls.is_some() && !self.conn.tls
+    }
+
+    /// RFC 2595 §2.1: no clear-text passwords on an unencrypted connection, unless the admin
+    /// allows it.
+    fn login_allowed(&self) -> bool {
+        self.conn.tls || self.conn.ctx.config.pop3.allow_plaintext_auth
+    }
+
+    /// RFC 2449 §5 CAPA. USER and SASL are listed only where a login is allowed, so a client
+    /// on port 110 sees it must STLS first (RFC 2595 §4), and not after login.
+    fn capa(&mut self) {
+        let mut caps = vec!["TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING"];
+        if matches!(self.state, State::Authorization { .. }) {
+            if self.tls_available() {
+                caps.push("STLS");
+            }
+            if self.login_allowed() {
+                caps.push("USER");
+                caps.push("SASL PLAIN");
+            }
+        }
+        caps.push("IMPLEMENTATION posthaste");
+        self.conn.ok("Capability list follows");
+        for c in caps {
+            self.conn.line(c);
+        }
+        self.conn.line(".");
+    }
+
+    async fn stls(&mut self) -> std::io::Result<Flow> {
+        let Some(acceptor) = self.conn.ctx.tls.clone() else {
+            self.conn.error("STLS not available");
+            return Ok(Flow::Continue);
+        };
+        if self.conn.tls {
+            self.conn.error("Already using TLS");
+            return Ok(Flow::Continue);
+        }
+        self.conn.ok("Begin TLS negotiation");
+        self.conn.flush().await?;
+        // Anything pipelined after STLS arrived in clear text and must not be run inside the
+        // TLS session (command injection, as CVE-2011-0411 for SMTP).
+        if !self.conn.reader.buffer().is_empty() {
+            warn!(session = %self.conn.id, client = %self.conn.peer.ip(), "pop3: data pipelined after STLS, closing");
+            return Ok(Flow::Close);
+        }
+        if !crate::net::upgrade_to_tls(&mut self.conn.reader, &acceptor, self.conn.peer, "pop3").await {
+            return Ok(Flow::Close);
+        }
+        self.conn.tls = true;
+        // RFC 2595 §4: forget what was learnt before TLS (a USER given in clear text).
+        self.state = State::Authorization { user: None };
+        Ok(Flow::Continue)
+    }
+
+    fn user(&mut self, name: String) {
+        if !self.login_allowed() {
+            return self.conn.refuse_plaintext();
+        }
+        // Always +OK: whether the account exists is only told after PASS (RFC 1939 §13).
+        self.state = State::Authorization { user: Some(name) };
+        self.conn.ok("Send PASS");
+    }
+
+    async fn pass(&mut self, pass: String) {
+        if !self.login_allowed() {
+            return self.conn.refuse_plaintext();
+        }
+        // RFC 1939 §7: PASS only right after a successful USER; a failed PASS needs a new USER.
+        let State::Authorization { user } = &mut self.state else { return };
+        let Some(user) = user.take() else {
+            return self.conn.error("Send USER first");
+        };
+        self.login(&user, &pass).await;
+    }
+
+    /// RFC 5034: AUTH PLAIN, with the initial response on the command line or after "+ ".
+    async fn auth(&mut self, mechanism: Option<String>, initial: Option<String>) -> std::io::Result<()> {
+        if !self.login_allowed() {
+            self.conn.refuse_plaintext();
+            return Ok(());
+        }
+        let Some(mechanism) = mechanism else {
+            // Bare AUTH: the mechanism list, as the pre-RFC 5034 drafts had it and clients
+            // such as Outlook still ask.
+            self.conn.ok("Mechanisms follow");
+            self.conn.line("PLAIN");
+            self.conn.line(".");
+            return Ok(());
+        };
+        if mechanism != "PLAIN" {
+            self.conn.error("Unsupported authentication mechanism");
+            return Ok(());
+        }
+        let text = match initial {
+            Some(i) => i,
+            None => {
+                // RFC 5034 §4: an empty challenge is "+ ".
+                self.conn.line("+ ");
+                self.conn.flush().await?;
+                match self.conn.read_line().await {
+                    Ok(l) => String::from_utf8_lossy(&l).trim_end().to_owned(),
+                    Err(ReadError::Io(e)) => return Err(e),
+                    Err(ReadError::Eof) => return Ok(()),
+                    Err(_) => {
+                        self.conn.error("Authentication aborted");
+                        return Ok(());
+                    }
+                }
+            }
+        };
+        if text == "*" {
+            // RFC 5034 §4: "*" cancels; the server MUST answer -ERR.
+            self.conn.error("Authentication cancelled");
+            return Ok(());
+        }
+        // RFC 5034 §4: "=" is an empty initial response.
+        let raw = if text == "=" { Some(Vec::new()) } else { decode_b64(&text) };
+        let Some(raw) = raw else {
+            self.conn.error("Invalid base64 in authentication response");
+            return Ok(());
+        };
+        let Some((user, pass)) = parse_plain(&raw) else {
+            self.conn.error("[AUTH] Malformed PLAIN response");
+            return Ok(());
+        };
+        self.login(&user, &pass).await;
+        Ok(())
+    }
+
+    async fn login(&mut self, user: &str, pass: &str) {
+        let account = match self.conn.ctx.directory.authenticate(user, pass).await {
+            Ok(Some(account)) => account,
+            Ok(None) => {
+                // One structured line per failure: the guard counts these per client IP.
+                warn!(event = "auth_failure", session = %self.conn.id, client = %self.conn.peer.ip(), protocol = "pop3",
+                      user = %sanitize(user), "authentication failed");
+                self.conn.guard_event(Event::AuthFailure { protocol: "pop3" });
+                tokio::time::sleep(self.conn.ctx.config.pop3.auth_failure_delay).await;
+                self.state = State::Authorization { user: None };
+                return self.conn.error("[AUTH] Authentication failed");
+            }
+            Err(e) => {
+                warn!(session = %self.conn.id, error = %e, "pop3: directory error during login");
+                // RFC 3206 §4: [SYS/TEMP], a problem on our side that may go away.
+                return self.conn.err("[SYS/TEMP] Temporary authentication failure, try again later");
+            }
+        };
+        let Ok(addr) = Address::parse(&account.address) else {
+            return self.conn.err("[SYS/TEMP] Temporary authentication failure, try again later");
+        };
+        let store = self.conn.ctx.store.clone();
+        let opened = {
+            let addr = addr.clone();
+            tokio::task::spawn_blocking(move || Maildrop::open(&store, &addr))
+                .await
+                .unwrap_or_else(|e| Err(OpenError::Io(std::io::Error::other(e.to_string()))))
+        };
+        match opened {
+            Ok(md) => {
+                let n = md.messages.len();
+                info!(event = "login", session = %self.conn.id, client = %self.conn.peer.ip(), protocol = "pop3",
+                      user = %addr, messages = n, "pop3 login");
+                self.state = State::Transaction(Box::new(md));
+                self.conn.ok(&format!("Logged in, maildrop has {n} messages"));
+            }
+            Err(OpenError::InUse) => {
+                // RFC 1939 §8 and RFC 2449 §8.1.1: the maildrop is locked by another session.
+                info!(session = %self.conn.id, client = %self.conn.peer.ip(), protocol = "pop3", user = %addr,
+                      "pop3: maildrop in use");
+                self.state = State::Authorization { user: None };
+                self.conn.err("[IN-USE] Mailbox is locked by another POP3 session");
+            }
+            Err(OpenError::Io(e)) => {
+                warn!(session = %self.conn.id, user = %addr, error = %e, "pop3: cannot open the maildrop");
+                self.state = State::Authorization { user: None };
+                self.conn.err("[SYS/TEMP] Cannot open the mailbox, try again later");
+            }
+        }
+    }
+
+    async fn quit(&mut self) -> std::io::Result<Flow> {
+        let State::Transaction(md) = std::mem::replace(&mut self.state, State::Authorization { user: None })
+        else {
+            // RFC 1939 §4: QUIT in AUTHORIZATION ends the session, no UPDATE.
+            self.conn.ok("Bye");
+            return Ok(Flow::Close);
+        };
+        // RFC 1939 §6: QUIT from TRANSACTION enters UPDATE.
+        let mailbox = md.mailbox();
+        let messages = md.messages.clone();
+        let result = tokio::task::spawn_blocking(move || maildrop::update(&mailbox, &messages))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|r| r);
+        match result {
+            Ok(u) => {
+                info!(event = "pop3_logout", session = %self.conn.id, client = %self.conn.peer.ip(), user = %md.account,
+                      deleted = u.deleted, seen = u.seen, "pop3 logout");
+                self.conn.ok(&format!("Bye, {} messages deleted", u.deleted));
+            }
+            Err(e) => {
+                // RFC 1939 §6: some or none of the marked messages may be gone; we say so.
+                warn!(session = %self.conn.id, user = %md.account, error = %e, "pop3: UPDATE failed");
+                self.conn.err("[SYS/TEMP] Some deleted messages could not be removed");
+            }
+        }
+        // The maildrop lock is released here, after the update is done.
+        drop(md);
+        Ok(Flow::Close)
+    }
+}
+
+impl Conn {
     /// Report `event` to the guard; when it bans the client, the session ends after the
     /// current reply.
     fn guard_event(&mut self, event: Event) {
@@ -154,246 +419,14 @@ impl Session {
         }
     }
 
-    async fn handle(&mut self, cmd: Command) -> std::io::Result<Flow> {
-        // Commands allowed in both states.
-        match cmd {
-            Command::Capa => {
-                self.capa();
-                return Ok(Flow::Continue);
-            }
-            Command::Quit => return self.quit().await,
-            _ => {}
-        }
-        if matches!(self.state, State::Authorization { .. }) {
-            match cmd {
-                Command::Stls => return self.stls().await,
-                Command::User(name) => self.user(name),
-                Command::Pass(pass) => self.pass(pass).await,
-                Command::Auth { mechanism, initial } => self.auth(mechanism, initial).await?,
-                Command::Apop => self.error("APOP is not supported; use AUTH PLAIN or USER/PASS"),
-                // RFC 1939 §5/§6: these need a maildrop, i.e. the TRANSACTION state.
-                _ => self.error("Not logged in"),
-            }
-            return Ok(Flow::Continue);
-        }
-        match cmd {
-            Command::Stat => self.stat().await?,
-            Command::List(n) => self.list(n).await?,
-            Command::Uidl(n) => self.uidl(n),
-            Command::Retr(n) => return self.retr(n, Part::All).await,
-            Command::Top(n, lines) => return self.retr(n, Part::Top(lines)).await,
-            Command::Dele(n) => self.dele(n),
-            Command::Rset => self.rset(),
-            Command::Noop => self.ok(""),
-            // RFC 2595 §4: STLS only in the AUTHORIZATION state.
-            Command::Stls => self.error("STLS is only allowed before login"),
-            Command::User(_) | Command::Pass(_) | Command::Auth { .. } | Command::Apop => {
-                self.error("Already logged in")
-            }
-            Command::Capa | Command::Quit => unreachable!("handled above"),
-        }
-        Ok(Flow::Continue)
-    }
-
-    fn tls_available(&self) -> bool {
-        self.ctx.tls.is_some() && !self.tls
-    }
-
-    /// RFC 2595 §2.1: no clear-text passwords on an unencrypted connection, unless the admin
-    /// allows it.
-    fn login_allowed(&self) -> bool {
-        self.tls || self.ctx.config.pop3.allow_plaintext_auth
-    }
-
-    /// RFC 2449 §5 CAPA. USER and SASL are listed only where a login is allowed, so a client
-    /// on port 110 sees it must STLS first (RFC 2595 §4), and not after login.
-    fn capa(&mut self) {
-        let mut caps = vec!["TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING"];
-        if matches!(self.state, State::Authorization { .. }) {
-            if self.tls_available() {
-                caps.push("STLS");
-            }
-            if self.login_allowed() {
-                caps.push("USER");
-                caps.push("SASL PLAIN");
-            }
-        }
-        caps.push("IMPLEMENTATION posthaste");
-        self.ok("Capability list follows");
-        for c in caps {
-            self.line(c);
-        }
-        self.line(".");
-    }
-
-    async fn stls(&mut self) -> std::io::Result<Flow> {
-        let Some(acceptor) = self.ctx.tls.clone() else {
-            self.error("STLS not available");
-            return Ok(Flow::Continue);
-        };
-        if self.tls {
-            self.error("Already using TLS");
-            return Ok(Flow::Continue);
-        }
-        self.ok("Begin TLS negotiation");
-        self.flush().await?;
-        // Anything pipelined after STLS arrived in clear text and must not be run inside the
-        // TLS session (command injection, as CVE-2011-0411 for SMTP).
-        if !self.reader.buffer().is_empty() {
-            warn!(session = %self.id, client = %self.peer.ip(), "pop3: data pipelined after STLS, closing");
-            return Ok(Flow::Close);
-        }
-        if !crate::net::upgrade_to_tls(&mut self.reader, &acceptor, self.peer, "pop3").await {
-            return Ok(Flow::Close);
-        }
-        self.tls = true;
-        // RFC 2595 §4: forget what was learnt before TLS (a USER given in clear text).
-        self.state = State::Authorization { user: None };
-        Ok(Flow::Continue)
-    }
-
     fn refuse_plaintext(&mut self) {
         // RFC 3206 §5: [AUTH] says the problem is with how the credentials are given.
         self.error("[AUTH] Plaintext authentication disallowed on non-secure connections; use STLS first");
     }
 
-    fn user(&mut self, name: String) {
-        if !self.login_allowed() {
-            return self.refuse_plaintext();
-        }
-        // Always +OK: whether the account exists is only told after PASS (RFC 1939 §13).
-        self.state = State::Authorization { user: Some(name) };
-        self.ok("Send PASS");
-    }
-
-    async fn pass(&mut self, pass: String) {
-        if !self.login_allowed() {
-            return self.refuse_plaintext();
-        }
-        // RFC 1939 §7: PASS only right after a successful USER; a failed PASS needs a new USER.
-        let State::Authorization { user } = &mut self.state else { return };
-        let Some(user) = user.take() else {
-            return self.error("Send USER first");
-        };
-        self.login(&user, &pass).await;
-    }
-
-    /// RFC 5034: AUTH PLAIN, with the initial response on the command line or after "+ ".
-    async fn auth(&mut self, mechanism: Option<String>, initial: Option<String>) -> std::io::Result<()> {
-        if !self.login_allowed() {
-            self.refuse_plaintext();
-            return Ok(());
-        }
-        let Some(mechanism) = mechanism else {
-            // Bare AUTH: the mechanism list, as the pre-RFC 5034 drafts had it and clients
-            // such as Outlook still ask.
-            self.ok("Mechanisms follow");
-            self.line("PLAIN");
-            self.line(".");
-            return Ok(());
-        };
-        if mechanism != "PLAIN" {
-            self.error("Unsupported authentication mechanism");
-            return Ok(());
-        }
-        let text = match initial {
-            Some(i) => i,
-            None => {
-                // RFC 5034 §4: an empty challenge is "+ ".
-                self.line("+ ");
-                self.flush().await?;
-                match self.read_line().await {
-                    Ok(l) => String::from_utf8_lossy(&l).trim_end().to_owned(),
-                    Err(ReadError::Io(e)) => return Err(e),
-                    Err(ReadError::Eof) => return Ok(()),
-                    Err(_) => {
-                        self.error("Authentication aborted");
-                        return Ok(());
-                    }
-                }
-            }
-        };
-        if text == "*" {
-            // RFC 5034 §4: "*" cancels; the server MUST answer -ERR.
-            self.error("Authentication cancelled");
-            return Ok(());
-        }
-        // RFC 5034 §4: "=" is an empty initial response.
-        let raw = if text == "=" { Some(Vec::new()) } else { decode_b64(&text) };
-        let Some(raw) = raw else {
-            self.error("Invalid base64 in authentication response");
-            return Ok(());
-        };
-        let Some((user, pass)) = parse_plain(&raw) else {
-            self.error("[AUTH] Malformed PLAIN response");
-            return Ok(());
-        };
-        self.login(&user, &pass).await;
-        Ok(())
-    }
-
-    async fn login(&mut self, user: &str, pass: &str) {
-        let account = match self.ctx.directory.authenticate(user, pass).await {
-            Ok(Some(account)) => account,
-            Ok(None) => {
-                // One structured line per failure: the guard counts these per client IP.
-                warn!(event = "auth_failure", session = %self.id, client = %self.peer.ip(), protocol = "pop3",
-                      user = %sanitize(user), "authentication failed");
-                self.guard_event(Event::AuthFailure { protocol: "pop3" });
-                tokio::time::sleep(self.ctx.config.pop3.auth_failure_delay).await;
-                self.state = State::Authorization { user: None };
-                return self.error("[AUTH] Authentication failed");
-            }
-            Err(e) => {
-                warn!(session = %self.id, error = %e, "pop3: directory error during login");
-                // RFC 3206 §4: [SYS/TEMP], a problem on our side that may go away.
-                return self.err("[SYS/TEMP] Temporary authentication failure, try again later");
-            }
-        };
-        let Ok(addr) = Address::parse(&account.address) else {
-            return self.err("[SYS/TEMP] Temporary authentication failure, try again later");
-        };
-        let store = self.ctx.store.clone();
-        let opened = {
-            let addr = addr.clone();
-            tokio::task::spawn_blocking(move || Maildrop::open(&store, &addr))
-                .await
-                .unwrap_or_else(|e| Err(OpenError::Io(std::io::Error::other(e.to_string()))))
-        };
-        match opened {
-            Ok(md) => {
-                let n = md.messages.len();
-                info!(event = "login", session = %self.id, client = %self.peer.ip(), protocol = "pop3",
-                      user = %addr, messages = n, "pop3 login");
-                self.state = State::Transaction(Box::new(md));
-                self.ok(&format!("Logged in, maildrop has {n} messages"));
-            }
-            Err(OpenError::InUse) => {
-                // RFC 1939 §8 and RFC 2449 §8.1.1: the maildrop is locked by another session.
-                info!(session = %self.id, client = %self.peer.ip(), protocol = "pop3", user = %addr,
-                      "pop3: maildrop in use");
-                self.state = State::Authorization { user: None };
-                self.err("[IN-USE] Mailbox is locked by another POP3 session");
-            }
-            Err(OpenError::Io(e)) => {
-                warn!(session = %self.id, user = %addr, error = %e, "pop3: cannot open the maildrop");
-                self.state = State::Authorization { user: None };
-                self.err("[SYS/TEMP] Cannot open the mailbox, try again later");
-            }
-        }
-    }
-
-    fn maildrop(&mut self) -> &mut Maildrop {
-        match &mut self.state {
-            State::Transaction(md) => md,
-            State::Authorization { .. } => unreachable!("only called in TRANSACTION"),
-        }
-    }
-
     /// The index of message `n` if it exists and is not marked deleted; else the error reply
     /// is queued. RFC 1939 §5: deleted messages are not to be referred to.
-    fn lookup(&mut self, n: u32) -> Option<usize> {
-        let md = self.maildrop();
+    fn lookup(&mut self, md: &Maildrop, n: u32) -> Option<usize> {
         let found = (n as usize).checked_sub(1).and_then(|i| md.messages.get(i).map(|m| (i, m.deleted)));
         match found {
             None => {
@@ -409,8 +442,7 @@ impl Session {
     }
 
     /// Compute the transmitted sizes of the given messages that have none yet.
-    async fn ensure_sizes(&mut self, which: &[usize]) -> std::io::Result<()> {
-        let md = self.maildrop();
+    async fn ensure_sizes(&mut self, md: &mut Maildrop, which: &[usize]) -> std::io::Result<()> {
         let todo: Vec<usize> = which.iter().copied().filter(|&i| md.messages[i].size.is_none()).collect();
         if todo.is_empty() {
             return Ok(());
@@ -421,44 +453,36 @@ impl Session {
         let sizes = tokio::task::spawn_blocking(move || maildrop::sizes(&mailbox, &args))
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))??;
-        let md = self.maildrop();
         for (i, s) in todo.into_iter().zip(sizes) {
             md.messages[i].size = Some(s);
         }
         Ok(())
     }
 
-    fn live(&mut self) -> Vec<usize> {
-        let md = self.maildrop();
-        (0..md.messages.len()).filter(|&i| !md.messages[i].deleted).collect()
-    }
-
-    async fn stat(&mut self) -> std::io::Result<()> {
-        let live = self.live();
-        if let Err(e) = self.ensure_sizes(&live).await {
+    async fn stat(&mut self, md: &mut Maildrop) -> std::io::Result<()> {
+        let live = live(md);
+        if let Err(e) = self.ensure_sizes(md, &live).await {
             self.io_failure(e);
             return Ok(());
         }
-        let md = self.maildrop();
         let total: u64 = live.iter().map(|&i| md.messages[i].size.unwrap_or(0)).sum();
         // RFC 1939 §5: "+OK nn mm", deleted messages not counted.
         self.ok(&format!("{} {}", live.len(), total));
         Ok(())
     }
 
-    async fn list(&mut self, n: Option<u32>) -> std::io::Result<()> {
+    async fn list(&mut self, md: &mut Maildrop, n: Option<u32>) -> std::io::Result<()> {
         let which = match n {
-            Some(n) => match self.lookup(n) {
+            Some(n) => match self.lookup(md, n) {
                 Some(i) => vec![i],
                 None => return Ok(()),
             },
-            None => self.live(),
+            None => live(md),
         };
-        if let Err(e) = self.ensure_sizes(&which).await {
+        if let Err(e) = self.ensure_sizes(md, &which).await {
             self.io_failure(e);
             return Ok(());
         }
-        let md = self.maildrop();
         let lines: Vec<String> =
             which.iter().map(|&i| format!("{} {}", i + 1, md.messages[i].size.unwrap_or(0))).collect();
         if n.is_some() {
@@ -473,15 +497,14 @@ impl Session {
         Ok(())
     }
 
-    fn uidl(&mut self, n: Option<u32>) {
+    fn uidl(&mut self, md: &Maildrop, n: Option<u32>) {
         let which = match n {
-            Some(n) => match self.lookup(n) {
+            Some(n) => match self.lookup(md, n) {
                 Some(i) => vec![i],
                 None => return,
             },
-            None => self.live(),
+            None => live(md),
         };
-        let md = self.maildrop();
         // RFC 1939 §7 UIDL: the unique-id is stable across sessions (Message::uidl).
         let lines: Vec<String> =
             which.iter().map(|&i| format!("{} {}", i + 1, md.messages[i].uidl)).collect();
@@ -498,15 +521,14 @@ impl Session {
 
     /// RETR and TOP: the message (or its top) as a multi-line response, dot-stuffed, with
     /// CRLF line ends, streamed from the file.
-    async fn retr(&mut self, n: u32, part: Part) -> std::io::Result<Flow> {
-        let Some(i) = self.lookup(n) else { return Ok(Flow::Continue) };
+    async fn retr(&mut self, md: &mut Maildrop, n: u32, part: Part) -> std::io::Result<Flow> {
+        let Some(i) = self.lookup(md, n) else { return Ok(Flow::Continue) };
         if matches!(part, Part::All) {
-            if let Err(e) = self.ensure_sizes(&[i]).await {
+            if let Err(e) = self.ensure_sizes(md, &[i]).await {
                 self.io_failure(e);
                 return Ok(Flow::Continue);
             }
         }
-        let md = self.maildrop();
         let (uid, size) = (md.messages[i].uid, md.messages[i].size);
         let mailbox = md.mailbox();
         let file = {
@@ -570,56 +592,24 @@ impl Session {
         }
         self.line(".");
         if matches!(part, Part::All) {
-            self.maildrop().messages[i].retrieved = true;
+            md.messages[i].retrieved = true;
         }
         Ok(Flow::Continue)
     }
 
-    fn dele(&mut self, n: u32) {
-        let Some(i) = self.lookup(n) else { return };
-        self.maildrop().messages[i].deleted = true;
+    fn dele(&mut self, md: &mut Maildrop, n: u32) {
+        let Some(i) = self.lookup(md, n) else { return };
+        md.messages[i].deleted = true;
         self.ok(&format!("Message {n} deleted"));
     }
 
-    fn rset(&mut self) {
-        let md = self.maildrop();
+    fn rset(&mut self, md: &mut Maildrop) {
         for m in &mut md.messages {
             m.deleted = false;
             m.retrieved = false;
         }
         let n = md.messages.len();
         self.ok(&format!("Maildrop has {n} messages"));
-    }
-
-    async fn quit(&mut self) -> std::io::Result<Flow> {
-        let State::Transaction(md) = std::mem::replace(&mut self.state, State::Authorization { user: None })
-        else {
-            // RFC 1939 §4: QUIT in AUTHORIZATION ends the session, no UPDATE.
-            self.ok("Bye");
-            return Ok(Flow::Close);
-        };
-        // RFC 1939 §6: QUIT from TRANSACTION enters UPDATE.
-        let mailbox = md.mailbox();
-        let messages = md.messages.clone();
-        let result = tokio::task::spawn_blocking(move || maildrop::update(&mailbox, &messages))
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))
-            .and_then(|r| r);
-        match result {
-            Ok(u) => {
-                info!(event = "pop3_logout", session = %self.id, client = %self.peer.ip(), user = %md.account,
-                      deleted = u.deleted, seen = u.seen, "pop3 logout");
-                self.ok(&format!("Bye, {} messages deleted", u.deleted));
-            }
-            Err(e) => {
-                // RFC 1939 §6: some or none of the marked messages may be gone; we say so.
-                warn!(session = %self.id, user = %md.account, error = %e, "pop3: UPDATE failed");
-                self.err("[SYS/TEMP] Some deleted messages could not be removed");
-            }
-        }
-        // The maildrop lock is released here, after the update is done.
-        drop(md);
-        Ok(Flow::Close)
     }
 
     fn io_failure(&mut self, e: std::io::Error) {
@@ -691,6 +681,11 @@ impl Session {
     }
 
     async fn read_limited(&mut self, line: &mut Vec<u8>) -> std::io::Result<bool> {
-        crate::smtp::read_line_limited(&mut self.reader, line, MAX_LINE).await
+        crate::net::read_line_limited(&mut self.reader, line, MAX_LINE).await
     }
+}
+
+/// The messages not marked deleted.
+fn live(md: &Maildrop) -> Vec<usize> {
+    (0..md.messages.len()).filter(|&i| !md.messages[i].deleted).collect()
 }

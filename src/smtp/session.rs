@@ -13,11 +13,12 @@ use tracing::{info, warn};
 use super::command::{self, Command, ForwardPath, ReversePath};
 use super::data::{command_is_malformed, normalise_chunks, DataLines, Line, Malformed};
 use super::message;
-use super::{Context, Profile, Stream};
+use super::{Context, Profile};
 use crate::address::Address;
 use crate::directory::Target;
 use crate::filter::{Decision, MessageInfo};
 use crate::guard::{Event, LimitExceeded};
+use crate::net::Stream;
 use crate::queue::Incoming;
 use crate::sasl::{decode_b64, parse_plain, sanitize};
 
@@ -999,6 +1000,6 @@ impl Session {
     /// Read through the next LF into `line`, keeping at most `limit` bytes. Returns false if
     /// the line was longer (the rest is consumed and dropped). An empty `line` means EOF.
     async fn read_data_line(&mut self, line: &mut Vec<u8>, limit: usize) -> std::io::Result<bool> {
-        super::read_line_limited(&mut self.reader, line, limit).await
+        crate::net::read_line_limited(&mut self.reader, line, limit).await
     }
 }

@@ -508,7 +508,7 @@ fn smtp_smuggling_scan_of_the_mx_and_submissions_ports_finds_nothing() {
     }
 }
 
-/// The 40 ms stall on SMTP (src/net.rs, `Tcp`): a client with Nagle on that writes the body
+/// The 40 ms stall on SMTP (src/net/tcp.rs, `Tcp`): a client with Nagle on that writes the body
 /// of DATA and then `.` CRLF separately (or a BDAT command and then its chunk) waits for our
 /// ACK of the body before the last bytes leave it. Default and TCP_NODELAY clients take
 /// turns; their median times differ by the stall (~40 ms) or by nothing.

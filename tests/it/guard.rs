@@ -14,8 +14,9 @@ use posthaste::address::Address;
 use posthaste::config::{Config, TlsConfig};
 use posthaste::directory::{password, Directory};
 use posthaste::guard::{Guard, Verdict};
+use posthaste::net::Stream;
 use posthaste::queue::Queue;
-use posthaste::smtp::{Profile, Stream};
+use posthaste::smtp::Profile;
 use posthaste::store::Store;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -56,7 +57,7 @@ async fn env(tweak: impl FnOnce(&mut Config)) -> Env {
 }
 
 impl Env {
-    /// Sessions get the guard the daemon would attach (`Context::new` alone has it off).
+    /// Sessions get a guard as the daemon's (in memory: no ban file, no nftables).
     fn guard(&self) -> Arc<Guard> {
         Arc::new(Guard::in_memory(&self.config.guard))
     }
@@ -66,8 +67,9 @@ impl Env {
             self.directory.clone(),
             self.queue.clone(),
             None,
+            self.guard(),
         );
-        Arc::new(ctx.with_guard(self.guard()))
+        Arc::new(ctx)
     }
     fn pop3(&self) -> Arc<posthaste::pop3::Context> {
         let ctx = posthaste::pop3::Context::new(
@@ -75,8 +77,9 @@ impl Env {
             self.directory.clone(),
             self.store.clone(),
             None,
+            self.guard(),
         );
-        Arc::new(ctx.with_guard(self.guard()))
+        Arc::new(ctx)
     }
 }
 

@@ -9,8 +9,9 @@ use base64::Engine;
 use posthaste::address::Address;
 use posthaste::config::{Config, TlsConfig};
 use posthaste::directory::{password, Directory};
+use posthaste::guard::Guard;
 use posthaste::imap::{session::Session, Context};
-use posthaste::smtp::Stream;
+use posthaste::net::Stream;
 use posthaste::store::Store;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
@@ -46,7 +47,13 @@ async fn env_with(tweak: impl FnOnce(&mut Config)) -> Env {
     }
     let tls = posthaste::tls::load_acceptor(config.tls.as_ref().unwrap()).unwrap();
     let ca = rustls_pemfile::certs(&mut std::fs::read(&cert).unwrap().as_slice()).next().unwrap().unwrap();
-    let ctx = Arc::new(Context::new(Arc::new(config), directory.clone(), store.clone(), Some(tls)));
+    let ctx = Arc::new(Context::new(
+        Arc::new(config),
+        directory.clone(),
+        store.clone(),
+        Some(tls),
+        Arc::new(Guard::off()),
+    ));
     Env { _dir: dir, ctx, store, directory, ca }
 }
 
@@ -1001,8 +1008,9 @@ async fn lf_messages_and_nested_parts() {
 async fn failed_logins_are_counted_by_the_guard() {
     let mut env = env_with(|c| c.guard.auth_failures = 2).await;
     let guard = Arc::new(posthaste::guard::Guard::in_memory(&env.ctx.config.guard));
-    let ctx = Context::new(env.ctx.config.clone(), env.directory.clone(), env.store.clone(), None);
-    env.ctx = Arc::new(ctx.with_guard(guard.clone()));
+    let ctx =
+        Context::new(env.ctx.config.clone(), env.directory.clone(), env.store.clone(), None, guard.clone());
+    env.ctx = Arc::new(ctx);
     let (mut c, _) = Client::connect(&env, true).await;
     c.send("a LOGIN alice@example.test wrong1\r\n").await;
     assert!(c.line().await.starts_with("a NO"));

@@ -10,6 +10,7 @@ mod cli;
 mod directory;
 mod e2e_smtp;
 mod filter;
+mod front_door;
 mod guard;
 mod harness_selftest;
 mod imap;

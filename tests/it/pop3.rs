@@ -9,8 +9,9 @@ use std::time::Duration;
 use ::posthaste::address::Address;
 use ::posthaste::config::{Config, TlsConfig};
 use ::posthaste::directory::{password, Directory};
+use ::posthaste::guard::Guard;
+use ::posthaste::net::Stream;
 use ::posthaste::pop3::{session::Session, Context};
-use ::posthaste::smtp::Stream;
 use ::posthaste::store::{Flag, Store};
 use base64::Engine;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -51,7 +52,8 @@ async fn env_with(tweak: impl FnOnce(&mut Config)) -> Env {
     let store = Store::new(config.mail_dir());
     let tls = ::posthaste::tls::load_acceptor(config.tls.as_ref().unwrap()).unwrap();
     let ca = rustls_pemfile::certs(&mut std::fs::read(&cert).unwrap().as_slice()).next().unwrap().unwrap();
-    let ctx = Arc::new(Context::new(Arc::new(config), directory, store.clone(), Some(tls)));
+    let ctx =
+        Arc::new(Context::new(Arc::new(config), directory, store.clone(), Some(tls), Arc::new(Guard::off())));
     Env { _dir: dir, store, ctx, ca }
 }
 

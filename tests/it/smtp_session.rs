@@ -8,8 +8,10 @@ use base64::Engine;
 use posthaste::address::Address;
 use posthaste::config::{Config, TlsConfig};
 use posthaste::directory::{password, Directory};
+use posthaste::guard::Guard;
+use posthaste::net::Stream;
 use posthaste::queue::Queue;
-use posthaste::smtp::{session::Session, Context, Profile, Stream};
+use posthaste::smtp::{session::Session, Context, Profile};
 use posthaste::store::Store;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
@@ -43,7 +45,7 @@ async fn env_with(tweak: impl FnOnce(&mut Config)) -> Env {
     let queue = Queue::open(&config, store, directory.clone()).unwrap();
     let tls = posthaste::tls::load_acceptor(config.tls.as_ref().unwrap()).unwrap();
     let ca = rustls_pemfile::certs(&mut std::fs::read(&cert).unwrap().as_slice()).next().unwrap().unwrap();
-    let ctx = Arc::new(Context::new(Arc::new(config), directory, queue, Some(tls)));
+    let ctx = Arc::new(Context::new(Arc::new(config), directory, queue, Some(tls), Arc::new(Guard::off())));
     Env { _dir: dir, data, ctx, ca }
 }
 
