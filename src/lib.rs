@@ -5,6 +5,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod directory;
+pub mod durable;
 pub mod filter;
 pub mod guard;
 pub mod imap;
