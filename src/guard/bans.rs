@@ -8,15 +8,14 @@
 //! inode and mtime ([`FileStamp`]) at accept time and on its periodic sweep.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::Write as _;
 use std::net::IpAddr;
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+
+use crate::durable::{AtomicWrite, FileLock};
 
 pub const BAN_FILE: &str = "guard-bans.json";
 
@@ -128,15 +127,10 @@ impl BanFile {
         Ok(out)
     }
 
-    fn lock(&self) -> std::io::Result<File> {
+    fn lock(&self) -> std::io::Result<FileLock> {
         let mut lock_path = self.path.clone().into_os_string();
         lock_path.push(".lock");
-        let f = OpenOptions::new().create(true).truncate(false).write(true).open(lock_path)?;
-        // SAFETY: flock on a descriptor we own; released when `f` is closed.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(f)
+        FileLock::acquire(Path::new(&lock_path))
     }
 
     fn write(&self, bans: &BTreeMap<IpAddr, Ban>) -> std::io::Result<()> {
@@ -144,13 +138,7 @@ impl BanFile {
         let text = serde_json::to_string_pretty(&data).map_err(std::io::Error::other)?;
         let mut tmp = self.path.clone().into_os_string();
         tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
-        {
-            let mut f = File::create(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            f.write_all(b"\n")?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, &self.path)
+        // 0666 less the umask, as File::create made it; the temporary's name as before.
+        AtomicWrite::new(0o666).temp_at(Path::new(&tmp)).write(&self.path, format!("{text}\n").as_bytes())
     }
 }
