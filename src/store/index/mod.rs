@@ -198,25 +198,31 @@ impl Index {
     }
 
     /// UIDVALIDITY (RFC 3501 §2.3.1.1).
+    #[inline]
     pub fn uidvalidity(&self) -> u32 {
         self.state.uidvalidity
     }
     /// UIDNEXT (RFC 3501 §2.3.1.1): never lower than any UID ever given in the folder.
+    #[inline]
     pub fn next_uid(&self) -> u32 {
         self.state.next_uid
     }
     /// HIGHESTMODSEQ (RFC 7162 §3.1.1).
+    #[inline]
     pub fn highest_modseq(&self) -> u64 {
         self.state.highest_modseq
     }
     /// The first UID no session has claimed as \Recent yet.
+    #[inline]
     pub fn first_recent(&self) -> u32 {
         self.state.first_recent
     }
     /// Every message, by UID (read-only: changes go through [`Index::write`]).
+    #[inline]
     pub fn entries(&self) -> &std::collections::BTreeMap<u32, Entry> {
         &self.state.entries
     }
+    #[inline]
     pub fn get(&self, uid: u32) -> Option<&Entry> {
         self.state.entries.get(&uid)
     }
@@ -228,10 +234,12 @@ impl Index {
     pub fn changes_since(&self, modseq: u64, next_uid: u32) -> Changes {
         self.state.changes_since(modseq, next_uid)
     }
+    #[inline]
     pub fn keywords(&self) -> &DovecotKeywords {
         &self.keywords
     }
     /// The folder's message cache, to read (fill it with [`Index::cache_update`]).
+    #[inline]
     pub fn cache(&self) -> &MessageCache {
         &self.cache
     }

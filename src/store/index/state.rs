@@ -53,40 +53,50 @@ impl NameInfo {
         }
         info
     }
+    #[inline]
     pub fn vsize(&self) -> Option<u64> {
         (self.vsize != u64::MAX).then_some(self.vsize)
     }
 }
 
 impl Entry {
+    #[inline]
     pub fn uid(&self) -> u32 {
         self.uid
     }
     /// RFC 7162 MODSEQ of the message's last change.
+    #[inline]
     pub fn modseq(&self) -> u64 {
         self.modseq
     }
     /// See the field: [`DATE_UNKNOWN`](super::DATE_UNKNOWN) until learnt.
+    #[inline]
     pub fn date(&self) -> i64 {
         self.date
     }
     /// The file size.
+    #[inline]
     pub fn size(&self) -> u64 {
         self.size
     }
+    #[inline]
     pub fn in_new(&self) -> bool {
         self.in_new
     }
     /// Keywords that live in our index only (those without a Dovecot letter).
+    #[inline]
     pub fn keywords(&self) -> &BTreeSet<String> {
         &self.keywords
     }
+    #[inline]
     pub fn info(&self) -> &NameInfo {
         &self.info
     }
+    #[inline]
     pub fn base(&self) -> &str {
         name::base(&self.filename)
     }
+    #[inline]
     pub fn letters(&self) -> &str {
         name::split(&self.filename).1
     }
