@@ -183,6 +183,22 @@ impl<'a> AtomicWrite<'a> {
                             remove_if_exists(tmp).map_err(cannot)?;
                             continue;
                         }
+                        // Another user's temporary (root's, found by the daemon): we cannot
+                        // ask its lock, so its age tells. A live writer holds one for the
+                        // moment of a write and an fsync.
+                        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                            let age = std::fs::symlink_metadata(tmp)
+                                .and_then(|m| m.modified())
+                                .map(|t| t.elapsed());
+                            match age {
+                                Ok(Ok(age)) if age > FOREIGN_TEMP_STALE => {
+                                    remove_if_exists(tmp).map_err(cannot)?
+                                }
+                                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                                _ => std::thread::sleep(std::time::Duration::from_millis(10)),
+                            }
+                            continue;
+                        }
                         Err(e) => return Err(cannot(e)),
                     };
                     match other.try_lock() {
@@ -201,9 +217,16 @@ impl<'a> AtomicWrite<'a> {
                 Err(e) => return Err(cannot(e)),
             }
         }
-        Err(io::Error::other(format!("{} keeps changing under us; try again", tmp.display())))
+        Err(io::Error::other(format!(
+            "{} is held by another writer; try again\nhelp: if no posthaste process is running, remove it",
+            tmp.display()
+        )))
     }
 }
+
+/// A temporary of another user that we cannot lock-check is taken as left by a crash once
+/// it is this old.
+const FOREIGN_TEMP_STALE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Whether `path` (not followed) is the file open as `f`.
 fn same_file(f: &File, path: &Path) -> io::Result<bool> {
@@ -354,6 +377,45 @@ mod tests {
             });
         });
         assert_eq!(names(dir.path()), ["cert.pem"]);
+    }
+
+    /// The daemon (not root) renewing a certificate finds a temporary that a killed root
+    /// installer left, which it can neither open nor lock: taken as stale once it is old,
+    /// waited for while it is young.
+    #[test]
+    fn another_users_temporary_is_judged_by_its_age() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let p = dir.path().join("fullchain.pem");
+        let stale = dir.path().join(".fullchain.pem.posthaste-tmp");
+        let plant = |age: u64| {
+            let _ = std::fs::remove_file(&stale);
+            // Unreadable for the writer below: mode 0 (and, as root, another fsuid).
+            let f = OpenOptions::new().write(true).create_new(true).mode(0).open(&stale).unwrap();
+            f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(age)).unwrap();
+        };
+        // As another user: a thread with its own file-system uid (as root, the change also
+        // drops the thread's right to override file modes), or simply ourselves if not root.
+        let as_other_user = |f: &(dyn Fn() -> io::Result<()> + Sync)| {
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    // SAFETY: setfsuid changes this thread's file-system uid only.
+                    unsafe { libc::setfsuid(65534) };
+                    f()
+                })
+                .join()
+                .unwrap()
+            })
+        };
+        plant(3600);
+        as_other_user(&|| write_atomic(&p, b"renewed", 0o644)).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"renewed");
+        assert!(!stale.exists());
+        plant(0);
+        let err = as_other_user(&|| write_atomic(&p, b"again", 0o644)).unwrap_err();
+        assert!(err.to_string().contains("held by another writer"), "{err}");
+        assert!(stale.exists(), "a young temporary is left to its writer");
+        assert_eq!(std::fs::read(&p).unwrap(), b"renewed");
     }
 
     #[test]
