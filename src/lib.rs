@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod directory;
 pub mod dns;
+pub mod durable;
 pub mod endpoint;
 pub mod filter;
 pub mod guard;

@@ -9,15 +9,14 @@
 //! mtime ([`FileStamp`]); never on the accept path.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::Write as _;
 use std::net::IpAddr;
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+
+use crate::durable::{AtomicWrite, FileLock};
 
 pub const BAN_FILE: &str = "guard-bans.json";
 
@@ -135,15 +134,10 @@ impl BanFile {
         Ok((out, stamp))
     }
 
-    fn lock(&self) -> std::io::Result<File> {
+    fn lock(&self) -> std::io::Result<FileLock> {
         let mut lock_path = self.path.clone().into_os_string();
         lock_path.push(".lock");
-        let f = OpenOptions::new().create(true).truncate(false).write(true).open(lock_path)?;
-        // SAFETY: flock on a descriptor we own; released when `f` is closed.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(f)
+        FileLock::acquire(Path::new(&lock_path))
     }
 
     /// Replace the file by `bans`; the stamp it will have (rename keeps inode and mtime).
@@ -152,15 +146,9 @@ impl BanFile {
         let text = serde_json::to_string_pretty(&data).map_err(std::io::Error::other)?;
         let mut tmp = self.path.clone().into_os_string();
         tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
-        let stamp = {
-            let mut f = File::create(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            f.write_all(b"\n")?;
-            f.sync_all()?;
-            FileStamp::of(&f.metadata()?)
-        };
-        std::fs::rename(&tmp, &self.path)?;
-        Ok(stamp)
+        // 0666 less the umask, as File::create made it; the temporary's name as before.
+        AtomicWrite::new(0o666).temp_at(Path::new(&tmp)).write(&self.path, format!("{text}\n").as_bytes())?;
+        // Still under the flock: nobody else replaced it since the rename.
+        Ok(FileStamp::of(&std::fs::metadata(&self.path)?))
     }
 }

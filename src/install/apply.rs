@@ -4,7 +4,6 @@
 //! dropped without `commit`. The person is told what failed, what was put back, and how to
 //! retry.
 
-use std::io::Write as _;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -217,36 +216,13 @@ fn tmp_name(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.posthaste-tmp"))
 }
 
-/// Write a whole file atomically: a temp file beside it with the final mode and owner,
-/// fsynced, renamed over the target, and the directory fsynced.
+/// Write a whole file atomically ([`crate::durable::AtomicWrite`]): a temp file beside it
+/// with the final mode (exactly, whatever the umask) and owner, fsynced, renamed over the
+/// target, and the directory fsynced. Its fixed name means a temporary left by a killed run
+/// is removed by the rerun.
 fn write_atomic(path: &Path, contents: &[u8], mode: u32, owner: Option<(u32, u32)>) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = tmp_name(path);
-    let _ = std::fs::remove_file(&tmp);
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
-        f.write_all(contents)?;
-        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::fchown(&f, Some(uid), Some(gid))
-                .with_context(|| format!("cannot chown {}", tmp.display()))?;
-        }
-        f.sync_all()?;
-        std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        anyhow::Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    crate::durable::AtomicWrite::new(mode).exact_mode().owner(owner).write(path, contents)?;
+    Ok(())
 }
 
 /// The directory database, opened on the first directory change.

@@ -9,8 +9,7 @@
 //! until verifiers commonly support Ed25519 (many still ignore it).
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context as _};
@@ -150,17 +149,10 @@ fn write_private_pem(path: &Path, der: &[u8]) -> anyhow::Result<()> {
     }
     pem.push_str("-----END PRIVATE KEY-----\n");
     let tmp = path.with_extension("pem.tmp");
-    let _ = fs::remove_file(&tmp);
-    let write = || -> std::io::Result<()> {
-        let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-        f.write_all(pem.as_bytes())?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    };
-    write().map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        anyhow!("cannot write the DKIM key {}: {e}", path.display())
-    })
+    crate::durable::AtomicWrite::new(0o600)
+        .temp_at(&tmp)
+        .write(path, pem.as_bytes())
+        .map_err(|e| anyhow!("cannot write the DKIM key {}: {e}", path.display()))
 }
 
 /// The PKCS#8 DER of a key file.

@@ -13,11 +13,12 @@
 //!   hold LF-only lines (written by other tools), so the size is that of the rendered form
 //!   (see [`render`]), computed on first use and kept for the session.
 
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::File;
 use std::io::{self, BufRead, BufReader};
 use std::sync::{Arc, Mutex};
 
 use crate::address::Address;
+use crate::durable::FileLock;
 use crate::store::{FlagOp, Mailbox, Store};
 
 /// In the INBOX directory beside `posthaste-uidlist`; Dovecot ignores it.
@@ -26,7 +27,7 @@ pub const LOCK_FILE: &str = "posthaste-pop3.lock";
 pub struct Maildrop {
     pub account: Address,
     mailbox: Arc<Mutex<Mailbox>>,
-    _lock: File,
+    _lock: FileLock,
     pub messages: Vec<Msg>,
 }
 
@@ -80,17 +81,9 @@ impl Maildrop {
         if !store.folder_exists(account, "INBOX")? {
             store.create_account(account)?;
         }
-        let lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(store.account_dir(account).join(LOCK_FILE))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => return Err(OpenError::InUse),
-            Err(TryLockError::Error(e)) => return Err(e.into()),
-        }
+        let Some(lock) = FileLock::try_acquire(&store.account_dir(account).join(LOCK_FILE))? else {
+            return Err(OpenError::InUse);
+        };
         // POP3 takes \Recent like SELECT does (the store's open_mailbox docs).
         let mailbox = store.open_mailbox(account, "INBOX", true)?;
         let messages = mailbox

@@ -3,18 +3,18 @@
 //! argument. Everything here is synchronous file I/O: async callers use `spawn_blocking`,
 //! the admin CLI calls it directly.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs::{self, File};
+use std::io;
 use std::net::IpAddr;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use nix::fcntl::{Flock, FlockArg};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::address::Address;
 use crate::directory::Target;
+use crate::durable::{self, fsync_dir, FileLock};
 
 /// Where one recipient (one resolved target) stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,8 +165,8 @@ impl Spool {
             }
         }
         if removed > 0 {
-            sync_dir(&self.tmp_dir())?;
-            sync_dir(&self.msg_dir())?;
+            fsync_dir(&self.tmp_dir())?;
+            fsync_dir(&self.msg_dir())?;
         }
         Ok(removed)
     }
@@ -235,23 +235,23 @@ impl Spool {
     /// Unlink the envelope first: from that moment the message no longer exists for anyone.
     fn remove_locked(&self, id: &str) -> io::Result<()> {
         fs::remove_file(self.env_path(id))?;
-        sync_dir(&self.env_dir())?;
+        fsync_dir(&self.env_dir())?;
         match fs::remove_file(self.msg_path(id)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
-        sync_dir(&self.msg_dir())
+        fsync_dir(&self.msg_dir())
     }
 
     /// An exclusive flock on the message file, which is never replaced while the message
     /// exists (the envelope is, by rename, so it cannot carry the lock).
-    fn lock(&self, id: &str) -> io::Result<Option<Flock<File>>> {
+    fn lock(&self, id: &str) -> io::Result<Option<FileLock>> {
         let file = match File::open(self.msg_path(id)) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        Flock::lock(file, FlockArg::LockExclusive).map(Some).map_err(|(_, errno)| errno.into())
+        FileLock::wait_on(file).map(Some)
     }
 
     fn write_envelope(&self, env: &Envelope) -> io::Result<()> {
@@ -261,33 +261,18 @@ impl Spool {
 
     /// Files written by root (the admin CLI) get the owner of the spool (the daemon's user),
     /// or the daemon could no longer read the envelopes the CLI rewrote.
-    fn match_owner(&self, file: &File) -> io::Result<()> {
+    fn owner(&self) -> io::Result<Option<(u32, u32)>> {
         if !nix::unistd::geteuid().is_root() {
-            return Ok(());
+            return Ok(None);
         }
         let meta = fs::metadata(&self.root)?;
-        std::os::unix::fs::fchown(file, Some(meta.uid()), Some(meta.gid()))
+        Ok(Some((meta.uid(), meta.gid())))
     }
 
-    /// Write to `tmp/`, fsync, rename over `dest`, fsync the directory of `dest`.
+    /// Write to `tmp/`, fsync, rename over `dest`, fsync the directory of `dest`. A unique
+    /// temporary name, no lock: `recover` empties `tmp/` after a crash.
     fn write_atomic(&self, dest: &Path, bytes: &[u8]) -> io::Result<()> {
-        let name = dest.file_name().unwrap_or_default().to_string_lossy();
-        let tmp = self.tmp_dir().join(format!("{name}.{:08x}", rand::thread_rng().gen::<u32>()));
-        let result = (|| {
-            let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-            self.match_owner(&f)?;
-            f.write_all(bytes)?;
-            f.sync_all()?;
-            fs::rename(&tmp, dest)?;
-            sync_dir(dest.parent().expect("spool paths have a parent"))
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result
+        let tmp = self.tmp_dir();
+        durable::AtomicWrite::new(0o600).owner(self.owner()?).temp_in(&tmp).write(dest, bytes)
     }
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }

@@ -17,10 +17,11 @@ use std::path::{Path, PathBuf};
 use std::sync::MutexGuard;
 
 use super::index::{
-    CachedMessage, Changes, DovecotKeywords, Entry, Index, IndexLock, MessageCache, Record, DATE_UNKNOWN,
+    CachedMessage, Changes, DovecotKeywords, Entry, Index, MessageCache, NewMessage, DATE_UNKNOWN,
 };
 use super::{name, Flag, SharedIndex, Store};
 use crate::address::Address;
+use crate::durable;
 
 /// A message as a session sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,11 +131,11 @@ pub struct Mailbox {
 /// A message of the index as a session sees it.
 fn view(e: &Entry, dir: &Path, recent: bool, kw: &DovecotKeywords) -> Message {
     Message {
-        uid: e.uid,
-        modseq: e.modseq,
+        uid: e.uid(),
+        modseq: e.modseq(),
         flags: flags_of(e, kw),
-        size: e.size,
-        date: e.date,
+        size: e.size(),
+        date: e.date(),
         path: e.path(dir),
         recent,
         base: e.base().to_owned(),
@@ -162,23 +163,23 @@ pub const SYSTEM_FLAGS: [(Flag, u8); 5] = [
 
 impl<'a> MessageRef<'a> {
     pub fn uid(&self) -> u32 {
-        self.entry.uid
+        self.entry.uid()
     }
     pub fn modseq(&self) -> u64 {
-        self.entry.modseq
+        self.entry.modseq()
     }
     /// The stored size (see [`Message::size`]).
     pub fn size(&self) -> u64 {
-        self.entry.size
+        self.entry.size()
     }
     /// None until the index knows it (see `index::Entry::date`; then
     /// [`Mailbox::learn_date`] from the file).
     pub fn internal_date(&self) -> Option<i64> {
-        (self.entry.date != DATE_UNKNOWN).then_some(self.entry.date)
+        (self.entry.date() != DATE_UNKNOWN).then_some(self.entry.date())
     }
     /// RFC822.SIZE from the file name's `W=` (Dovecot's and ours), when it has one.
     pub fn virtual_size(&self) -> Option<u64> {
-        self.entry.info.vsize()
+        self.entry.info().vsize()
     }
     /// \Recent for this session.
     pub fn recent(&self) -> bool {
@@ -187,15 +188,15 @@ impl<'a> MessageRef<'a> {
     /// What the folder's shared cache holds for the message. A lookup each time: ask only
     /// when needed (a cache probe per message is most of what a flags-only SEARCH costs).
     pub fn cached(&self) -> Option<&'a CachedMessage> {
-        self.cache.get(self.entry.uid, self.entry.base())
+        self.cache.get(self.entry.uid(), self.entry.base())
     }
     /// The system flags as a bit set ([`SYSTEM_FLAGS`]).
     pub fn system_flags(&self) -> u8 {
-        self.entry.info.system
+        self.entry.info().system
     }
     /// Whether it has keywords (Maildir `P` or a–z letters, or keywords of our index).
     pub fn has_keywords(&self) -> bool {
-        self.entry.info.letter_keywords || !self.entry.keywords.is_empty()
+        self.entry.info().letter_keywords || !self.entry.keywords().is_empty()
     }
     /// All flags, sorted as [`Message::flags`].
     pub fn flags(&self) -> Vec<Flag> {
@@ -212,7 +213,7 @@ fn flags_of(e: &Entry, kw: &DovecotKeywords) -> Vec<Flag> {
             flags.push(Flag::Keyword(k.to_owned()));
         }
     }
-    flags.extend(e.keywords.iter().map(|k| Flag::Keyword(k.clone())));
+    flags.extend(e.keywords().iter().map(|k| Flag::Keyword(k.clone())));
     flags.sort();
     flags.dedup();
     flags
@@ -254,45 +255,43 @@ impl Mailbox {
         &self.account
     }
     pub fn uidvalidity(&self) -> u32 {
-        self.index().state.uidvalidity
+        self.index().uidvalidity()
     }
     /// UIDNEXT (RFC 3501 §2.3.1.1).
     pub fn uid_next(&self) -> u32 {
-        self.index().state.next_uid
+        self.index().next_uid()
     }
     /// HIGHESTMODSEQ (RFC 7162 §3.1.1).
     pub fn highest_modseq(&self) -> u64 {
-        self.index().state.highest_modseq
+        self.index().highest_modseq()
     }
     /// Messages no session has claimed as \Recent yet (IMAP STATUS RECENT).
     pub fn unclaimed_recent(&self) -> usize {
         let idx = self.index();
-        let st = &idx.state;
-        st.entries.range(st.first_recent..).count()
+        idx.entries().range(idx.first_recent()..).count()
     }
     pub fn len(&self) -> usize {
-        self.index().state.entries.len()
+        self.index().entries().len()
     }
     pub fn is_empty(&self) -> bool {
-        self.index().state.entries.is_empty()
+        self.index().entries().is_empty()
     }
     /// All UIDs, ascending (the IMAP sequence order).
     pub fn uids(&self) -> Vec<u32> {
-        self.index().state.entries.keys().copied().collect()
+        self.index().entries().keys().copied().collect()
     }
 
     pub fn messages(&self) -> Vec<Message> {
         let idx = self.index();
-        idx.state
-            .entries
+        idx.entries()
             .values()
-            .map(|e| view(e, &self.dir, self.recent.contains(&e.uid), &idx.keywords))
+            .map(|e| view(e, &self.dir, self.recent.contains(&e.uid()), idx.keywords()))
             .collect()
     }
 
     pub fn message(&self, uid: u32) -> Option<Message> {
         let idx = self.index();
-        idx.state.entries.get(&uid).map(|e| view(e, &self.dir, self.recent.contains(&e.uid), &idx.keywords))
+        idx.get(uid).map(|e| view(e, &self.dir, self.recent.contains(&e.uid()), idx.keywords()))
     }
 
     /// Run `f` on each message of `uids` that exists, under one lock of the index (for
@@ -301,10 +300,7 @@ impl Mailbox {
         let idx = self.index();
         uids.iter()
             .map(|u| {
-                idx.state
-                    .entries
-                    .get(u)
-                    .map(|e| f(&view(e, &self.dir, self.recent.contains(&e.uid), &idx.keywords)))
+                idx.get(*u).map(|e| f(&view(e, &self.dir, self.recent.contains(&e.uid()), idx.keywords())))
             })
             .collect()
     }
@@ -313,12 +309,7 @@ impl Mailbox {
     /// does), if the index did not know it. In memory for every session
     /// of the folder; written to the index file at its next compaction.
     pub fn learn_date(&self, uid: u32, mtime: i64) {
-        let mut idx = self.index();
-        if let Some(e) = idx.state.entries.get_mut(&uid) {
-            if e.date == DATE_UNKNOWN {
-                e.date = mtime;
-            }
-        }
+        self.index().learn_date(uid, mtime);
     }
 
     /// Call `f` for the messages of `uids` in order, under one lock of the index, with
@@ -331,7 +322,7 @@ impl Mailbox {
         mut f: impl FnMut(usize, &MessageRef<'_>) -> std::ops::ControlFlow<()>,
     ) -> usize {
         let idx = self.index();
-        let entries = &idx.state.entries;
+        let entries = idx.entries();
         // The UIDs come ascending (a session's view, a resolved set): walk the index along
         // with them instead of a lookup per UID, seeking only across wide gaps.
         let mut walk = entries.range(uids.first().copied().unwrap_or(0)..).peekable();
@@ -358,9 +349,9 @@ impl Mailbox {
             let Some(entry) = entry else { continue };
             let m = MessageRef {
                 entry,
-                kw: &idx.keywords,
+                kw: idx.keywords(),
                 recent: !self.recent.is_empty() && self.recent.contains(&u),
-                cache: &idx.cache,
+                cache: idx.cache(),
             };
             if f(i, &m).is_break() {
                 return i;
@@ -374,10 +365,10 @@ impl Mailbox {
     /// and the number of messages \Recent for this session.
     pub fn summary(&self) -> Summary {
         let idx = self.index();
-        let mut s = Summary { uids: Vec::with_capacity(idx.state.entries.len()), ..Default::default() };
-        for (i, e) in idx.state.entries.values().enumerate() {
-            s.uids.push(e.uid);
-            for k in &e.keywords {
+        let mut s = Summary { uids: Vec::with_capacity(idx.entries().len()), ..Default::default() };
+        for (i, e) in idx.entries().values().enumerate() {
+            s.uids.push(e.uid());
+            for k in e.keywords() {
                 if !s.keywords.contains(k) {
                     s.keywords.insert(k.clone());
                 }
@@ -385,7 +376,7 @@ impl Mailbox {
             for c in e.letters().chars() {
                 if c == 'P' {
                     s.keywords.insert("$Forwarded".to_owned());
-                } else if let Some(k) = idx.keywords.name(c) {
+                } else if let Some(k) = idx.keywords().name(c) {
                     if !s.keywords.contains(k) {
                         s.keywords.insert(k.to_owned());
                     }
@@ -406,16 +397,12 @@ impl Mailbox {
 
     /// What the folder's shared cache holds for `uid` (see `index::MessageCache`).
     pub fn cached(&self, uid: u32) -> Option<CachedMessage> {
-        let idx = self.index();
-        let e = idx.state.entries.get(&uid)?;
-        idx.cache.get(uid, e.base()).cloned()
+        self.index().cached(uid).cloned()
     }
 
     /// Add to the shared cache entry of `uid` (ignored if the message is gone).
     pub fn cache_update(&self, uid: u32, f: impl FnOnce(&mut CachedMessage)) {
-        let mut idx = self.index();
-        let Some(base) = idx.state.entries.get(&uid).map(|e| e.base().to_owned()) else { return };
-        idx.cache.update(uid, &base, f);
+        self.index().cache_update(uid, f);
     }
 
     /// Bring the view up to date with the disk and return everything that changed since the
@@ -427,40 +414,38 @@ impl Mailbox {
         let mut scratch = Changes::default();
         let loaded = idx.refresh(&mut scratch)?;
         let fresh = matches!(loaded, super::index::Loaded::Ok) && idx.dirs_unchanged();
-        let unclaimed = self.claim_recent && idx.state.first_recent < idx.state.next_uid;
+        let claim = self.claim_recent;
+        let unclaimed = claim && idx.first_recent() < idx.next_uid();
         if !fresh || unclaimed {
-            let lock = IndexLock::acquire(&self.dir)?;
-            idx.refresh_locked(&lock, &mut scratch)?;
-            if !idx.dirs_unchanged() {
-                idx.scan(&lock, true, &mut scratch)?;
-            }
-            let st = &idx.state;
-            if self.claim_recent && st.first_recent < st.next_uid {
-                let first = st.first_recent;
-                let next = st.next_uid;
-                self.recent.extend(st.entries.range(first..).map(|(u, _)| *u));
-                idx.commit(&lock, vec![Record::Recent(next)], &mut scratch)?;
-            }
+            let recent = &mut self.recent;
+            idx.write(|tx| {
+                if !tx.index().dirs_unchanged() {
+                    tx.scan(true)?;
+                }
+                if claim {
+                    recent.extend(tx.claim_recent());
+                }
+                Ok(())
+            })?;
         }
-        let st = &idx.state;
         let ch = if self.seen_uidvalidity == 0 {
             // The first sync (open): the caller reads the whole state.
             Changes::default()
-        } else if st.uidvalidity != self.seen_uidvalidity {
+        } else if idx.uidvalidity() != self.seen_uidvalidity {
             // RFC 3501 §2.3.1.1: every UID the session holds is void (the IMAP layer ends it).
             self.recent.clear();
             Changes { uidvalidity_changed: true, ..Default::default() }
         } else {
-            st.changes_since(self.seen_modseq, self.seen_next_uid)
+            idx.changes_since(self.seen_modseq, self.seen_next_uid)
         };
-        self.seen_uidvalidity = st.uidvalidity;
-        self.seen_next_uid = st.next_uid;
-        self.seen_modseq = st.highest_modseq;
+        self.seen_uidvalidity = idx.uidvalidity();
+        self.seen_next_uid = idx.next_uid();
+        self.seen_modseq = idx.highest_modseq();
         for uid in &ch.expunged {
             self.recent.remove(uid);
         }
         if ch.resync {
-            self.recent.retain(|u| st.entries.contains_key(u));
+            self.recent.retain(|u| idx.get(*u).is_some());
         }
         Ok(ch)
     }
@@ -479,7 +464,7 @@ impl Mailbox {
             other => other,
         }?;
         // The internal date the scan did not stat for (index::Entry::date): the open file's.
-        if e.date == DATE_UNKNOWN {
+        if e.date() == DATE_UNKNOWN {
             use std::os::unix::fs::MetadataExt;
             self.learn_date(uid, file.metadata()?.mtime());
         }
@@ -488,9 +473,7 @@ impl Mailbox {
 
     fn entry(&self, uid: u32) -> io::Result<Entry> {
         self.index()
-            .state
-            .entries
-            .get(&uid)
+            .get(uid)
             .cloned()
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no message with UID {uid}")))
     }
@@ -505,132 +488,100 @@ impl Mailbox {
         flags: &[Flag],
         unchanged_since: Option<u64>,
     ) -> io::Result<StoreResult> {
-        let shared = self.shared.clone();
-        let mut idx = shared.lock().unwrap_or_else(|e| e.into_inner());
-        let lock = IndexLock::acquire(&self.dir)?;
-        let mut scratch = Changes::default();
-        idx.refresh_locked(&lock, &mut scratch)?;
-        let was_complete = idx.dirs_unchanged();
         let dir = self.dir.clone();
-        let mut result = StoreResult::default();
-        let mut recs = Vec::new();
-        let mut modseq = idx.state.highest_modseq;
-        if op != FlagOp::Remove {
-            let names: Vec<&str> =
-                flags.iter().filter(|f| f.letter().is_none()).map(|f| f.as_imap()).collect();
-            idx.keywords.assign(&dir, &names)?;
-        }
-        let idx = &mut *idx;
-        for uid in sorted(uids) {
-            let Some(e) = idx.state.entries.get(&uid) else { continue };
-            if unchanged_since.is_some_and(|us| e.modseq > us) {
-                result.modified.push(uid);
-                continue;
+        self.index().write(|tx| {
+            let mut result = StoreResult::default();
+            if op != FlagOp::Remove {
+                let names: Vec<&str> =
+                    flags.iter().filter(|f| f.letter().is_none()).map(|f| f.as_imap()).collect();
+                tx.assign_keywords(&names)?;
             }
-            let old_letters = e.letters();
-            let (mut letters, mut keywords, foreign) = decode(e, &idx.keywords);
-            if op == FlagOp::Replace {
-                letters.clear();
-                keywords.clear();
-            }
-            for f in flags {
-                match (f.letter(), op) {
-                    (Some(l), FlagOp::Remove) => {
-                        letters.remove(&l);
-                    }
-                    (Some(l), _) => {
-                        letters.insert(l);
-                    }
-                    // RFC 3501 §2.3.2: keywords compare case-insensitively.
-                    (None, FlagOp::Remove) => keywords.retain(|k| !k.eq_ignore_ascii_case(f.as_imap())),
-                    (None, _) => {
-                        if !keywords.iter().any(|k| k.eq_ignore_ascii_case(f.as_imap())) {
-                            keywords.insert(f.as_imap().to_owned());
+            for uid in sorted(uids) {
+                let Some(e) = tx.index().get(uid) else { continue };
+                if unchanged_since.is_some_and(|us| e.modseq() > us) {
+                    result.modified.push(uid);
+                    continue;
+                }
+                let old_letters = e.letters();
+                let (mut letters, mut keywords, foreign) = decode(e, tx.index().keywords());
+                if op == FlagOp::Replace {
+                    letters.clear();
+                    keywords.clear();
+                }
+                for f in flags {
+                    match (f.letter(), op) {
+                        (Some(l), FlagOp::Remove) => {
+                            letters.remove(&l);
+                        }
+                        (Some(l), _) => {
+                            letters.insert(l);
+                        }
+                        // RFC 3501 §2.3.2: keywords compare case-insensitively.
+                        (None, FlagOp::Remove) => keywords.retain(|k| !k.eq_ignore_ascii_case(f.as_imap())),
+                        (None, _) => {
+                            if !keywords.iter().any(|k| k.eq_ignore_ascii_case(f.as_imap())) {
+                                keywords.insert(f.as_imap().to_owned());
+                            }
                         }
                     }
                 }
-            }
-            let (kw_letters, keywords) = encode(&keywords, &idx.keywords);
-            let new_letters =
-                name::sort_letters(&(letters.iter().collect::<String>() + &kw_letters + &foreign));
-            let letters_changed = e.in_new || new_letters != name::sort_letters(old_letters);
-            if !letters_changed && keywords == e.keywords {
-                continue;
-            }
-            let mut n = e.clone();
-            if letters_changed {
-                let new_name = name::with_flags(e.base(), &new_letters);
-                let dest = dir.join("cur").join(&new_name);
-                if !rename_following(&dir, e, &dest)? {
-                    continue; // gone: the next sync reports the expunge
+                let (kw_letters, keywords) = encode(&keywords, tx.index().keywords());
+                let new_letters =
+                    name::sort_letters(&(letters.iter().collect::<String>() + &kw_letters + &foreign));
+                let letters_changed = e.in_new() || new_letters != name::sort_letters(old_letters);
+                if !letters_changed && keywords == *e.keywords() {
+                    continue;
                 }
-                n.filename = new_name;
-                n.in_new = false;
+                let mut renamed = None;
+                if letters_changed {
+                    let new_name = name::with_flags(e.base(), &new_letters);
+                    if !rename_following(&dir, e, &dir.join("cur").join(&new_name))? {
+                        continue; // gone: the next sync reports the expunge
+                    }
+                    renamed = Some(new_name);
+                }
+                if tx.update(uid, renamed, Some(keywords)) == Some(true) {
+                    result.updated.push(uid);
+                }
             }
-            n.keywords = keywords;
-            if name::sort_letters(n.letters()) != name::sort_letters(e.letters()) || n.keywords != e.keywords
-            {
-                modseq += 1;
-                n.modseq = modseq;
-                result.updated.push(uid);
-            }
-            recs.push(Record::Update(n));
-        }
-        idx.commit(&lock, recs, &mut scratch)?;
-        idx.note_own_change(was_complete);
-        Ok(result)
+            Ok(result)
+        })
     }
 
     /// Expunge the given UIDs (UID EXPUNGE, RFC 4315 §2.1; POP3 QUIT). Returns the UIDs that
     /// were removed.
     pub fn expunge(&mut self, uids: &[u32]) -> io::Result<Vec<u32>> {
-        let shared = self.shared.clone();
-        let mut idx = shared.lock().unwrap_or_else(|e| e.into_inner());
-        let lock = IndexLock::acquire(&self.dir)?;
-        let mut scratch = Changes::default();
-        idx.refresh_locked(&lock, &mut scratch)?;
-        let was_complete = idx.dirs_unchanged();
         let dir = self.dir.clone();
-        let mut recs = Vec::new();
-        let mut done = Vec::new();
-        let mut modseq = idx.state.highest_modseq;
-        for uid in sorted(uids) {
-            let Some(e) = idx.state.entries.get(&uid) else { continue };
-            match std::fs::remove_file(e.path(&dir)) {
-                Ok(()) => {}
-                Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                    if let Some(p) = find_file(&dir, e.base())? {
-                        remove_if_exists(&p)?;
+        self.index().write(|tx| {
+            let mut done = Vec::new();
+            for uid in sorted(uids) {
+                let Some(e) = tx.index().get(uid) else { continue };
+                match std::fs::remove_file(e.path(&dir)) {
+                    Ok(()) => {}
+                    Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                        if let Some(p) = find_file(&dir, e.base())? {
+                            remove_if_exists(&p)?;
+                        }
                     }
+                    Err(err) => return Err(err),
                 }
-                Err(err) => return Err(err),
+                tx.expunge(uid);
+                done.push(uid);
             }
-            // RFC 7162 §3.2: expunges raise HIGHESTMODSEQ.
-            modseq += 1;
-            recs.push(Record::Expunge { uid, modseq });
-            done.push(uid);
-        }
-        if !done.is_empty() {
-            // The unlinks must be durable before the index says so (see index docs).
-            super::fsync_dir(&dir.join("cur"))?;
-            super::fsync_dir(&dir.join("new"))?;
-        }
-        idx.commit(&lock, recs, &mut scratch)?;
-        idx.note_own_change(was_complete);
-        Ok(done)
+            if !done.is_empty() {
+                // The unlinks must be durable before the index says so (see index docs).
+                durable::fsync_dir(&dir.join("cur"))?;
+                durable::fsync_dir(&dir.join("new"))?;
+            }
+            Ok(done)
+        })
     }
 
     /// IMAP EXPUNGE/CLOSE (RFC 3501 §6.4.3): remove every message flagged \Deleted.
     pub fn expunge_deleted(&mut self) -> io::Result<Vec<u32>> {
         self.sync_for_write()?;
-        let uids: Vec<u32> = self
-            .index()
-            .state
-            .entries
-            .values()
-            .filter(|e| e.letters().contains('T'))
-            .map(|e| e.uid)
-            .collect();
+        let uids: Vec<u32> =
+            self.index().entries().values().filter(|e| e.letters().contains('T')).map(|e| e.uid()).collect();
         self.expunge(&uids)
     }
 
@@ -642,14 +593,12 @@ impl Mailbox {
     /// Make the shared index complete (scan if the directories changed) without reporting
     /// anything: the changes stay for the next `sync`.
     fn sync_for_write(&mut self) -> io::Result<()> {
-        let mut idx = self.index();
-        let mut scratch = Changes::default();
-        let lock = IndexLock::acquire(&self.dir)?;
-        idx.refresh_locked(&lock, &mut scratch)?;
-        if !idx.dirs_unchanged() {
-            idx.scan(&lock, true, &mut scratch)?;
-        }
-        Ok(())
+        self.index().write(|tx| {
+            if !tx.index().dirs_unchanged() {
+                tx.scan(true)?;
+            }
+            Ok(())
+        })
     }
 
     /// COPY (RFC 3501 §6.4.7) into `dest` of the same account: the files are hard-linked
@@ -668,9 +617,9 @@ impl Mailbox {
             let idx = self.index();
             sorted(uids)
                 .into_iter()
-                .filter_map(|u| idx.state.entries.get(&u))
+                .filter_map(|u| idx.get(u))
                 .map(|e| {
-                    let (letters, keywords, _) = decode(e, &idx.keywords);
+                    let (letters, keywords, _) = decode(e, idx.keywords());
                     (e.clone(), letters.into_iter().collect(), keywords)
                 })
                 .collect()
@@ -679,41 +628,23 @@ impl Mailbox {
         // holding one lock at a time keeps two opposite copies from deadlocking.
         let dest_shared = self.store.indexes.get(&dest_dir);
         let mut didx = dest_shared.lock().unwrap_or_else(|e| e.into_inner());
-        let lock = IndexLock::acquire(&dest_dir)?;
-        let mut scratch = Changes::default();
-        didx.refresh_locked(&lock, &mut scratch)?;
-        let was_complete = didx.dirs_unchanged();
-        let wanted: BTreeSet<&str> =
-            sources.iter().flat_map(|(_, _, k)| k.iter().map(String::as_str)).collect();
-        didx.keywords.assign(&dest_dir, &wanted.into_iter().collect::<Vec<_>>())?;
-        let mut uid = didx.state.next_uid;
-        let mut modseq = didx.state.highest_modseq;
-        let mut recs = Vec::new();
-        let mut mapping = Vec::new();
-        for (e, letters, keywords) in &sources {
-            let (kw_letters, keywords) = encode(keywords, &didx.keywords);
-            let letters = format!("{letters}{kw_letters}");
-            let Some(filename) = link_or_copy(&src_dir, e, &dest_dir, &letters)? else { continue };
-            modseq += 1;
-            recs.push(Record::Add(Entry {
-                uid,
-                modseq,
-                date: e.date,
-                size: e.size,
-                in_new: false,
-                keywords,
-                filename,
-                info: Default::default(),
-            }));
-            mapping.push((e.uid, uid));
-            uid += 1;
-        }
-        if !recs.is_empty() {
-            super::fsync_dir(&dest_dir.join("cur"))?;
-        }
-        didx.commit(&lock, recs, &mut scratch)?;
-        didx.note_own_change(was_complete);
-        Ok(CopyResult { uidvalidity: didx.state.uidvalidity, mapping })
+        didx.write(|tx| {
+            let wanted: BTreeSet<&str> =
+                sources.iter().flat_map(|(_, _, k)| k.iter().map(String::as_str)).collect();
+            tx.assign_keywords(&wanted.into_iter().collect::<Vec<_>>())?;
+            let mut mapping = Vec::new();
+            for (e, letters, keywords) in &sources {
+                let (kw_letters, keywords) = encode(keywords, tx.index().keywords());
+                let letters = format!("{letters}{kw_letters}");
+                let Some(filename) = link_or_copy(&src_dir, e, &dest_dir, &letters)? else { continue };
+                let new = NewMessage { filename, in_new: false, date: e.date(), size: e.size(), keywords };
+                mapping.push((e.uid(), tx.add(new)));
+            }
+            if !mapping.is_empty() {
+                durable::fsync_dir(&dest_dir.join("cur"))?;
+            }
+            Ok(CopyResult { uidvalidity: tx.index().uidvalidity(), mapping })
+        })
     }
 
     /// MOVE (RFC 6851): copy, then expunge the originals. A crash in between leaves the
@@ -731,7 +662,7 @@ impl Mailbox {
 /// our index together.
 pub(super) fn decode(e: &Entry, kw: &DovecotKeywords) -> (BTreeSet<char>, BTreeSet<String>, String) {
     let mut letters = BTreeSet::new();
-    let mut keywords = e.keywords.clone();
+    let mut keywords = e.keywords().clone();
     let mut unknown = String::new();
     for c in e.letters().chars() {
         if name::KNOWN_LETTERS.contains(c) {
@@ -814,7 +745,7 @@ fn rename_following(dir: &Path, e: &Entry, dest: &Path) -> io::Result<bool> {
 /// where possible, else a real copy through tmp/. Ok(None): the source is gone.
 fn link_or_copy(src_dir: &Path, e: &Entry, dest_dir: &Path, letters: &str) -> io::Result<Option<String>> {
     for _ in 0..100 {
-        let filename = name::with_flags(&name::new_base(e.size, name::vsize_from_base(e.base())), letters);
+        let filename = name::with_flags(&name::new_base(e.size(), name::vsize_from_base(e.base())), letters);
         let dest = dest_dir.join("cur").join(&filename);
         let mut src = e.path(src_dir);
         let mut res = std::fs::hard_link(&src, &dest);

@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::address::Address;
+use crate::durable::{self, fsync_dir, FileLock};
 
 pub use index::{CachedMessage, Changes};
 pub use mailbox::{CopyResult, FlagOp, Mailbox, Message, MessageRef, StoreResult, Summary, SYSTEM_FLAGS};
@@ -81,8 +82,7 @@ impl IndexCache {
             // Folders an open session holds stay: dropping them would split their state.
             map.retain(|_, i| std::sync::Arc::strong_count(i) > 1);
         }
-        let mut index = index::Index::new(dir.to_path_buf());
-        index.cache.total = self.cached_bytes.clone();
+        let index = index::Index::with_cache_total(dir.to_path_buf(), self.cached_bytes.clone());
         let i = std::sync::Arc::new(std::sync::Mutex::new(index));
         map.insert(dir.to_path_buf(), i.clone());
         i
@@ -237,10 +237,6 @@ pub fn validate_folder(name: &str) -> io::Result<String> {
     Ok(name.to_owned())
 }
 
-fn fsync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 /// Create `dir` and its missing parents, fsyncing each parent that got a new entry, so a
 /// delivery that follows survives a crash together with its directories.
 fn create_dir_durable(dir: &Path) -> io::Result<()> {
@@ -259,12 +255,6 @@ fn create_dir_durable(dir: &Path) -> io::Result<()> {
         fsync_dir(parent)?;
     }
     Ok(())
-}
-
-fn lock_file(path: &Path) -> io::Result<File> {
-    let f = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
-    f.lock()?;
-    Ok(f)
 }
 
 /// Where a new message goes: new/ (deliveries: unseen by any client yet) or cur/ with flags
@@ -305,7 +295,7 @@ impl Store {
         for sub in ["cur", "new", "tmp"] {
             create_dir_durable(&base.join(sub))?;
         }
-        let _lock = lock_file(&base.join(FOLDERS_LOCK))?;
+        let _lock = FileLock::acquire(&base.join(FOLDERS_LOCK))?;
         for f in SPECIAL_FOLDERS {
             if !self.folder_exists(account, f)? {
                 self.make_folder(&base, f)?;
@@ -349,71 +339,51 @@ impl Store {
         size: u64,
     ) -> io::Result<Delivered> {
         let cached = self.indexes.get(dir);
-        // In-process deliveries to one folder queue here; other processes on the flock below.
+        // In-process deliveries to one folder queue here; other processes on the index lock.
         let mut idx = cached.lock().unwrap_or_else(|e| e.into_inner());
-        let lock = match index::IndexLock::acquire(dir) {
-            Ok(l) => l,
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp.path);
-                return Err(e);
-            }
-        };
-        let mut ch = Changes::default();
-        if let Err(e) = idx.refresh_locked(&lock, &mut ch) {
-            let _ = std::fs::remove_file(&tmp.path);
-            return Err(e);
-        }
-        let was_complete = idx.dirs_unchanged();
         let date = tmp.mtime;
-        // Keywords become Dovecot letters where the folder has (or can give) one.
-        let (letters, keywords) = match cur_flags {
-            None => (String::new(), BTreeSet::new()),
-            Some(flags) => {
-                let names: Vec<&str> =
-                    flags.iter().filter(|f| f.letter().is_none()).map(Flag::as_imap).collect();
-                if let Err(e) = idx.keywords.assign(dir, &names) {
-                    let _ = std::fs::remove_file(&tmp.path);
-                    return Err(e);
+        let tmp_path = tmp.path.clone();
+        let mut tmp = Some(tmp);
+        let delivered = idx.write(|tx| {
+            // Keywords become Dovecot letters where the folder has (or can give) one.
+            let (letters, keywords) = match cur_flags {
+                None => (String::new(), BTreeSet::new()),
+                Some(flags) => {
+                    let names: Vec<&str> =
+                        flags.iter().filter(|f| f.letter().is_none()).map(Flag::as_imap).collect();
+                    tx.assign_keywords(&names)?;
+                    let (kw_letters, rest) = mailbox::encode(
+                        &names.iter().map(|k| k.to_string()).collect(),
+                        tx.index().keywords(),
+                    );
+                    let system: String = flags.iter().filter_map(Flag::letter).collect();
+                    (system + &kw_letters, rest)
                 }
-                let (kw_letters, rest) =
-                    mailbox::encode(&names.iter().map(|k| k.to_string()).collect(), &idx.keywords);
-                let system: String = flags.iter().filter_map(Flag::letter).collect();
-                (system + &kw_letters, rest)
-            }
-        };
-        let target = if cur_flags.is_some() { Target::Cur(&letters) } else { Target::New };
-        let (filename, in_new) = link_into(dir, tmp, target)?;
-        let base = name::base(&filename).to_owned();
-        let uid = match idx.state.by_base.get(&base).copied() {
-            Some(uid) => {
-                let e = &idx.state.entries[&uid];
-                if e.keywords != keywords && !keywords.is_empty() {
-                    let mut n = e.clone();
-                    n.keywords = keywords;
-                    n.modseq = idx.state.highest_modseq + 1;
-                    idx.commit(&lock, vec![index::Record::Update(n)], &mut ch)?;
+            };
+            let target = if cur_flags.is_some() { Target::Cur(&letters) } else { Target::New };
+            let (filename, in_new) = link_into(dir, tmp.take().expect("linked once"), target)?;
+            let known = tx.index().uid_of_base(name::base(&filename)).and_then(|uid| tx.index().get(uid));
+            let (uid, path) = match known.map(|e| (e.uid(), e.path(dir))) {
+                // Indexed under this base already (our names are unique, so only the same
+                // file found by someone else): keep its UID, add the keywords.
+                Some((uid, path)) => {
+                    if !keywords.is_empty() {
+                        tx.update(uid, None, Some(keywords));
+                    }
+                    (uid, path)
                 }
-                uid
-            }
-            None => {
-                let uid = idx.state.next_uid;
-                let e = index::Entry {
-                    uid,
-                    modseq: idx.state.highest_modseq + 1,
-                    date,
-                    size,
-                    in_new,
-                    keywords,
-                    filename,
-                    info: Default::default(),
-                };
-                idx.commit(&lock, vec![index::Record::Add(e)], &mut ch)?;
-                uid
-            }
-        };
-        idx.note_own_change(was_complete);
-        let path = idx.state.entries[&uid].path(dir);
-        Ok(Delivered { uid, uidvalidity: idx.state.uidvalidity, path })
+                None => {
+                    let path = dir.join(if in_new { "new" } else { "cur" }).join(&filename);
+                    (tx.add(index::NewMessage { filename, in_new, date, size, keywords }), path)
+                }
+            };
+            Ok(Delivered { uid, uidvalidity: tx.index().uidvalidity(), path })
+        });
+        if delivered.is_err() && tmp.is_some() {
+            // Never linked (the lock, the index or the keywords failed): nothing to keep.
+            let _ = std::fs::remove_file(&tmp_path);
+        }
+        delivered
     }
 
     /// IMAP APPEND (RFC 3501 §6.3.11): store `message` in `folder` with `flags` and the
@@ -494,7 +464,7 @@ impl Store {
     fn change_subscription(&self, account: &Address, folder: &str, on: bool) -> io::Result<()> {
         let folder = validate_folder(folder)?;
         let base = self.account_dir(account);
-        let _lock = lock_file(&base.join(FOLDERS_LOCK))?;
+        let _lock = FileLock::acquire(&base.join(FOLDERS_LOCK))?;
         let mut subs = read_subscriptions(&base)?;
         let changed = if on { subs.insert(folder) } else { subs.remove(&folder) };
         if changed {
@@ -510,7 +480,7 @@ impl Store {
             return Err(io::Error::new(io::ErrorKind::AlreadyExists, "INBOX always exists"));
         }
         let base = self.account_dir(account);
-        let _lock = lock_file(&base.join(FOLDERS_LOCK))?;
+        let _lock = FileLock::acquire(&base.join(FOLDERS_LOCK))?;
         if self.folder_exists(account, &folder)? {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
@@ -559,7 +529,7 @@ impl Store {
             return Err(invalid("INBOX cannot be deleted (RFC 3501 §6.3.4)".to_owned()));
         }
         let base = self.account_dir(account);
-        let _lock = lock_file(&base.join(FOLDERS_LOCK))?;
+        let _lock = FileLock::acquire(&base.join(FOLDERS_LOCK))?;
         let dir = base.join(format!(".{folder}"));
         if !dir.is_dir() {
             return Err(io::Error::new(io::ErrorKind::NotFound, format!("folder {folder:?} does not exist")));
@@ -592,7 +562,7 @@ impl Store {
             return Err(invalid(format!("cannot rename {from:?} into its own subfolder {to:?}")));
         }
         let base = self.account_dir(account);
-        let lock = lock_file(&base.join(FOLDERS_LOCK))?;
+        let lock = FileLock::acquire(&base.join(FOLDERS_LOCK))?;
         if !self.folder_exists(account, &from)? {
             return Err(io::Error::new(io::ErrorKind::NotFound, format!("folder {from:?} does not exist")));
         }
@@ -704,16 +674,18 @@ fn read_subscriptions(base: &Path) -> io::Result<BTreeSet<String>> {
     }
 }
 
-/// One name a line, the form every Dovecot version reads; atomically (tmp + rename).
+/// One name a line, the form every Dovecot version reads; atomically (tmp + rename). The
+/// temporary has no leading dot: in a Maildir++ root a dot starts a folder name.
 fn write_subscriptions(base: &Path, subs: &BTreeSet<String>) -> io::Result<()> {
-    let tmp = base.join("subscriptions.posthaste-tmp");
-    let mut f = File::create(&tmp)?;
+    let mut text = String::new();
     for s in subs {
-        writeln!(f, "{s}")?;
+        text.push_str(s);
+        text.push('\n');
     }
-    f.sync_all()?;
-    std::fs::rename(&tmp, base.join(SUBSCRIPTIONS))?;
-    fsync_dir(base)
+    // 0666 less the umask, as File::create made it.
+    durable::AtomicWrite::new(0o666)
+        .temp_at(&base.join("subscriptions.posthaste-tmp"))
+        .write(&base.join(SUBSCRIPTIONS), text.as_bytes())
 }
 
 /// A message written and fsynced in tmp/, not yet visible.

@@ -212,15 +212,17 @@ fn message_cache_is_shared_and_checked_against_the_file() {
     let (_t, store, a) = setup();
     let d1 = store.deliver(&a, "INBOX", b"Subject: one\r\n\r\nx\r\n").unwrap();
     let s1 = store.open_mailbox(&a, "INBOX", false).unwrap();
-    let s2 = store.open_mailbox(&a, "INBOX", false).unwrap();
+    let mut s2 = store.open_mailbox(&a, "INBOX", false).unwrap();
     assert!(s1.cached(d1.uid).is_none());
     s1.cache_update(d1.uid, |c| c.size = Some(42));
     assert_eq!(s2.cached(d1.uid).unwrap().size, Some(42));
     // Replace the message under the same UID: the index is rebuilt, the cache must not answer.
-    let mut idx = s1.index();
-    let e = idx.state.entries.get_mut(&d1.uid).unwrap();
-    e.filename = "other-base:2,".into();
-    drop(idx);
+    let dir = store.account_dir(&a);
+    let path = s2.message(d1.uid).unwrap().path;
+    std::fs::rename(path, dir.join("cur").join("other-base:2,")).unwrap();
+    std::fs::remove_file(dir.join(INDEX_FILE)).unwrap();
+    assert!(s2.sync().unwrap().uidvalidity_changed);
+    assert_eq!(s2.uids(), vec![d1.uid], "the same UID, now for another file");
     assert!(s2.cached(d1.uid).is_none());
 }
 

@@ -220,38 +220,18 @@ fn write_new(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Replace `path` atomically: a temp file in the same directory with `mode` from the start,
-/// fsynced, renamed over `path`, then the directory fsynced. A reader sees the old file or
-/// the new one, never a part.
+/// Replace `path` atomically ([`crate::durable::write_atomic`]: a temporary beside it with
+/// `mode` from the start, fsynced, renamed over `path`, the directory fsynced). A reader
+/// sees the old file or the new one, never a part.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        path.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let _ = std::fs::remove_file(&tmp);
-        let mut f =
-            std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).with_context(
-                || {
-                    format!(
-                        "cannot create {}\nhelp: the directory must be writable by this process's user",
-                        tmp.display()
-                    )
-                },
-            )?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
-        std::fs::File::open(dir)?.sync_all()?;
-        anyhow::Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    crate::durable::write_atomic(path, data, mode).map_err(|e| {
+        // The renewal runs as the daemon's user, the first issuance as root.
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            anyhow::anyhow!("{e}\nhelp: the directory must be writable by this process's user")
+        } else {
+            anyhow::Error::new(e)
+        }
+    })
 }
 
 #[cfg(test)]
