@@ -35,22 +35,12 @@
 
 use std::collections::BTreeSet;
 
+pub(super) use super::state::Record;
 use super::state::{Entry, NameInfo, State};
 use super::DATE_UNKNOWN;
 
 const MAGIC: &str = "posthaste-uidlist";
 const VERSION: &str = "1";
-
-/// One line of the log after the header. Built only inside the index (the store changes an
-/// index through `Tx`, which makes the records).
-#[derive(Debug, Clone)]
-pub(super) enum Record {
-    Add(Entry),
-    Update(Entry),
-    Expunge { uid: u32, modseq: u64 },
-    Recent(u32),
-    Stamp(i128, i128),
-}
 
 pub(super) fn format_record(rec: &Record, out: &mut String) {
     match rec {

@@ -5,8 +5,19 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use super::log::Record;
 use crate::store::name;
+
+/// One change to an index's state, as one line of its log (`log.rs` reads and writes the
+/// lines; this file applies them). Built only inside the index (the store changes an
+/// index through `Tx`, which makes the records).
+#[derive(Debug, Clone)]
+pub(super) enum Record {
+    Add(Entry),
+    Update(Entry),
+    Expunge { uid: u32, modseq: u64 },
+    Recent(u32),
+    Stamp(i128, i128),
+}
 
 /// What the index knows about one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
