@@ -9,6 +9,7 @@ pub mod filter;
 pub mod guard;
 pub mod imap;
 pub mod install;
+pub mod layered_toml;
 pub mod mailauth;
 pub mod net;
 pub mod pop3;
