@@ -708,7 +708,9 @@ fn a_failure_mid_apply_rolls_everything_back() {
     let sys = FakeSystem::new(r);
     sys.fail_on("enable posthaste");
     let run = host(r, &sys, &fake_binary(work.path()));
-    let err = install::install(&run.host, &args(&answers)).unwrap_err();
+    // The installer did not write that file, so replacing it needs --force (which keeps a
+    // dated copy; the rollback removes that copy with everything else it made).
+    let err = install::install(&run.host, &InstallArgs { force: true, ..args(&answers) }).unwrap_err();
     let msg = format!("{err:#}");
     assert!(msg.contains("the install failed at: service posthaste (create)"), "{msg}");
     assert!(msg.contains("injected failure"), "{msg}");
@@ -1201,4 +1203,104 @@ fn a_lone_half_of_the_self_signed_pair_is_replaced_by_a_new_pair() {
     let run = host(r, &sys, &binary);
     let outcome = install::install(&run.host, &args(&answers)).unwrap();
     assert_eq!(pending(&outcome.plan), []);
+}
+
+/// Regression: a rerun (the upgrade path too) silently replaced an edited posthaste.toml,
+/// losing the administrator's settings without a diff, a backup or a word. Settings now
+/// live in conf.d, which no rerun touches; an edited file is shown as a diff and replaced
+/// only with --force, which keeps it beside itself first.
+#[test]
+fn a_rerun_threw_away_config_edits_now_conf_d_is_kept_and_edits_need_force() {
+    let work = tempfile::tempdir().unwrap();
+    let answers = answers(work.path(), &["example.test"]);
+    let binary = fake_binary(work.path());
+    let root = target("debian-12");
+    let r = root.path();
+    let sys = FakeSystem::new(r);
+    install::install(&host(r, &sys, &binary).host, &args(&answers)).unwrap_or_else(|e| panic!("{e:#}"));
+    let config_path = r.join("etc/posthaste/posthaste.toml");
+    assert!(r.join("etc/posthaste/conf.d").is_dir(), "the install makes the conf.d directory");
+    let state = std::fs::read_to_string(r.join("etc/posthaste/install-state.json")).unwrap();
+    assert!(state.contains("/etc/posthaste/posthaste.toml") && !state.contains("answers.yaml"), "{state}");
+    assert_eq!(mode(&r.join("etc/posthaste/install-state.json")), 0o600);
+
+    // Site settings in conf.d: the daemon's loader merges them; a rerun keeps them and
+    // plans nothing.
+    let site = r.join("etc/posthaste/conf.d/50-site.toml");
+    let site_text = "[log]\nlevel = \"debug\"\n[guard]\nallow = [\"127.0.0.0/8\", \"::1/128\", \"192.0.2.0/24\"]\n[smtp]\nmax_message_size = 104857600\n";
+    std::fs::write(&site, site_text).unwrap();
+    let before = snapshot(r);
+    let outcome = install::install(&host(r, &sys, &binary).host, &args(&answers)).unwrap();
+    assert_eq!(pending(&outcome.plan), []);
+    assert_eq!(snapshot(r), before);
+    let c = posthaste::config::Config::load(&config_path).unwrap();
+    assert_eq!(c.log.level, "debug");
+    assert_eq!(c.smtp.max_message_size, 104857600);
+    assert!(c.guard.allow.contains(&"192.0.2.0/24".to_owned()));
+    // A conf.d that does not fit is the administrator's error, named with its file and line.
+    std::fs::write(&site, "[smtp]\nmax_message_size = \"lots\"\n").unwrap();
+    let msg = format!("{:#}", install::install(&host(r, &sys, &binary).host, &args(&answers)).unwrap_err());
+    assert!(msg.contains("50-site.toml, line 2") && msg.contains("help:") && !msg.contains("BUG"), "{msg}");
+    std::fs::write(&site, site_text).unwrap();
+
+    // posthaste.toml edited by hand: the plan shows the diff; applying refuses, says where
+    // settings go, and changes nothing.
+    let rendered = std::fs::read_to_string(&config_path).unwrap();
+    let edited = rendered.replace("level = \"info\"", "level = \"trace\"");
+    assert_ne!(rendered, edited);
+    std::fs::write(&config_path, &edited).unwrap();
+    let before = snapshot(r);
+    let run = host(r, &sys, &binary);
+    install::install(&run.host, &InstallArgs { dry_run: true, ..args(&answers) }).unwrap();
+    let text = run.out.text();
+    assert!(text.contains("update  file     /etc/posthaste/posthaste.toml  (EDITED by hand"), "{text}");
+    assert!(text.contains("      -level = \"trace\"\n      +level = \"info\"\n"), "{text}");
+    assert!(text.contains("applying it needs --force"), "{text}");
+    let run = host(r, &sys, &binary);
+    let msg = format!("{:#}", install::install(&run.host, &args(&answers)).unwrap_err());
+    assert!(msg.contains("changed by hand") && msg.contains("  /etc/posthaste/posthaste.toml"), "{msg}");
+    assert!(msg.contains("help: settings of your own go in /etc/posthaste/conf.d/*.toml"), "{msg}");
+    assert!(msg.contains("--force"), "{msg}");
+    assert!(run.out.text().contains("-level = \"trace\""), "the refusal comes after the diff");
+    assert_eq!(snapshot(r), before, "a refused install changed something");
+
+    // --force replaces it, keeping the edited file beside it.
+    let run = host(r, &sys, &binary);
+    install::install(&run.host, &InstallArgs { force: true, ..args(&answers) })
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(std::fs::read_to_string(&config_path).unwrap(), rendered);
+    let kept: Vec<PathBuf> = std::fs::read_dir(r.join("etc/posthaste"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("posthaste.toml.bak-"))
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(std::fs::read_to_string(&kept[0]).unwrap(), edited);
+    assert!(run.out.text().contains("was kept as"), "{}", run.out.text());
+    assert!(std::fs::read_to_string(&site).unwrap() == site_text, "conf.d was touched");
+    // And the next run is quiet again.
+    let outcome = install::install(&host(r, &sys, &binary).host, &args(&answers)).unwrap();
+    assert_eq!(pending(&outcome.plan), []);
+}
+
+/// A file of ours that someone else wrote first (here rspamd's local.d/redis.conf) is not
+/// replaced silently either: the install stops before changing anything.
+#[test]
+fn a_file_the_installer_did_not_write_is_replaced_only_with_force() {
+    let work = tempfile::tempdir().unwrap();
+    let answers = answers(work.path(), &["example.test"]);
+    let root = target("debian-12");
+    let r = root.path();
+    std::fs::create_dir_all(r.join("etc/rspamd/local.d")).unwrap();
+    std::fs::write(r.join("etc/rspamd/local.d/redis.conf"), "servers = \"10.0.0.9\";\n").unwrap();
+    let before = snapshot(r);
+    let sys = FakeSystem::new(r);
+    let run = host(r, &sys, &fake_binary(work.path()));
+    let msg = format!("{:#}", install::install(&run.host, &args(&answers)).unwrap_err());
+    assert!(msg.contains("/etc/rspamd/local.d/redis.conf") && msg.contains("help: "), "{msg}");
+    assert!(run.out.text().contains("NOT written by this installer"), "{}", run.out.text());
+    assert!(run.out.text().contains("-servers = \"10.0.0.9\";"), "{}", run.out.text());
+    assert_eq!(snapshot(r), before);
+    assert!(sys.log().iter().all(|c| !c.contains("install -y")), "{:?}", sys.log());
 }
