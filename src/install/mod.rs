@@ -104,7 +104,7 @@ pub fn get_answers(host: &Host, args: &InstallArgs) -> anyhow::Result<Answers> {
 pub fn plan_install(ctx: &Ctx) -> anyhow::Result<Plan> {
     let mut warnings = Vec::new();
     let mut changes: Vec<Change> = Vec::new();
-    changes.extend(steps::packages::plan(ctx));
+    changes.extend(steps::packages::plan(ctx)?);
     changes.extend(steps::system_user::plan(ctx));
     changes.extend(steps::layout::plan(ctx));
     let tls = steps::tls::plan(ctx, &mut warnings)?;

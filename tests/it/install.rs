@@ -91,7 +91,41 @@ impl Runner for FakeSystem {
                     stderr: String::new(),
                 }
             }
-            ["apt-get", "install", ..] | ["dnf", "install", ..] => {
+            ["apt-get", "install", ..] => {
+                for n in names(2) {
+                    st.packages.insert(n);
+                }
+                Output::ok("")
+            }
+            // Like dnf, a package from a repository that is not configured yet is not found:
+            // on Enterprise Linux rspamd is in rspamd's own repository (its .repo file), and
+            // ClamAV in EPEL (the epel-release package).
+            ["dnf", "install", ..] => {
+                let el = std::fs::read_to_string(self.root.join("etc/os-release"))
+                    .unwrap_or_default()
+                    .lines()
+                    .any(|l| {
+                        l.starts_with("ID_LIKE=") && l.contains("rhel")
+                            || l == "ID=\"rhel\""
+                            || l == "ID=rhel"
+                    });
+                let mut missing = Vec::new();
+                for n in names(2) {
+                    let needs = match n.as_str() {
+                        "rspamd" if el => (!self.root.join("etc/yum.repos.d/rspamd.repo").exists())
+                            .then_some("rspamd's repository (/etc/yum.repos.d/rspamd.repo)"),
+                        "clamd" | "clamav-update" if el => {
+                            (!st.packages.contains("epel-release")).then_some("EPEL (epel-release)")
+                        }
+                        _ => None,
+                    };
+                    if let Some(repo) = needs {
+                        missing.push(format!("No match for argument: {n} (it is in {repo})"));
+                    }
+                }
+                if !missing.is_empty() {
+                    return Ok(Output::failed(1, &missing.join("\n")));
+                }
                 for n in names(2) {
                     let n = if n.starts_with("https://") { "epel-release".to_owned() } else { n };
                     st.packages.insert(n);
@@ -1303,4 +1337,55 @@ fn a_file_the_installer_did_not_write_is_replaced_only_with_force() {
     assert!(run.out.text().contains("-servers = \"10.0.0.9\";"), "{}", run.out.text());
     assert_eq!(snapshot(r), before);
     assert!(sys.log().iter().all(|c| !c.contains("install -y")), "{:?}", sys.log());
+}
+
+/// Regression: on Enterprise Linux the plan ran `dnf install -y rspamd …` before it wrote
+/// /etc/yum.repos.d/rspamd.repo, so a real install failed there and rolled back (the fake
+/// dnf above fails the same way). Repository packages (EPEL), repository files and their
+/// keys now come before the packages.
+#[test]
+fn rhel_family_installed_rspamd_before_writing_its_repository() {
+    let work = tempfile::tempdir().unwrap();
+    let answers = answers(work.path(), &["example.test"]);
+    let binary = fake_binary(work.path());
+    for fixture in ["rhel-8", "rocky-9", "almalinux-10", "fedora-41"] {
+        let root = target(fixture);
+        let r = root.path();
+        let sys = FakeSystem::new(r);
+        let run = host(r, &sys, &binary);
+        let outcome = install::install(&run.host, &args(&answers))
+            .unwrap_or_else(|e| panic!("{fixture}: {e:#}\n{}", run.out.text()));
+        let at = |pred: &dyn Fn(&posthaste::install::plan::Change) -> bool| {
+            outcome.plan.changes.iter().position(pred).unwrap_or(usize::MAX)
+        };
+        let command = at(&|c| c.kind == Kind::Command);
+        let repo = at(&|c| c.target == "/etc/yum.repos.d/rspamd.repo");
+        let log = sys.log();
+        if fixture == "fedora-41" {
+            // Fedora packages rspamd itself: no repository of ours.
+            assert_eq!(repo, usize::MAX, "{fixture}");
+            assert!(!r.join("etc/yum.repos.d").exists(), "{fixture}");
+            continue;
+        }
+        assert!(
+            repo < command,
+            "{fixture}: the repository file comes after the packages:\n{}",
+            outcome.plan.render()
+        );
+        let first_package = at(&|c| c.kind == Kind::Package);
+        assert!(first_package < repo, "{fixture}");
+        // EPEL, then rspamd's key, then the packages.
+        let pos = |needle: &str| {
+            log.iter()
+                .position(|c| c.contains(needle))
+                .unwrap_or_else(|| panic!("{fixture}: no {needle} in {log:?}"))
+        };
+        let epel = pos("epel-release-latest-");
+        let key = pos("rpm --import https://rspamd.com/rpm/gpg.key");
+        let rspamd = pos("dnf install -y rspamd");
+        assert!(epel < key && key < rspamd, "{fixture}: {log:?}");
+        let repo_file = std::fs::read_to_string(r.join("etc/yum.repos.d/rspamd.repo")).unwrap();
+        let major = fixture.rsplit('-').next().unwrap();
+        assert!(repo_file.contains(&format!("centos-{major}/")), "{fixture}: {repo_file}");
+    }
 }

@@ -124,12 +124,7 @@ fn hash_password(ctx: &Ctx, password: &str) -> Option<String> {
 
 /// The distro's extra files for a component, rendered from templates/.
 pub fn component_files(ctx: &Ctx, component: &str) -> anyhow::Result<Vec<Change>> {
-    let socket = std::path::Path::new(&ctx.distro.clamd_socket);
-    let vars = serde_json::json!({
-        "clamd_socket": ctx.distro.clamd_socket,
-        "clamd_socket_dir": socket.parent().map(|p| p.display().to_string()).unwrap_or_default(),
-        "major": ctx.distro.id.rsplit('-').next().unwrap_or(""),
-    });
+    let vars = super::distro_vars(ctx);
     let mut changes = Vec::new();
     for f in ctx.distro.files.iter().filter(|f| f.component == component) {
         let text = ctx.renderer.render(&f.template, &vars)?;

@@ -135,6 +135,26 @@ impl Ctx<'_> {
     }
 }
 
+/// What the distro's templates (repository and component files) are rendered with.
+pub fn distro_vars(ctx: &Ctx) -> serde_json::Value {
+    let socket = Path::new(&ctx.distro.clamd_socket);
+    serde_json::json!({
+        "clamd_socket": ctx.distro.clamd_socket,
+        "clamd_socket_dir": socket.parent().map(|p| p.display().to_string()).unwrap_or_default(),
+        "major": ctx.distro.id.rsplit('-').next().unwrap_or(""),
+    })
+}
+
+/// Whether the component the distro data names (`antispam`, `antivirus`, `guard`) is on.
+pub fn component_enabled(c: &super::answers::Components, name: &str) -> bool {
+    match name {
+        "antispam" => c.antispam,
+        "antivirus" => c.antivirus,
+        "guard" => c.guard,
+        _ => false,
+    }
+}
+
 /// uid and gid of a user and group in the target's /etc/passwd and /etc/group.
 pub fn resolve_owner(host: &Host, owner: &Owner) -> Option<(u32, u32)> {
     let uid = if owner.user == "root" { Some(0) } else { lookup(host, "/etc/passwd", &owner.user) };
