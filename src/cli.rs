@@ -990,7 +990,16 @@ async fn dns_cmd(config: &Config, dir: &Directory, domain: Option<String>, json:
         }
         return print_json(&all);
     }
-    print!("{}", crate::install::dns::records(&config.hostname, &domains, &postmaster, Some(&dkim_dir))?);
+    print!(
+        "{}",
+        crate::install::dns::records(
+            &config.hostname,
+            &domains,
+            &postmaster,
+            Some(&dkim_dir),
+            &config.listen
+        )?
+    );
     Ok(())
 }
 

@@ -162,9 +162,52 @@ pub fn pidfile_path(config: &Config) -> PathBuf {
 }
 
 async fn bind(addr: SocketAddr, name: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| {
+    let bound = match addr {
+        SocketAddr::V6(v6) if v6.ip().is_unspecified() => bind_both_families(addr, name, dual_stack),
+        _ => TcpListener::bind(addr).await,
+    };
+    bound.with_context(|| {
         format!("cannot listen on {addr} for {name}\nhelp: another mail server may hold the port (`ss -ltnp 'sport = :{}'`), or change listen.{name}", addr.port())
     })
+}
+
+/// `[::]:PORT` takes IPv6 and IPv4 clients on one socket. IPV6_V6ONLY is turned off
+/// explicitly (RFC 3493 §5.3), whatever the host's net.ipv6.bindv6only says, so the
+/// listener means the same everywhere. A host without IPv6 (a kernel booted with
+/// ipv6.disable=1 has no AF_INET6) gets `0.0.0.0:PORT` instead, with a warning: the config
+/// the installer writes must start there too.
+fn bind_both_families(
+    addr: SocketAddr,
+    name: &str,
+    v6: impl FnOnce(SocketAddr) -> std::io::Result<TcpListener>,
+) -> std::io::Result<TcpListener> {
+    match v6(addr) {
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EAFNOSUPPORT | libc::EPROTONOSUPPORT | libc::EADDRNOTAVAIL)
+            ) =>
+        {
+            let v4 = SocketAddr::from(([0, 0, 0, 0], addr.port()));
+            warn!(listener = name, error = %e, "this host has no IPv6: listening on {v4} instead of {addr}");
+            let l = std::net::TcpListener::bind(v4)?;
+            l.set_nonblocking(true)?;
+            TcpListener::from_std(l)
+        }
+        other => other,
+    }
+}
+
+fn dual_stack(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))?;
+    s.set_only_v6(false)?;
+    // As std and tokio do for every listener on Unix: a restart can bind at once.
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    TcpListener::from_std(s.into())
 }
 
 /// ACME renewal replaces the certificate files: warn at start when this user cannot.
@@ -322,4 +365,33 @@ pub fn become_data_owner(data_dir: &Path) -> anyhow::Result<()> {
     setgid(Gid::from_raw(meta.gid())).context("setgid")?;
     setuid(Uid::from_raw(meta.uid())).context("setuid")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `[::]` is one socket for both families.
+    #[tokio::test]
+    async fn an_unspecified_ipv6_listener_takes_ipv4_and_ipv6_clients() {
+        let l = bind("[::]:0".parse().unwrap(), "smtp").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        for client in ["127.0.0.1", "::1"] {
+            let target = SocketAddr::new(client.parse().unwrap(), port);
+            let (c, a) = tokio::join!(tokio::net::TcpStream::connect(target), l.accept());
+            c.unwrap_or_else(|e| panic!("{target}: {e}"));
+            a.unwrap();
+        }
+    }
+
+    /// On a host without IPv6 the listener still starts, on IPv4.
+    #[tokio::test]
+    async fn without_ipv6_the_listener_falls_back_to_ipv4() {
+        let no_v6 = |_| Err(std::io::Error::from_raw_os_error(libc::EAFNOSUPPORT));
+        let l = bind_both_families("[::]:0".parse().unwrap(), "smtp", no_v6).unwrap();
+        assert!(l.local_addr().unwrap().is_ipv4());
+        // Other errors (the port is taken) stay errors.
+        let taken = |_| Err(std::io::Error::from_raw_os_error(libc::EADDRINUSE));
+        assert!(bind_both_families("[::]:0".parse().unwrap(), "smtp", taken).is_err());
+    }
 }

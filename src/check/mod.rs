@@ -13,7 +13,7 @@
 
 pub mod client;
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -121,7 +121,9 @@ pub fn prepare(config: &Config, credentials: Option<Credentials>) -> Prepared {
 pub fn local_target(addr: SocketAddr) -> SocketAddr {
     match addr.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port()),
-        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port()),
+        // `[::]` is bound dual-stack, or on IPv4 only on a host without IPv6 (src/serve.rs):
+        // 127.0.0.1 reaches it either way, ::1 only in the first case.
+        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port()),
         _ => addr,
     }
 }

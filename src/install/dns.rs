@@ -103,12 +103,15 @@ pub fn domain_records(
     Ok(out)
 }
 
-/// Zone-file lines for every domain, with comments on what cannot be derived here.
+/// Zone-file lines for every domain, with comments on what cannot be derived here (the
+/// server's own address records, which depend on `listen`: AAAA only when a listener is on
+/// IPv6).
 pub fn records(
     hostname: &str,
     domains: &[String],
     postmaster: &str,
     dkim_dir: Option<&Path>,
+    listen: &crate::config::Listen,
 ) -> anyhow::Result<String> {
     let mut out = String::new();
     for d in domains {
@@ -123,11 +126,37 @@ pub fn records(
             );
         }
     }
-    out += &format!(
-        "; {hostname} needs A (and AAAA) records with this server's public addresses, and the\n\
-         ; reverse DNS (PTR) of those addresses should be {hostname} (set at your hosting provider).\n"
-    );
+    out += &address_advice(hostname, listen);
     Ok(out)
+}
+
+/// What to publish for the server's own name. An AAAA record sends IPv6 clients (and other
+/// MTAs) to an address nothing answers on unless a listener is on IPv6, so it is advised
+/// only then.
+fn address_advice(hostname: &str, listen: &crate::config::Listen) -> String {
+    let lists = [
+        &listen.smtp,
+        &listen.submission,
+        &listen.submissions,
+        &listen.imap,
+        &listen.imaps,
+        &listen.pop3,
+        &listen.pop3s,
+    ];
+    let ipv6 = lists.iter().any(|l| l.iter().any(|a| a.is_ipv6()));
+    if ipv6 {
+        format!(
+            "; {hostname} needs an A record and an AAAA record with this server's public IPv4 and IPv6\n\
+             ; addresses (it listens on both; leave out the AAAA if the server has no public IPv6\n\
+             ; address), and the reverse DNS (PTR) of each should be {hostname} (set at your hosting provider).\n"
+        )
+    } else {
+        format!(
+            "; {hostname} needs an A record with this server's public IPv4 address, and no AAAA record:\n\
+             ; no listener is on IPv6 (see [listen] in the config). The reverse DNS (PTR) of the address\n\
+             ; should be {hostname} (set at your hosting provider).\n"
+        )
+    }
 }
 
 #[cfg(test)]
@@ -139,6 +168,7 @@ mod tests {
             &["example.test".into(), "b.test".into()],
             "pm@example.test",
             None,
+            &crate::config::Listen::default(),
         )
         .unwrap();
         assert!(r.contains("example.test.\t3600\tIN\tMX\t10 mail.example.test.\n"), "{r}");
@@ -156,13 +186,37 @@ mod tests {
         assert!(r.contains("; b.test has no DKIM keys yet"), "{r}");
     }
 
+    /// Regression: AAAA records were advised while every listener was on 0.0.0.0.
+    #[test]
+    fn aaaa_is_advised_only_when_a_listener_is_on_ipv6() {
+        let advice = |addrs: &[&str]| {
+            let listen = crate::config::Listen {
+                smtp: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+                ..Default::default()
+            };
+            super::records("mail.example.test", &["example.test".into()], "pm@example.test", None, &listen)
+                .unwrap()
+        };
+        let v4 = advice(&["0.0.0.0:25"]);
+        assert!(v4.contains("an A record") && v4.contains("no AAAA record"), "{v4}");
+        let both = advice(&["[::]:25"]);
+        assert!(both.contains("an AAAA record") && both.contains("listens on both"), "{both}");
+        assert!(advice(&["127.0.0.1:25", "[2001:db8::25]:25"]).contains("an AAAA record"));
+    }
+
     #[test]
     fn dkim_records_split_long_keys() {
         let tmp = tempfile::tempdir().unwrap();
         let dkim = tmp.path().join("dkim");
         crate::mailauth::keys::ensure_domain_keys(&dkim, "example.test", None).unwrap();
-        let r = super::records("mail.example.test", &["example.test".into()], "pm@example.test", Some(&dkim))
-            .unwrap();
+        let r = super::records(
+            "mail.example.test",
+            &["example.test".into()],
+            "pm@example.test",
+            Some(&dkim),
+            &crate::config::Listen::default(),
+        )
+        .unwrap();
         let ed = r.lines().find(|l| {
             l.starts_with(
                 "posthaste-ed25519._domainkey.example.test.\t3600\tIN\tTXT\t\"v=DKIM1; k=ed25519; p=",

@@ -310,13 +310,17 @@ pub fn install(host: &Host, args: &InstallArgs) -> anyhow::Result<Outcome> {
     if args.json {
         return Ok(Outcome { plan, applied: pending > 0 });
     }
-    // The DKIM keys are in the target's data directory (made by the directory step).
+    // The DKIM keys are in the target's data directory (made by the directory step); the
+    // listeners as the daemon reads them (conf.d may change them).
     let dkim_dir = host.path(ctx.layout.dkim_dir());
+    let listen =
+        crate::config::Config::load(&host.path(&ctx.layout.config)).map(|c| c.listen).unwrap_or_default();
     let records = dns::records(
         &answers.hostname,
         &answers.domains,
         &answers.postmaster.address.to_string(),
         Some(&dkim_dir),
+        &listen,
     )?;
     host.say(format!("\nPublish these DNS records (posthaste dns prints them again):\n{records}"));
     Ok(Outcome { plan, applied: pending > 0 })

@@ -541,7 +541,8 @@ fn install_into_a_root_then_rerun_then_add_a_domain() {
     let config = posthaste::config::Config::load(&r.join("etc/posthaste/posthaste.toml")).unwrap();
     assert_eq!(config.hostname, "mail.example.test");
     assert_eq!(config.data_dir, Path::new("/var/lib/posthaste"));
-    assert_eq!(config.listen.smtp, ["0.0.0.0:25".parse().unwrap()]);
+    // Both address families on one socket (see the IPv6 test below).
+    assert_eq!(config.listen.smtp, ["[::]:25".parse().unwrap()]);
     assert_eq!(config.server.user, "posthaste");
     assert!(config.antispam.is_some() && config.antivirus.is_some());
     let tls = config.tls.clone().unwrap();
@@ -1388,4 +1389,56 @@ fn rhel_family_installed_rspamd_before_writing_its_repository() {
         let major = fixture.rsplit('-').next().unwrap();
         assert!(repo_file.contains(&format!("centos-{major}/")), "{fixture}: {repo_file}");
     }
+}
+
+/// Regression: every listener the installer generated was `0.0.0.0:PORT`, so nothing
+/// answered on IPv6 while the docs said to publish AAAA records. The generated `[::]:PORT`
+/// is one dual-stack socket: here a running daemon with such a listener takes mail over
+/// ::1 and over 127.0.0.1. Its site settings come from conf.d, as do the admin commands'
+/// (the data directory is only set there).
+#[test]
+fn the_generated_listeners_were_ipv4_only_now_mail_arrives_over_ipv6() {
+    use crate::support::{client::SmtpClient, posthaste::Posthaste, TestDir};
+    let work = tempfile::tempdir().unwrap();
+    let root = target("debian-12");
+    let sys = FakeSystem::new(root.path());
+    let run = host(root.path(), &sys, &fake_binary(work.path()));
+    install::install(&run.host, &args(&answers(work.path(), &["example.test"]))).unwrap();
+    let rendered =
+        posthaste::config::Config::load(&root.path().join("etc/posthaste/posthaste.toml")).unwrap();
+    for (name, addrs) in rendered.listeners() {
+        assert!(
+            addrs.len() == 1 && addrs[0].is_ipv6() && addrs[0].ip().is_unspecified(),
+            "{name}: {addrs:?}"
+        );
+    }
+    // The records say to publish AAAA, now that it is true.
+    assert!(run.out.text().contains("an AAAA record"), "{}", run.out.text());
+
+    let dir = TestDir::new("install-ipv6");
+    let port = crate::support::free_port();
+    let mut p = Posthaste::builder(&dir).set("listen.smtp", vec![format!("[::]:{port}")]).build();
+    let site_data = dir.join("site-data");
+    dir.write(
+        "conf.d/50-site.toml",
+        format!("data_dir = \"{}\"\n[smtp]\nmax_message_size = 2000000\n", site_data.display()),
+    );
+    p.add_domain("example.test");
+    p.add_user("alice@example.test", "a long enough secret");
+    assert!(site_data.join("directory.db").exists(), "the admin commands did not read conf.d");
+    p.start();
+    for ip in ["::1", "127.0.0.1"] {
+        let addr = std::net::SocketAddr::new(ip.parse().unwrap(), port);
+        let t = SmtpClient::new(addr).to("alice@example.test").body(&format!("over {ip}")).send();
+        assert!(t.accepted(), "{ip}: {}", t.raw);
+        let ehlo = &t.reply("ehlo").unwrap().text;
+        assert!(ehlo.contains("SIZE 2000000"), "{ip}: serve did not read conf.d: {ehlo}");
+    }
+    let inbox = site_data.join("mail/example.test/alice/new");
+    let n = crate::support::wait_for("two messages", std::time::Duration::from_secs(10), || {
+        let n = std::fs::read_dir(&inbox).map(|d| d.count()).unwrap_or(0);
+        (n == 2).then_some(n)
+    });
+    assert_eq!(n, 2);
+    p.stop();
 }
