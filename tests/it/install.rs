@@ -1442,3 +1442,62 @@ fn the_generated_listeners_were_ipv4_only_now_mail_arrives_over_ipv6() {
     assert_eq!(n, 2);
     p.stop();
 }
+
+/// Regression: the answers file took `password_hash: "{ARGON2ID}garbage"`, which `user add
+/// --password-hash` refuses; the postmaster could then never log in. Both now give the same
+/// verdict on the same hashes.
+#[test]
+fn answers_password_hash_accepted_garbage_that_user_add_refuses() {
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("posthaste.toml");
+    std::fs::write(
+        &config,
+        format!("hostname = \"mail.example.test\"\ndata_dir = \"{}\"\n", work.path().join("data").display()),
+    )
+    .unwrap();
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_posthaste"))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(cli(&["domain", "add", "example.test"]).status.success());
+    let sha512 = "{SHA512-CRYPT}$6$saltsalt$qFmFH.bQmmtXzyBY0s9v7Oicd2z4XSIecDzlB5KiA2/jctKu9YterLp8wwnSq.qc.eoxqOmSuNp2xS0ktL3nh/";
+    let cases = [
+        "{ARGON2ID}garbage",
+        "{ARGON2I}$argon2id$v=19$m=65536,t=3,p=1$c2FsdHNhbHQ$aGFzaA",
+        "{SHA512-CRYPT}$5$salt$abc",
+        "$6$saltsalt$abc",
+        "{MD5}abc",
+        "{PLAIN}secret",
+        "nope",
+        sha512,
+        "{CRYPT}$5$salt$abc",
+    ];
+    for (i, hash) in cases.iter().enumerate() {
+        let out = cli(&["user", "add", &format!("u{i}@example.test"), "--password-hash", hash]);
+        let answers = format!(
+            "hostname: mail.example.test\ndomains: [example.test]\npostmaster: {{password_hash: \"{hash}\"}}\n"
+        );
+        let parsed = install::answers::Answers::from_str(&answers, work.path());
+        assert_eq!(
+            parsed.is_ok(),
+            out.status.success(),
+            "{hash}: user add says {:?} ({}), the answers file says {:?}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            parsed.err()
+        );
+        if let Err(problems) = parsed {
+            assert!(problems.iter().all(|p| p.line == 3 && p.help.is_some()), "{problems:?}");
+        }
+    }
+    let p = install::answers::Answers::from_str(
+        "hostname: mail.example.test\ndomains: [example.test]\npostmaster: {password_hash: \"{ARGON2ID}garbage\"}\n",
+        work.path(),
+    )
+    .unwrap_err();
+    assert!(p[0].message.contains("says {ARGON2ID} but what follows is not a ARGON2ID hash"), "{p:?}");
+}
