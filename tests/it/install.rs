@@ -846,7 +846,9 @@ fn example_answers_file_is_valid() {
     assert_eq!(a.tls, install::answers::Tls::SelfSigned);
 }
 
-/// A person at the terminal, answering from a script ("" takes the offered default).
+/// A person at the terminal, answering from a script ("" takes the offered default). What
+/// was asked (with the default offered) and told is recorded in `asked`, in order: told
+/// lines start with "told: ".
 struct Script {
     answers: Mutex<std::collections::VecDeque<&'static str>>,
     asked: Arc<Mutex<Vec<String>>>,
@@ -865,11 +867,19 @@ impl Script {
             .pop_front()
             .unwrap_or_else(|| panic!("no scripted answer for {prompt:?}"))
     }
+    fn next_with_default(&self, prompt: &str, default: Option<&str>) -> &'static str {
+        self.asked.lock().unwrap().push(format!("{prompt} [{}]", default.unwrap_or("")));
+        self.answers
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or_else(|| panic!("no scripted answer for {prompt:?}"))
+    }
 }
 
 impl posthaste::install::host::Prompter for Script {
     fn input(&self, prompt: &str, default: Option<&str>) -> anyhow::Result<String> {
-        let a = self.next(prompt);
+        let a = self.next_with_default(prompt, default);
         Ok(if a.is_empty() { default.unwrap_or("").to_owned() } else { a.to_owned() })
     }
     fn password(&self, prompt: &str) -> anyhow::Result<String> {
@@ -883,6 +893,9 @@ impl posthaste::install::host::Prompter for Script {
     }
     fn select(&self, prompt: &str, _: &[&str], default: usize) -> anyhow::Result<usize> {
         Ok(self.next(prompt).parse().unwrap_or(default))
+    }
+    fn tell(&self, message: &str) {
+        self.asked.lock().unwrap().push(format!("told: {message}"));
     }
 }
 
@@ -898,6 +911,7 @@ fn the_wizard_asks_then_offers_the_saved_answers_as_defaults() {
         "example.test b.test", // domains
         "",                    // postmaster@example.test
         PASSWORD,              // password
+        PASSWORD,              // the same again
         "",
         "n",
         "",  // antispam yes, antivirus no, guard yes
@@ -1500,4 +1514,126 @@ fn answers_password_hash_accepted_garbage_that_user_add_refuses() {
     )
     .unwrap_err();
     assert!(p[0].message.contains("says {ARGON2ID} but what follows is not a ARGON2ID hash"), "{p:?}");
+}
+
+/// Regression: the wizard asked again without saying why (a host name that is not fully
+/// qualified, an IDN domain, a postmaster outside the domains, a short password), threw
+/// away what was typed at the host name error, took no comma-separated list, and asked for
+/// the password once.
+#[test]
+fn the_wizard_re_asked_without_saying_why() {
+    let work = tempfile::tempdir().unwrap();
+    let root = target("debian-12");
+    let r = root.path();
+    let sys = FakeSystem::new(r);
+    let mut run = host(r, &sys, &fake_binary(work.path()));
+    let (script, asked) = Script::new(&[
+        "mail",                // not fully qualified
+        "mail.example.test",   // offered "mail" back; fixed
+        "пример.рф, exa mple", // an IDN domain, a comma, and a word that is no domain
+        "пример.рф, example.test",
+        "pm@other.test", // outside the domains
+        "postmaster@пример.рф",
+        "short", // too short
+        PASSWORD,
+        "something else", // the repetition differs
+        PASSWORD,
+        PASSWORD,
+        "",
+        "n",
+        "",  // antispam yes, antivirus no, guard yes
+        "0", // self-signed
+        "y", // apply
+    ]);
+    run.host.prompter = Some(Box::new(script));
+    install::install(&run.host, &InstallArgs::default()).unwrap_or_else(|e| panic!("{e:#}"));
+    let asked = asked.lock().unwrap().clone();
+    let pos = |needle: &str| {
+        asked
+            .iter()
+            .position(|q| q.contains(needle))
+            .unwrap_or_else(|| panic!("{needle:?} not in {asked:#?}"))
+    };
+    let told = |needle: &str| pos(&format!("told: {needle}"));
+    assert!(
+        told("\"mail\" is not fully qualified") < pos("Host name of this mail server (the MX name) [mail]")
+    );
+    told("\"exa\", \"mple\" are not a mail domain");
+    told("пример.рф is written xn--e1afmkfd.xn--p1ai in DNS and in the config");
+    // The typed list comes back after the error.
+    pos("Mail domains (separated by spaces or commas) [пример.рф, exa mple]");
+    told("pm@other.test is not in one of the mail domains (xn--e1afmkfd.xn--p1ai, example.test)");
+    pos("Postmaster address (the first account) [pm@other.test]");
+    told("that password has 5 characters; it needs at least 8");
+    told("the two passwords differ; type it again");
+    assert_eq!(asked.iter().filter(|q| q.starts_with("The same password again")).count(), 2, "{asked:#?}");
+
+    let saved = install::answers::Answers::from_file(&r.join("etc/posthaste/answers.yaml")).unwrap();
+    assert_eq!(saved.domains, ["xn--e1afmkfd.xn--p1ai", "example.test"]);
+    assert_eq!(saved.postmaster.address.to_string(), "postmaster@xn--e1afmkfd.xn--p1ai");
+    let db = format!("sqlite://{}", r.join("var/lib/posthaste/directory.db").display());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let ok = rt.block_on(async {
+        let dir = posthaste::directory::Directory::open(&db).await.unwrap();
+        dir.authenticate("postmaster@xn--e1afmkfd.xn--p1ai", PASSWORD).await.unwrap().is_some()
+    });
+    assert!(ok, "the postmaster does not have the password typed twice");
+    // The answers file takes U-labels too, and stores A-labels.
+    std::fs::write(work.path().join("postmaster.pass"), format!("{PASSWORD}\n")).unwrap();
+    let a = install::answers::Answers::from_str(
+        "hostname: mail.пример.рф\ndomains: [пример.рф]\npostmaster: {address: info@пример.рф, password_file: ./postmaster.pass}\n",
+        work.path(),
+    )
+    .unwrap();
+    assert_eq!(
+        (a.hostname.as_str(), a.domains[0].as_str(), a.postmaster.address.to_string().as_str()),
+        ("mail.xn--e1afmkfd.xn--p1ai", "xn--e1afmkfd.xn--p1ai", "info@xn--e1afmkfd.xn--p1ai")
+    );
+}
+
+/// Regression: yes/no questions took single keys, so `yes` typed (with Enter) at one
+/// question answered it with `y` and the next one with Enter, and `no` then answered the
+/// one after that. The real binary on a pseudo-terminal: each typed word answers one
+/// question.
+#[test]
+fn yes_no_prompts_took_single_keys_so_a_typed_word_answered_several_questions() {
+    let root = target("debian-12");
+    let script = r#"
+import sys, pexpect
+binary, root = sys.argv[1], sys.argv[2]
+child = pexpect.spawn(binary, ["install", "--dry-run", "--root", root], encoding="utf-8", timeout=30,
+                      dimensions=(50, 200), env={"TERM": "dumb", "PATH": "/usr/bin:/bin"})
+def answer(prompt, text):
+    child.expect(prompt)
+    child.send(text + "\r")
+answer("Host name", "mail.example.test")
+answer("Mail domains", "")
+answer("Postmaster address", "")
+answer("Postmaster password", "correct horse battery")
+answer("The same password again", "correct horse battery")
+answer("Spam filtering", "yes")
+answer("Virus scanning", "no")
+answer("Ban clients", "yes")
+answer("TLS certificate", "")
+child.expect(pexpect.EOF)
+print(child.before)
+"#;
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(env!("CARGO_BIN_EXE_posthaste"))
+        .arg(root.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let packages: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("create  package  "))
+        .map(|l| l.split_whitespace().next().unwrap_or(""))
+        .collect();
+    // Spam filtering yes, virus scanning no, bans yes.
+    assert!(packages.contains(&"rspamd") && packages.contains(&"nftables"), "{packages:?}\n{text}");
+    assert!(!packages.iter().any(|p| p.starts_with("clamav")), "{packages:?}\n{text}");
+    assert!(text.contains("dry run:"), "{text}");
 }
