@@ -19,6 +19,7 @@ use crate::smtp::{self, Profile};
 use crate::store::Store;
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    preflight(&config)?;
     let config = Arc::new(config);
     // One certificate store for every listener: SIGHUP and ACME renewal swap its contents.
     let certs = match &config.tls {
@@ -155,6 +156,103 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), queue_task).await;
     let _ = std::fs::remove_file(&pidfile);
     Ok(())
+}
+
+/// Everything a start needs that can be checked without changing anything, checked before
+/// anything is changed: the start used to create the data directory and the nftables table
+/// and only then find that `server.user` does not exist, leaving both behind (and, with a
+/// second instance, replacing the running one's table). Every problem is reported at once.
+pub fn preflight(config: &Config) -> anyhow::Result<()> {
+    use nix::unistd::{getuid, User};
+    let mut problems = Vec::new();
+    let pidfile = pidfile_path(config);
+    if let Some(pid) = running_instance(&pidfile) {
+        problems.push(format!(
+            "posthaste is already running (pid {pid}, {})\nhelp: stop it first (systemctl stop posthaste, or kill {pid}); a second one would take over its nftables table",
+            pidfile.display()
+        ));
+    }
+    let user = &config.server.user;
+    let data = &config.data_dir;
+    let drops_root = getuid().is_root() && user != "root";
+    let account = if drops_root {
+        match User::from_name(user) {
+            Ok(Some(u)) => Some(u),
+            Ok(None) => {
+                problems.push(format!(
+                    "server.user {user:?} does not exist\nhelp: create it (`useradd --system --home-dir {} {user}`) or set [server] user in the config",
+                    data.display()
+                ));
+                None
+            }
+            Err(e) => {
+                problems.push(format!("cannot look up server.user {user:?}: {e}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    match std::fs::metadata(data) {
+        Ok(meta) if !meta.is_dir() => problems.push(format!("data_dir {} is not a directory", data.display())),
+        Ok(meta) => {
+            if let Some(u) = &account {
+                if !writable_by(&meta, u.uid.as_raw(), u.gid.as_raw()) {
+                    problems.push(format!(
+                        "data_dir {} is not writable by {user}\nhelp: chown -R {user}: {}",
+                        data.display(),
+                        data.display()
+                    ));
+                }
+            }
+        }
+        // Made as root it would belong to root, and the daemon could not write it.
+        Err(_) if drops_root => problems.push(format!(
+            "data_dir {} does not exist\nhelp: create it for {user}: install -d -o {user} -g {user} -m 0750 {} (the installer does)",
+            data.display(),
+            data.display()
+        )),
+        Err(_) => {}
+    }
+    if let Some(tls) = &config.tls {
+        use std::os::unix::fs::PermissionsExt;
+        if std::fs::metadata(&tls.key).is_ok_and(|m| m.permissions().mode() & 0o004 != 0) {
+            warn!(key = %tls.key.display(), "tls.key can be read by every user of this machine; help: chmod o-r it (0600, or 0640 with the daemon's group)");
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let n = problems.len();
+    bail!(
+        "cannot start ({n} problem{}); nothing was changed:\n{}",
+        if n == 1 { "" } else { "s" },
+        problems.iter().map(|p| format!("- {p}")).collect::<Vec<_>>().join("\n")
+    )
+}
+
+/// The pid in the pidfile, if it is a live posthaste other than us.
+fn running_instance(pidfile: &Path) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(pidfile).ok()?.trim().parse().ok()?;
+    if pid <= 0 || pid == std::process::id() as i32 {
+        return None;
+    }
+    // A stale pidfile's number may belong to another program by now.
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    comm.trim().starts_with("posthaste").then_some(pid)
+}
+
+/// Whether the owner, group or others bits let `uid`/`gid` write and enter `meta`'s directory.
+fn writable_by(meta: &std::fs::Metadata, uid: u32, gid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let mode = meta.mode();
+    if meta.uid() == uid {
+        mode & 0o300 == 0o300
+    } else if meta.gid() == gid {
+        mode & 0o030 == 0o030
+    } else {
+        mode & 0o003 == 0o003
+    }
 }
 
 pub fn pidfile_path(config: &Config) -> PathBuf {

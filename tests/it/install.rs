@@ -1637,3 +1637,77 @@ print(child.before)
     assert!(!packages.iter().any(|p| p.starts_with("clamav")), "{packages:?}\n{text}");
     assert!(text.contains("dry run:"), "{text}");
 }
+
+/// Regression: `serve` created the data directory and its nftables table before it found
+/// that `server.user` does not exist, and left both behind. Now it checks first and changes
+/// nothing; and it refuses to start beside a running instance (whose table it would take
+/// over). Run in a network namespace of its own, so the host's ruleset is never touched.
+#[test]
+fn serve_made_its_nftables_table_before_finding_its_user_missing() {
+    use crate::support::{posthaste::Posthaste, require, TestDir};
+    require("nft", "nftables");
+    require("ip", "iproute2");
+    assert!(crate::support::is_root(), "serve drops root only when started as root");
+    let dir = TestDir::new("serve-preflight");
+    let ns = format!("ph-pre-{}", std::process::id());
+    let ip = |args: &[&str]| std::process::Command::new("ip").args(args).output().unwrap();
+    assert!(ip(&["netns", "add", &ns]).status.success());
+    struct Netns(String);
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    let _netns = Netns(ns.clone());
+    let _ = ip(&["-n", &ns, "link", "set", "lo", "up"]);
+    let data = dir.join("data");
+    let config = dir.write(
+        "posthaste.toml",
+        format!(
+            "hostname = \"mail.example.test\"\ndata_dir = \"{}\"\n[listen]\nsmtp = [\"127.0.0.1:{}\"]\n[server]\nuser = \"posthaste-no-such-user\"\n[guard]\nnftables = true\n",
+            data.display(),
+            crate::support::free_port()
+        ),
+    );
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns, crate::support::posthaste::bin(), "--config"])
+        .arg(&config)
+        .arg("serve")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("server.user \"posthaste-no-such-user\" does not exist") && err.contains("help:"),
+        "{err}"
+    );
+    assert!(err.contains("nothing was changed"), "{err}");
+    let table = ip(&["netns", "exec", &ns, "nft", "list", "table", "inet", "posthaste"]);
+    assert!(
+        !table.status.success(),
+        "the failed start left its table:\n{}",
+        String::from_utf8_lossy(&table.stdout)
+    );
+    assert!(!data.exists(), "the failed start made the data directory");
+
+    // A second instance beside a running one is refused before it touches anything.
+    let pdir = TestDir::new("serve-preflight-running");
+    let mut p = Posthaste::new(&pdir);
+    p.start();
+    let mut second = std::fs::read_to_string(p.config_path()).unwrap();
+    for (_, addr) in p.listeners() {
+        second = second.replace(&addr.to_string(), &crate::support::free_addr().to_string());
+    }
+    let other = pdir.write("second.toml", second);
+    let out = std::process::Command::new(crate::support::posthaste::bin())
+        .arg("--config")
+        .arg(&other)
+        .arg("serve")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("posthaste is already running (pid {}", p.pid().unwrap())), "{err}");
+    assert!(p.is_running());
+    p.stop();
+}
