@@ -275,10 +275,12 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
     // These work before there is a config (install writes it).
     match cli.command {
         Command::Install(args) => {
+            crate::install::refuse_other_config(&cli.config, "install")?;
             let host = crate::install::host::Host::real(args.root.clone())?;
             return crate::install::install(&host, &args).map(|_| ());
         }
         Command::Uninstall(args) => {
+            crate::install::refuse_other_config(&cli.config, "uninstall")?;
             let host = crate::install::host::Host::real(args.root.clone())?;
             return crate::install::uninstall::uninstall(&host, &args).map(|_| ());
         }

@@ -720,6 +720,17 @@ fn tls(c: &mut Check, n: &Node, base: &Path) -> Option<Tls> {
             let http_listen = match get(&e, "http_listen") {
                 None => Some(None),
                 Some(v) => c.string(v, "http_listen").and_then(|s| match s.parse::<std::net::SocketAddr>() {
+                    // The install listens on every address of the mail ports: any of them
+                    // here would collide with a mail listener (regression: this came out as
+                    // "BUG: the installer rendered a config the daemon refuses").
+                    Ok(a) if super::preflight::PORTS.contains(&a.port()) => {
+                        c.add(
+                            v.line,
+                            format!("tls.http_listen {s:?} is on port {}, which posthaste listens on for mail", a.port()),
+                            Some("the CA connects to port 80: leave http_listen out (0.0.0.0:80), or give the port a proxy forwards /.well-known/acme-challenge/ to".into()),
+                        );
+                        None
+                    }
                     Ok(a) => Some(Some(a)),
                     Err(_) => {
                         c.add(

@@ -473,6 +473,7 @@ impl<'h> Applier<'h, '_> {
                 }
                 self.set_meta(&real, *mode, owner)
             }
+            Op::Meta { path, mode, owner } => self.set_meta(&host.path(path), *mode, owner),
             Op::RemoveFile { path } => {
                 let real = host.path(path);
                 if real.is_dir() {

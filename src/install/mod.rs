@@ -59,6 +59,22 @@ pub struct InstallArgs {
     pub force: bool,
 }
 
+/// `install` and `uninstall` work on the fixed layout (`/etc/posthaste/posthaste.toml`,
+/// site settings in its conf.d): a `--config` (or `POSTHASTE_CONFIG`) naming another file
+/// would be ignored, so it is refused instead (regression: it was accepted and ignored).
+pub fn refuse_other_config(config: &std::path::Path, command: &str) -> anyhow::Result<()> {
+    let ours = Layout::default().config;
+    if config == ours {
+        return Ok(());
+    }
+    bail!(
+        "`posthaste {command}` does not take --config: it always writes {} (and your own settings go in {}/)\nhelp: leave out --config {} (and unset POSTHASTE_CONFIG if it is set); with --root DIR everything goes under DIR",
+        ours.display(),
+        crate::config::conf_dir(&ours).display(),
+        config.display()
+    )
+}
+
 /// What an install did (for tests and embedding).
 #[derive(Debug)]
 pub struct Outcome {

@@ -73,6 +73,8 @@ pub enum Op {
     CopyFile { from: PathBuf, path: PathBuf, mode: u32, owner: Owner },
     /// Create a directory, or fix its mode and owner.
     Dir { path: PathBuf, mode: u32, owner: Owner },
+    /// Fix a file's mode and owner (its contents stay).
+    Meta { path: PathBuf, mode: u32, owner: Owner },
     /// Remove a file or an empty directory (backed up first).
     RemoveFile { path: PathBuf },
     /// Remove a directory tree (`uninstall --purge`; not undoable, so planned last).

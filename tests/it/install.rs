@@ -25,6 +25,9 @@ struct State {
     log: Vec<Cmd>,
     /// A command whose text contains this fails.
     fail_on: Option<String>,
+    /// When that command fails, this file is replaced by a directory holding a file (so
+    /// nothing can be renamed or copied over it any more).
+    sabotage: Option<PathBuf>,
 }
 
 #[derive(Clone)]
@@ -72,6 +75,10 @@ impl Runner for FakeSystem {
         st.log.push(cmd.clone());
         if let Some(f) = &st.fail_on {
             if cmd.to_string().contains(f.as_str()) {
+                if let Some(p) = st.sabotage.take() {
+                    let _ = std::fs::remove_file(&p);
+                    std::fs::create_dir_all(p.join("in-the-way")).unwrap();
+                }
                 return Ok(Output::failed(1, "injected failure"));
             }
         }
@@ -1694,13 +1701,19 @@ fn serve_made_its_nftables_table_before_finding_its_user_missing() {
     let pdir = TestDir::new("serve-preflight-running");
     let mut p = Posthaste::new(&pdir);
     p.start();
+    // The pidfile is written once the daemon is up (after its ports answer).
+    let pidfile = p.data_dir().join("posthaste.pid");
+    crate::support::wait_for("the pidfile", std::time::Duration::from_secs(10), || {
+        pidfile.exists().then_some(())
+    });
     let mut second = std::fs::read_to_string(p.config_path()).unwrap();
     for (_, addr) in p.listeners() {
         second = second.replace(&addr.to_string(), &crate::support::free_addr().to_string());
     }
     let other = pdir.write("second.toml", second);
-    let out = std::process::Command::new(crate::support::posthaste::bin())
-        .arg("--config")
+    // (Bounded: if it were not refused, it would run until killed.)
+    let out = std::process::Command::new("timeout")
+        .args(["20", crate::support::posthaste::bin(), "--config"])
         .arg(&other)
         .arg("serve")
         .output()
@@ -1710,4 +1723,176 @@ fn serve_made_its_nftables_table_before_finding_its_user_missing() {
     assert!(err.contains(&format!("posthaste is already running (pid {}", p.pid().unwrap())), "{err}");
     assert!(p.is_running());
     p.stop();
+}
+
+/// Regression: a rerun with another hostname kept the self-signed certificate of the old
+/// name without a word. It is replaced now, and the plan and a warning say so.
+#[test]
+fn a_changed_hostname_kept_the_self_signed_certificate_of_the_old_name() {
+    let work = tempfile::tempdir().unwrap();
+    let first = answers(work.path(), &["example.test"]);
+    let binary = fake_binary(work.path());
+    let root = target("debian-12");
+    let r = root.path();
+    let sys = FakeSystem::new(r);
+    install::install(&host(r, &sys, &binary).host, &args(&first)).unwrap_or_else(|e| panic!("{e:#}"));
+    let cert = r.join("etc/posthaste/tls/fullchain.pem");
+    assert_eq!(posthaste::tls::CertInfo::read(&cert).unwrap().names, ["mail.example.test"]);
+    let renamed = work.path().join("renamed.yaml");
+    std::fs::write(
+        &renamed,
+        std::fs::read_to_string(&first).unwrap().replace("mail.example.test", "mx.example.test"),
+    )
+    .unwrap();
+    let run = host(r, &sys, &binary);
+    let outcome = install::install(&run.host, &args(&renamed)).unwrap_or_else(|e| panic!("{e:#}"));
+    let key = outcome.plan.changes.iter().find(|c| c.target == "/etc/posthaste/tls/privkey.pem").unwrap();
+    assert_eq!(key.action, Action::Update);
+    assert!(key.note.contains("replaces the self-signed certificate for mail.example.test"), "{}", key.note);
+    assert!(
+        run.out.text().contains("warning: the hostname changed to mx.example.test"),
+        "{}",
+        run.out.text()
+    );
+    assert_eq!(posthaste::tls::CertInfo::read(&cert).unwrap().names, ["mx.example.test"]);
+    let config = posthaste::config::Config::load(&r.join("etc/posthaste/posthaste.toml")).unwrap();
+    assert_eq!(config.hostname, "mx.example.test");
+    posthaste::tls::load_acceptor(&posthaste::config::TlsConfig {
+        cert: cert.clone(),
+        key: r.join("etc/posthaste/tls/privkey.pem"),
+    })
+    .unwrap();
+    assert_eq!(mode(&r.join("etc/posthaste/tls/privkey.pem")), 0o600);
+    // And a rerun with that name keeps it.
+    let outcome = install::install(&host(r, &sys, &binary).host, &args(&renamed)).unwrap();
+    assert_eq!(pending(&outcome.plan), []);
+}
+
+/// Regression: a private key every user can read was accepted silently. The installer's own
+/// key is made 0600 again (with a warning); a key given with `mode: files` is refused.
+#[test]
+fn a_world_readable_private_key_was_accepted_silently() {
+    let work = tempfile::tempdir().unwrap();
+    let answers1 = answers(work.path(), &["example.test"]);
+    let binary = fake_binary(work.path());
+    let root = target("debian-12");
+    let r = root.path();
+    let sys = FakeSystem::new(r);
+    install::install(&host(r, &sys, &binary).host, &args(&answers1)).unwrap_or_else(|e| panic!("{e:#}"));
+    let key = r.join("etc/posthaste/tls/privkey.pem");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let run = host(r, &sys, &binary);
+    let outcome = install::install(&run.host, &args(&answers1)).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(
+        pending(&outcome.plan),
+        [(Kind::Key, "/etc/posthaste/tls/privkey.pem".to_owned(), Action::Update)],
+        "{}",
+        outcome.plan.render()
+    );
+    assert!(run.out.text().contains("could be read by every user (mode 0644)"), "{}", run.out.text());
+    assert_eq!(mode(&key), 0o600);
+
+    // Files of one's own: refused, nothing changed.
+    std::fs::create_dir_all(r.join("etc/ssl/mail")).unwrap();
+    std::fs::copy(r.join("etc/posthaste/tls/fullchain.pem"), r.join("etc/ssl/mail/fullchain.pem")).unwrap();
+    std::fs::copy(&key, r.join("etc/ssl/mail/privkey.pem")).unwrap();
+    std::fs::set_permissions(r.join("etc/ssl/mail/privkey.pem"), std::fs::Permissions::from_mode(0o644))
+        .unwrap();
+    let files = work.path().join("files.yaml");
+    std::fs::write(
+        &files,
+        std::fs::read_to_string(&answers1).unwrap().replace(
+            "tls: {mode: self-signed}",
+            "tls: {mode: files, cert: /etc/ssl/mail/fullchain.pem, key: /etc/ssl/mail/privkey.pem}",
+        ),
+    )
+    .unwrap();
+    let before = snapshot(r);
+    let msg = format!("{:#}", install::install(&host(r, &sys, &binary).host, &args(&files)).unwrap_err());
+    assert!(
+        msg.contains("/etc/ssl/mail/privkey.pem can be read by every user")
+            && msg.contains("help: chmod o-r"),
+        "{msg}"
+    );
+    assert_eq!(snapshot(r), before);
+    std::fs::set_permissions(r.join("etc/ssl/mail/privkey.pem"), std::fs::Permissions::from_mode(0o640))
+        .unwrap();
+    install::install(&host(r, &sys, &binary).host, &args(&files)).unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// Regression: a rollback that could not put a file back left its temp copy beside it,
+/// said "COULD NOT restore … from <backup>", and then deleted that backup: the only copy
+/// of the original. Now no temp file stays, the backup stays and the message says where.
+#[test]
+fn a_rollback_deleted_the_backup_it_could_not_restore_from() {
+    let work = tempfile::tempdir().unwrap();
+    let answers = answers(work.path(), &["example.test"]);
+    let root = target("debian-12");
+    let r = root.path();
+    std::fs::create_dir_all(r.join("usr/lib/systemd")).unwrap();
+    std::fs::write(r.join("usr/lib/systemd/systemd"), "").unwrap();
+    std::fs::create_dir_all(r.join("etc/rspamd/local.d")).unwrap();
+    let original = "servers = \"10.0.0.9\";\n";
+    std::fs::write(r.join("etc/rspamd/local.d/redis.conf"), original).unwrap();
+    let sys = FakeSystem::new(r);
+    sys.fail_on("enable posthaste");
+    // When the failure comes, something has put a directory where the file was: nothing
+    // can be renamed or copied over it.
+    sys.state.lock().unwrap().sabotage = Some(r.join("etc/rspamd/local.d/redis.conf"));
+    let run = host(r, &sys, &fake_binary(work.path()));
+    let msg = format!(
+        "{:#}",
+        install::install(&run.host, &InstallArgs { force: true, ..args(&answers) }).unwrap_err()
+    );
+    let backups = r.join(format!("var/backups/posthaste-install.{}", std::process::id()));
+    let kept: Vec<PathBuf> = std::fs::read_dir(&backups)
+        .unwrap_or_else(|e| panic!("{}: {e}\n{msg}", backups.display()))
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(std::fs::read_to_string(&kept[0]).unwrap(), original);
+    assert!(msg.contains("COULD NOT restore") && msg.contains("redis.conf"), "{msg}");
+    assert!(msg.contains(&format!("its original is kept in {}", kept[0].display())), "{msg}");
+    let temp: Vec<String> = snapshot(r).into_keys().filter(|p| p.contains("posthaste-tmp")).collect();
+    assert!(temp.is_empty(), "temp files left: {temp:?}");
+}
+
+/// Regression: `install --config FILE` was accepted and ignored (the install always writes
+/// /etc/posthaste/posthaste.toml). It is refused now, before anything happens.
+#[test]
+fn install_config_was_accepted_and_ignored() {
+    let work = tempfile::tempdir().unwrap();
+    let answers = answers(work.path(), &["example.test"]);
+    let root = target("debian-12");
+    let before = snapshot(root.path());
+    let run = |env: Option<&str>, extra: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_posthaste"));
+        cmd.args(extra)
+            .args(["install", "--dry-run", "--root"])
+            .arg(root.path())
+            .arg("--answers")
+            .arg(&answers);
+        cmd.env_remove("POSTHASTE_CONFIG");
+        if let Some(v) = env {
+            cmd.env("POSTHASTE_CONFIG", v);
+        }
+        cmd.output().unwrap()
+    };
+    for (env, extra) in
+        [(None, &["--config", "/srv/mail/posthaste.toml"][..]), (Some("/srv/mail/posthaste.toml"), &[][..])]
+    {
+        let out = run(env, extra);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("`posthaste install` does not take --config")
+                && err.contains("help: leave out --config"),
+            "{err}"
+        );
+    }
+    // The default path, spelt out, is what it writes anyway: fine.
+    let out = run(None, &["--config", "/etc/posthaste/posthaste.toml"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(snapshot(root.path()), before);
 }
