@@ -179,7 +179,7 @@ pub fn install(host: &Host, args: &InstallArgs) -> anyhow::Result<Outcome> {
     let mut findings = preflight::check(host, &answers, &layout, &holders);
     // The one finding a person can settle right here.
     if let Some(p) = &host.prompter {
-        if findings.iter().any(|f| f.severity == Severity::Error && f.message.starts_with("ClamAV needs"))
+        if findings.iter().any(|f| f.severity == Severity::Error && f.check == preflight::Check::ClamavMemory)
             && p.confirm(
                 "This machine has too little memory for ClamAV. Install without virus scanning?",
                 true,
@@ -219,6 +219,7 @@ pub fn install(host: &Host, args: &InstallArgs) -> anyhow::Result<Outcome> {
         renderer: render::Renderer::new(),
         port_holders: holders,
         state: state::State::read(host),
+        secrets: steps::Secrets::default(),
     };
     let mut plan = plan_install(&ctx)?;
     let mut warnings: Vec<String> =

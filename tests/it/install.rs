@@ -1896,3 +1896,53 @@ fn install_config_was_accepted_and_ignored() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(snapshot(root.path()), before);
 }
+
+/// Regression: the rspamd controller password was generated into a process-wide cell, so
+/// every install in one process (an embedding tool, these tests) got the same password.
+#[test]
+fn every_install_in_one_process_shared_one_rspamd_password() {
+    let work = tempfile::tempdir().unwrap();
+    let answers = answers(work.path(), &["example.test"]);
+    let binary = fake_binary(work.path());
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let root = target("debian-12");
+        let sys = FakeSystem::new(root.path());
+        install::install(&host(root.path(), &sys, &binary).host, &args(&answers)).unwrap();
+        let pass = std::fs::read_to_string(root.path().join("etc/posthaste/rspamd-controller.pass")).unwrap();
+        let config =
+            posthaste::config::Config::load(&root.path().join("etc/posthaste/posthaste.toml")).unwrap();
+        // Within one install: one password everywhere.
+        assert_eq!(config.antispam.unwrap().controller_password.as_deref(), Some(pass.trim()));
+        seen.push(pass);
+    }
+    assert_ne!(seen[0], seen[1], "two installs got the same controller password");
+}
+
+/// With too little memory for ClamAV, someone at the terminal is asked whether to go on
+/// without virus scanning (the finding is recognised by its kind, not by its wording).
+#[test]
+fn too_little_memory_for_clamav_is_a_question_at_the_terminal() {
+    let work = tempfile::tempdir().unwrap();
+    let answers = answers(work.path(), &["example.test"]);
+    let root = target("debian-12");
+    let r = root.path();
+    let sys = FakeSystem::new(r);
+    let mut run = host_with(r, &sys, &fake_binary(work.path()), FakeProbe { holders: vec![], mem: 1 << 30 });
+    run.host.under_root = false;
+    let (script, asked) = Script::new(&["y", "y"]);
+    run.host.prompter = Some(Box::new(script));
+    let outcome = install::install(&run.host, &InstallArgs { yes: false, ..args(&answers) })
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", run.out.text()));
+    let asked = asked.lock().unwrap().clone();
+    assert!(asked[0].contains("too little memory for ClamAV"), "{asked:?}");
+    assert!(asked[1].starts_with("Apply these"), "{asked:?}");
+    let packages: Vec<String> =
+        outcome.plan.changes.iter().filter(|c| c.kind == Kind::Package).map(|c| c.target.clone()).collect();
+    assert!(
+        !packages.iter().any(|p| p.starts_with("clamav")) && packages.contains(&"rspamd".to_owned()),
+        "{packages:?}"
+    );
+    let saved = install::answers::Answers::from_file(&r.join("etc/posthaste/answers.yaml")).unwrap();
+    assert!(!saved.components.antivirus);
+}

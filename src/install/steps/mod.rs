@@ -110,6 +110,15 @@ pub struct Ctx<'a> {
     pub port_holders: Vec<(u16, String)>,
     /// What earlier installs wrote (to tell hand edits from our own files).
     pub state: State,
+    /// Secrets made during this install, once each.
+    pub secrets: Secrets,
+}
+
+/// Secrets one install generates: made at first use, the same for every step of that
+/// install, never shared with another.
+#[derive(Debug, Default)]
+pub struct Secrets {
+    pub rspamd_controller: std::cell::OnceCell<String>,
 }
 
 impl Ctx<'_> {
