@@ -134,7 +134,7 @@ pub fn plan_install(ctx: &Ctx) -> anyhow::Result<Plan> {
         }
         changes.extend(step);
     }
-    changes.extend(steps::daemon_config::plan(ctx, &tls)?);
+    changes.extend(steps::daemon_config::plan(ctx, &tls, &mut warnings)?);
     changes.extend(steps::service::unit(ctx)?);
     // The daemon reads these: when one changes, a running daemon is restarted.
     let l = &ctx.layout;

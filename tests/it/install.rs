@@ -1293,6 +1293,16 @@ fn a_rerun_threw_away_config_edits_now_conf_d_is_kept_and_edits_need_force() {
     assert_eq!(c.log.level, "debug");
     assert_eq!(c.smtp.max_message_size, 104857600);
     assert!(c.guard.allow.contains(&"192.0.2.0/24".to_owned()));
+    // One the daemon could not read (it reads conf.d as user posthaste) is warned about.
+    std::fs::set_permissions(&site, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let run = host(r, &sys, &binary);
+    install::install(&run.host, &InstallArgs { dry_run: true, ..args(&answers) }).unwrap();
+    assert!(
+        run.out.text().contains("cannot read") && run.out.text().contains("50-site.toml (mode 0600)"),
+        "{}",
+        run.out.text()
+    );
+    std::fs::set_permissions(&site, std::fs::Permissions::from_mode(0o644)).unwrap();
     // A conf.d that does not fit is the administrator's error, named with its file and line.
     std::fs::write(&site, "[smtp]\nmax_message_size = \"lots\"\n").unwrap();
     let msg = format!("{:#}", install::install(&host(r, &sys, &binary).host, &args(&answers)).unwrap_err());

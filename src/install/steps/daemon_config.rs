@@ -10,7 +10,7 @@ use super::{file_change, Ctx};
 use crate::config::{Config, Layer};
 use crate::install::plan::{Change, Kind, Owner};
 
-pub fn plan(ctx: &Ctx, tls: &super::tls::TlsPlan) -> anyhow::Result<Vec<Change>> {
+pub fn plan(ctx: &Ctx, tls: &super::tls::TlsPlan, warnings: &mut Vec<String>) -> anyhow::Result<Vec<Change>> {
     let c = &ctx.answers.components;
     // Never banned: loopback, and the administrator's own address (the SSH client this
     // install runs under), so the guard cannot lock them out.
@@ -48,6 +48,11 @@ pub fn plan(ctx: &Ctx, tls: &super::tls::TlsPlan) -> anyhow::Result<Vec<Change>>
     // … but the daemon reads it with the site's conf.d over it: that must fit too, and if it
     // does not, the administrator's file is named.
     let site = Config::site_layers(&ctx.host.path(&ctx.layout.config)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    for layer in &site {
+        if let Some(w) = unreadable_for_the_daemon(ctx, &layer.path) {
+            warnings.push(w);
+        }
+    }
     if !site.is_empty() {
         let mut layers = vec![Layer { path: ctx.layout.config.clone(), text: text.clone() }];
         layers.extend(site);
@@ -60,4 +65,26 @@ pub fn plan(ctx: &Ctx, tls: &super::tls::TlsPlan) -> anyhow::Result<Vec<Change>>
     }
     let owner = Owner::of("root", super::system_user::USER);
     Ok(vec![file_change(ctx, Kind::File, &ctx.layout.config, text.into_bytes(), 0o640, owner)])
+}
+
+/// The installer reads conf.d as root; the daemon reads it as its own user, and refuses to
+/// start on a file it cannot read. Said before, not found out at the start.
+fn unreadable_for_the_daemon(ctx: &Ctx, file: &std::path::Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(file).ok()?;
+    let ids = super::resolve_owner(ctx.host, &Owner::of(super::system_user::USER, super::system_user::USER));
+    let mode = meta.mode();
+    let readable = match ids {
+        Some((uid, _)) if meta.uid() == uid => mode & 0o400 != 0,
+        Some((_, gid)) if meta.gid() == gid => mode & 0o040 != 0,
+        _ => mode & 0o004 != 0,
+    };
+    (!readable).then(|| {
+        format!(
+            "the daemon (user {user}) cannot read {} (mode {:04o}) and will not start: chgrp {user} it and chmod 640 it",
+            file.display(),
+            mode & 0o7777,
+            user = super::system_user::USER
+        )
+    })
 }
