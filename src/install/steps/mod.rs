@@ -1,10 +1,13 @@
 //! One file per component step, run in this order. Each step looks at the target, compares
 //! it with what the answers ask for, and returns its changes (`none` where all is right);
-//! none of them changes anything — `apply` does, from the plan.
+//! none of them changes anything — `apply` does, from the plan. Rendered files go through
+//! [`file_change`], which also tells a file edited by hand from one the installer wrote.
 //!
-//! 1. `packages`      the distro packages of the enabled components (apt/dnf)
+//! 1. `packages`      the distro packages of the enabled components (apt/dnf), after what
+//!                    finds them: EPEL, repository files and their keys
 //! 2. `system_user`   the unprivileged `posthaste` user the daemon runs as
-//! 3. `layout`        directories with their modes, and the binary
+//! 3. `layout`        directories with their modes (conf.d/ for the site's settings), and
+//!                    the binary
 //! 4. `tls`           the certificate and key (self-signed, or the given files)
 //! 5. `antispam`, `antivirus`  their config files beside the distro's
 //! 6. `daemon_config` /etc/posthaste/posthaste.toml, validated by the daemon's own loader
