@@ -444,10 +444,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     // to read it).
     match cli.command {
         Command::Install(args) => {
+            crate::install::refuse_other_config(&cli.config, "install")?;
             let host = crate::install::host::Host::real(args.root.clone())?;
             return crate::install::install(&host, &args).map(|_| ());
         }
         Command::Uninstall(args) => {
+            crate::install::refuse_other_config(&cli.config, "uninstall")?;
             let host = crate::install::host::Host::real(args.root.clone())?;
             return crate::install::uninstall::uninstall(&host, &args).map(|_| ());
         }

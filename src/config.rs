@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::endpoint::Endpoint;
 use crate::hostname;
+pub use crate::layered_toml::Layer;
+use crate::layered_toml::LayerError;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/posthaste/posthaste.toml";
 
@@ -585,27 +587,82 @@ impl<'de> Deserialize<'de> for NftMode {
 pub enum ConfigError {
     #[error("cannot read {path}: {source}\nhelp: pass --config FILE or set POSTHASTE_CONFIG")]
     Read { path: PathBuf, source: std::io::Error },
+    /// A site settings file in `conf.d/` (or the directory itself) cannot be read.
+    #[error("cannot read {path}: {source}\nhelp: the daemon reads conf.d as its own user: make the file readable for it (chgrp posthaste FILE; chmod 640 FILE), or move it out of conf.d")]
+    ReadSite { path: PathBuf, source: std::io::Error },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("{path} has {} problem(s):\n{}", .problems.len(), .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
-    Invalid { path: PathBuf, problems: Vec<String> },
+    /// `also`: the conf.d files merged over `path`.
+    #[error("{}{} has {} problem(s):\n{}", .path.display(), merged_with(.also), .problems.len(), .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid { path: PathBuf, also: Vec<PathBuf>, problems: Vec<String> },
+}
+
+fn merged_with(also: &[PathBuf]) -> String {
+    if also.is_empty() {
+        return String::new();
+    }
+    let names: Vec<String> = also.iter().map(|p| p.display().to_string()).collect();
+    format!(" (with {})", names.join(", "))
+}
+
+/// The site settings directory of a config file: `conf.d/` beside it
+/// (`/etc/posthaste/conf.d/` for the default config). Its `*.toml` files, in name order, are
+/// merged over the config per key (later files win). The installer renders the config file
+/// itself and never touches conf.d, so what an administrator puts there survives every
+/// rerun and upgrade.
+pub fn conf_dir(config: &Path) -> PathBuf {
+    config.parent().unwrap_or(Path::new("")).join("conf.d")
 }
 
 impl Config {
+    /// The config file with its `conf.d/*.toml` merged over it ([`conf_dir`]): what `serve`,
+    /// `check` and every admin command run with.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        Self::parse(&text, path)
+        let mut layers = vec![Layer { path: path.to_owned(), text }];
+        layers.extend(Self::site_layers(path)?);
+        Self::from_layers(&layers)
     }
 
+    /// The files of [`conf_dir`] for the config at `path`, read.
+    pub fn site_layers(path: &Path) -> Result<Vec<Layer>, ConfigError> {
+        let dir = conf_dir(path);
+        let files = crate::layered_toml::drop_ins(&dir)
+            .map_err(|source| ConfigError::ReadSite { path: dir.clone(), source })?;
+        files
+            .into_iter()
+            .map(|f| match std::fs::read_to_string(&f) {
+                Ok(text) => Ok(Layer { path: f, text }),
+                Err(source) => Err(ConfigError::ReadSite { path: f, source }),
+            })
+            .collect()
+    }
+
+    /// One config text on its own (no conf.d).
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
+        Self::from_layers(&[Layer { path: path.to_owned(), text: text.to_owned() }])
+    }
+
+    /// The first layer is the config file, the others override it per key. Type errors are
+    /// reported all at once (each with its file and line), then, once the types are right,
+    /// every invalid value.
+    pub fn from_layers(layers: &[Layer]) -> Result<Config, ConfigError> {
+        let path = layers.first().map(|l| l.path.clone()).unwrap_or_default();
+        let also: Vec<PathBuf> = layers.iter().skip(1).map(|l| l.path.clone()).collect();
+        let config: Config = crate::layered_toml::deserialize(layers).map_err(|e| match e {
+            LayerError::Syntax { path, message } => ConfigError::Parse { path, message },
+            LayerError::Types(problems) => ConfigError::Invalid {
+                path: path.clone(),
+                also: also.clone(),
+                problems: problems.iter().map(ToString::to_string).collect(),
+            },
+        })?;
         let problems = config.validate();
         if problems.is_empty() {
             Ok(config)
         } else {
-            Err(ConfigError::Invalid { path: path.to_owned(), problems })
+            Err(ConfigError::Invalid { path, also, problems })
         }
     }
 
@@ -631,11 +688,17 @@ impl Config {
         if tls_needed && self.tls.is_none() {
             p.push("listeners for submission/IMAP/POP3 need TLS: add a [tls] section with cert and key (help: `posthaste install` creates a self-signed pair)".into());
         }
-        let mut seen = std::collections::HashSet::new();
+        let mut seen: Vec<(&str, SocketAddr)> = Vec::new();
         for (name, addrs) in self.listeners() {
             for a in addrs {
-                if !seen.insert(*a) {
-                    p.push(format!("listen.{name}: {a} is used by more than one listener"));
+                match seen.iter().find(|(_, b)| listeners_overlap(a, b)) {
+                    Some((_, b)) if b == a => {
+                        p.push(format!("listen.{name}: {a} is used by more than one listener"))
+                    }
+                    Some((other, b)) => p.push(format!(
+                        "listen.{name}: {a} and {b} (listen.{other}) are the same port (help: [::] also listens on every IPv4 address; use one of them)"
+                    )),
+                    None => seen.push((name, *a)),
                 }
             }
         }
@@ -729,7 +792,11 @@ impl Config {
                     p.push(format!("acme.names: {n:?} is not a fully qualified host name: {e} (help: wildcards need DNS-01, which is not supported)"));
                 }
             }
-            if self.listeners().iter().any(|(_, addrs)| addrs.contains(&a.http_listen)) {
+            if self
+                .listeners()
+                .iter()
+                .any(|(_, addrs)| addrs.iter().any(|l| listeners_overlap(l, &a.http_listen)))
+            {
                 p.push(format!(
                     "acme.http_listen {} is also a mail listener (help: the HTTP-01 responder needs its own port, normally 0.0.0.0:80)",
                     a.http_listen
@@ -800,6 +867,18 @@ impl Config {
     pub fn dkim_dir(&self) -> PathBuf {
         self.data_dir.join("dkim")
     }
+}
+
+/// Whether two listen addresses would take the same port. `[::]` is bound dual-stack
+/// (src/serve.rs), so it also takes every IPv4 address; `0.0.0.0` takes every IPv4 one.
+pub fn listeners_overlap(a: &SocketAddr, b: &SocketAddr) -> bool {
+    use std::net::IpAddr;
+    let covers = |wide: &IpAddr, other: &IpAddr| match wide {
+        IpAddr::V6(w) if w.is_unspecified() => true,
+        IpAddr::V4(w) if w.is_unspecified() => other.is_ipv4(),
+        _ => false,
+    };
+    a.port() == b.port() && (a.ip() == b.ip() || covers(&a.ip(), &b.ip()) || covers(&b.ip(), &a.ip()))
 }
 
 /// An optional duration in the [`duration_str`] format.
@@ -932,6 +1011,83 @@ retry_initial = "0s"
             .unwrap_err()
             .to_string();
         assert!(err.contains("bogus") && err.contains("line 3"), "{err}");
+    }
+
+    /// Regression: a wrong type stopped the parse, so each run showed one problem although
+    /// docs/configuration.md promises all at once.
+    #[test]
+    fn config_type_errors_are_reported_all_at_once() {
+        let text = "hostname = \"mail.example.test\"\ndata_dir = \"/x\"\n[smtp]\nmax_message_size = \"big\"\n[log]\nlevel = 5\nbogus = true\n[guard]\nnftables = \"yes\"\n";
+        let err = Config::parse(text, Path::new("t.toml")).unwrap_err().to_string();
+        for needle in [
+            "t.toml has 4 problem(s)",
+            "t.toml, line 4: invalid type: string \"big\", expected u64",
+            "t.toml, line 6: invalid type: integer `5`, expected a string",
+            "t.toml, line 7: unknown field `bogus`",
+            "t.toml, line 9: guard.nftables \"yes\" must be true, false or \"auto\"",
+        ] {
+            assert!(err.contains(needle), "{needle} missing from {err}");
+        }
+    }
+
+    #[test]
+    fn conf_d_beside_the_config_is_merged_over_it_per_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("posthaste.toml");
+        std::fs::write(
+            &main,
+            "hostname = \"mail.example.test\"\ndata_dir = \"/x\"\n[log]\nlevel = \"info\"\nformat = \"text\"\n[guard]\nallow = [\"127.0.0.0/8\"]\n",
+        )
+        .unwrap();
+        assert_eq!(conf_dir(&main), dir.path().join("conf.d"));
+        // No conf.d: the file alone.
+        assert_eq!(Config::load(&main).unwrap().log.level, "info");
+        std::fs::create_dir(dir.path().join("conf.d")).unwrap();
+        std::fs::write(
+            dir.path().join("conf.d/10-site.toml"),
+            "[log]\nlevel = \"debug\"\n[guard]\nallow = [\"127.0.0.0/8\", \"192.0.2.0/24\"]\n[smtp]\nmax_message_size = 104857600\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("conf.d/20-later.toml"), "log.level = \"warn\"\n").unwrap();
+        std::fs::write(dir.path().join("conf.d/notes.txt"), "not read").unwrap();
+        let c = Config::load(&main).unwrap();
+        assert_eq!((c.log.level.as_str(), c.log.format.as_str()), ("warn", "text"));
+        assert_eq!(c.guard.allow, ["127.0.0.0/8", "192.0.2.0/24"]);
+        assert_eq!(c.smtp.max_message_size, 104857600);
+        // Errors name the file they are in, and the header names every file merged.
+        std::fs::write(
+            dir.path().join("conf.d/30-bad.toml"),
+            "# oops\n[smtp]\nmax_message_size = \"100M\"\n",
+        )
+        .unwrap();
+        let err = Config::load(&main).unwrap_err().to_string();
+        assert!(err.contains("30-bad.toml, line 3: invalid type: string \"100M\""), "{err}");
+        assert!(err.contains("(with ") && err.contains("10-site.toml"), "{err}");
+        std::fs::write(dir.path().join("conf.d/30-bad.toml"), "[log]\nformat = \"xml\"\n").unwrap();
+        let err = Config::load(&main).unwrap_err().to_string();
+        assert!(err.contains("log.format \"xml\""), "{err}");
+        std::fs::write(dir.path().join("conf.d/30-bad.toml"), "[log\n").unwrap();
+        let err = Config::load(&main).unwrap_err().to_string();
+        assert!(err.contains("30-bad.toml") && err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn dual_stack_listeners_overlap_ipv4_ones_on_the_same_port() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(listeners_overlap(&a("[::]:25"), &a("0.0.0.0:25")));
+        assert!(listeners_overlap(&a("127.0.0.1:25"), &a("[::]:25")));
+        assert!(listeners_overlap(&a("0.0.0.0:25"), &a("127.0.0.1:25")));
+        assert!(!listeners_overlap(&a("0.0.0.0:25"), &a("[::1]:25")));
+        assert!(!listeners_overlap(&a("[::]:25"), &a("[::]:587")));
+        let base =
+            "hostname = \"mail.example.test\"\ndata_dir = \"/x\"\n[tls]\ncert = \"/c\"\nkey = \"/k\"\n";
+        let err = Config::parse(
+            &format!("{base}[listen]\nsmtp = [\"[::]:25\"]\nsubmission = [\"0.0.0.0:25\"]\n[acme]\nemail = \"pm@example.test\"\nhttp_listen = \"0.0.0.0:25\"\n"),
+            Path::new("t.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("are the same port") && err.contains("acme.http_listen"), "{err}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod header;
 pub mod hostname;
 pub mod imap;
 pub mod install;
+pub mod layered_toml;
 pub mod mailauth;
 pub mod net;
 pub mod pop3;

@@ -21,6 +21,7 @@ use crate::{imap, net, pop3, smtp};
 /// session. What runs per connection or on a timer is spawned and keeps blocking work off
 /// the workers itself (`net::serve`, `Guard::watch`).
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    preflight(&config)?;
     let config = Arc::new(config);
     // One certificate store for every listener: SIGHUP and ACME renewal swap its contents.
     let certs = match &config.tls {
@@ -145,14 +146,154 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Everything a start needs that can be checked without changing anything, checked before
+/// anything is changed: the start used to create the data directory and the nftables table
+/// and only then find that `server.user` does not exist, leaving both behind (and, with a
+/// second instance, replacing the running one's table). Every problem is reported at once.
+pub fn preflight(config: &Config) -> anyhow::Result<()> {
+    use nix::unistd::{getuid, User};
+    let mut problems = Vec::new();
+    let pidfile = pidfile_path(config);
+    if let Some(pid) = running_instance(&pidfile) {
+        problems.push(format!(
+            "posthaste is already running (pid {pid}, {})\nhelp: stop it first (systemctl stop posthaste, or kill {pid}); a second one would take over its nftables table",
+            pidfile.display()
+        ));
+    }
+    let user = &config.server.user;
+    let data = &config.data_dir;
+    let drops_root = getuid().is_root() && user != "root";
+    let account = if drops_root {
+        match User::from_name(user) {
+            Ok(Some(u)) => Some(u),
+            Ok(None) => {
+                problems.push(format!(
+                    "server.user {user:?} does not exist\nhelp: create it (`useradd --system --home-dir {} {user}`) or set [server] user in the config",
+                    data.display()
+                ));
+                None
+            }
+            Err(e) => {
+                problems.push(format!("cannot look up server.user {user:?}: {e}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    match std::fs::metadata(data) {
+        Ok(meta) if !meta.is_dir() => problems.push(format!("data_dir {} is not a directory", data.display())),
+        Ok(meta) => {
+            if let Some(u) = &account {
+                if !writable_by(&meta, u.uid.as_raw(), u.gid.as_raw()) {
+                    problems.push(format!(
+                        "data_dir {} is not writable by {user}\nhelp: chown -R {user}: {}",
+                        data.display(),
+                        data.display()
+                    ));
+                }
+            }
+        }
+        // Made as root it would belong to root, and the daemon could not write it.
+        Err(_) if drops_root => problems.push(format!(
+            "data_dir {} does not exist\nhelp: create it for {user}: install -d -o {user} -g {user} -m 0750 {} (the installer does)",
+            data.display(),
+            data.display()
+        )),
+        Err(_) => {}
+    }
+    if let Some(tls) = &config.tls {
+        use std::os::unix::fs::PermissionsExt;
+        if std::fs::metadata(&tls.key).is_ok_and(|m| m.permissions().mode() & 0o004 != 0) {
+            warn!(key = %tls.key.display(), "tls.key can be read by every user of this machine; help: chmod o-r it (0600, or 0640 with the daemon's group)");
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let n = problems.len();
+    bail!(
+        "cannot start ({n} problem{}); nothing was changed:\n{}",
+        if n == 1 { "" } else { "s" },
+        problems.iter().map(|p| format!("- {p}")).collect::<Vec<_>>().join("\n")
+    )
+}
+
+/// The pid in the pidfile, if it is a live posthaste other than us.
+fn running_instance(pidfile: &Path) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(pidfile).ok()?.trim().parse().ok()?;
+    if pid <= 0 || pid == std::process::id() as i32 {
+        return None;
+    }
+    // A stale pidfile's number may belong to another program by now.
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    comm.trim().starts_with("posthaste").then_some(pid)
+}
+
+/// Whether the owner, group or others bits let `uid`/`gid` write and enter `meta`'s directory.
+fn writable_by(meta: &std::fs::Metadata, uid: u32, gid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let mode = meta.mode();
+    if meta.uid() == uid {
+        mode & 0o300 == 0o300
+    } else if meta.gid() == gid {
+        mode & 0o030 == 0o030
+    } else {
+        mode & 0o003 == 0o003
+    }
+}
+
 pub fn pidfile_path(config: &Config) -> PathBuf {
     config.server.pidfile.clone().unwrap_or_else(|| config.data_dir.join("posthaste.pid"))
 }
 
 async fn bind(addr: SocketAddr, name: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| {
+    let bound = match addr {
+        SocketAddr::V6(v6) if v6.ip().is_unspecified() => bind_both_families(addr, name, dual_stack),
+        _ => TcpListener::bind(addr).await,
+    };
+    bound.with_context(|| {
         format!("cannot listen on {addr} for {name}\nhelp: another mail server may hold the port (`ss -ltnp 'sport = :{}'`), or change listen.{name}", addr.port())
     })
+}
+
+/// `[::]:PORT` takes IPv6 and IPv4 clients on one socket. IPV6_V6ONLY is turned off
+/// explicitly (RFC 3493 §5.3), whatever the host's net.ipv6.bindv6only says, so the
+/// listener means the same everywhere. A host without IPv6 (a kernel booted with
+/// ipv6.disable=1 has no AF_INET6) gets `0.0.0.0:PORT` instead, with a warning: the config
+/// the installer writes must start there too.
+fn bind_both_families(
+    addr: SocketAddr,
+    name: &str,
+    v6: impl FnOnce(SocketAddr) -> std::io::Result<TcpListener>,
+) -> std::io::Result<TcpListener> {
+    match v6(addr) {
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EAFNOSUPPORT | libc::EPROTONOSUPPORT | libc::EADDRNOTAVAIL)
+            ) =>
+        {
+            let v4 = SocketAddr::from(([0, 0, 0, 0], addr.port()));
+            warn!(listener = name, error = %e, "this host has no IPv6: listening on {v4} instead of {addr}");
+            let l = std::net::TcpListener::bind(v4)?;
+            l.set_nonblocking(true)?;
+            TcpListener::from_std(l)
+        }
+        other => other,
+    }
+}
+
+fn dual_stack(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))?;
+    s.set_only_v6(false)?;
+    // As std and tokio do for every listener on Unix: a restart can bind at once.
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    TcpListener::from_std(s.into())
 }
 
 /// ACME renewal replaces the certificate files: warn at start when this user cannot.
@@ -310,4 +451,33 @@ pub fn become_data_owner(data_dir: &Path) -> anyhow::Result<()> {
     setgid(Gid::from_raw(meta.gid())).context("setgid")?;
     setuid(Uid::from_raw(meta.uid())).context("setuid")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `[::]` is one socket for both families.
+    #[tokio::test]
+    async fn an_unspecified_ipv6_listener_takes_ipv4_and_ipv6_clients() {
+        let l = bind("[::]:0".parse().unwrap(), "smtp").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        for client in ["127.0.0.1", "::1"] {
+            let target = SocketAddr::new(client.parse().unwrap(), port);
+            let (c, a) = tokio::join!(tokio::net::TcpStream::connect(target), l.accept());
+            c.unwrap_or_else(|e| panic!("{target}: {e}"));
+            a.unwrap();
+        }
+    }
+
+    /// On a host without IPv6 the listener still starts, on IPv4.
+    #[tokio::test]
+    async fn without_ipv6_the_listener_falls_back_to_ipv4() {
+        let no_v6 = |_| Err(std::io::Error::from_raw_os_error(libc::EAFNOSUPPORT));
+        let l = bind_both_families("[::]:0".parse().unwrap(), "smtp", no_v6).unwrap();
+        assert!(l.local_addr().unwrap().is_ipv4());
+        // Other errors (the port is taken) stay errors.
+        let taken = |_| Err(std::io::Error::from_raw_os_error(libc::EADDRINUSE));
+        assert!(bind_both_families("[::]:0".parse().unwrap(), "smtp", taken).is_err());
+    }
 }

@@ -12,8 +12,10 @@
 # sees only its own loopback, so its port 25 is not the host's, and nothing of the host
 # (its /etc, its services, its network) is touched. See docs/install.md.
 #
-# Two phases on the same root: booted with systemd (unit, enabled services), then entered
-# without booting (direct mode: no systemd, the installer starts the daemon itself).
+# Two phases on the same root: booted with systemd (unit, enabled services, IPv6 on ::1,
+# site settings in conf.d kept by reruns, a hand-edited posthaste.toml refused without
+# --force, a second serve refused), then entered without booting (direct mode: no
+# systemd, the installer starts the daemon itself).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")/.." && pwd)
@@ -134,6 +136,52 @@ left = [c for c in plan["changes"] if c["action"] != "none"]
 print(json.dumps(left, indent=1)) if left else None
 sys.exit(1 if left else 0)
 PY
+
+# EHLO on port 25 of an address inside the container; prints the reply lines.
+ehlo() {
+    ct timeout 5 bash -c 'exec 3<>"/dev/tcp/$1/25"; read -r _ <&3; printf "EHLO vm-test\r\n" >&3
+        while read -r l <&3; do printf "%s\n" "$l"; case "$l" in 250\ *) break ;; esac; done
+        printf "QUIT\r\n" >&3' _ "$1" || true
+}
+wait_smtp() { for _ in $(seq 50); do listening 25 && return 0; sleep 0.2; done; ct journalctl -u posthaste --no-pager | tail -30; fail "nothing listens on 25"; }
+
+log "IPv6: the generated [::] listeners answer on ::1 as on 127.0.0.1"
+ehlo ::1 | grep -q "^250" || fail "no SMTP over ::1: $(ehlo ::1)"
+
+log "site settings in conf.d: the daemon reads them, a rerun keeps them"
+ct test -d /etc/posthaste/conf.d || fail "the install made no /etc/posthaste/conf.d"
+ct test -f /etc/posthaste/install-state.json || fail "no install state"
+ct sh -c 'printf "[smtp]\nmax_message_size = 10485760\n[log]\nlevel = \"debug\"\n" > /etc/posthaste/conf.d/50-site.toml'
+ct systemctl restart posthaste
+wait_smtp
+for ip in 127.0.0.1 ::1; do
+    ehlo "$ip" | grep -q "SIZE 10485760" || fail "conf.d not applied over $ip: $(ehlo "$ip")"
+done
+ct sh -c 'cd /root && ./posthaste install --answers answers.yaml --yes' >"$WORK/confd-rerun.log" 2>&1 \
+    || { cat "$WORK/confd-rerun.log"; fail "rerun with conf.d"; }
+grep -q "nothing to do" "$WORK/confd-rerun.log" || { cat "$WORK/confd-rerun.log"; fail "the rerun changed something"; }
+ct grep -q 'max_message_size = 10485760' /etc/posthaste/conf.d/50-site.toml || fail "the rerun touched conf.d"
+ehlo 127.0.0.1 | grep -q "SIZE 10485760" || fail "conf.d lost after the rerun"
+
+log "a hand edit of posthaste.toml: refused without --force, kept beside it with --force"
+ct sed -i 's/^level = "info"/level = "warn"/' /etc/posthaste/posthaste.toml
+if ct sh -c 'cd /root && ./posthaste install --answers answers.yaml --yes' >"$WORK/edited.log" 2>&1; then
+    cat "$WORK/edited.log"; fail "the install replaced a hand-edited posthaste.toml without --force"
+fi
+grep -q "changed by hand" "$WORK/edited.log" && grep -q "conf.d" "$WORK/edited.log" && grep -q '^ *-level = "warn"' "$WORK/edited.log" \
+    || { cat "$WORK/edited.log"; fail "the refusal shows no diff or no help"; }
+ct grep -q '^level = "warn"' /etc/posthaste/posthaste.toml || fail "the refused install changed posthaste.toml"
+ct sh -c 'cd /root && ./posthaste install --answers answers.yaml --yes --force' >"$WORK/forced.log" 2>&1 \
+    || { cat "$WORK/forced.log"; fail "install --force"; }
+ct sh -c 'grep -q "^level = \"warn\"" /etc/posthaste/posthaste.toml.bak-*' || fail "--force kept no copy of the edited file"
+ct grep -q '^level = "info"' /etc/posthaste/posthaste.toml || fail "--force did not replace the file"
+ct systemctl is-active --quiet posthaste || fail "posthaste is not active after --force"
+
+log "a second serve beside the running daemon is refused before it touches the nftables table"
+if ct timeout 20 /usr/local/sbin/posthaste serve >"$WORK/second-serve.log" 2>&1; then fail "a second serve started"; fi
+grep -q "already running" "$WORK/second-serve.log" || { cat "$WORK/second-serve.log"; fail "second serve: $(tail -3 "$WORK/second-serve.log")"; }
+ct nft list table inet posthaste >/dev/null || fail "the refused second serve removed the running daemon's table"
+ct systemctl is-active --quiet posthaste || fail "posthaste stopped"
 
 log "rerun with a second domain"
 t0=$(now_ms)

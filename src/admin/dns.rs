@@ -138,6 +138,9 @@ pub struct Setup {
     pub services: Services,
     /// `{data_dir}/dkim`; a key that does not exist (yet) has no record.
     pub dkim_dir: Option<PathBuf>,
+    /// Some listener is on IPv6: only then is an AAAA record advised (an AAAA record sends
+    /// IPv6 clients and MTAs to an address nothing would answer on).
+    pub ipv6: bool,
 }
 
 impl Setup {
@@ -147,6 +150,7 @@ impl Setup {
             postmaster: postmaster.to_owned(),
             services: Services::from_config(config),
             dkim_dir: Some(config.dkim_dir()),
+            ipv6: config.listeners().iter().any(|(_, addrs)| addrs.iter().any(|a| a.is_ipv6())),
         }
     }
 
@@ -203,10 +207,19 @@ impl Setup {
             out += &format!("; {note}\n");
         }
         let hostname = &self.hostname;
-        out += &format!(
-            "; {hostname} needs A (and AAAA) records with this server's public addresses, and the\n\
-             ; reverse DNS (PTR) of those addresses should be {hostname} (set at your hosting provider).\n"
-        );
+        if self.ipv6 {
+            out += &format!(
+                "; {hostname} needs an A record and an AAAA record with this server's public IPv4 and IPv6\n\
+                 ; addresses (it listens on both; leave out the AAAA if the server has no public IPv6\n\
+                 ; address), and the reverse DNS (PTR) of each should be {hostname} (set at your hosting provider).\n"
+            );
+        } else {
+            out += &format!(
+                "; {hostname} needs an A record with this server's public IPv4 address, and no AAAA record:\n\
+                 ; no listener is on IPv6 (see [listen] in the config). The reverse DNS (PTR) of the address\n\
+                 ; should be {hostname} (set at your hosting provider).\n"
+            );
+        }
         let example = domains.first().map(String::as_str).unwrap_or("example.org");
         out += &format!(
             "; In a registrar's web form: the name goes without the trailing dot, and most forms want\n\
@@ -283,7 +296,18 @@ mod tests {
             postmaster: "pm@example.test".into(),
             services,
             dkim_dir,
+            ipv6: false,
         }
+    }
+
+    /// Regression: AAAA records were advised while every listener was on 0.0.0.0.
+    #[test]
+    fn aaaa_is_advised_only_when_a_listener_is_on_ipv6() {
+        let v4 = setup(Services::standard(), None).zone(&["example.test".into()]).unwrap();
+        assert!(v4.contains("an A record") && v4.contains("no AAAA record"), "{v4}");
+        let both =
+            Setup { ipv6: true, ..setup(Services::standard(), None) }.zone(&["example.test".into()]).unwrap();
+        assert!(both.contains("an AAAA record") && both.contains("listens on both"), "{both}");
     }
 
     #[test]

@@ -13,7 +13,7 @@
 
 pub mod client;
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -168,7 +168,9 @@ pub fn prepare(config: &Config, credentials: Option<Credentials>) -> Prepared {
 pub fn local_target(addr: SocketAddr) -> SocketAddr {
     match addr.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port()),
-        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port()),
+        // `[::]` is bound dual-stack, or on IPv4 only on a host without IPv6 (src/serve.rs):
+        // 127.0.0.1 reaches it either way, ::1 only in the first case.
+        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port()),
         _ => addr,
     }
 }
@@ -899,7 +901,8 @@ mod tests {
     #[test]
     fn wildcard_listeners_are_reached_on_loopback() {
         assert_eq!(local_target("0.0.0.0:25".parse().unwrap()), "127.0.0.1:25".parse().unwrap());
-        assert_eq!(local_target("[::]:993".parse().unwrap()), "[::1]:993".parse().unwrap());
+        // Dual-stack, or IPv4 only on a host without IPv6: 127.0.0.1 reaches it either way.
+        assert_eq!(local_target("[::]:993".parse().unwrap()), "127.0.0.1:993".parse().unwrap());
         assert_eq!(local_target("192.0.2.7:587".parse().unwrap()), "192.0.2.7:587".parse().unwrap());
     }
 

@@ -217,6 +217,47 @@ fn levenshtein(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
+/// A domain as typed — U-labels allowed, e.g. `пример.рф` — in the ASCII form DNS and the
+/// config use (A-labels, RFC 5890 §2.3.2.1: `xn--e1afmkfd.xn--p1ai`; UTS #46 with the STD3
+/// rules), lower case, without a final dot. None if it is not a domain name.
+pub fn ascii_domain(s: &str) -> Option<String> {
+    let s = s.trim().trim_end_matches('.');
+    if s.is_ascii() {
+        return normalize_domain(s);
+    }
+    normalize_domain(&idna::domain_to_ascii_strict(s).ok()?)
+}
+
+/// An address whose domain is typed with U-labels, with that domain in A-labels (the local
+/// part stays as it is: [`Address`] decides whether it is acceptable).
+fn ascii_address(s: &str) -> String {
+    match s.trim().rsplit_once('@') {
+        Some((local, domain)) if !domain.is_ascii() => match ascii_domain(domain) {
+            Some(d) => format!("{local}@{d}"),
+            None => s.trim().to_owned(),
+        },
+        _ => s.trim().to_owned(),
+    }
+}
+
+/// A fully qualified host name (A-labels), or why not (the one rule: `crate::hostname`).
+fn host_name(s: &str) -> Result<String, String> {
+    let typed = s.trim().trim_end_matches('.');
+    let h = if typed.is_ascii() {
+        typed.to_ascii_lowercase()
+    } else {
+        idna::domain_to_ascii_strict(typed).map_err(|_| format!("{typed:?} is not a valid host name"))?
+    };
+    if !h.contains('.') {
+        return Err(format!(
+            "{typed:?} is not fully qualified: give the whole name the MX record will point to, e.g. mail.example.org"
+        ));
+    }
+    Hostname::parse(&h)
+        .map(Hostname::into_string)
+        .map_err(|e| format!("{typed:?} is not a valid host name: {e}"))
+}
+
 /// 24 random characters from an alphabet without look-alikes (~140 bits).
 pub fn generate_password() -> String {
     use rand::Rng;
@@ -314,9 +355,10 @@ fn validate(c: &mut Check, root: &Node, base: &Path) -> Option<Answers> {
             missing(c, "hostname", "hostname: mail.example.org");
             None
         }
-        Some(n) => c.string(n, "hostname").and_then(|h| match Hostname::parse(&h) {
-            Ok(h) => Some(h.into_string()),
+        Some(n) => c.string(n, "hostname").and_then(|h| match host_name(&h) {
+            Ok(h) => Some(h),
             Err(e) => {
+                let h = h.trim_end_matches('.').to_lowercase();
                 c.add(
                     n.line,
                     format!("hostname {h:?} is not a fully qualified domain name: {e}"),
@@ -338,7 +380,7 @@ fn validate(c: &mut Check, root: &Node, base: &Path) -> Option<Answers> {
                 let mut ok = true;
                 for item in items {
                     match c.string(item, "domains[]") {
-                        Some(d) => match normalize_domain(&d) {
+                        Some(d) => match ascii_domain(&d) {
                             Some(d) => {
                                 if out.contains(&d) {
                                     c.add(
@@ -431,7 +473,7 @@ fn postmaster(c: &mut Check, n: &Node, domains: Option<&[String]>, base: &Path) 
     let e = c.map(n, "postmaster", POSTMASTER_KEYS)?;
     let address = match get(&e, "address") {
         None => domains.and_then(|d| d.first()).and_then(|d| Address::parse(&format!("postmaster@{d}")).ok()),
-        Some(a) => c.string(a, "address").and_then(|s| match Address::parse(&s) {
+        Some(a) => c.string(a, "address").and_then(|s| match Address::parse(&ascii_address(&s)) {
             Ok(addr) => {
                 if let Some(domains) = domains {
                     if !domains.iter().any(|d| d == addr.domain()) {
@@ -509,23 +551,23 @@ fn postmaster(c: &mut Check, n: &Node, domains: Option<&[String]>, base: &Path) 
                 }
             }
         }),
-        (None, Some(h)) => c.string(h, "password_hash").and_then(|hash| {
-            if password::is_supported(&hash) {
-                Some(Password::Hash(hash))
-            } else {
-                c.add(
-                    h.line,
-                    "password_hash is not a supported hash",
-                    Some(format!(
-                        "use Dovecot's {{SCHEME}} form with one of {}, e.g. from `doveadm pw -s ARGON2ID`",
-                        password::SCHEMES.join(", ")
-                    )),
-                );
+        (None, Some(h)) => c.string(h, "password_hash").and_then(|hash| match check_password_hash(&hash) {
+            Ok(()) => Some(Password::Hash(hash)),
+            Err((message, help)) => {
+                c.add(h.line, message, Some(help));
                 None
             }
         }),
     };
     Some(Postmaster { address: address?, password: password?, generated_file })
+}
+
+/// `password_hash`, checked by the one validator `user add --password-hash` uses
+/// (`password::check_hash`): Dovecot's `{SCHEME}` form with a scheme we verify, and after it
+/// a string of that scheme's shape — a hash nobody can log in with is refused here, not
+/// found out at the postmaster's first login. (message, help) when it is refused.
+fn check_password_hash(hash: &str) -> Result<(), (String, String)> {
+    password::check_hash(hash).map_err(|p| (p.message("password_hash"), p.help(hash)))
 }
 
 fn tls(c: &mut Check, n: &Node, base: &Path) -> Option<Tls> {
@@ -628,6 +670,17 @@ fn tls(c: &mut Check, n: &Node, base: &Path) -> Option<Tls> {
             let http_listen = match get(&e, "http_listen") {
                 None => Some(None),
                 Some(v) => c.string(v, "http_listen").and_then(|s| match s.parse::<std::net::SocketAddr>() {
+                    // The install listens on every address of the mail ports: any of them
+                    // here would collide with a mail listener (regression: this came out as
+                    // "BUG: the installer rendered a config the daemon refuses").
+                    Ok(a) if super::preflight::PORTS.contains(&a.port()) => {
+                        c.add(
+                            v.line,
+                            format!("tls.http_listen {s:?} is on port {}, which posthaste listens on for mail", a.port()),
+                            Some("the CA connects to port 80: leave http_listen out (0.0.0.0:80), or give the port a proxy forwards /.well-known/acme-challenge/ to".into()),
+                        );
+                        None
+                    }
                     Ok(a) => Some(Some(a)),
                     Err(_) => {
                         c.add(
@@ -665,45 +718,75 @@ fn tls(c: &mut Check, n: &Node, base: &Path) -> Option<Tls> {
     }
 }
 
-/// The wizard: one question per answer, earlier answers (or good guesses) as defaults.
+/// The wizard: one question per answer, earlier answers (or good guesses) as defaults. An
+/// answer that cannot be used is asked again, after saying why, with what was typed as the
+/// default (so a typo is fixed, not retyped).
 pub fn ask(
     p: &dyn Prompter,
     previous: Option<&Answers>,
     system_hostname: Option<&str>,
 ) -> anyhow::Result<Answers> {
-    let guess_host = previous
+    let mut offer = previous
         .map(|a| a.hostname.clone())
         .or_else(|| system_hostname.and_then(|h| Hostname::parse(h).ok()).map(Hostname::into_string));
     let hostname = loop {
-        let h = p.input("Host name of this mail server (the MX name)", guess_host.as_deref())?;
-        match Hostname::parse(h.trim()) {
-            Ok(h) => break h.into_string(),
-            Err(e) => p.input(
-                &format!("That is not a fully qualified name like mail.example.org ({e}); press Enter"),
-                Some(""),
-            )?,
-        };
+        let typed = p.input("Host name of this mail server (the MX name)", offer.as_deref())?;
+        match host_name(&typed) {
+            Ok(h) => break h,
+            Err(why) => {
+                p.tell(&why);
+                offer = Some(typed.trim().to_owned()).filter(|t| !t.is_empty());
+            }
+        }
     };
-    let guess_domains = previous
+    let mut offer = previous
         .map(|a| a.domains.join(" "))
         .unwrap_or_else(|| hostname.split_once('.').map(|(_, d)| d.to_owned()).unwrap_or_default());
     let domains = loop {
-        let text = p.input("Mail domains (separated by spaces)", Some(&guess_domains))?;
-        let parsed: Option<Vec<String>> = text.split_whitespace().map(normalize_domain).collect();
-        match parsed {
-            Some(d) if !d.is_empty() => break d,
-            _ => continue,
+        let text = p.input("Mail domains (separated by spaces or commas)", Some(&offer))?;
+        let mut domains: Vec<String> = Vec::new();
+        let mut wrong = Vec::new();
+        for word in text.split(|c: char| c == ',' || c.is_whitespace()).filter(|w| !w.is_empty()) {
+            match ascii_domain(word) {
+                Some(d) if d.contains('.') => {
+                    if !word.is_ascii() {
+                        p.tell(&format!("{word} is written {d} in DNS and in the config"));
+                    }
+                    if !domains.contains(&d) {
+                        domains.push(d);
+                    }
+                }
+                _ => wrong.push(format!("{word:?}")),
+            }
         }
+        if !wrong.is_empty() {
+            p.tell(&format!(
+                "{} {} not a mail domain (a domain looks like example.org)",
+                wrong.join(", "),
+                if wrong.len() == 1 { "is" } else { "are" }
+            ));
+        } else if domains.is_empty() {
+            p.tell("give at least one mail domain, e.g. example.org");
+        } else {
+            break domains;
+        }
+        offer = text.trim().to_owned();
     };
-    let default_pm = previous
+    let mut offer = previous
         .map(|a| a.postmaster.address.to_string())
+        .filter(|a| domains.iter().any(|d| a.ends_with(&format!("@{d}"))))
         .unwrap_or_else(|| format!("postmaster@{}", domains[0]));
     let address = loop {
-        let a = p.input("Postmaster address (the first account)", Some(&default_pm))?;
-        match Address::parse(a.trim()) {
+        let typed = p.input("Postmaster address (the first account)", Some(&offer))?;
+        match Address::parse(&ascii_address(&typed)) {
             Ok(addr) if domains.iter().any(|d| d == addr.domain()) => break addr,
-            _ => continue,
+            Ok(addr) => p.tell(&format!(
+                "{addr} is not in one of the mail domains ({}): the postmaster's mailbox must be on this server",
+                domains.join(", ")
+            )),
+            Err(err) => p.tell(&format!("{:?} is not an address: {err} (an address looks like postmaster@{})", typed.trim(), domains[0])),
         }
+        offer = typed.trim().to_owned();
     };
     let keep = match previous.map(|a| &a.postmaster.password) {
         Some(Password::Hash(h)) if p.confirm("Keep the postmaster's current password?", true)? => {
@@ -713,11 +796,22 @@ pub fn ask(
     };
     let password = match keep {
         Some(pw) => pw,
+        // Typed twice: a typo in a hidden password would lock the postmaster out.
         None => loop {
             let pw = p.password("Postmaster password (at least 8 characters)")?;
-            if pw.chars().count() >= 8 {
-                break Password::Plain(pw);
+            let n = pw.chars().count();
+            if n < 8 {
+                p.tell(&format!(
+                    "that password has {n} character{}; it needs at least 8",
+                    if n == 1 { "" } else { "s" }
+                ));
+                continue;
             }
+            if p.password("The same password again")? != pw {
+                p.tell("the two passwords differ; type it again");
+                continue;
+            }
+            break Password::Plain(pw);
         },
     };
     let prev_c = previous.map(|a| a.components).unwrap_or_default();

@@ -11,6 +11,7 @@ use anyhow::{anyhow, bail, Context as _};
 
 use super::host::{Cmd, Host};
 use super::plan::{Change, Op, Owner, Plan};
+use super::state::{State, STATE_FILE};
 use super::steps::{resolve_owner, Layout};
 use crate::address::Address;
 use crate::directory::Directory;
@@ -41,6 +42,8 @@ pub struct Journal<'h> {
     /// Directories made to hold the backups (removed with them).
     backup_parents: Vec<PathBuf>,
     committed: bool,
+    /// A restore failed: the backups must not be deleted.
+    keep_backups: bool,
     /// What rollback did, for the report.
     pub rolled_back: Vec<String>,
 }
@@ -53,6 +56,7 @@ impl<'h> Journal<'h> {
             backup_dir: None,
             backup_parents: Vec::new(),
             committed: false,
+            keep_backups: false,
             rolled_back: Vec::new(),
         }
     }
@@ -138,7 +142,13 @@ impl<'h> Journal<'h> {
                 Entry::Replaced { path, backup } => match restore(backup, path) {
                     Ok(()) => format!("restored {}", self.show(path)),
                     Err(err) => {
-                        format!("COULD NOT restore {} from {}: {err}", self.show(path), backup.display())
+                        // The backup is then the only copy of the original: it stays.
+                        self.keep_backups = true;
+                        format!(
+                            "COULD NOT restore {} ({err}): its original is kept in {} (copy it back by hand)",
+                            self.show(path),
+                            self.show(backup)
+                        )
                     }
                 },
                 Entry::Meta { path, mode, uid, gid } => {
@@ -154,7 +164,16 @@ impl<'h> Journal<'h> {
             };
             self.rolled_back.push(what);
         }
-        self.remove_backups();
+        if self.keep_backups {
+            // Restored backups were moved back; what is left here is what could not be.
+            if let Some(d) = self.backup_dir.take() {
+                self.rolled_back
+                    .push(format!("kept {}/ (the originals that could not be restored)", self.show(&d)));
+            }
+            self.backup_parents.clear();
+        } else {
+            self.remove_backups();
+        }
         for p in retry {
             let what = match std::fs::remove_dir(&p) {
                 Ok(()) => format!("removed {}/", self.show(&p)),
@@ -182,7 +201,7 @@ impl<'h> Journal<'h> {
     }
 
     /// A host path as the target path the person knows.
-    fn show(&self, p: &Path) -> String {
+    pub fn show(&self, p: &Path) -> String {
         match p.strip_prefix(&self.host.root) {
             Ok(rel) if self.host.root != Path::new("/") => {
                 format!("{}/{}", self.host.root.display(), rel.display())
@@ -201,14 +220,18 @@ impl Drop for Journal<'_> {
     }
 }
 
-/// Put a backup back: rename when on the same filesystem, else copy and rename.
+/// Put a backup back: rename when on the same filesystem, else copy and rename. The temp
+/// copy never outlives a failure.
 fn restore(backup: &Path, path: &Path) -> std::io::Result<()> {
     if std::fs::rename(backup, path).is_ok() {
         return Ok(());
     }
     let tmp = tmp_name(path);
-    std::fs::copy(backup, &tmp)?;
-    std::fs::rename(&tmp, path)
+    let result = std::fs::copy(backup, &tmp).and_then(|_| std::fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 fn tmp_name(path: &Path) -> PathBuf {
@@ -220,7 +243,12 @@ fn tmp_name(path: &Path) -> PathBuf {
 /// with the final mode (exactly, whatever the umask) and owner, fsynced, renamed over the
 /// target, and the directory fsynced. Its fixed name means a temporary left by a killed run
 /// is removed by the rerun.
-fn write_atomic(path: &Path, contents: &[u8], mode: u32, owner: Option<(u32, u32)>) -> anyhow::Result<()> {
+pub(super) fn write_atomic(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> anyhow::Result<()> {
     crate::durable::AtomicWrite::new(mode).exact_mode().owner(owner).write(path, contents)?;
     Ok(())
 }
@@ -231,6 +259,20 @@ struct DirHandle {
     dir: Directory,
 }
 
+/// `FILE.bak-YYYYMMDD-HHMMSS` beside `path` (a suffix no program reading the directory's
+/// `*.conf`, `*.repo` or `*.toml` picks up), not yet taken.
+fn dated_copy(path: &Path) -> PathBuf {
+    let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+    let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
+    let mut copy = path.with_file_name(format!("{name}.bak-{stamp}"));
+    let mut n = 1;
+    while copy.exists() {
+        copy = path.with_file_name(format!("{name}.bak-{stamp}.{n}"));
+        n += 1;
+    }
+    copy
+}
+
 /// State while applying one plan.
 struct Applier<'h, 'j> {
     host: &'h Host,
@@ -239,9 +281,42 @@ struct Applier<'h, 'j> {
     directory: Option<DirHandle>,
     warned_owner: bool,
     pub warnings: Vec<String>,
+    /// The install state as this run changes it (read at the first file it records).
+    state: Option<State>,
+    /// Hand-edited files kept beside themselves (`--force`), for the report.
+    kept: Vec<String>,
 }
 
 impl<'h> Applier<'h, '_> {
+    /// Record a version of a rendered file in the install state, and write the state (its
+    /// original journaled the first time, so a rollback puts it back too).
+    fn record(&mut self, path: &Path, hash: &str) -> anyhow::Result<()> {
+        let first = self.state.is_none();
+        let state = self.state.get_or_insert_with(|| State::read(self.host));
+        if !state.note(path, hash) && !first {
+            return Ok(());
+        }
+        let json = state.to_json();
+        let real = self.host.path(STATE_FILE);
+        if first {
+            self.journal.make_parents(&real)?;
+            self.journal.will_write(&real)?;
+        }
+        write_atomic(&real, &json, 0o600, Some((0, 0)).filter(|_| nix::unistd::geteuid().is_root()))
+    }
+
+    /// After every change: the rendered files the plan left as they were, recorded too (an
+    /// earlier install that kept no record, or one killed before it could).
+    fn record_unchanged(&mut self, plan: &Plan) -> anyhow::Result<()> {
+        for (path, hash) in plan.changes.iter().filter_map(|c| c.track.as_ref()) {
+            let on_disk = std::fs::read(self.host.path(path)).map(|c| super::state::sha256(&c));
+            if on_disk.as_deref().ok() == Some(hash.as_str()) {
+                self.record(path, hash)?;
+            }
+        }
+        Ok(())
+    }
+
     fn owner(&mut self, owner: &Owner) -> Option<(u32, u32)> {
         let found = resolve_owner(self.host, owner);
         if found.is_none() && !self.warned_owner {
@@ -293,8 +368,8 @@ impl<'h> Applier<'h, '_> {
         if self.directory.is_none() {
             let db = self.host.path(self.layout.db());
             // The database is changed in place by SQLite, so keep a copy of it (and of its
-            // write-ahead log) to put back.
-            for suffix in ["", "-wal", "-shm"] {
+            // write-ahead log, and of a hot journal SQLite would roll back) to put back.
+            for suffix in ["", "-wal", "-shm", "-journal"] {
                 let p = db.with_file_name(format!("directory.db{suffix}"));
                 self.journal.will_write(&p)?;
             }
@@ -336,9 +411,21 @@ impl<'h> Applier<'h, '_> {
         let host = self.host;
         match &change.op {
             Op::Nothing | Op::Skip { .. } => Ok(()),
-            Op::WriteFile { path, contents, mode, owner } => {
+            Op::WriteFile { path, contents, mode, owner, track, keep_copy } => {
                 let real = host.path(path);
                 self.journal.make_parents(&real)?;
+                if *keep_copy && real.is_file() {
+                    let copy = dated_copy(&real);
+                    std::fs::copy(&real, &copy).with_context(|| {
+                        format!("cannot keep a copy of {} as {}", real.display(), copy.display())
+                    })?;
+                    self.journal.entries.push(Entry::Created(copy.clone()));
+                    self.kept.push(format!("{} was kept as {}", path.display(), self.journal.show(&copy)));
+                }
+                if *track {
+                    // Before the file: an install killed in between still knows this version.
+                    self.record(path, &super::state::sha256(contents))?;
+                }
                 self.journal.will_write(&real)?;
                 let owner = self.owner(owner);
                 write_atomic(&real, contents, *mode, owner)
@@ -362,6 +449,7 @@ impl<'h> Applier<'h, '_> {
                 }
                 self.set_meta(&real, *mode, owner)
             }
+            Op::Meta { path, mode, owner } => self.set_meta(&host.path(path), *mode, owner),
             Op::RemoveFile { path } => {
                 let real = host.path(path);
                 if real.is_dir() {
@@ -588,6 +676,8 @@ pub fn apply(
             directory: None,
             warned_owner: false,
             warnings: Vec::new(),
+            state: None,
+            kept: Vec::new(),
         };
         for change in plan.changes.iter().filter(|c| c.is_change()) {
             // The database is closed as soon as the directory changes are over.
@@ -614,7 +704,13 @@ pub fn apply(
         } else {
             let _ = a.close_directory();
         }
+        if failure.is_none() {
+            if let Err(e) = a.record_unchanged(plan) {
+                failure = Some((format!("recording what was written in {STATE_FILE}"), e));
+            }
+        }
         warnings.append(&mut a.warnings);
+        warnings.append(&mut a.kept);
     }
     match failure {
         None => {

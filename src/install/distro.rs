@@ -152,6 +152,19 @@ pub struct ComponentFile {
     pub template: String,
 }
 
+/// A package repository a component's packages come from (rspamd's own on Enterprise
+/// Linux): its `.repo` file, rendered from `templates/`, and the key its packages are signed
+/// with. Both come before any package is installed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Repository {
+    pub component: String,
+    pub path: PathBuf,
+    pub template: String,
+    /// The signing key's URL, imported with `rpm --import` before the packages.
+    pub key: String,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Family {
@@ -163,6 +176,8 @@ struct Family {
     packages: PerComponent<Vec<String>>,
     services: PerComponent<Vec<String>>,
     clamd_socket: String,
+    #[serde(default)]
+    repositories: Vec<Repository>,
     #[serde(default)]
     files: Vec<ComponentFile>,
     releases: BTreeMap<String, Release>,
@@ -204,6 +219,7 @@ pub struct Distro {
     pub prerequisites: PerComponent<Vec<String>>,
     pub package_sources: BTreeMap<String, String>,
     pub clamd_socket: String,
+    pub repositories: Vec<Repository>,
     pub files: Vec<ComponentFile>,
 }
 
@@ -289,6 +305,7 @@ pub fn detect(os: &OsRelease, source: &Path) -> anyhow::Result<Distro> {
         prerequisites: release.prerequisites.clone(),
         package_sources: release.package_sources.clone(),
         clamd_socket: family.clamd_socket.clone(),
+        repositories: family.repositories.clone(),
         files: family.files.clone(),
     })
 }

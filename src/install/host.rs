@@ -146,9 +146,13 @@ pub fn ssh_client_ip(value: &str) -> Option<IpAddr> {
 /// Questions to a person. Only exists when there is a terminal.
 pub trait Prompter {
     fn input(&self, prompt: &str, default: Option<&str>) -> anyhow::Result<String>;
+    /// One hidden entry (the wizard asks twice itself, to say what differed).
     fn password(&self, prompt: &str) -> anyhow::Result<String>;
+    /// Yes or no; answered only with Enter, so a word typed ahead answers one question.
     fn confirm(&self, prompt: &str, default: bool) -> anyhow::Result<bool>;
     fn select(&self, prompt: &str, items: &[&str], default: usize) -> anyhow::Result<usize>;
+    /// Why an answer is asked again (or what was made of it).
+    fn tell(&self, message: &str);
 }
 
 /// Everything the installer may touch.
@@ -457,16 +461,22 @@ impl Prompter for TerminalPrompter {
         Ok(q.interact_text()?)
     }
     fn password(&self, prompt: &str) -> anyhow::Result<String> {
-        Ok(dialoguer::Password::new()
-            .with_prompt(prompt)
-            .with_confirmation("Repeat it", "the two entries differ")
-            .interact()?)
+        Ok(dialoguer::Password::new().with_prompt(prompt).interact()?)
     }
     fn confirm(&self, prompt: &str, default: bool) -> anyhow::Result<bool> {
-        Ok(dialoguer::Confirm::new().with_prompt(prompt).default(default).interact()?)
+        // Not single keys: `yes` typed ahead would otherwise answer this question with its
+        // `y` and the next ones with the rest (and Enter).
+        Ok(dialoguer::Confirm::new()
+            .with_prompt(prompt)
+            .default(default)
+            .wait_for_newline(true)
+            .interact()?)
     }
     fn select(&self, prompt: &str, items: &[&str], default: usize) -> anyhow::Result<usize> {
         Ok(dialoguer::Select::new().with_prompt(prompt).items(items).default(default).interact()?)
+    }
+    fn tell(&self, message: &str) {
+        eprintln!("  {message}");
     }
 }
 

@@ -10,11 +10,13 @@
 
 pub mod answers;
 pub mod apply;
+pub mod diff;
 pub mod distro;
 pub mod host;
 pub mod plan;
 pub mod preflight;
 pub mod render;
+pub mod state;
 pub mod steps;
 pub mod uninstall;
 pub mod yaml;
@@ -50,6 +52,27 @@ pub struct InstallArgs {
     /// With --root: also run package, user and service commands, chrooted into DIR.
     #[arg(long, requires = "root")]
     pub run_commands: bool,
+    /// Replace files that were edited by hand since the install wrote them (the plan shows
+    /// the diff); each is first kept beside itself as FILE.bak-YYYYMMDD-HHMMSS. Without it
+    /// the install refuses to replace them.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `install` and `uninstall` work on the fixed layout (`/etc/posthaste/posthaste.toml`,
+/// site settings in its conf.d): a `--config` (or `POSTHASTE_CONFIG`) naming another file
+/// would be ignored, so it is refused instead (regression: it was accepted and ignored).
+pub fn refuse_other_config(config: &std::path::Path, command: &str) -> anyhow::Result<()> {
+    let ours = Layout::default().config;
+    if config == ours {
+        return Ok(());
+    }
+    bail!(
+        "`posthaste {command}` does not take --config: it always writes {} (and your own settings go in {}/)\nhelp: leave out --config {} (and unset POSTHASTE_CONFIG if it is set); with --root DIR everything goes under DIR",
+        ours.display(),
+        crate::config::conf_dir(&ours).display(),
+        config.display()
+    )
 }
 
 /// What an install did (for tests and embedding).
@@ -97,7 +120,7 @@ pub fn get_answers(host: &Host, args: &InstallArgs) -> anyhow::Result<Answers> {
 pub fn plan_install(ctx: &Ctx) -> anyhow::Result<Plan> {
     let mut warnings = Vec::new();
     let mut changes: Vec<Change> = Vec::new();
-    changes.extend(steps::packages::plan(ctx));
+    changes.extend(steps::packages::plan(ctx)?);
     changes.extend(steps::system_user::plan(ctx));
     changes.extend(steps::layout::plan(ctx));
     let tls = steps::tls::plan(ctx, &mut warnings)?;
@@ -111,7 +134,7 @@ pub fn plan_install(ctx: &Ctx) -> anyhow::Result<Plan> {
         }
         changes.extend(step);
     }
-    changes.extend(steps::daemon_config::plan(ctx, &tls)?);
+    changes.extend(steps::daemon_config::plan(ctx, &tls, &mut warnings)?);
     changes.extend(steps::service::unit(ctx)?);
     // The daemon reads these: when one changes, a running daemon is restarted.
     let l = &ctx.layout;
@@ -156,7 +179,7 @@ pub fn install(host: &Host, args: &InstallArgs) -> anyhow::Result<Outcome> {
     let mut findings = preflight::check(host, &answers, &layout, &holders);
     // The one finding a person can settle right here.
     if let Some(p) = &host.prompter {
-        if findings.iter().any(|f| f.severity == Severity::Error && f.message.starts_with("ClamAV needs"))
+        if findings.iter().any(|f| f.severity == Severity::Error && f.check == preflight::Check::ClamavMemory)
             && p.confirm(
                 "This machine has too little memory for ClamAV. Install without virus scanning?",
                 true,
@@ -195,6 +218,8 @@ pub fn install(host: &Host, args: &InstallArgs) -> anyhow::Result<Outcome> {
         mode,
         renderer: render::Renderer::new(),
         port_holders: holders,
+        state: state::State::read(host),
+        secrets: steps::Secrets::default(),
     };
     let mut plan = plan_install(&ctx)?;
     let mut warnings: Vec<String> =
@@ -214,19 +239,32 @@ pub fn install(host: &Host, args: &InstallArgs) -> anyhow::Result<Outcome> {
         if mode == Mode::Systemd { "systemd" } else { "direct" },
         if host.under_root { format!(", into {}", host.root.display()) } else { String::new() }
     ));
+    let edited = plan.edited();
     if args.dry_run {
         if args.json {
             host.say(plan.to_json());
         } else {
             host.say(plan.render());
             host.say(format!("dry run: {} change(s) planned, nothing changed", plan.pending()));
+            if !edited.is_empty() && !args.force {
+                host.say(format!(
+                    "note: applying it needs --force: {}",
+                    edited_refusal(&edited, &ctx.layout)
+                ));
+            }
         }
         return Ok(Outcome { plan, applied: false });
     }
     say(plan.render());
+    if !edited.is_empty() && !args.force {
+        bail!("not replacing {}", edited_refusal(&edited, &ctx.layout));
+    }
     let pending = plan.pending();
     if pending == 0 {
         say("Everything is already as the answers ask: nothing to do.".into());
+        // Still record the files an earlier install left without a record (nothing else
+        // is written when there is none).
+        apply::apply(host, &ctx.layout, &plan, |_| {}).map_err(anyhow::Error::new)?;
     } else {
         if !args.yes {
             match &host.prompter {
@@ -289,7 +327,8 @@ pub fn install(host: &Host, args: &InstallArgs) -> anyhow::Result<Outcome> {
     if args.json {
         return Ok(Outcome { plan, applied: pending > 0 });
     }
-    // The DKIM keys are in the target's data directory (made by the directory step).
+    // The DKIM keys are in the target's data directory (made by the directory step); the
+    // listeners as the daemon reads them (conf.d may change them).
     let dkim_dir = host.path(ctx.layout.dkim_dir());
     // The SRV records follow the listeners of the config just written.
     let config = crate::config::Config::load(&host.path(&ctx.layout.config))
@@ -302,6 +341,34 @@ pub fn install(host: &Host, args: &InstallArgs) -> anyhow::Result<Outcome> {
     )?;
     host.say(format!("\nPublish these DNS records (posthaste dns prints them again):\n{records}"));
     Ok(Outcome { plan, applied: pending > 0 })
+}
+
+/// Why the plan is not applied without `--force`, and where the settings belong instead.
+fn edited_refusal(edited: &[&Change], layout: &Layout) -> String {
+    let n = edited.len();
+    let files: Vec<String> = edited.iter().map(|c| format!("  {}", c.target)).collect();
+    let config = layout.config.display().to_string();
+    let conf_d = crate::config::conf_dir(&layout.config);
+    let mut help = Vec::new();
+    if edited.iter().any(|c| c.target == config) {
+        help.push(format!(
+            "help: settings of your own go in {}/*.toml (e.g. {}/50-site.toml: [log] level = \"debug\"): the daemon merges them over {config} key by key, and no rerun or upgrade touches them",
+            conf_d.display(),
+            conf_d.display()
+        ));
+    }
+    if edited.iter().any(|c| c.target != config) {
+        help.push("help: the installer owns the other files; keep changes of yours in files of your own beside them (rspamd: /etc/rspamd/override.d/ wins over local.d/)".to_owned());
+    }
+    help.push(
+        "help: the diff above (- on disk, + what the install writes) shows what would be lost; once your settings are elsewhere, rerun with --force: each file is first kept beside itself as FILE.bak-YYYYMMDD-HHMMSS".to_owned(),
+    );
+    format!(
+        "{n} file{} changed by hand (or not written by this installer), which the install would replace:\n{}\n{}",
+        if n == 1 { "" } else { "s" },
+        files.join("\n"),
+        help.join("\n")
+    )
 }
 
 /// The install's last step: `posthaste check` against the daemon just started. With the

@@ -65,11 +65,16 @@ pub enum Op {
     /// Already as it should be.
     Nothing,
     /// Write the whole file atomically (temp file, fsync, rename); the original is backed up.
-    WriteFile { path: PathBuf, contents: Vec<u8>, mode: u32, owner: Owner },
+    /// `track`: a rendered file, its hash recorded in the install state (src/install/state.rs)
+    /// so a later run can tell an edit. `keep_copy`: the file there was edited by hand (and
+    /// `--force` given): it is kept beside itself as `FILE.bak-YYYYMMDD-HHMMSS` first.
+    WriteFile { path: PathBuf, contents: Vec<u8>, mode: u32, owner: Owner, track: bool, keep_copy: bool },
     /// Copy a file from this machine (the posthaste binary).
     CopyFile { from: PathBuf, path: PathBuf, mode: u32, owner: Owner },
     /// Create a directory, or fix its mode and owner.
     Dir { path: PathBuf, mode: u32, owner: Owner },
+    /// Fix a file's mode and owner (its contents stay).
+    Meta { path: PathBuf, mode: u32, owner: Owner },
     /// Remove a file or an empty directory (backed up first).
     RemoveFile { path: PathBuf },
     /// Remove a directory tree (`uninstall --purge`; not undoable, so planned last).
@@ -98,6 +103,14 @@ pub enum Op {
     Skip { reason: String },
 }
 
+/// A file the plan replaces although it is not as the installer wrote it.
+#[derive(Debug, Clone)]
+pub struct Edited {
+    pub origin: super::state::Origin,
+    /// On disk (`-`) against what the install writes (`+`).
+    pub diff: String,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Change {
     pub kind: Kind,
@@ -108,11 +121,18 @@ pub struct Change {
     pub note: String,
     #[serde(skip)]
     pub op: Op,
+    /// Set when this change would replace a hand edit: applied only with `--force`.
+    #[serde(skip)]
+    pub edited: Option<Edited>,
+    /// A rendered file this plan leaves (or makes) as the installer writes it: target path
+    /// and the hash of those contents, recorded in the install state after the run.
+    #[serde(skip)]
+    pub track: Option<(PathBuf, String)>,
 }
 
 impl Change {
     pub fn new(kind: Kind, target: impl Into<String>, action: Action, op: Op) -> Change {
-        Change { kind, target: target.into(), action, note: String::new(), op }
+        Change { kind, target: target.into(), action, note: String::new(), op, edited: None, track: None }
     }
     pub fn none(kind: Kind, target: impl Into<String>) -> Change {
         Change::new(kind, target, Action::None, Op::Nothing)
@@ -140,6 +160,11 @@ impl Plan {
         self.changes.iter().filter(|c| c.is_change()).count()
     }
 
+    /// The changes that would replace a file edited by hand.
+    pub fn edited(&self) -> Vec<&Change> {
+        self.changes.iter().filter(|c| c.edited.is_some()).collect()
+    }
+
     /// `{"distro":…, "changes":[{"kind","target","action"}…]}`.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("the plan serializes")
@@ -163,6 +188,11 @@ impl Plan {
                 s += &format!("  ({})", notes.join("; "));
             }
             s.push('\n');
+            if let Some(e) = &c.edited {
+                for l in e.diff.lines() {
+                    s += &format!("      {l}\n");
+                }
+            }
         }
         for w in &self.warnings {
             s += &format!("warning: {w}\n");

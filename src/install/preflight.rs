@@ -23,19 +23,32 @@ pub enum Severity {
     Warning,
 }
 
+/// Which check a finding comes from: what code decides on (the wording is for people).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    DiskSpace,
+    Root,
+    HostnameAddress,
+    Port,
+    ClamavMemory,
+    OutboundSmtp,
+    Systemd,
+}
+
 #[derive(Debug, Clone)]
 pub struct Finding {
+    pub check: Check,
     pub severity: Severity,
     pub message: String,
     pub help: String,
 }
 
 impl Finding {
-    fn error(message: String, help: String) -> Finding {
-        Finding { severity: Severity::Error, message, help }
+    fn error(check: Check, message: String, help: String) -> Finding {
+        Finding { check, severity: Severity::Error, message, help }
     }
-    fn warning(message: String, help: String) -> Finding {
-        Finding { severity: Severity::Warning, message, help }
+    fn warning(check: Check, message: String, help: String) -> Finding {
+        Finding { check, severity: Severity::Warning, message, help }
     }
 }
 
@@ -65,6 +78,7 @@ pub fn check(host: &Host, answers: &Answers, layout: &Layout, holders: &[(u16, S
     if let Some(free) = probe.disk_free_bytes(&host.path(&layout.data_dir)) {
         if free < MIN_DISK {
             f.push(Finding::error(
+                Check::DiskSpace,
                 format!("only {} free for {}", gib(free), layout.data_dir.display()),
                 format!(
                     "posthaste needs at least {} there (queue, mail, ClamAV signatures); free some space",
@@ -79,6 +93,7 @@ pub fn check(host: &Host, answers: &Answers, layout: &Layout, holders: &[(u16, S
 
     if !probe.is_root() {
         f.push(Finding::error(
+            Check::Root,
             "the install must run as root".into(),
             "run it with sudo, or as root (or use --root DIR to prepare a directory)".into(),
         ));
@@ -87,12 +102,14 @@ pub fn check(host: &Host, answers: &Answers, layout: &Layout, holders: &[(u16, S
     let addrs = probe.resolve(&answers.hostname);
     if addrs.is_empty() {
         f.push(Finding::warning(
+            Check::HostnameAddress,
             format!("{} does not resolve to an address yet", answers.hostname),
             "publish an A (and AAAA) record for it pointing at this server; mail from other servers needs it"
                 .into(),
         ));
     } else if let Some(lo) = addrs.iter().find(|a| a.is_loopback()) {
         f.push(Finding::warning(
+            Check::HostnameAddress,
             format!("{} resolves to {lo} on this machine", answers.hostname),
             "an /etc/hosts line maps it to loopback: point it at the server's public address instead, so the name this server gives itself is the one others reach".into(),
         ));
@@ -106,10 +123,12 @@ pub fn check(host: &Host, answers: &Answers, layout: &Layout, holders: &[(u16, S
             // Planned: the mta step stops and disables it.
             Some(_) if answers.replace_existing_mta => {}
             Some((name, svc)) => f.push(Finding::error(
+                Check::Port,
                 format!("port {port} is in use by {name} ({who})"),
                 format!("set replace_existing_mta: true to have the installer stop and disable it, or stop it yourself (systemctl disable --now {svc})"),
             )),
             None => f.push(Finding::error(
+                Check::Port,
                 format!("port {port} is in use by {who}"),
                 format!("stop that program, or find it with `ss -ltnp 'sport = :{port}'`"),
             )),
@@ -120,6 +139,7 @@ pub fn check(host: &Host, answers: &Answers, layout: &Layout, holders: &[(u16, S
         if let Some(mem) = probe.mem_total_bytes() {
             if mem < CLAMAV_MIN_RAM {
                 f.push(Finding::error(
+                    Check::ClamavMemory,
                     format!("ClamAV needs about 2 GB of RAM and this machine has {}", gib(mem)),
                     "set components: {antivirus: false} (spam filtering still works), or add memory".into(),
                 ));
@@ -131,10 +151,12 @@ pub fn check(host: &Host, answers: &Answers, layout: &Layout, holders: &[(u16, S
     match probe.outbound_smtp() {
         OutboundSmtp::Open => {}
         OutboundSmtp::Blocked(detail) => f.push(Finding::warning(
+            Check::OutboundSmtp,
             format!("outgoing connections to port 25 of other mail servers fail ({detail})"),
             "many hosting providers block port 25: ask yours to open it, or mail to other servers stays in the queue (`posthaste queue list`)".into(),
         )),
         OutboundSmtp::Unknown(detail) => f.push(Finding::warning(
+            Check::OutboundSmtp,
             format!("could not test outgoing port 25 ({detail}; offline?)"),
             "nothing to do if this machine is offline on purpose; otherwise check its DNS resolver".into(),
         )),
@@ -142,6 +164,7 @@ pub fn check(host: &Host, answers: &Answers, layout: &Layout, holders: &[(u16, S
 
     if !probe.systemd_running() {
         f.push(Finding::warning(
+            Check::Systemd,
             "systemd is not running here: posthaste will be started directly (direct mode), and not again after a reboot".into(),
             "on a server, install on a system booted with systemd; in a container, start `posthaste serve` from its entry point".into(),
         ));

@@ -153,7 +153,14 @@ impl Spool {
     pub fn recover(&self) -> io::Result<usize> {
         let mut removed = 0;
         for entry in fs::read_dir(self.tmp_dir())? {
-            fs::remove_file(entry?.path())?;
+            let entry = entry?;
+            // A temporary of a process still running (`posthaste queue flush` started just
+            // before the daemon) is that writer's, about to be renamed: leave it. The name
+            // is `NAME.PID-N` in hex (`durable::AtomicWrite::temp_in`).
+            if writer_alive(&entry.file_name().to_string_lossy()) {
+                continue;
+            }
+            fs::remove_file(entry.path())?;
             removed += 1;
         }
         for entry in fs::read_dir(self.msg_dir())? {
@@ -274,5 +281,56 @@ impl Spool {
     fn write_atomic(&self, dest: &Path, bytes: &[u8]) -> io::Result<()> {
         let tmp = self.tmp_dir();
         durable::AtomicWrite::new(0o600).owner(self.owner()?).temp_in(&tmp).write(dest, bytes)
+    }
+}
+
+/// Whether the temporary `name` (`NAME.PID-N`, hex) belongs to another process that is
+/// still running. A name of another shape, or of our own pid (a dead process that had it
+/// before us: recovery runs before this process writes), is not protected.
+fn writer_alive(name: &str) -> bool {
+    let Some(pid) = name
+        .rsplit_once('.')
+        .and_then(|(_, tail)| tail.split_once('-'))
+        .and_then(|(pid, _)| i32::from_str_radix(pid, 16).ok())
+    else {
+        return false;
+    };
+    if pid <= 0 || pid as u32 == std::process::id() {
+        return false;
+    }
+    // kill(pid, 0): 0 or EPERM means the process exists.
+    // SAFETY: signal 0 sends nothing; it only checks that the process exists.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: the daemon's start-up recovery removed the temporary of a `posthaste queue
+    /// flush` running at that moment, whose rename then failed (ENOENT).
+    #[test]
+    fn recovery_keeps_the_temporaries_of_running_writers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let spool = Spool::open(tmp.path()).unwrap();
+        let mut live = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let mut dead = std::process::Command::new("true").spawn().unwrap();
+        dead.wait().unwrap();
+        let name = |pid: u32| format!("0001.json.{pid:x}-1");
+        let (live_f, dead_f, own_f, odd_f) = (
+            spool.tmp_dir().join(name(live.id())),
+            spool.tmp_dir().join(name(dead.id())),
+            spool.tmp_dir().join(name(std::process::id())),
+            spool.tmp_dir().join("stray"),
+        );
+        for f in [&live_f, &dead_f, &own_f, &odd_f] {
+            std::fs::write(f, b"{}").unwrap();
+        }
+        assert_eq!(spool.recover().unwrap(), 3);
+        assert!(live_f.exists(), "a running writer's temporary was removed");
+        assert!(!dead_f.exists() && !own_f.exists() && !odd_f.exists());
+        live.kill().unwrap();
+        live.wait().unwrap();
     }
 }

@@ -374,3 +374,26 @@ fn an_unreachable_ca_gives_a_clear_error_and_changes_nothing() {
     );
     assert_eq!(listing(&root), before, "the failed install left changes behind");
 }
+
+/// Regression: an answers file with `tls.http_listen` on a mail port made the install stop
+/// with "BUG: the installer rendered a config the daemon refuses … please report this": a
+/// user's mistake, now reported as one, with its line and what to do.
+#[test]
+fn acme_http_listen_on_a_mail_port_was_reported_as_a_bug() {
+    let dir = TestDir::new("acme-http-listen-mail-port");
+    let root = target(&dir);
+    let ca = dir.write("ca.pem", "not used: the answers are refused first\n");
+    for listen in ["127.0.0.1:25", "0.0.0.0:587", "[::1]:993"] {
+        let answers = answers(&dir, "https://ca.example.test/dir", listen.parse().unwrap(), &ca);
+        let out = install(&root, &answers, &["--dry-run"]);
+        assert_eq!(out.code(), Some(1), "{listen}: {}", out.all());
+        let port = listen.rsplit(':').next().unwrap();
+        assert!(
+            out.stderr.contains(&format!("answers.yaml:5: tls.http_listen \"{listen}\" is on port {port}")),
+            "{listen}: {}",
+            out.all()
+        );
+        assert!(out.stderr.contains("help: the CA connects to port 80"), "{}", out.all());
+        assert!(!out.all().contains("BUG"), "{}", out.all());
+    }
+}

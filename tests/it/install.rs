@@ -25,6 +25,9 @@ struct State {
     log: Vec<Cmd>,
     /// A command whose text contains this fails.
     fail_on: Option<String>,
+    /// When that command fails, this file is replaced by a directory holding a file (so
+    /// nothing can be renamed or copied over it any more).
+    sabotage: Option<PathBuf>,
 }
 
 #[derive(Clone)]
@@ -72,6 +75,10 @@ impl Runner for FakeSystem {
         st.log.push(cmd.clone());
         if let Some(f) = &st.fail_on {
             if cmd.to_string().contains(f.as_str()) {
+                if let Some(p) = st.sabotage.take() {
+                    let _ = std::fs::remove_file(&p);
+                    std::fs::create_dir_all(p.join("in-the-way")).unwrap();
+                }
                 return Ok(Output::failed(1, "injected failure"));
             }
         }
@@ -91,7 +98,41 @@ impl Runner for FakeSystem {
                     stderr: String::new(),
                 }
             }
-            ["apt-get", "install", ..] | ["dnf", "install", ..] => {
+            ["apt-get", "install", ..] => {
+                for n in names(2) {
+                    st.packages.insert(n);
+                }
+                Output::ok("")
+            }
+            // Like dnf, a package from a repository that is not configured yet is not found:
+            // on Enterprise Linux rspamd is in rspamd's own repository (its .repo file), and
+            // ClamAV in EPEL (the epel-release package).
+            ["dnf", "install", ..] => {
+                let el = std::fs::read_to_string(self.root.join("etc/os-release"))
+                    .unwrap_or_default()
+                    .lines()
+                    .any(|l| {
+                        l.starts_with("ID_LIKE=") && l.contains("rhel")
+                            || l == "ID=\"rhel\""
+                            || l == "ID=rhel"
+                    });
+                let mut missing = Vec::new();
+                for n in names(2) {
+                    let needs = match n.as_str() {
+                        "rspamd" if el => (!self.root.join("etc/yum.repos.d/rspamd.repo").exists())
+                            .then_some("rspamd's repository (/etc/yum.repos.d/rspamd.repo)"),
+                        "clamd" | "clamav-update" if el => {
+                            (!st.packages.contains("epel-release")).then_some("EPEL (epel-release)")
+                        }
+                        _ => None,
+                    };
+                    if let Some(repo) = needs {
+                        missing.push(format!("No match for argument: {n} (it is in {repo})"));
+                    }
+                }
+                if !missing.is_empty() {
+                    return Ok(Output::failed(1, &missing.join("\n")));
+                }
                 for n in names(2) {
                     let n = if n.starts_with("https://") { "epel-release".to_owned() } else { n };
                     st.packages.insert(n);
@@ -507,7 +548,8 @@ fn install_into_a_root_then_rerun_then_add_a_domain() {
     let config = posthaste::config::Config::load(&r.join("etc/posthaste/posthaste.toml")).unwrap();
     assert_eq!(config.hostname, "mail.example.test");
     assert_eq!(config.data_dir, Path::new("/var/lib/posthaste"));
-    assert_eq!(config.listen.smtp, ["0.0.0.0:25".parse().unwrap()]);
+    // Both address families on one socket (see the IPv6 test below).
+    assert_eq!(config.listen.smtp, ["[::]:25".parse().unwrap()]);
     assert_eq!(config.server.user, "posthaste");
     assert!(config.antispam.is_some() && config.antivirus.is_some());
     let tls = config.tls.clone().unwrap();
@@ -708,7 +750,9 @@ fn a_failure_mid_apply_rolls_everything_back() {
     let sys = FakeSystem::new(r);
     sys.fail_on("enable posthaste");
     let run = host(r, &sys, &fake_binary(work.path()));
-    let err = install::install(&run.host, &args(&answers)).unwrap_err();
+    // The installer did not write that file, so replacing it needs --force (which keeps a
+    // dated copy; the rollback removes that copy with everything else it made).
+    let err = install::install(&run.host, &InstallArgs { force: true, ..args(&answers) }).unwrap_err();
     let msg = format!("{err:#}");
     assert!(msg.contains("the install failed at: service posthaste (create)"), "{msg}");
     assert!(msg.contains("injected failure"), "{msg}");
@@ -809,7 +853,9 @@ fn example_answers_file_is_valid() {
     assert_eq!(a.tls, install::answers::Tls::SelfSigned);
 }
 
-/// A person at the terminal, answering from a script ("" takes the offered default).
+/// A person at the terminal, answering from a script ("" takes the offered default). What
+/// was asked (with the default offered) and told is recorded in `asked`, in order: told
+/// lines start with "told: ".
 struct Script {
     answers: Mutex<std::collections::VecDeque<&'static str>>,
     asked: Arc<Mutex<Vec<String>>>,
@@ -828,11 +874,19 @@ impl Script {
             .pop_front()
             .unwrap_or_else(|| panic!("no scripted answer for {prompt:?}"))
     }
+    fn next_with_default(&self, prompt: &str, default: Option<&str>) -> &'static str {
+        self.asked.lock().unwrap().push(format!("{prompt} [{}]", default.unwrap_or("")));
+        self.answers
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or_else(|| panic!("no scripted answer for {prompt:?}"))
+    }
 }
 
 impl posthaste::install::host::Prompter for Script {
     fn input(&self, prompt: &str, default: Option<&str>) -> anyhow::Result<String> {
-        let a = self.next(prompt);
+        let a = self.next_with_default(prompt, default);
         Ok(if a.is_empty() { default.unwrap_or("").to_owned() } else { a.to_owned() })
     }
     fn password(&self, prompt: &str) -> anyhow::Result<String> {
@@ -846,6 +900,9 @@ impl posthaste::install::host::Prompter for Script {
     }
     fn select(&self, prompt: &str, _: &[&str], default: usize) -> anyhow::Result<usize> {
         Ok(self.next(prompt).parse().unwrap_or(default))
+    }
+    fn tell(&self, message: &str) {
+        self.asked.lock().unwrap().push(format!("told: {message}"));
     }
 }
 
@@ -861,6 +918,7 @@ fn the_wizard_asks_then_offers_the_saved_answers_as_defaults() {
         "example.test b.test", // domains
         "",                    // postmaster@example.test
         PASSWORD,              // password
+        PASSWORD,              // the same again
         "",
         "n",
         "",  // antispam yes, antivirus no, guard yes
@@ -1201,4 +1259,700 @@ fn a_lone_half_of_the_self_signed_pair_is_replaced_by_a_new_pair() {
     let run = host(r, &sys, &binary);
     let outcome = install::install(&run.host, &args(&answers)).unwrap();
     assert_eq!(pending(&outcome.plan), []);
+}
+
+/// Regression: a rerun (the upgrade path too) silently replaced an edited posthaste.toml,
+/// losing the administrator's settings without a diff, a backup or a word. Settings now
+/// live in conf.d, which no rerun touches; an edited file is shown as a diff and replaced
+/// only with --force, which keeps it beside itself first.
+#[test]
+fn a_rerun_threw_away_config_edits_now_conf_d_is_kept_and_edits_need_force() {
+    let work = tempfile::tempdir().unwrap();
+    let answers = answers(work.path(), &["example.test"]);
+    let binary = fake_binary(work.path());
+    let root = target("debian-12");
+    let r = root.path();
+    let sys = FakeSystem::new(r);
+    install::install(&host(r, &sys, &binary).host, &args(&answers)).unwrap_or_else(|e| panic!("{e:#}"));
+    let config_path = r.join("etc/posthaste/posthaste.toml");
+    assert!(r.join("etc/posthaste/conf.d").is_dir(), "the install makes the conf.d directory");
+    let state = std::fs::read_to_string(r.join("etc/posthaste/install-state.json")).unwrap();
+    assert!(state.contains("/etc/posthaste/posthaste.toml") && !state.contains("answers.yaml"), "{state}");
+    assert_eq!(mode(&r.join("etc/posthaste/install-state.json")), 0o600);
+
+    // Site settings in conf.d: the daemon's loader merges them; a rerun keeps them and
+    // plans nothing.
+    let site = r.join("etc/posthaste/conf.d/50-site.toml");
+    let site_text = "[log]\nlevel = \"debug\"\n[guard]\nallow = [\"127.0.0.0/8\", \"::1/128\", \"192.0.2.0/24\"]\n[smtp]\nmax_message_size = 104857600\n";
+    std::fs::write(&site, site_text).unwrap();
+    let before = snapshot(r);
+    let outcome = install::install(&host(r, &sys, &binary).host, &args(&answers)).unwrap();
+    assert_eq!(pending(&outcome.plan), []);
+    assert_eq!(snapshot(r), before);
+    let c = posthaste::config::Config::load(&config_path).unwrap();
+    assert_eq!(c.log.level, "debug");
+    assert_eq!(c.smtp.max_message_size, 104857600);
+    assert!(c.guard.allow.contains(&"192.0.2.0/24".to_owned()));
+    // One the daemon could not read (it reads conf.d as user posthaste) is warned about.
+    std::fs::set_permissions(&site, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let run = host(r, &sys, &binary);
+    install::install(&run.host, &InstallArgs { dry_run: true, ..args(&answers) }).unwrap();
+    assert!(
+        run.out.text().contains("cannot read") && run.out.text().contains("50-site.toml (mode 0600)"),
+        "{}",
+        run.out.text()
+    );
+    std::fs::set_permissions(&site, std::fs::Permissions::from_mode(0o644)).unwrap();
+    // A conf.d that does not fit is the administrator's error, named with its file and line.
+    std::fs::write(&site, "[smtp]\nmax_message_size = \"lots\"\n").unwrap();
+    let msg = format!("{:#}", install::install(&host(r, &sys, &binary).host, &args(&answers)).unwrap_err());
+    assert!(msg.contains("50-site.toml, line 2") && msg.contains("help:") && !msg.contains("BUG"), "{msg}");
+    std::fs::write(&site, site_text).unwrap();
+
+    // posthaste.toml edited by hand: the plan shows the diff; applying refuses, says where
+    // settings go, and changes nothing.
+    let rendered = std::fs::read_to_string(&config_path).unwrap();
+    let edited = rendered.replace("level = \"info\"", "level = \"trace\"");
+    assert_ne!(rendered, edited);
+    std::fs::write(&config_path, &edited).unwrap();
+    let before = snapshot(r);
+    let run = host(r, &sys, &binary);
+    install::install(&run.host, &InstallArgs { dry_run: true, ..args(&answers) }).unwrap();
+    let text = run.out.text();
+    assert!(text.contains("update  file     /etc/posthaste/posthaste.toml  (EDITED by hand"), "{text}");
+    assert!(text.contains("      -level = \"trace\"\n      +level = \"info\"\n"), "{text}");
+    assert!(text.contains("applying it needs --force"), "{text}");
+    let run = host(r, &sys, &binary);
+    let msg = format!("{:#}", install::install(&run.host, &args(&answers)).unwrap_err());
+    assert!(msg.contains("changed by hand") && msg.contains("  /etc/posthaste/posthaste.toml"), "{msg}");
+    assert!(msg.contains("help: settings of your own go in /etc/posthaste/conf.d/*.toml"), "{msg}");
+    assert!(msg.contains("--force"), "{msg}");
+    assert!(run.out.text().contains("-level = \"trace\""), "the refusal comes after the diff");
+    assert_eq!(snapshot(r), before, "a refused install changed something");
+
+    // --force replaces it, keeping the edited file beside it.
+    let run = host(r, &sys, &binary);
+    install::install(&run.host, &InstallArgs { force: true, ..args(&answers) })
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(std::fs::read_to_string(&config_path).unwrap(), rendered);
+    let kept: Vec<PathBuf> = std::fs::read_dir(r.join("etc/posthaste"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("posthaste.toml.bak-"))
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(std::fs::read_to_string(&kept[0]).unwrap(), edited);
+    assert!(run.out.text().contains("was kept as"), "{}", run.out.text());
+    assert!(std::fs::read_to_string(&site).unwrap() == site_text, "conf.d was touched");
+    // And the next run is quiet again.
+    let outcome = install::install(&host(r, &sys, &binary).host, &args(&answers)).unwrap();
+    assert_eq!(pending(&outcome.plan), []);
+}
+
+/// A file of ours that someone else wrote first (here rspamd's local.d/redis.conf) is not
+/// replaced silently either: the install stops before changing anything.
+#[test]
+fn a_file_the_installer_did_not_write_is_replaced_only_with_force() {
+    let work = tempfile::tempdir().unwrap();
+    let answers = answers(work.path(), &["example.test"]);
+    let root = target("debian-12");
+    let r = root.path();
+    std::fs::create_dir_all(r.join("etc/rspamd/local.d")).unwrap();
+    std::fs::write(r.join("etc/rspamd/local.d/redis.conf"), "servers = \"10.0.0.9\";\n").unwrap();
+    let before = snapshot(r);
+    let sys = FakeSystem::new(r);
+    let run = host(r, &sys, &fake_binary(work.path()));
+    let msg = format!("{:#}", install::install(&run.host, &args(&answers)).unwrap_err());
+    assert!(msg.contains("/etc/rspamd/local.d/redis.conf") && msg.contains("help: "), "{msg}");
+    assert!(run.out.text().contains("NOT written by this installer"), "{}", run.out.text());
+    assert!(run.out.text().contains("-servers = \"10.0.0.9\";"), "{}", run.out.text());
+    assert_eq!(snapshot(r), before);
+    assert!(sys.log().iter().all(|c| !c.contains("install -y")), "{:?}", sys.log());
+}
+
+/// Regression: on Enterprise Linux the plan ran `dnf install -y rspamd …` before it wrote
+/// /etc/yum.repos.d/rspamd.repo, so a real install failed there and rolled back (the fake
+/// dnf above fails the same way). Repository packages (EPEL), repository files and their
+/// keys now come before the packages.
+#[test]
+fn rhel_family_installed_rspamd_before_writing_its_repository() {
+    let work = tempfile::tempdir().unwrap();
+    let answers = answers(work.path(), &["example.test"]);
+    let binary = fake_binary(work.path());
+    for fixture in ["rhel-8", "rocky-9", "almalinux-10", "fedora-41"] {
+        let root = target(fixture);
+        let r = root.path();
+        let sys = FakeSystem::new(r);
+        let run = host(r, &sys, &binary);
+        let outcome = install::install(&run.host, &args(&answers))
+            .unwrap_or_else(|e| panic!("{fixture}: {e:#}\n{}", run.out.text()));
+        let at = |pred: &dyn Fn(&posthaste::install::plan::Change) -> bool| {
+            outcome.plan.changes.iter().position(pred).unwrap_or(usize::MAX)
+        };
+        let command = at(&|c| c.kind == Kind::Command);
+        let repo = at(&|c| c.target == "/etc/yum.repos.d/rspamd.repo");
+        let log = sys.log();
+        if fixture == "fedora-41" {
+            // Fedora packages rspamd itself: no repository of ours.
+            assert_eq!(repo, usize::MAX, "{fixture}");
+            assert!(!r.join("etc/yum.repos.d").exists(), "{fixture}");
+            continue;
+        }
+        assert!(
+            repo < command,
+            "{fixture}: the repository file comes after the packages:\n{}",
+            outcome.plan.render()
+        );
+        let first_package = at(&|c| c.kind == Kind::Package);
+        assert!(first_package < repo, "{fixture}");
+        // EPEL, then rspamd's key, then the packages.
+        let pos = |needle: &str| {
+            log.iter()
+                .position(|c| c.contains(needle))
+                .unwrap_or_else(|| panic!("{fixture}: no {needle} in {log:?}"))
+        };
+        let epel = pos("epel-release-latest-");
+        let key = pos("rpm --import https://rspamd.com/rpm/gpg.key");
+        let rspamd = pos("dnf install -y rspamd");
+        assert!(epel < key && key < rspamd, "{fixture}: {log:?}");
+        let repo_file = std::fs::read_to_string(r.join("etc/yum.repos.d/rspamd.repo")).unwrap();
+        let major = fixture.rsplit('-').next().unwrap();
+        assert!(repo_file.contains(&format!("centos-{major}/")), "{fixture}: {repo_file}");
+    }
+}
+
+/// Regression: every listener the installer generated was `0.0.0.0:PORT`, so nothing
+/// answered on IPv6 while the docs said to publish AAAA records. The generated `[::]:PORT`
+/// is one dual-stack socket: here a running daemon with such a listener takes mail over
+/// ::1 and over 127.0.0.1. Its site settings come from conf.d, as do the admin commands'
+/// (the data directory is only set there).
+#[test]
+fn the_generated_listeners_were_ipv4_only_now_mail_arrives_over_ipv6() {
+    use crate::support::{client::SmtpClient, posthaste::Posthaste, TestDir};
+    let work = tempfile::tempdir().unwrap();
+    let root = target("debian-12");
+    let sys = FakeSystem::new(root.path());
+    let run = host(root.path(), &sys, &fake_binary(work.path()));
+    install::install(&run.host, &args(&answers(work.path(), &["example.test"]))).unwrap();
+    let rendered =
+        posthaste::config::Config::load(&root.path().join("etc/posthaste/posthaste.toml")).unwrap();
+    for (name, addrs) in rendered.listeners() {
+        assert!(
+            addrs.len() == 1 && addrs[0].is_ipv6() && addrs[0].ip().is_unspecified(),
+            "{name}: {addrs:?}"
+        );
+    }
+    // The records say to publish AAAA, now that it is true.
+    assert!(run.out.text().contains("an AAAA record"), "{}", run.out.text());
+
+    let dir = TestDir::new("install-ipv6");
+    let port = crate::support::free_port();
+    let mut p = Posthaste::builder(&dir).set("listen.smtp", vec![format!("[::]:{port}")]).build();
+    let site_data = dir.join("site-data");
+    dir.write(
+        "conf.d/50-site.toml",
+        format!("data_dir = \"{}\"\n[smtp]\nmax_message_size = 2000000\n", site_data.display()),
+    );
+    p.add_domain("example.test");
+    p.add_user("alice@example.test", "a long enough secret");
+    assert!(site_data.join("directory.db").exists(), "the admin commands did not read conf.d");
+    p.start();
+    for ip in ["::1", "127.0.0.1"] {
+        let addr = std::net::SocketAddr::new(ip.parse().unwrap(), port);
+        let t = SmtpClient::new(addr).to("alice@example.test").body(&format!("over {ip}")).send();
+        assert!(t.accepted(), "{ip}: {}", t.raw);
+        let ehlo = &t.reply("ehlo").unwrap().text;
+        assert!(ehlo.contains("SIZE 2000000"), "{ip}: serve did not read conf.d: {ehlo}");
+    }
+    let inbox = site_data.join("mail/example.test/alice/new");
+    let n = crate::support::wait_for("two messages", std::time::Duration::from_secs(10), || {
+        let n = std::fs::read_dir(&inbox).map(|d| d.count()).unwrap_or(0);
+        (n == 2).then_some(n)
+    });
+    assert_eq!(n, 2);
+    p.stop();
+}
+
+/// Regression: the answers file took `password_hash: "{ARGON2ID}garbage"`, which `user add
+/// --password-hash` refuses; the postmaster could then never log in. Both now give the same
+/// verdict on the same hashes.
+#[test]
+fn answers_password_hash_accepted_garbage_that_user_add_refuses() {
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("posthaste.toml");
+    std::fs::write(
+        &config,
+        format!("hostname = \"mail.example.test\"\ndata_dir = \"{}\"\n", work.path().join("data").display()),
+    )
+    .unwrap();
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_posthaste"))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(cli(&["domain", "add", "example.test"]).status.success());
+    let sha512 = "{SHA512-CRYPT}$6$saltsalt$qFmFH.bQmmtXzyBY0s9v7Oicd2z4XSIecDzlB5KiA2/jctKu9YterLp8wwnSq.qc.eoxqOmSuNp2xS0ktL3nh/";
+    let cases = [
+        "{ARGON2ID}garbage",
+        "{ARGON2I}$argon2id$v=19$m=65536,t=3,p=1$c2FsdHNhbHQ$aGFzaA",
+        "{SHA512-CRYPT}$5$salt$abc",
+        "$6$saltsalt$abc",
+        "{MD5}abc",
+        "{PLAIN}secret",
+        "nope",
+        sha512,
+        "{CRYPT}$5$salt$abc",
+    ];
+    for (i, hash) in cases.iter().enumerate() {
+        let out = cli(&["user", "add", &format!("u{i}@example.test"), "--password-hash", hash]);
+        let answers = format!(
+            "hostname: mail.example.test\ndomains: [example.test]\npostmaster: {{password_hash: \"{hash}\"}}\n"
+        );
+        let parsed = install::answers::Answers::from_str(&answers, work.path());
+        assert_eq!(
+            parsed.is_ok(),
+            out.status.success(),
+            "{hash}: user add says {:?} ({}), the answers file says {:?}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            parsed.err()
+        );
+        if let Err(problems) = parsed {
+            assert!(problems.iter().all(|p| p.line == 3 && p.help.is_some()), "{problems:?}");
+        }
+    }
+    let p = install::answers::Answers::from_str(
+        "hostname: mail.example.test\ndomains: [example.test]\npostmaster: {password_hash: \"{ARGON2ID}garbage\"}\n",
+        work.path(),
+    )
+    .unwrap_err();
+    assert!(p[0].message.contains("says {ARGON2ID} but what follows is not a ARGON2ID hash"), "{p:?}");
+}
+
+/// Regression: the wizard asked again without saying why (a host name that is not fully
+/// qualified, an IDN domain, a postmaster outside the domains, a short password), threw
+/// away what was typed at the host name error, took no comma-separated list, and asked for
+/// the password once.
+#[test]
+fn the_wizard_re_asked_without_saying_why() {
+    let work = tempfile::tempdir().unwrap();
+    let root = target("debian-12");
+    let r = root.path();
+    let sys = FakeSystem::new(r);
+    let mut run = host(r, &sys, &fake_binary(work.path()));
+    let (script, asked) = Script::new(&[
+        "mail",                // not fully qualified
+        "mail.example.test",   // offered "mail" back; fixed
+        "пример.рф, exa mple", // an IDN domain, a comma, and a word that is no domain
+        "пример.рф, example.test",
+        "pm@other.test", // outside the domains
+        "postmaster@пример.рф",
+        "short", // too short
+        PASSWORD,
+        "something else", // the repetition differs
+        PASSWORD,
+        PASSWORD,
+        "",
+        "n",
+        "",  // antispam yes, antivirus no, guard yes
+        "0", // self-signed
+        "y", // apply
+    ]);
+    run.host.prompter = Some(Box::new(script));
+    install::install(&run.host, &InstallArgs::default()).unwrap_or_else(|e| panic!("{e:#}"));
+    let asked = asked.lock().unwrap().clone();
+    let pos = |needle: &str| {
+        asked
+            .iter()
+            .position(|q| q.contains(needle))
+            .unwrap_or_else(|| panic!("{needle:?} not in {asked:#?}"))
+    };
+    let told = |needle: &str| pos(&format!("told: {needle}"));
+    assert!(
+        told("\"mail\" is not fully qualified") < pos("Host name of this mail server (the MX name) [mail]")
+    );
+    told("\"exa\", \"mple\" are not a mail domain");
+    told("пример.рф is written xn--e1afmkfd.xn--p1ai in DNS and in the config");
+    // The typed list comes back after the error.
+    pos("Mail domains (separated by spaces or commas) [пример.рф, exa mple]");
+    told("pm@other.test is not in one of the mail domains (xn--e1afmkfd.xn--p1ai, example.test)");
+    pos("Postmaster address (the first account) [pm@other.test]");
+    told("that password has 5 characters; it needs at least 8");
+    told("the two passwords differ; type it again");
+    assert_eq!(asked.iter().filter(|q| q.starts_with("The same password again")).count(), 2, "{asked:#?}");
+
+    let saved = install::answers::Answers::from_file(&r.join("etc/posthaste/answers.yaml")).unwrap();
+    assert_eq!(saved.domains, ["xn--e1afmkfd.xn--p1ai", "example.test"]);
+    assert_eq!(saved.postmaster.address.to_string(), "postmaster@xn--e1afmkfd.xn--p1ai");
+    let db = format!("sqlite://{}", r.join("var/lib/posthaste/directory.db").display());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let ok = rt.block_on(async {
+        let dir = posthaste::directory::Directory::open(&db).await.unwrap();
+        dir.authenticate("postmaster@xn--e1afmkfd.xn--p1ai", PASSWORD).await.unwrap().is_some()
+    });
+    assert!(ok, "the postmaster does not have the password typed twice");
+    // The answers file takes U-labels too, and stores A-labels.
+    std::fs::write(work.path().join("postmaster.pass"), format!("{PASSWORD}\n")).unwrap();
+    let a = install::answers::Answers::from_str(
+        "hostname: mail.пример.рф\ndomains: [пример.рф]\npostmaster: {address: info@пример.рф, password_file: ./postmaster.pass}\n",
+        work.path(),
+    )
+    .unwrap();
+    assert_eq!(
+        (a.hostname.as_str(), a.domains[0].as_str(), a.postmaster.address.to_string().as_str()),
+        ("mail.xn--e1afmkfd.xn--p1ai", "xn--e1afmkfd.xn--p1ai", "info@xn--e1afmkfd.xn--p1ai")
+    );
+}
+
+/// Regression: yes/no questions took single keys, so `yes` typed (with Enter) at one
+/// question answered it with `y` and the next one with Enter, and `no` then answered the
+/// one after that. The real binary on a pseudo-terminal: each typed word answers one
+/// question.
+#[test]
+fn yes_no_prompts_took_single_keys_so_a_typed_word_answered_several_questions() {
+    let root = target("debian-12");
+    let script = r#"
+import sys, pexpect
+binary, root = sys.argv[1], sys.argv[2]
+child = pexpect.spawn(binary, ["install", "--dry-run", "--root", root], encoding="utf-8", timeout=30,
+                      dimensions=(50, 200), env={"TERM": "dumb", "PATH": "/usr/bin:/bin"})
+def answer(prompt, text):
+    child.expect(prompt)
+    child.send(text + "\r")
+answer("Host name", "mail.example.test")
+answer("Mail domains", "")
+answer("Postmaster address", "")
+answer("Postmaster password", "correct horse battery")
+answer("The same password again", "correct horse battery")
+answer("Spam filtering", "yes")
+answer("Virus scanning", "no")
+answer("Ban clients", "yes")
+answer("TLS certificate", "")
+child.expect(pexpect.EOF)
+print(child.before)
+"#;
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(env!("CARGO_BIN_EXE_posthaste"))
+        .arg(root.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let packages: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("create  package  "))
+        .map(|l| l.split_whitespace().next().unwrap_or(""))
+        .collect();
+    // Spam filtering yes, virus scanning no, bans yes.
+    assert!(packages.contains(&"rspamd") && packages.contains(&"nftables"), "{packages:?}\n{text}");
+    assert!(!packages.iter().any(|p| p.starts_with("clamav")), "{packages:?}\n{text}");
+    assert!(text.contains("dry run:"), "{text}");
+}
+
+/// Regression: `serve` created the data directory and its nftables table before it found
+/// that `server.user` does not exist, and left both behind. Now it checks first and changes
+/// nothing; and it refuses to start beside a running instance (whose table it would take
+/// over). Run in a network namespace of its own, so the host's ruleset is never touched.
+#[test]
+fn serve_made_its_nftables_table_before_finding_its_user_missing() {
+    use crate::support::{posthaste::Posthaste, require, TestDir};
+    require("nft", "nftables");
+    require("ip", "iproute2");
+    assert!(crate::support::is_root(), "serve drops root only when started as root");
+    let dir = TestDir::new("serve-preflight");
+    let ns = format!("ph-pre-{}", std::process::id());
+    let ip = |args: &[&str]| std::process::Command::new("ip").args(args).output().unwrap();
+    assert!(ip(&["netns", "add", &ns]).status.success());
+    struct Netns(String);
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    let _netns = Netns(ns.clone());
+    let _ = ip(&["-n", &ns, "link", "set", "lo", "up"]);
+    let data = dir.join("data");
+    let config = dir.write(
+        "posthaste.toml",
+        format!(
+            "hostname = \"mail.example.test\"\ndata_dir = \"{}\"\n[listen]\nsmtp = [\"127.0.0.1:{}\"]\n[server]\nuser = \"posthaste-no-such-user\"\n[guard]\nnftables = true\n",
+            data.display(),
+            crate::support::free_port()
+        ),
+    );
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns, crate::support::posthaste::bin(), "--config"])
+        .arg(&config)
+        .arg("serve")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("server.user \"posthaste-no-such-user\" does not exist") && err.contains("help:"),
+        "{err}"
+    );
+    assert!(err.contains("nothing was changed"), "{err}");
+    let table = ip(&["netns", "exec", &ns, "nft", "list", "table", "inet", "posthaste"]);
+    assert!(
+        !table.status.success(),
+        "the failed start left its table:\n{}",
+        String::from_utf8_lossy(&table.stdout)
+    );
+    assert!(!data.exists(), "the failed start made the data directory");
+
+    // A second instance beside a running one is refused before it touches anything.
+    let pdir = TestDir::new("serve-preflight-running");
+    let mut p = Posthaste::new(&pdir);
+    p.start();
+    // The pidfile is written once the daemon is up (after its ports answer).
+    let pidfile = p.data_dir().join("posthaste.pid");
+    crate::support::wait_for("the pidfile", std::time::Duration::from_secs(10), || {
+        pidfile.exists().then_some(())
+    });
+    let mut second = std::fs::read_to_string(p.config_path()).unwrap();
+    for (_, addr) in p.listeners() {
+        second = second.replace(&addr.to_string(), &crate::support::free_addr().to_string());
+    }
+    let other = pdir.write("second.toml", second);
+    // (Bounded: if it were not refused, it would run until killed.)
+    let out = std::process::Command::new("timeout")
+        .args(["20", crate::support::posthaste::bin(), "--config"])
+        .arg(&other)
+        .arg("serve")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("posthaste is already running (pid {}", p.pid().unwrap())), "{err}");
+    assert!(p.is_running());
+    p.stop();
+}
+
+/// Regression: a rerun with another hostname kept the self-signed certificate of the old
+/// name without a word. It is replaced now, and the plan and a warning say so.
+#[test]
+fn a_changed_hostname_kept_the_self_signed_certificate_of_the_old_name() {
+    let work = tempfile::tempdir().unwrap();
+    let first = answers(work.path(), &["example.test"]);
+    let binary = fake_binary(work.path());
+    let root = target("debian-12");
+    let r = root.path();
+    let sys = FakeSystem::new(r);
+    install::install(&host(r, &sys, &binary).host, &args(&first)).unwrap_or_else(|e| panic!("{e:#}"));
+    let cert = r.join("etc/posthaste/tls/fullchain.pem");
+    assert_eq!(posthaste::tls::CertInfo::read(&cert).unwrap().names, ["mail.example.test"]);
+    let renamed = work.path().join("renamed.yaml");
+    std::fs::write(
+        &renamed,
+        std::fs::read_to_string(&first).unwrap().replace("mail.example.test", "mx.example.test"),
+    )
+    .unwrap();
+    let run = host(r, &sys, &binary);
+    let outcome = install::install(&run.host, &args(&renamed)).unwrap_or_else(|e| panic!("{e:#}"));
+    let key = outcome.plan.changes.iter().find(|c| c.target == "/etc/posthaste/tls/privkey.pem").unwrap();
+    assert_eq!(key.action, Action::Update);
+    assert!(key.note.contains("replaces the self-signed certificate for mail.example.test"), "{}", key.note);
+    assert!(
+        run.out.text().contains("warning: the hostname changed to mx.example.test"),
+        "{}",
+        run.out.text()
+    );
+    assert_eq!(posthaste::tls::CertInfo::read(&cert).unwrap().names, ["mx.example.test"]);
+    let config = posthaste::config::Config::load(&r.join("etc/posthaste/posthaste.toml")).unwrap();
+    assert_eq!(config.hostname, "mx.example.test");
+    posthaste::tls::load_acceptor(&posthaste::config::TlsConfig {
+        cert: cert.clone(),
+        key: r.join("etc/posthaste/tls/privkey.pem"),
+    })
+    .unwrap();
+    assert_eq!(mode(&r.join("etc/posthaste/tls/privkey.pem")), 0o600);
+    // And a rerun with that name keeps it.
+    let outcome = install::install(&host(r, &sys, &binary).host, &args(&renamed)).unwrap();
+    assert_eq!(pending(&outcome.plan), []);
+}
+
+/// Regression: a private key every user can read was accepted silently. The installer's own
+/// key is made 0600 again (with a warning); a key given with `mode: files` is refused.
+#[test]
+fn a_world_readable_private_key_was_accepted_silently() {
+    let work = tempfile::tempdir().unwrap();
+    let answers1 = answers(work.path(), &["example.test"]);
+    let binary = fake_binary(work.path());
+    let root = target("debian-12");
+    let r = root.path();
+    let sys = FakeSystem::new(r);
+    install::install(&host(r, &sys, &binary).host, &args(&answers1)).unwrap_or_else(|e| panic!("{e:#}"));
+    let key = r.join("etc/posthaste/tls/privkey.pem");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let run = host(r, &sys, &binary);
+    let outcome = install::install(&run.host, &args(&answers1)).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(
+        pending(&outcome.plan),
+        [(Kind::Key, "/etc/posthaste/tls/privkey.pem".to_owned(), Action::Update)],
+        "{}",
+        outcome.plan.render()
+    );
+    assert!(run.out.text().contains("could be read by every user (mode 0644)"), "{}", run.out.text());
+    assert_eq!(mode(&key), 0o600);
+
+    // Files of one's own: refused, nothing changed.
+    std::fs::create_dir_all(r.join("etc/ssl/mail")).unwrap();
+    std::fs::copy(r.join("etc/posthaste/tls/fullchain.pem"), r.join("etc/ssl/mail/fullchain.pem")).unwrap();
+    std::fs::copy(&key, r.join("etc/ssl/mail/privkey.pem")).unwrap();
+    std::fs::set_permissions(r.join("etc/ssl/mail/privkey.pem"), std::fs::Permissions::from_mode(0o644))
+        .unwrap();
+    let files = work.path().join("files.yaml");
+    std::fs::write(
+        &files,
+        std::fs::read_to_string(&answers1).unwrap().replace(
+            "tls: {mode: self-signed}",
+            "tls: {mode: files, cert: /etc/ssl/mail/fullchain.pem, key: /etc/ssl/mail/privkey.pem}",
+        ),
+    )
+    .unwrap();
+    let before = snapshot(r);
+    let msg = format!("{:#}", install::install(&host(r, &sys, &binary).host, &args(&files)).unwrap_err());
+    assert!(
+        msg.contains("/etc/ssl/mail/privkey.pem can be read by every user")
+            && msg.contains("help: chmod o-r"),
+        "{msg}"
+    );
+    assert_eq!(snapshot(r), before);
+    std::fs::set_permissions(r.join("etc/ssl/mail/privkey.pem"), std::fs::Permissions::from_mode(0o640))
+        .unwrap();
+    install::install(&host(r, &sys, &binary).host, &args(&files)).unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// Regression: a rollback that could not put a file back left its temp copy beside it,
+/// said "COULD NOT restore … from <backup>", and then deleted that backup: the only copy
+/// of the original. Now no temp file stays, the backup stays and the message says where.
+#[test]
+fn a_rollback_deleted_the_backup_it_could_not_restore_from() {
+    let work = tempfile::tempdir().unwrap();
+    let answers = answers(work.path(), &["example.test"]);
+    let root = target("debian-12");
+    let r = root.path();
+    std::fs::create_dir_all(r.join("usr/lib/systemd")).unwrap();
+    std::fs::write(r.join("usr/lib/systemd/systemd"), "").unwrap();
+    std::fs::create_dir_all(r.join("etc/rspamd/local.d")).unwrap();
+    let original = "servers = \"10.0.0.9\";\n";
+    std::fs::write(r.join("etc/rspamd/local.d/redis.conf"), original).unwrap();
+    let sys = FakeSystem::new(r);
+    sys.fail_on("enable posthaste");
+    // When the failure comes, something has put a directory where the file was: nothing
+    // can be renamed or copied over it.
+    sys.state.lock().unwrap().sabotage = Some(r.join("etc/rspamd/local.d/redis.conf"));
+    let run = host(r, &sys, &fake_binary(work.path()));
+    let msg = format!(
+        "{:#}",
+        install::install(&run.host, &InstallArgs { force: true, ..args(&answers) }).unwrap_err()
+    );
+    let backups = r.join(format!("var/backups/posthaste-install.{}", std::process::id()));
+    let kept: Vec<PathBuf> = std::fs::read_dir(&backups)
+        .unwrap_or_else(|e| panic!("{}: {e}\n{msg}", backups.display()))
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(std::fs::read_to_string(&kept[0]).unwrap(), original);
+    assert!(msg.contains("COULD NOT restore") && msg.contains("redis.conf"), "{msg}");
+    assert!(msg.contains(&format!("its original is kept in {}", kept[0].display())), "{msg}");
+    let temp: Vec<String> = snapshot(r).into_keys().filter(|p| p.contains("posthaste-tmp")).collect();
+    assert!(temp.is_empty(), "temp files left: {temp:?}");
+}
+
+/// Regression: `install --config FILE` was accepted and ignored (the install always writes
+/// /etc/posthaste/posthaste.toml). It is refused now, before anything happens.
+#[test]
+fn install_config_was_accepted_and_ignored() {
+    let work = tempfile::tempdir().unwrap();
+    let answers = answers(work.path(), &["example.test"]);
+    let root = target("debian-12");
+    let before = snapshot(root.path());
+    let run = |env: Option<&str>, extra: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_posthaste"));
+        cmd.args(extra)
+            .args(["install", "--dry-run", "--root"])
+            .arg(root.path())
+            .arg("--answers")
+            .arg(&answers);
+        cmd.env_remove("POSTHASTE_CONFIG");
+        if let Some(v) = env {
+            cmd.env("POSTHASTE_CONFIG", v);
+        }
+        cmd.output().unwrap()
+    };
+    for (env, extra) in
+        [(None, &["--config", "/srv/mail/posthaste.toml"][..]), (Some("/srv/mail/posthaste.toml"), &[][..])]
+    {
+        let out = run(env, extra);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("`posthaste install` does not take --config")
+                && err.contains("help: leave out --config"),
+            "{err}"
+        );
+    }
+    // The default path, spelt out, is what it writes anyway: fine.
+    let out = run(None, &["--config", "/etc/posthaste/posthaste.toml"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(snapshot(root.path()), before);
+}
+
+/// Regression: the rspamd controller password was generated into a process-wide cell, so
+/// every install in one process (an embedding tool, these tests) got the same password.
+#[test]
+fn every_install_in_one_process_shared_one_rspamd_password() {
+    let work = tempfile::tempdir().unwrap();
+    let answers = answers(work.path(), &["example.test"]);
+    let binary = fake_binary(work.path());
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let root = target("debian-12");
+        let sys = FakeSystem::new(root.path());
+        install::install(&host(root.path(), &sys, &binary).host, &args(&answers)).unwrap();
+        let pass = std::fs::read_to_string(root.path().join("etc/posthaste/rspamd-controller.pass")).unwrap();
+        let config =
+            posthaste::config::Config::load(&root.path().join("etc/posthaste/posthaste.toml")).unwrap();
+        // Within one install: one password everywhere.
+        assert_eq!(config.antispam.unwrap().controller_password.as_deref(), Some(pass.trim()));
+        seen.push(pass);
+    }
+    assert_ne!(seen[0], seen[1], "two installs got the same controller password");
+}
+
+/// With too little memory for ClamAV, someone at the terminal is asked whether to go on
+/// without virus scanning (the finding is recognised by its kind, not by its wording).
+#[test]
+fn too_little_memory_for_clamav_is_a_question_at_the_terminal() {
+    let work = tempfile::tempdir().unwrap();
+    let answers = answers(work.path(), &["example.test"]);
+    let root = target("debian-12");
+    let r = root.path();
+    let sys = FakeSystem::new(r);
+    let mut run = host_with(r, &sys, &fake_binary(work.path()), FakeProbe { holders: vec![], mem: 1 << 30 });
+    run.host.under_root = false;
+    let (script, asked) = Script::new(&["y", "y"]);
+    run.host.prompter = Some(Box::new(script));
+    let outcome = install::install(&run.host, &InstallArgs { yes: false, ..args(&answers) })
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", run.out.text()));
+    let asked = asked.lock().unwrap().clone();
+    assert!(asked[0].contains("too little memory for ClamAV"), "{asked:?}");
+    assert!(asked[1].starts_with("Apply these"), "{asked:?}");
+    let packages: Vec<String> =
+        outcome.plan.changes.iter().filter(|c| c.kind == Kind::Package).map(|c| c.target.clone()).collect();
+    assert!(
+        !packages.iter().any(|p| p.starts_with("clamav")) && packages.contains(&"rspamd".to_owned()),
+        "{packages:?}"
+    );
+    let saved = install::answers::Answers::from_file(&r.join("etc/posthaste/answers.yaml")).unwrap();
+    assert!(!saved.components.antivirus);
 }

@@ -22,7 +22,6 @@
 //! is removed; the next run then hashes it).
 
 use std::path::Path;
-use std::sync::OnceLock;
 
 use super::{file_change, Ctx};
 use crate::install::host::Cmd;
@@ -83,7 +82,9 @@ pub fn plan(ctx: &Ctx) -> anyhow::Result<Vec<Change>> {
 }
 
 /// The controller password posthaste.toml and rspamd share: the one stored by an earlier
-/// install, or a new random one (the same for every step of this run).
+/// install, or a new random one — made once per install (kept in the [`Ctx`], so every step
+/// of this run gets the same one and another install, even in the same process, its own:
+/// a process-wide cell gave every install in one process one password).
 pub fn controller_password(ctx: &Ctx) -> String {
     if let Ok(text) = std::fs::read_to_string(ctx.host.path(PASSWORD_FILE)) {
         let text = text.trim();
@@ -91,8 +92,8 @@ pub fn controller_password(ctx: &Ctx) -> String {
             return text.to_owned();
         }
     }
-    static GENERATED: OnceLock<String> = OnceLock::new();
-    GENERATED
+    ctx.secrets
+        .rspamd_controller
         .get_or_init(|| {
             use rand::distributions::{Alphanumeric, DistString};
             Alphanumeric.sample_string(&mut rand::thread_rng(), 32)
@@ -124,12 +125,7 @@ fn hash_password(ctx: &Ctx, password: &str) -> Option<String> {
 
 /// The distro's extra files for a component, rendered from templates/.
 pub fn component_files(ctx: &Ctx, component: &str) -> anyhow::Result<Vec<Change>> {
-    let socket = std::path::Path::new(&ctx.distro.clamd_socket);
-    let vars = serde_json::json!({
-        "clamd_socket": ctx.distro.clamd_socket,
-        "clamd_socket_dir": socket.parent().map(|p| p.display().to_string()).unwrap_or_default(),
-        "major": ctx.distro.id.rsplit('-').next().unwrap_or(""),
-    });
+    let vars = super::distro_vars(ctx);
     let mut changes = Vec::new();
     for f in ctx.distro.files.iter().filter(|f| f.component == component) {
         let text = ctx.renderer.render(&f.template, &vars)?;

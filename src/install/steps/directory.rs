@@ -29,7 +29,12 @@ pub fn snapshot(db: &Path, postmaster: &crate::address::Address) -> anyhow::Resu
     let tmp = std::env::temp_dir().join(format!("posthaste-plan-{}-{}", std::process::id(), unique()));
     std::fs::create_dir_all(&tmp)?;
     let result = (|| {
-        for suffix in ["", "-wal"] {
+        // With the write-ahead log, and with a hot rollback journal (an install killed in
+        // the middle of a transaction): SQLite rolls that back when the real database is
+        // opened, so the copy must be rolled back the same way, or the plan would see rows
+        // that are not there (regression: a killed install's rerun found a domain that the
+        // apply then did not have).
+        for suffix in ["", "-wal", "-journal"] {
             let src = db.with_file_name(format!("directory.db{suffix}"));
             if src.exists() {
                 std::fs::copy(&src, tmp.join(format!("directory.db{suffix}")))

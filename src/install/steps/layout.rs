@@ -1,5 +1,6 @@
-//! Directories and the binary. The config directory is readable by the daemon's group
-//! only; the data directory (directory DB, queue, mail) belongs to the daemon, 0750.
+//! Directories and the binary. The config directory (and conf.d/ in it, for the site's own
+//! settings) is readable by the daemon's group only; the data directory (directory DB,
+//! queue, mail) belongs to the daemon, 0750.
 
 use super::{dir_change, Ctx, Mode};
 use crate::install::plan::{Action, Change, Kind, Op, Owner};
@@ -15,7 +16,9 @@ pub fn plan(ctx: &Ctx) -> Vec<Change> {
         _ => config_group.clone(),
     };
     let mut changes = vec![
-        dir_change(ctx, &l.config_dir, 0o750, config_group),
+        dir_change(ctx, &l.config_dir, 0o750, config_group.clone()),
+        // Made (empty) so administrators find where their settings go; what is in it is theirs.
+        dir_change(ctx, &l.conf_d(), 0o750, config_group),
         dir_change(ctx, &l.tls_dir, 0o750, tls_owner),
         dir_change(ctx, &l.data_dir, 0o750, daemon()),
     ];

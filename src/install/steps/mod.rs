@@ -1,10 +1,13 @@
 //! One file per component step, run in this order. Each step looks at the target, compares
 //! it with what the answers ask for, and returns its changes (`none` where all is right);
-//! none of them changes anything — `apply` does, from the plan.
+//! none of them changes anything — `apply` does, from the plan. Rendered files go through
+//! [`file_change`], which also tells a file edited by hand from one the installer wrote.
 //!
-//! 1. `packages`      the distro packages of the enabled components (apt/dnf)
+//! 1. `packages`      the distro packages of the enabled components (apt/dnf), after what
+//!                    finds them: EPEL, repository files and their keys
 //! 2. `system_user`   the unprivileged `posthaste` user the daemon runs as
-//! 3. `layout`        directories with their modes, and the binary
+//! 3. `layout`        directories with their modes (conf.d/ for the site's settings), and
+//!                    the binary
 //! 4. `tls`           the certificate and key (self-signed, or the given files)
 //! 5. `antispam`, `antivirus`  their config files beside the distro's
 //! 6. `daemon_config` /etc/posthaste/posthaste.toml, validated by the daemon's own loader
@@ -31,8 +34,9 @@ use std::path::{Path, PathBuf};
 use super::answers::Answers;
 use super::distro::Distro;
 use super::host::{Cmd, Host};
-use super::plan::{Action, Change, Kind, Op, Owner};
+use super::plan::{Action, Change, Edited, Kind, Op, Owner};
 use super::render::Renderer;
+use super::state::{Origin, State};
 
 /// Where everything goes on the target.
 #[derive(Debug, Clone)]
@@ -67,6 +71,11 @@ impl Default for Layout {
 }
 
 impl Layout {
+    /// The site settings, `conf.d/` beside the config: the administrator's, never written
+    /// by the installer (src/config.rs merges them over the config).
+    pub fn conf_d(&self) -> PathBuf {
+        crate::config::conf_dir(&self.config)
+    }
     pub fn db(&self) -> PathBuf {
         self.data_dir.join("directory.db")
     }
@@ -102,6 +111,17 @@ pub struct Ctx<'a> {
     pub renderer: Renderer,
     /// Port → process name of what listens there now (empty under `--root`).
     pub port_holders: Vec<(u16, String)>,
+    /// What earlier installs wrote (to tell hand edits from our own files).
+    pub state: State,
+    /// Secrets made during this install, once each.
+    pub secrets: Secrets,
+}
+
+/// Secrets one install generates: made at first use, the same for every step of that
+/// install, never shared with another.
+#[derive(Debug, Default)]
+pub struct Secrets {
+    pub rspamd_controller: std::cell::OnceCell<String>,
 }
 
 impl Ctx<'_> {
@@ -124,6 +144,26 @@ impl Ctx<'_> {
         } else {
             Op::Skip { reason: "not run under --root (add --run-commands to run it chrooted)".into() }
         }
+    }
+}
+
+/// What the distro's templates (repository and component files) are rendered with.
+pub fn distro_vars(ctx: &Ctx) -> serde_json::Value {
+    let socket = Path::new(&ctx.distro.clamd_socket);
+    serde_json::json!({
+        "clamd_socket": ctx.distro.clamd_socket,
+        "clamd_socket_dir": socket.parent().map(|p| p.display().to_string()).unwrap_or_default(),
+        "major": ctx.distro.id.rsplit('-').next().unwrap_or(""),
+    })
+}
+
+/// Whether the component the distro data names (`antispam`, `antivirus`, `guard`) is on.
+pub fn component_enabled(c: &super::answers::Components, name: &str) -> bool {
+    match name {
+        "antispam" => c.antispam,
+        "antivirus" => c.antivirus,
+        "guard" => c.guard,
+        _ => false,
     }
 }
 
@@ -154,24 +194,95 @@ fn meta_matches(host: &Host, meta: &std::fs::Metadata, mode: u32, owner: &Owner)
     }
 }
 
-/// The change for a whole file with these contents, mode and owner.
+/// The change for a whole rendered file with these contents, mode and owner. When the file
+/// there must be replaced but is not as the installer wrote it (edited by hand, or never
+/// written by it), the change carries the diff and is applied only with `--force`, which
+/// keeps the old file beside it first.
 pub fn file_change(ctx: &Ctx, kind: Kind, path: &Path, contents: Vec<u8>, mode: u32, owner: Owner) -> Change {
+    write_change(ctx, kind, path, contents, mode, owner, true)
+}
+
+/// A file that is the installer's own record, rewritten from the answers on every run
+/// (`answers.yaml`): nobody's edits live there, so it is not checked for them.
+pub fn record_change(
+    ctx: &Ctx,
+    kind: Kind,
+    path: &Path,
+    contents: Vec<u8>,
+    mode: u32,
+    owner: Owner,
+) -> Change {
+    write_change(ctx, kind, path, contents, mode, owner, false)
+}
+
+fn write_change(
+    ctx: &Ctx,
+    kind: Kind,
+    path: &Path,
+    contents: Vec<u8>,
+    mode: u32,
+    owner: Owner,
+    track: bool,
+) -> Change {
     let real = ctx.host.path(path);
     let target = path.display().to_string();
-    let op = Op::WriteFile { path: path.to_owned(), contents: contents.clone(), mode, owner: owner.clone() };
-    match std::fs::symlink_metadata(&real) {
+    let hash = super::state::sha256(&contents);
+    let mut op = Op::WriteFile {
+        path: path.to_owned(),
+        contents: contents.clone(),
+        mode,
+        owner: owner.clone(),
+        track,
+        keep_copy: false,
+    };
+    let mut change = match std::fs::symlink_metadata(&real) {
         Err(_) => Change::new(kind, target, Action::Create, op),
         Ok(meta) => {
-            let same = meta.is_file()
-                && std::fs::read(&real).map(|c| c == contents).unwrap_or(false)
-                && meta_matches(ctx.host, &meta, mode, &owner);
-            if same {
+            let current = if meta.is_file() { std::fs::read(&real).ok() } else { None };
+            let same_contents = current.as_deref() == Some(contents.as_slice());
+            if same_contents && meta_matches(ctx.host, &meta, mode, &owner) {
                 Change::none(kind, target)
             } else {
-                Change::new(kind, target, Action::Update, op)
+                let edited = match (&current, track && !same_contents) {
+                    (Some(cur), true) => edited(ctx, path, cur, &contents),
+                    _ => None,
+                };
+                if edited.is_some() {
+                    if let Op::WriteFile { keep_copy, .. } = &mut op {
+                        *keep_copy = true;
+                    }
+                }
+                let note = match edited.as_ref().map(|e| e.origin) {
+                    Some(Origin::Edited) => "EDITED by hand since the install wrote it: replacing it loses the lines marked -",
+                    Some(_) => "NOT written by this installer (or by an install that kept no record): replacing it loses the lines marked -",
+                    None => "",
+                };
+                let mut c = Change::new(kind, target, Action::Update, op).note(note);
+                c.edited = edited;
+                c
             }
         }
+    };
+    if track {
+        change.track = Some((path.to_owned(), hash));
     }
+    change
+}
+
+/// The diff of a file that must be replaced, when it is not one of the versions we wrote.
+fn edited(ctx: &Ctx, path: &Path, current: &[u8], wanted: &[u8]) -> Option<Edited> {
+    let origin = ctx.state.origin(path, current);
+    if origin == Origin::Ours {
+        return None;
+    }
+    let shown = path.display();
+    let diff = super::diff::unified(
+        &String::from_utf8_lossy(current),
+        &String::from_utf8_lossy(wanted),
+        &format!("{shown} (on disk)"),
+        &format!("{shown} (what the install writes)"),
+    );
+    Some(Edited { origin, diff })
 }
 
 /// The change for a directory with this mode and owner.

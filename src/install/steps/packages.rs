@@ -1,12 +1,15 @@
-//! Packages: what the enabled components need from the distribution (apt or dnf), and
-//! repository helpers (EPEL) before them. Queried on the target, installed in one batch.
+//! Packages: what the enabled components need from the distribution (apt or dnf), queried
+//! on the target and installed in one batch. Everything a package manager needs to find
+//! them comes first, in this order: repository packages (EPEL), then the repository files
+//! of the distro data (rspamd's own on Enterprise Linux) as file changes of their own, then
+//! their signing keys (`rpm --import`), and only then the packages.
 
-use super::Ctx;
+use super::{file_change, Ctx};
 use crate::install::distro::PackageManager;
 use crate::install::host::{Cmd, Host};
-use crate::install::plan::{Action, Change, Kind, Op};
+use crate::install::plan::{Action, Change, Kind, Op, Owner};
 
-pub fn plan(ctx: &Ctx) -> Vec<Change> {
+pub fn plan(ctx: &Ctx) -> anyhow::Result<Vec<Change>> {
     let d = ctx.distro;
     let c = &ctx.answers.components;
     let mut wanted: Vec<String> = Vec::new();
@@ -27,6 +30,8 @@ pub fn plan(ctx: &Ctx) -> Vec<Change> {
         .filter(|p| d.prerequisites.enabled(c).iter().any(|l| l.contains(p)))
         .collect();
     let rest: Vec<&String> = missing.iter().copied().filter(|p| !prereqs.contains(p)).collect();
+    let repositories: Vec<_> =
+        d.repositories.iter().filter(|r| super::component_enabled(c, &r.component)).collect();
     let mut cmds = Vec::new();
     if !missing.is_empty() {
         match d.package_manager {
@@ -42,6 +47,9 @@ pub fn plan(ctx: &Ctx) -> Vec<Change> {
                 for p in &prereqs {
                     let source = d.package_sources.get(*p).unwrap_or(p);
                     cmds.push(Cmd::new("dnf", &["install", "-y", source]));
+                }
+                for r in &repositories {
+                    cmds.push(Cmd::new("rpm", &["--import", &r.key]));
                 }
                 if !rest.is_empty() {
                     cmds.push(Cmd::new("dnf", &["install", "-y"]).args(rest.iter().map(|s| s.as_str())));
@@ -62,6 +70,13 @@ pub fn plan(ctx: &Ctx) -> Vec<Change> {
             }
         })
         .collect();
+    // The repository files before the command that needs them (regression: on EL the plan
+    // ran `dnf install -y rspamd …` before writing /etc/yum.repos.d/rspamd.repo).
+    let vars = super::distro_vars(ctx);
+    for r in &repositories {
+        let text = ctx.renderer.render(&r.template, &vars)?;
+        changes.push(file_change(ctx, Kind::File, &r.path, text.into_bytes(), 0o644, Owner::root()));
+    }
     if !cmds.is_empty() {
         let target = cmds.iter().map(ToString::to_string).collect::<Vec<_>>().join(" && ");
         changes.push(Change::new(
@@ -71,7 +86,7 @@ pub fn plan(ctx: &Ctx) -> Vec<Change> {
             ctx.command_op(Op::Packages { install: cmds }),
         ));
     }
-    changes
+    Ok(changes)
 }
 
 /// Which of `names` are installed on the target (read-only queries, also under --root).

@@ -47,6 +47,15 @@ pub fn plan(ctx: &Ctx, warnings: &mut Vec<String>) -> anyhow::Result<TlsPlan> {
                     bail!("the TLS {what} {} does not exist on the target\nhelp: put it there first, or use tls: {{mode: self-signed}}", p.display());
                 }
             }
+            // Someone else's key: not ours to change, and a key every user can read may have
+            // been read already. Refused, with what to do (silently accepted before).
+            if let Some(m) = world_readable(ctx, key) {
+                bail!(
+                    "the TLS key {} can be read by every user of the machine (mode {m:04o})\nhelp: chmod o-r {} (the daemon reads it as user posthaste: chgrp posthaste it and chmod 640 it); if other users could read it for a while, get a new key and certificate",
+                    key.display(),
+                    key.display()
+                );
+            }
             warnings.push(format!(
                 "the daemon runs as user posthaste and must be able to read {}",
                 key.display()
@@ -83,6 +92,7 @@ pub fn plan(ctx: &Ctx, warnings: &mut Vec<String>) -> anyhow::Result<TlsPlan> {
             let key_there = ctx.host.path(&l.key).is_file();
             let target = l.cert.display().to_string();
             let change = if !state.is_due() && key_there {
+                changes.extend(key_mode_fix(ctx, warnings));
                 Change::none(Kind::Key, target).note(state.reason())
             } else {
                 let action = if state == Due::Missing { Action::Create } else { Action::Update };
@@ -147,8 +157,25 @@ pub fn plan(ctx: &Ctx, warnings: &mut Vec<String>) -> anyhow::Result<TlsPlan> {
                 .note(note)
             };
             let made = format!("self-signed for {}, with {}", ctx.answers.hostname, l.cert.display());
+            let hostname = &ctx.answers.hostname;
             let change = match (c.exists(), k.exists()) {
-                (true, true) => Change::none(Kind::Key, target.clone()),
+                (true, true) => {
+                    match crate::tls::CertInfo::read(&c) {
+                        // Ours, for the old name: a certificate that names another host is no
+                        // use to clients (regression: it was kept without a word).
+                        Ok(info) if info.self_signed && !info.covers(std::slice::from_ref(hostname)) => {
+                            let old = info.names.join(", ");
+                            warnings.push(format!(
+                            "the hostname changed to {hostname}: the self-signed certificate for {old} is replaced by one for {hostname} (clients that accepted the old one will ask again)"
+                        ));
+                            let mut change = create(format!("replaces the self-signed certificate for {old}: the hostname is now {hostname}"));
+                            change.action = Action::Update;
+                            change
+                        }
+                        _ => key_mode_fix(ctx, warnings)
+                            .unwrap_or_else(|| Change::none(Kind::Key, target.clone())),
+                    }
+                }
                 (false, false) => create(made),
                 // Only one half: an install stopped between writing the two files. The half
                 // is useless alone (the daemon needs both), so a new pair replaces it.
@@ -162,4 +189,33 @@ pub fn plan(ctx: &Ctx, warnings: &mut Vec<String>) -> anyhow::Result<TlsPlan> {
             })
         }
     }
+}
+
+/// The mode of a file every user may read (the "others" read bit), if it is one.
+fn world_readable(ctx: &Ctx, path: &std::path::Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(ctx.host.path(path)).ok()?.permissions().mode() & 0o7777;
+    (mode & 0o004 != 0).then_some(mode)
+}
+
+/// Our own private key, readable by every user (a `chmod` by hand, a copy restored with
+/// the wrong mode): made 0600 again, and said so, rather than kept silently.
+fn key_mode_fix(ctx: &Ctx, warnings: &mut Vec<String>) -> Option<Change> {
+    let key = &ctx.layout.key;
+    let mode = world_readable(ctx, key)?;
+    warnings.push(format!(
+        "the private key {} could be read by every user (mode {mode:04o}): the install makes it 0600; if other users could read it for a while, remove it and {} and rerun for a new pair",
+        key.display(),
+        ctx.layout.cert.display()
+    ));
+    let owner = Owner::of(super::system_user::USER, super::system_user::USER);
+    Some(
+        Change::new(
+            Kind::Key,
+            key.display().to_string(),
+            Action::Update,
+            Op::Meta { path: key.clone(), mode: 0o600, owner },
+        )
+        .note(format!("mode {mode:04o} -> 0600: it was readable by every user")),
+    )
 }
