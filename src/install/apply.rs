@@ -564,6 +564,13 @@ impl<'h> Applier<'h, '_> {
                     .with_context(|| format!("cannot add {address}"))?;
                 self.maildir(&addr)
             }
+            Op::AddAlias { source, destination } => {
+                let dest = Address::parse(destination).map_err(|e| anyhow!("{e}"))?;
+                let h = self.directory()?;
+                h.rt.block_on(h.dir.add_alias(source, &dest))
+                    .with_context(|| format!("cannot add the alias {source} -> {destination}"))?;
+                Ok(())
+            }
         }
     }
 
@@ -681,7 +688,10 @@ pub fn apply(
         };
         for change in plan.changes.iter().filter(|c| c.is_change()) {
             // The database is closed as soon as the directory changes are over.
-            if !matches!(change.op, Op::AddDomain { .. } | Op::AddAccount { .. } | Op::DkimKeys { .. }) {
+            if !matches!(
+                change.op,
+                Op::AddDomain { .. } | Op::AddAccount { .. } | Op::AddAlias { .. } | Op::DkimKeys { .. }
+            ) {
                 if let Err(e) = a.close_directory() {
                     failure = Some(("closing the account directory".to_owned(), e));
                     break;

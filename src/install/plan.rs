@@ -99,6 +99,8 @@ pub enum Op {
     DkimKeys { domain: String, dkim_dir: PathBuf },
     /// Add an account with its password hash, and create its Maildir.
     AddAccount { address: String, hash: String },
+    /// Add an alias (`postmaster@DOMAIN` to an account of another name).
+    AddAlias { source: String, destination: String },
     /// Skipped: the reason is shown (e.g. commands under `--root`).
     Skip { reason: String },
 }

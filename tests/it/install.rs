@@ -1956,3 +1956,49 @@ fn too_little_memory_for_clamav_is_a_question_at_the_terminal() {
     let saved = install::answers::Answers::from_file(&r.join("etc/posthaste/answers.yaml")).unwrap();
     assert!(!saved.components.antivirus);
 }
+
+/// Regression (newcomer issue, item 4): with the answers' postmaster named otherwise
+/// (`alice@…`), no `postmaster@` existed at all, so every domain refused mail to its
+/// postmaster (RFC 5321 §4.5.1). The install now adds postmaster@<first domain> as an
+/// alias to that account, once: a rerun plans `none`.
+#[test]
+fn a_postmaster_of_another_name_left_no_postmaster_address() {
+    let work = tempfile::tempdir().unwrap();
+    let root = target("debian-12");
+    let r = root.path();
+    let binary = fake_binary(work.path());
+    let sys = FakeSystem::new(r);
+    std::fs::write(work.path().join("postmaster.pass"), format!("{PASSWORD}\n")).unwrap();
+    let answers = work.path().join("answers.yaml");
+    std::fs::write(
+        &answers,
+        "hostname: mail.example.test\ndomains: [example.test, second.test]\npostmaster: {address: alice@example.test, password_file: ./postmaster.pass}\ncomponents: {antispam: false, antivirus: false, guard: true}\ntls: {mode: self-signed}\n",
+    )
+    .unwrap();
+    let run = host(r, &sys, &binary);
+    let outcome = install::install(&run.host, &args(&answers)).unwrap();
+    assert!(
+        pending(&outcome.plan).contains(&(Kind::User, "postmaster@example.test".into(), Action::Create)),
+        "{}",
+        outcome.plan.render()
+    );
+    let db = format!("sqlite://{}", r.join("var/lib/posthaste/directory.db").display());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (first, second) = rt.block_on(async {
+        let dir = posthaste::directory::Directory::open(&db).await.unwrap();
+        let resolve = |a: &str| {
+            let a = posthaste::address::Address::parse(a).unwrap();
+            let dir = dir.clone();
+            async move { dir.resolve(&a).await.unwrap() }
+        };
+        (resolve("postmaster@example.test").await, resolve("postmaster@second.test").await)
+    });
+    for (what, t) in [("example.test", first), ("second.test", second)] {
+        let t = t.unwrap_or_else(|| panic!("postmaster@{what} is unknown"));
+        let to_alice = |x: &posthaste::directory::Target| matches!(x, posthaste::directory::Target::Local(a) if a.to_string() == "alice@example.test");
+        assert!(t.iter().any(to_alice), "postmaster@{what}: {t:?}");
+    }
+    let run2 = host(r, &sys, &binary);
+    let again = install::install(&run2.host, &args(&answers)).unwrap();
+    assert_eq!(pending(&again.plan), [], "{}", again.plan.render());
+}

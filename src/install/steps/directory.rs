@@ -20,6 +20,8 @@ pub struct Snapshot {
     pub domains: Vec<String>,
     /// The postmaster's current password hash, if the account exists.
     pub postmaster_hash: Option<String>,
+    /// `postmaster@` sources of aliases (lowercase), and accounts named postmaster.
+    pub postmasters: Vec<String>,
 }
 
 pub fn snapshot(db: &Path, postmaster: &crate::address::Address) -> anyhow::Result<Snapshot> {
@@ -47,7 +49,16 @@ pub fn snapshot(db: &Path, postmaster: &crate::address::Address) -> anyhow::Resu
             let dir = Directory::open(&url).await?;
             let domains = dir.list_domains().await?.into_iter().map(|d| d.name).collect();
             let postmaster_hash = dir.get_account(postmaster).await?.map(|a| a.password_hash);
-            anyhow::Ok(Snapshot { domains, postmaster_hash })
+            let mut postmasters: Vec<String> = dir
+                .list_aliases(None)
+                .await?
+                .into_iter()
+                .map(|a| a.source)
+                .chain(dir.list_accounts(None).await?.into_iter().map(|a| a.address))
+                .filter(|a| a.to_ascii_lowercase().starts_with("postmaster@"))
+                .collect();
+            postmasters.dedup();
+            anyhow::Ok(Snapshot { domains, postmaster_hash, postmasters })
         })
     })();
     let _ = std::fs::remove_dir_all(&tmp);
@@ -116,5 +127,27 @@ pub fn plan(ctx: &Ctx, warnings: &mut Vec<String>) -> anyhow::Result<(Vec<Change
             hash
         }
     };
+    // RFC 5321 §4.5.1: every domain has a postmaster. With an account of another name as
+    // the answers' postmaster (`postmaster: {address: alice@…}`), postmaster@ of the first
+    // domain becomes an alias to it; every other domain's postmaster@ reaches the first
+    // postmaster@ the directory has (`Directory::postmaster_route`), so one alias serves all.
+    if pm.address.local() != "postmaster" {
+        if let Some(first) = ctx.answers.domains.first() {
+            let source = format!("postmaster@{first}");
+            if snap.postmasters.iter().any(|p| p.eq_ignore_ascii_case(&source)) {
+                changes.push(Change::none(Kind::User, &source));
+            } else {
+                changes.push(
+                    Change::new(
+                        Kind::User,
+                        &source,
+                        Action::Create,
+                        Op::AddAlias { source: source.clone(), destination: address.clone() },
+                    )
+                    .note(format!("alias to {address}: every domain's postmaster@ reaches it")),
+                );
+            }
+        }
+    }
     Ok((changes, hash))
 }
