@@ -88,6 +88,32 @@ pub fn plan(host: &Host, purge: bool) -> Plan {
     changes.extend(remove_if_exists(host, Kind::File, &l.binary, false));
     changes.extend(remove_if_exists(host, Kind::File, &l.config, false));
     changes.extend(remove_if_exists(host, Kind::File, &l.answers, false));
+    // The files the install rendered for the components (rspamd's local.d/override.d, …):
+    // ours, so they go with us — left behind, a later install would find files it has no
+    // record of and refuse to replace them. One edited since is kept, with a warning.
+    let mut warnings = Vec::new();
+    let state = super::state::State::read(host);
+    let listed: Vec<PathBuf> = changes
+        .iter()
+        .filter_map(|c| match &c.op {
+            Op::RemoveFile { path } => Some(path.clone()),
+            _ => None,
+        })
+        .collect();
+    for (path, _) in &state.files {
+        let path = PathBuf::from(path);
+        if path.starts_with(&l.config_dir) || path.starts_with(&l.data_dir) || listed.contains(&path) {
+            continue;
+        }
+        let Ok(current) = std::fs::read(host.path(&path)) else { continue };
+        match state.origin(&path, &current) {
+            super::state::Origin::Ours => changes.extend(remove_if_exists(host, Kind::File, &path, false)),
+            _ => warnings.push(format!(
+                "{} was changed since the install wrote it: kept (remove it yourself if it is no longer needed)",
+                path.display()
+            )),
+        }
+    }
     if purge {
         // Not undoable: last, after everything that can fail.
         changes.extend(remove_if_exists(host, Kind::Key, &l.tls_dir, true));
@@ -107,7 +133,7 @@ pub fn plan(host: &Host, purge: bool) -> Plan {
         }
     }
     let distro = super::distro::detect_host(host).map(|d| d.id).unwrap_or_else(|_| "unknown".into());
-    Plan { distro, changes, warnings: vec![] }
+    Plan { distro, changes, warnings }
 }
 
 pub fn uninstall(host: &Host, args: &UninstallArgs) -> anyhow::Result<Plan> {

@@ -984,6 +984,11 @@ fn uninstall_keeps_mail_and_keys_unless_purge() {
         assert!(!r.join(gone).exists(), "{gone} is still there");
     }
     assert!(!std::fs::read_to_string(r.join("etc/passwd")).unwrap().contains("posthaste"));
+    // The component files it rendered went too, so an install after a purge starts clean
+    // (regression: the rspamd overrides stayed, and the next install refused to replace
+    // files it no longer had a record of).
+    assert!(!r.join("etc/rspamd/override.d/worker-controller.inc").exists());
+    install::install(&host(r, &sys, &fake_binary(work.path())).host, &args(&answers)).unwrap();
 }
 
 /// Not under --root: the host checks run (here against the fake probe), every problem at
