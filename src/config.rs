@@ -863,6 +863,10 @@ impl Config {
     pub fn queue_dir(&self) -> PathBuf {
         self.data_dir.join("queue")
     }
+    /// The running daemon's pidfile (`[server] pidfile`, else in the data directory).
+    pub fn pidfile(&self) -> PathBuf {
+        self.server.pidfile.clone().unwrap_or_else(|| self.data_dir.join("posthaste.pid"))
+    }
     /// DKIM private keys: `{dkim_dir}/{domain}/{selector}.pem`.
     pub fn dkim_dir(&self) -> PathBuf {
         self.data_dir.join("dkim")

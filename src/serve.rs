@@ -2,7 +2,7 @@
 //! protocol servers until SIGTERM/SIGINT.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
@@ -94,7 +94,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Handlers first: whoever reads the pidfile may signal at once (`queue flush` sends
     // SIGUSR1, whose default action would kill the daemon).
     let signals = Signals::install();
-    let pidfile = config.server.pidfile.clone().unwrap_or_else(|| pidfile_path(&config));
+    let pidfile = config.pidfile();
     std::fs::write(&pidfile, format!("{}\n", std::process::id()))
         .with_context(|| format!("cannot write pidfile {}", pidfile.display()))?;
 
@@ -153,7 +153,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 pub fn preflight(config: &Config) -> anyhow::Result<()> {
     use nix::unistd::{getuid, User};
     let mut problems = Vec::new();
-    let pidfile = pidfile_path(config);
+    let pidfile = config.pidfile();
     if let Some(pid) = running_instance(&pidfile) {
         problems.push(format!(
             "posthaste is already running (pid {pid}, {})\nhelp: stop it first (systemctl stop posthaste, or kill {pid}); a second one would take over its nftables table",
@@ -241,10 +241,6 @@ fn writable_by(meta: &std::fs::Metadata, uid: u32, gid: u32) -> bool {
     } else {
         mode & 0o003 == 0o003
     }
-}
-
-pub fn pidfile_path(config: &Config) -> PathBuf {
-    config.server.pidfile.clone().unwrap_or_else(|| config.data_dir.join("posthaste.pid"))
 }
 
 async fn bind(addr: SocketAddr, name: &str) -> anyhow::Result<TcpListener> {

@@ -8,7 +8,7 @@
 //! of the output lines is the CLI's (`cli.rs`).
 //!
 //! May import: `address`, `config`, `directory`, `store`, `queue` (its spool), `guard`
-//! (the ban file), `mailauth::keys`, `serve` (pidfile, privilege helpers). Never `cli` or
+//! (the ban file), `mailauth::keys`. Never `serve` (the daemon), `cli` or
 //! `install` (the installer calls into this module, not the other way round).
 
 pub mod alias;

@@ -107,7 +107,7 @@ fn config_of(args: &[String]) -> Option<PathBuf> {
 
 /// The running daemon's pid from its pidfile, if it is a live `posthaste … serve`.
 pub fn daemon_pid(config: &Config) -> Option<i32> {
-    let text = std::fs::read_to_string(crate::serve::pidfile_path(config)).ok()?;
+    let text = std::fs::read_to_string(config.pidfile()).ok()?;
     let pid = text.trim().parse::<i32>().ok()?;
     System.is_daemon(pid).then_some(pid)
 }
@@ -196,7 +196,7 @@ pub fn status(probe: &dyn Probe, config_path: &Path, log: &Path) -> Result<Statu
         return Ok(st);
     }
     let pidfile = match Config::load(config_path) {
-        Ok(config) => Some(crate::serve::pidfile_path(&config)),
+        Ok(config) => Some(config.pidfile()),
         Err(ConfigError::Read { source, .. }) if source.kind() == io::ErrorKind::PermissionDenied => {
             st.notes.push(format!(
                 "cannot read {} (permission denied): looked for its daemon in the process list",
