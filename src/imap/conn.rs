@@ -221,7 +221,16 @@ impl Conn {
         quiet: &BTreeSet<u32>,
     ) -> io::Result<()> {
         let condstore = self.condstore;
-        let ch = sel.mb.sync()?;
+        let ch = match sel.mb.sync() {
+            Ok(ch) => ch,
+            Err(e) if !sel.mb.exists() => {
+                // Another session (or program) deleted the selected mailbox: nothing the
+                // client holds is valid any more, and there is no state to go on with.
+                self.line("* BYE Selected mailbox was deleted, have to disconnect.");
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         let mut lines: Vec<String> = Vec::new();
         if ch.uidvalidity_changed {
             // RFC 3501 §2.3.1.1: every UID the client holds is void; the session ends.

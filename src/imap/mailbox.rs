@@ -230,7 +230,6 @@ impl Conn {
         pattern: &[u8],
         lsub: bool,
     ) {
-        let cmd = if lsub { "LSUB" } else { "LIST" };
         let reference: Vec<u8> = match reference {
             WireMailbox::Inbox => b"INBOX".to_vec(),
             WireMailbox::Other(o) => o.as_ref().to_vec(),
@@ -242,6 +241,9 @@ impl Conn {
         }
         let mut full = reference.clone();
         full.extend_from_slice(pattern);
+        if lsub {
+            return self.lsub(account, tag, &full);
+        }
         let folders = match self.ctx.store.list_folders(&account.address) {
             Ok(f) => f,
             Err(e) => return self.no(tag, &io_no(&e)),
@@ -249,32 +251,29 @@ impl Conn {
         // Maildir++ can hold `.a.b` without `.a`: the levels above an existing folder that
         // are no folder themselves are listed with \Noselect (RFC 3501 §6.3.8: "If these
         // levels of hierarchy are not also selectable mailboxes, they are returned with the
-        // \Noselect mailbox name attribute"), so clients can show the tree. LSUB lists only
-        // subscriptions, not these.
+        // \Noselect mailbox name attribute"), so clients can show the tree.
         let mut entries: Vec<(String, Option<&store::FolderInfo>)> =
             folders.iter().map(|f| (f.name.clone(), Some(f))).collect();
-        if !lsub {
-            let existing: BTreeSet<&str> = folders.iter().map(|f| f.name.as_str()).collect();
-            let mut missing = BTreeSet::new();
-            for f in &folders {
-                for (i, _) in f.name.match_indices('.') {
-                    let parent = &f.name[..i];
-                    if !existing.contains(parent) {
-                        missing.insert(parent.to_owned());
-                    }
+        let existing: BTreeSet<&str> = folders.iter().map(|f| f.name.as_str()).collect();
+        let mut missing = BTreeSet::new();
+        for f in &folders {
+            for (i, _) in f.name.match_indices('.') {
+                let parent = &f.name[..i];
+                if !existing.contains(parent) {
+                    missing.insert(parent.to_owned());
                 }
             }
-            entries.extend(missing.into_iter().map(|n| (n, None)));
-            // INBOX first, then by name, as before.
-            entries[1..].sort_by(|a, b| a.0.cmp(&b.0));
         }
+        entries.extend(missing.into_iter().map(|n| (n, None)));
+        // INBOX first, then by name, as before.
+        entries[1..].sort_by(|a, b| a.0.cmp(&b.0));
         let names: Vec<String> = entries.iter().map(|(n, _)| disk_to_wire(n)).collect();
         let mut out = Vec::new();
         let opts = std::mem::take(&mut self.list_opts);
         for ((name, f), wire_name) in entries.iter().zip(&names) {
             let subscribed = f.is_some_and(|f| f.subscribed);
             let special = f.and_then(|f| f.special_use);
-            if (lsub || opts.subscribed_only) && !subscribed && name != "INBOX" {
+            if opts.subscribed_only && !subscribed && name != "INBOX" {
                 continue;
             }
             if opts.special_use_only && special.is_none() {
@@ -299,12 +298,58 @@ impl Conn {
             if let Some(su) = special {
                 attrs.push(su);
             }
-            out.extend_from_slice(format!("* {cmd} ({}) \"/\" ", attrs.join(" ")).as_bytes());
+            out.extend_from_slice(format!("* LIST ({}) \"/\" ", attrs.join(" ")).as_bytes());
             wire::mailbox(&mut out, wire_name);
             out.extend_from_slice(b"\r\n");
         }
         self.out.extend_from_slice(&out);
-        self.ok(tag, &format!("{cmd} completed"));
+        self.ok(tag, "LIST completed");
+    }
+
+    /// LSUB (RFC 3501 §6.3.9): the subscribed names matching `pattern`, whether or not
+    /// the mailbox exists (the subscription outlives it), and — the special case of `%` —
+    /// a level above a subscribed name that the pattern stops at but that is not subscribed
+    /// itself, flagged \Noselect ("foo/bar" subscribed, "foo" not: `LSUB "" "%"` returns
+    /// "foo" as \Noselect). INBOX first, then by name.
+    fn lsub(&mut self, account: &Account, tag: &str, pattern: &[u8]) {
+        let subs = match self.ctx.store.subscriptions(&account.address) {
+            Ok(s) => s,
+            Err(e) => return self.no(tag, &io_no(&e)),
+        };
+        let wire: BTreeSet<String> = subs.iter().filter(|n| *n != "INBOX").map(|n| disk_to_wire(n)).collect();
+        let mut out = Vec::new();
+        let mut line = |name: &str, noselect: bool| {
+            out.extend_from_slice(if noselect { b"* LSUB (\\Noselect) \"/\" " } else { b"* LSUB () \"/\" " });
+            wire::mailbox(&mut out, name);
+            out.extend_from_slice(b"\r\n");
+        };
+        // INBOX matches case-insensitively (RFC 3501 §5.1).
+        if subs.contains("INBOX") && (matches(pattern, b"INBOX") || pattern.eq_ignore_ascii_case(b"INBOX")) {
+            line("INBOX", false);
+        }
+        let mut parents = BTreeSet::new();
+        for name in &wire {
+            if matches(pattern, name.as_bytes()) {
+                continue;
+            }
+            for (i, _) in name.match_indices('/') {
+                let parent = &name[..i];
+                if !wire.contains(parent) && matches(pattern, parent.as_bytes()) {
+                    parents.insert(parent.to_owned());
+                }
+            }
+        }
+        let all: BTreeSet<(&str, bool)> = wire
+            .iter()
+            .filter(|n| matches(pattern, n.as_bytes()))
+            .map(|n| (n.as_str(), false))
+            .chain(parents.iter().map(|p| (p.as_str(), true)))
+            .collect();
+        for (name, noselect) in all {
+            line(name, noselect);
+        }
+        self.out.extend_from_slice(&out);
+        self.ok(tag, "LSUB completed");
     }
 
     pub(super) fn status(

@@ -416,9 +416,17 @@ fn one_address(out: &mut Vec<u8>, a: &mail_parser::Addr) {
         Some((l, h)) => (l, Some(h)),
         None => (addr, None),
     };
+    // RFC 3501 §7.4.2: the source route (RFC 5322 §4.4 obs-route, `<@a,@b:user@host>`) is
+    // the second field, the at-domain-list; the mailbox name is what follows its colon.
+    let (adl, local) = match local.split_once(':') {
+        Some((route, rest)) if route.starts_with('@') => (Some(route), rest),
+        _ => (None, local),
+    };
     out.push(b'(');
     nstring(out, a.name.as_deref().map(header_text).as_deref());
-    out.extend_from_slice(b" NIL ");
+    out.push(b' ');
+    nstring(out, adl.map(header_text).as_deref());
+    out.push(b' ');
     string(out, &header_text(local));
     out.push(b' ');
     nstring(out, host.map(header_text).as_deref());
