@@ -7,6 +7,7 @@
 //! {root}/{domain}/{localpart}/            INBOX: cur/ new/ tmp/
 //!     subscriptions                       subscribed folder names, one a line
 //!     posthaste-uidlist(.lock)            INBOX's UID index (see `index`)
+//!     posthaste-uidvalidity               the last UIDVALIDITY given to any folder
 //!     .Sent/ .Drafts/ .Junk/ .Trash/ .Archive/
 //!     .Archive.2024/                      folder "Archive.2024": hierarchy by `.`
 //!         cur/ new/ tmp/ maildirfolder posthaste-uidlist(.lock)

@@ -1368,3 +1368,63 @@ async fn search_modseq_grows_after_store() {
         c.ok("h DELETE box").await;
     }
 }
+
+/// Hardening issue: before authentication nothing large is buffered. posthaste read and
+/// kept a literal up to `max_literal_size` (50 MiB) from a client that had not logged in;
+/// twenty such connections took the daemon from 54 MB to 1,108 MB. Before login a literal
+/// is at most 8 KiB: a larger synchronizing one is refused before the client sends it, a
+/// larger non-synchronizing one (RFC 7888 §4) ends the connection unread, as Dovecot does.
+#[tokio::test]
+async fn large_literal_before_login_is_never_read() {
+    let env = env().await;
+    // LITERAL+: BYE at once; the 50 MB never need to arrive (the pipe holds 1 MiB, so a
+    // server that read them would wait here for the rest and the test would time out).
+    let (mut c, _) = Client::connect(&env, true).await;
+    c.send("a LOGIN {50000000+}\r\n").await;
+    c.send_bytes(&vec![b'x'; 64 * 1024]).await;
+    let r = c.rest().await;
+    assert_eq!(r, "* BYE Literal size too large\r\n");
+    // Synchronizing: refused without "+", and the session goes on.
+    let (mut c, _) = Client::connect(&env, true).await;
+    c.send("b LOGIN {100000}\r\n").await;
+    let r = c.line().await;
+    assert!(r.starts_with("b NO [TOOBIG]"), "{r}");
+    c.ok("c NOOP").await;
+    // The limit counts the whole command: many small literals add up.
+    let mut cmd = "d ID (".to_owned();
+    for i in 0..12 {
+        cmd.push_str(&format!("\"k{i}\" {{7000+}}\r\n{} ", "v".repeat(7000)));
+    }
+    cmd.push_str(")\r\n");
+    c.send(&cmd).await;
+    let r = c.rest().await;
+    assert!(r.starts_with("* BYE Literal size too large"), "{r}");
+    // What login needs still works with literals, and after login the configured limit
+    // (50 MiB) applies again.
+    let (mut c, _) = Client::connect(&env, true).await;
+    let user = "alice@example.test";
+    c.send(&format!("e LOGIN {{{}+}}\r\n{user} {{{}+}}\r\n{PASSWORD}\r\n", user.len(), PASSWORD.len())).await;
+    assert!(c.until("e").await.contains("e OK"));
+    let m = msg("big", &"y".repeat(100_000));
+    c.ok(&format!("f APPEND INBOX {{{}+}}\r\n{}", m.len(), String::from_utf8_lossy(&m))).await;
+}
+
+/// Hardening issue: on port 143 before STARTTLS, LOGIN is refused anyway, so its literals
+/// are refused without being read: a synchronizing one gets the tagged NO instead of "+",
+/// a non-synchronizing one a BYE (RFC 7888 §4) — the password never crosses in clear.
+#[tokio::test]
+async fn login_literal_before_starttls_is_refused_unread() {
+    let env = env().await;
+    let (mut c, _) = Client::connect(&env, false).await;
+    c.send("a LOGIN {18}\r\n").await;
+    let r = c.line().await;
+    assert!(r.starts_with("a NO [PRIVACYREQUIRED]"), "{r}");
+    c.ok("b NOOP").await;
+    c.send("c login {18+}\r\nalice@example.test {21+}\r\n").await;
+    let r = c.rest().await;
+    assert!(r.starts_with("* BYE"), "{r}");
+    // Other commands' literals before STARTTLS are read as usual (within 8 KiB).
+    let (mut c, _) = Client::connect(&env, false).await;
+    let r = c.cmd("d ID ({4+}\r\nname {4+}\r\ntest)").await;
+    assert!(r.contains("d OK"), "{r}");
+}
