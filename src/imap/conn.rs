@@ -263,7 +263,10 @@ impl Conn {
                 enabled.push("CONDSTORE");
             }
         }
-        self.line(format!("* ENABLED {}", enabled.join(" ")).trim_end());
+        // RFC 5161 §3.2: ENABLED lists what this command enabled; nothing, no line.
+        if !enabled.is_empty() {
+            self.line(&format!("* ENABLED {}", enabled.join(" ")));
+        }
         self.ok(tag, "ENABLE completed");
     }
 
@@ -308,7 +311,8 @@ impl Conn {
                 }
             }
         }
-        if allow_expunge && !sel.pending_expunge.is_empty() {
+        let expunged_now = allow_expunge && !sel.pending_expunge.is_empty();
+        if expunged_now {
             // Highest first: each EXPUNGE renumbers only the messages after it.
             for uid in std::mem::take(&mut sel.pending_expunge).into_iter().rev() {
                 if let Ok(i) = sel.uids.binary_search(&uid) {
@@ -328,8 +332,15 @@ impl Conn {
         }
         if added {
             lines.push(format!("* {} EXISTS", sel.uids.len()));
+        }
+        if added || expunged_now {
+            // RFC 3501 §7.3.2: RECENT when the count changes with the mailbox's size; after
+            // expunges alone the client lowers it itself (§7.4.1).
             let recent = sel.uids.iter().filter(|u| sel.mb.is_recent(**u)).count();
-            lines.push(format!("* {recent} RECENT"));
+            if added && recent != sel.recent_reported {
+                lines.push(format!("* {recent} RECENT"));
+            }
+            sel.recent_reported = recent;
         }
         let touched: Vec<Flag> = ch
             .changed

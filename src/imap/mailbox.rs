@@ -86,8 +86,12 @@ impl Conn {
         read_only: bool,
         condstore: bool,
     ) -> io::Result<()> {
-        // RFC 3501 §6.3.1: a failed SELECT leaves no mailbox selected.
-        *mailbox = Selection::NotSelected;
+        // RFC 3501 §6.3.1: a failed SELECT leaves no mailbox selected. RFC 7162 §3.2.11
+        // (and RFC 9051 §7.1): the implicit close of the mailbox selected before is
+        // announced, so a client can tell the responses of the two apart.
+        if let Selection::Selected(_) = std::mem::replace(mailbox, Selection::NotSelected) {
+            self.line("* OK [CLOSED] Previous mailbox closed");
+        }
         if condstore {
             self.condstore = true;
         }
@@ -130,6 +134,7 @@ impl Conn {
             read_only,
             pending_expunge: BTreeSet::new(),
             keywords,
+            recent_reported: summary.recent,
         }));
         let code = if read_only { "READ-ONLY" } else { "READ-WRITE" };
         let cmd = if read_only { "EXAMINE" } else { "SELECT" };
@@ -141,7 +146,8 @@ impl Conn {
         let name = match disk_name(m) {
             Ok(n) if n == "INBOX" => return self.no(tag, "[ALREADYEXISTS] INBOX always exists"),
             Ok(n) => n,
-            Err(e) => return self.no(tag, &e),
+            // RFC 5530 §3: a name this server can never hold.
+            Err(e) => return self.no(tag, &format!("[CANNOT] {e}")),
         };
         match self.ctx.store.folder_exists(&account.address, &name) {
             Ok(true) => return self.no(tag, "[ALREADYEXISTS] Mailbox already exists"),
@@ -319,7 +325,17 @@ impl Conn {
         let wire: BTreeSet<String> = subs.iter().filter(|n| *n != "INBOX").map(|n| disk_to_wire(n)).collect();
         let mut out = Vec::new();
         let mut line = |name: &str, noselect: bool| {
-            out.extend_from_slice(if noselect { b"* LSUB (\\Noselect) \"/\" " } else { b"* LSUB () \"/\" " });
+            // RFC 6154 §2: the special-use attribute goes with the mailbox in LSUB too.
+            let special = if noselect {
+                None
+            } else {
+                wire_to_disk(name.as_bytes()).ok().and_then(|n| store::special_use(&n))
+            };
+            match (noselect, special) {
+                (true, _) => out.extend_from_slice(b"* LSUB (\\Noselect) \"/\" "),
+                (false, Some(su)) => out.extend_from_slice(format!("* LSUB ({su}) \"/\" ").as_bytes()),
+                (false, None) => out.extend_from_slice(b"* LSUB () \"/\" "),
+            }
             wire::mailbox(&mut out, name);
             out.extend_from_slice(b"\r\n");
         };
@@ -355,6 +371,7 @@ impl Conn {
     pub(super) fn status(
         &mut self,
         account: &Account,
+        selected: &mut Selection,
         tag: &str,
         m: &WireMailbox<'_>,
         items: &[StatusDataItemName],
@@ -375,8 +392,16 @@ impl Conn {
         for it in items {
             match it {
                 StatusDataItemName::Messages => parts.push(format!("MESSAGES {}", msgs.len())),
-                // Without claiming, no message is \Recent to us: count the unclaimed ones.
-                StatusDataItemName::Recent => parts.push(format!("RECENT {}", mb.unclaimed_recent())),
+                // Those no session has claimed, and of the mailbox selected here also those
+                // \Recent to this session (RFC 3501 §6.3.10: the messages with \Recent set).
+                StatusDataItemName::Recent => {
+                    // (EXAMINE's \Recent are the unclaimed ones: not counted twice.)
+                    let own = selected
+                        .folder(&name)
+                        .filter(|sel| !sel.read_only)
+                        .map_or(0, |sel| sel.mb.recent_count());
+                    parts.push(format!("RECENT {}", own + mb.unclaimed_recent()))
+                }
                 StatusDataItemName::UidNext => parts.push(format!("UIDNEXT {}", mb.uid_next())),
                 StatusDataItemName::UidValidity => parts.push(format!("UIDVALIDITY {}", mb.uidvalidity())),
                 StatusDataItemName::Unseen => parts.push(format!(
@@ -489,14 +514,8 @@ impl Conn {
             }
         };
         let cmd = if is_move { "MOVE" } else { "COPY" };
-        if is_move && sel.read_only {
-            self.no(tag, "[READ-ONLY] Mailbox is read-only");
-            return Ok(());
-        }
-        if uids.is_empty() {
-            self.ok(tag, &format!("{cmd} completed (no messages)"));
-            return Ok(());
-        }
+        // The destination first (RFC 3501 §6.4.7: [TRYCREATE] tells the client what to do
+        // about it), then whether this mailbox allows the move.
         match self.ctx.store.folder_exists(&account.address, &name) {
             Ok(false) => {
                 self.no(tag, "[TRYCREATE] No such mailbox");
@@ -507,6 +526,14 @@ impl Conn {
                 return Ok(());
             }
             Ok(true) => {}
+        }
+        if is_move && sel.read_only {
+            self.no(tag, "[READ-ONLY] Mailbox is read-only");
+            return Ok(());
+        }
+        if uids.is_empty() {
+            self.ok(tag, &format!("{cmd} completed (no messages)"));
+            return Ok(());
         }
         if !is_move {
             let size: u64 = uids.iter().filter_map(|u| sel.mb.message(*u)).map(|m| m.size).sum();

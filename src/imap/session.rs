@@ -383,7 +383,7 @@ fn dispatch_fs(
         CommandBody::Lsub { reference, mailbox_wildcard } => {
             conn.list(account, tag, &reference, &list_pattern(&mailbox_wildcard), true)
         }
-        CommandBody::Status { mailbox: m, item_names } => conn.status(account, tag, &m, &item_names),
+        CommandBody::Status { mailbox: m, item_names } => conn.status(account, mailbox, tag, &m, &item_names),
         CommandBody::Append { mailbox: m, flags, date, message } => {
             let data: &[u8] = match &message {
                 imap_codec::imap_types::extensions::binary::LiteralOrLiteral8::Literal(l) => l.as_ref(),

@@ -424,6 +424,11 @@ impl Mailbox {
         s
     }
 
+    /// How many messages are \Recent for this session.
+    pub fn recent_count(&self) -> usize {
+        self.recent.len()
+    }
+
     /// \Recent for this session (RFC 3501 §2.3.2).
     pub fn is_recent(&self, uid: u32) -> bool {
         self.recent.contains(&uid)

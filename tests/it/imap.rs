@@ -524,7 +524,8 @@ async fn select_fetch_sections_and_seen() {
     );
     let r = c.ok("d FETCH 2 (BODYSTRUCTURE)").await;
     assert!(
-        r.contains("BODYSTRUCTURE ((\"TEXT\" \"PLAIN\" (\"charset\" \"utf-8\") NIL NIL \"7BIT\" 10 1"),
+        // 0 lines: the part's only CRLF belongs to the boundary (RFC 2046 §5.1.1).
+        r.contains("BODYSTRUCTURE ((\"TEXT\" \"PLAIN\" (\"charset\" \"utf-8\") NIL NIL \"7BIT\" 10 0"),
         "{r}"
     );
     assert!(r.contains("(\"APPLICATION\" \"OCTET-STREAM\" NIL NIL NIL \"BASE64\" 8"), "{r}");
