@@ -196,6 +196,12 @@ impl Conn {
         if to == "INBOX" {
             return self.no(tag, "[ALREADYEXISTS] INBOX always exists");
         }
+        // The source before the target: a missing source is the first thing wrong.
+        match self.ctx.store.folder_exists(&account.address, &from) {
+            Ok(false) => return self.no(tag, "[NONEXISTENT] No such mailbox"),
+            Ok(true) => {}
+            Err(e) => return self.no(tag, &io_no(&e)),
+        }
         match self.ctx.store.folder_exists(&account.address, &to) {
             Ok(true) => return self.no(tag, "[ALREADYEXISTS] Target mailbox exists"),
             Ok(false) => {}
@@ -514,8 +520,13 @@ impl Conn {
             }
         };
         let cmd = if is_move { "MOVE" } else { "COPY" };
-        // The destination first (RFC 3501 §6.4.7: [TRYCREATE] tells the client what to do
-        // about it), then whether this mailbox allows the move.
+        // Nothing to copy is done at once; then the destination (RFC 3501 §6.4.7:
+        // [TRYCREATE] tells the client what to do about it), then whether this mailbox
+        // allows the move — the order Dovecot answers in.
+        if uids.is_empty() {
+            self.ok(tag, &format!("{cmd} completed (no messages)"));
+            return Ok(());
+        }
         match self.ctx.store.folder_exists(&account.address, &name) {
             Ok(false) => {
                 self.no(tag, "[TRYCREATE] No such mailbox");
@@ -529,10 +540,6 @@ impl Conn {
         }
         if is_move && sel.read_only {
             self.no(tag, "[READ-ONLY] Mailbox is read-only");
-            return Ok(());
-        }
-        if uids.is_empty() {
-            self.ok(tag, &format!("{cmd} completed (no messages)"));
             return Ok(());
         }
         if !is_move {
