@@ -24,6 +24,16 @@ use crate::store::Flag;
 /// Longest command line (without literals) we buffer; RFC 7162 §4 asks for at least 8192.
 pub(super) const MAX_LINE: usize = 64 * 1024;
 
+/// Largest literal accepted before login (`imap.max_literal_size` applies after it). Before
+/// authentication a client is anyone: a 50 MiB literal it announces and then stalls would be
+/// held until the idle timeout, twenty such connections cost a gigabyte, and nothing a
+/// client legitimately sends before login needs more than a few hundred bytes — LOGIN's
+/// user name and password, ID's field values (at most 1024 octets each, RFC 2971 §3.3);
+/// AUTHENTICATE's responses come as lines, not literals (RFC 3501 §6.2.2). 8 KiB is eight
+/// times the largest of those, and with the line limit a whole command before login stays
+/// under MAX_LINE + 8 KiB per literal, MAX_LINE + PREAUTH_MAX_LITERAL in all.
+pub(super) const PREAUTH_MAX_LITERAL: u64 = 8 * 1024;
+
 pub(super) enum Flow {
     Continue,
     Close,
@@ -35,6 +45,8 @@ pub(super) enum Framed {
     Rejected,
     Eof,
     Timeout,
+    /// Answered with BYE already (a literal we will not read): close the connection.
+    Close,
 }
 
 /// The connection half of a session: the stream, the replies not yet written, and what
@@ -118,9 +130,15 @@ impl Conn {
     }
 
     /// One command: its line and every literal it announces (RFC 3501 §4.3, RFC 7888).
-    pub(super) async fn read_command(&mut self) -> io::Result<Framed> {
+    /// `authenticated`: whether the client has logged in; before, literals are limited to
+    /// [`PREAUTH_MAX_LITERAL`] and LOGIN's are refused unread without TLS.
+    pub(super) async fn read_command(&mut self, authenticated: bool) -> io::Result<Framed> {
         let timeout = self.ctx.config.imap.idle_timeout;
-        let max_literal = self.ctx.config.imap.max_literal_size;
+        let (max_literal, max_command) = if authenticated {
+            (self.ctx.config.imap.max_literal_size, self.ctx.config.imap.max_literal_size + MAX_LINE as u64)
+        } else {
+            (PREAUTH_MAX_LITERAL, PREAUTH_MAX_LITERAL + MAX_LINE as u64)
+        };
         let mut raw = Vec::new();
         loop {
             let line = match tokio::time::timeout(timeout, self.read_line(MAX_LINE)).await {
@@ -137,8 +155,47 @@ impl Conn {
             let Some((size, sync)) = literal_announcement(&line) else {
                 return Ok(Framed::Command(raw));
             };
+            if !authenticated
+                && !self.tls
+                && command_name(&raw).is_some_and(|c| c.eq_ignore_ascii_case(b"LOGIN"))
+            {
+                // LOGIN is refused before STARTTLS whatever it carries (RFC 3501 §6.2.3,
+                // RFC 8314): its literals — the password — are not even read.
+                let tag = tag_of(&raw);
+                self.errors += 1;
+                if sync {
+                    // The client waits for "+", which never comes: it sends nothing more.
+                    self.no(
+                        tag.as_deref().unwrap_or("*"),
+                        "[PRIVACYREQUIRED] LOGIN is disabled before STARTTLS",
+                    );
+                    return Ok(Framed::Rejected);
+                }
+                // RFC 7888 §4: a non-synchronizing literal the server will not take leaves
+                // no way to find where the command ends but reading it: close instead.
+                self.line("* BYE LOGIN is disabled before STARTTLS");
+                return Ok(Framed::Close);
+            }
             // One command's literals together stay within the limit too.
-            if size > max_literal || raw.len() as u64 + size > max_literal + MAX_LINE as u64 {
+            if size > max_literal || raw.len() as u64 + size > max_command {
+                if !authenticated {
+                    // Before login nothing large is read, not even to skip it (a client that
+                    // has proved nothing could make us read gigabytes): a synchronizing
+                    // literal is refused before the client sends it; for a
+                    // non-synchronizing one (RFC 7888 §4) the connection is closed, as
+                    // Dovecot does with the same words.
+                    if sync {
+                        let tag = tag_of(&raw);
+                        self.errors += 1;
+                        self.no(
+                            tag.as_deref().unwrap_or("*"),
+                            "[TOOBIG] Literal size too large before login",
+                        );
+                        return Ok(Framed::Rejected);
+                    }
+                    self.line("* BYE Literal size too large");
+                    return Ok(Framed::Close);
+                }
                 let tag = tag_of(&raw);
                 if sync {
                     // The client waits for "+": it will not send the literal.
@@ -206,7 +263,10 @@ impl Conn {
                 enabled.push("CONDSTORE");
             }
         }
-        self.line(format!("* ENABLED {}", enabled.join(" ")).trim_end());
+        // RFC 5161 §3.2: ENABLED lists what this command enabled; nothing, no line.
+        if !enabled.is_empty() {
+            self.line(&format!("* ENABLED {}", enabled.join(" ")));
+        }
         self.ok(tag, "ENABLE completed");
     }
 
@@ -221,7 +281,16 @@ impl Conn {
         quiet: &BTreeSet<u32>,
     ) -> io::Result<()> {
         let condstore = self.condstore;
-        let ch = sel.mb.sync()?;
+        let ch = match sel.mb.sync() {
+            Ok(ch) => ch,
+            Err(e) if !sel.mb.exists() => {
+                // Another session (or program) deleted the selected mailbox: nothing the
+                // client holds is valid any more, and there is no state to go on with.
+                self.line("* BYE Selected mailbox was deleted, have to disconnect.");
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         let mut lines: Vec<String> = Vec::new();
         if ch.uidvalidity_changed {
             // RFC 3501 §2.3.1.1: every UID the client holds is void; the session ends.
@@ -242,7 +311,8 @@ impl Conn {
                 }
             }
         }
-        if allow_expunge && !sel.pending_expunge.is_empty() {
+        let expunged_now = allow_expunge && !sel.pending_expunge.is_empty();
+        if expunged_now {
             // Highest first: each EXPUNGE renumbers only the messages after it.
             for uid in std::mem::take(&mut sel.pending_expunge).into_iter().rev() {
                 if let Ok(i) = sel.uids.binary_search(&uid) {
@@ -262,8 +332,15 @@ impl Conn {
         }
         if added {
             lines.push(format!("* {} EXISTS", sel.uids.len()));
+        }
+        if added || expunged_now {
+            // RFC 3501 §7.3.2: RECENT when the count changes with the mailbox's size; after
+            // expunges alone the client lowers it itself (§7.4.1).
             let recent = sel.uids.iter().filter(|u| sel.mb.is_recent(**u)).count();
-            lines.push(format!("* {recent} RECENT"));
+            if added && recent != sel.recent_reported {
+                lines.push(format!("* {recent} RECENT"));
+            }
+            sel.recent_reported = recent;
         }
         let touched: Vec<Flag> = ch
             .changed
@@ -350,6 +427,13 @@ fn literal_announcement(line: &[u8]) -> Option<(u64, bool)> {
     std::str::from_utf8(digits).ok()?.parse().ok().map(|n| (n, sync))
 }
 
+/// The command name of a command line (the word after the tag), if there is one.
+fn command_name(raw: &[u8]) -> Option<&[u8]> {
+    let mut words = raw.split(|&b| b == b' ' || b == b'\r' || b == b'\n');
+    words.next()?;
+    words.next().filter(|w| !w.is_empty())
+}
+
 /// The tag of a command line, if it looks like one (RFC 3501 §9 `tag`).
 pub(super) fn tag_of(raw: &[u8]) -> Option<String> {
     let end = raw.iter().position(|&b| b == b' ' || b == b'\r' || b == b'\n').unwrap_or(raw.len());
@@ -373,5 +457,7 @@ mod tests {
         assert_eq!(tag_of(b"a1 FOO\r\n").as_deref(), Some("a1"));
         assert_eq!(tag_of(b"+ x\r\n"), None);
         assert_eq!(tag_of(b"\r\n"), None);
+        assert_eq!(command_name(b"a1 login {5}\r\n"), Some(&b"login"[..]));
+        assert_eq!(command_name(b"a1\r\n"), None);
     }
 }

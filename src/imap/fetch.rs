@@ -458,10 +458,7 @@ impl Conn {
         uid: bool,
         modifiers: &[StoreModifier],
     ) -> io::Result<()> {
-        if sel.read_only {
-            self.no(tag, "[READ-ONLY] Mailbox is read-only");
-            return Ok(());
-        }
+        // A malformed command is BAD whatever the mailbox (RFC 3501 §6.4.6, as Dovecot).
         let uids = match sel.resolve(set, uid) {
             Ok(u) => u,
             Err(e) => {
@@ -469,6 +466,10 @@ impl Conn {
                 return Ok(());
             }
         };
+        if sel.read_only {
+            self.no(tag, "[READ-ONLY] Mailbox is read-only");
+            return Ok(());
+        }
         let mut parsed = Vec::new();
         for f in flags {
             let s = f.to_string();
@@ -504,9 +505,14 @@ impl Conn {
             if modified.contains(&u) {
                 continue;
             }
+            // RFC 3501 §6.4.6: the updated values; a message whose flags this STORE did
+            // not change has none to report (as Dovecot answers).
+            if !r.updated.contains(&u) {
+                continue;
+            }
             let (Some(m), Some(seq)) = (sel.mb.message(u), sel.seq_of(u)) else { continue };
             // RFC 7162 §3.2: with CONDSTORE the new MODSEQ is sent even for .SILENT.
-            if silent && !(condstore && r.updated.contains(&u)) {
+            if silent && !condstore {
                 continue;
             }
             let mut items = Vec::new();

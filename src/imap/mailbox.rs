@@ -86,8 +86,12 @@ impl Conn {
         read_only: bool,
         condstore: bool,
     ) -> io::Result<()> {
-        // RFC 3501 §6.3.1: a failed SELECT leaves no mailbox selected.
-        *mailbox = Selection::NotSelected;
+        // RFC 3501 §6.3.1: a failed SELECT leaves no mailbox selected. RFC 7162 §3.2.11
+        // (and RFC 9051 §7.1): the implicit close of the mailbox selected before is
+        // announced, so a client can tell the responses of the two apart.
+        if let Selection::Selected(_) = std::mem::replace(mailbox, Selection::NotSelected) {
+            self.line("* OK [CLOSED] Previous mailbox closed");
+        }
         if condstore {
             self.condstore = true;
         }
@@ -130,6 +134,7 @@ impl Conn {
             read_only,
             pending_expunge: BTreeSet::new(),
             keywords,
+            recent_reported: summary.recent,
         }));
         let code = if read_only { "READ-ONLY" } else { "READ-WRITE" };
         let cmd = if read_only { "EXAMINE" } else { "SELECT" };
@@ -141,7 +146,8 @@ impl Conn {
         let name = match disk_name(m) {
             Ok(n) if n == "INBOX" => return self.no(tag, "[ALREADYEXISTS] INBOX always exists"),
             Ok(n) => n,
-            Err(e) => return self.no(tag, &e),
+            // RFC 5530 §3: a name this server can never hold.
+            Err(e) => return self.no(tag, &format!("[CANNOT] {e}")),
         };
         match self.ctx.store.folder_exists(&account.address, &name) {
             Ok(true) => return self.no(tag, "[ALREADYEXISTS] Mailbox already exists"),
@@ -190,6 +196,12 @@ impl Conn {
         if to == "INBOX" {
             return self.no(tag, "[ALREADYEXISTS] INBOX always exists");
         }
+        // The source before the target: a missing source is the first thing wrong.
+        match self.ctx.store.folder_exists(&account.address, &from) {
+            Ok(false) => return self.no(tag, "[NONEXISTENT] No such mailbox"),
+            Ok(true) => {}
+            Err(e) => return self.no(tag, &io_no(&e)),
+        }
         match self.ctx.store.folder_exists(&account.address, &to) {
             Ok(true) => return self.no(tag, "[ALREADYEXISTS] Target mailbox exists"),
             Ok(false) => {}
@@ -230,7 +242,6 @@ impl Conn {
         pattern: &[u8],
         lsub: bool,
     ) {
-        let cmd = if lsub { "LSUB" } else { "LIST" };
         let reference: Vec<u8> = match reference {
             WireMailbox::Inbox => b"INBOX".to_vec(),
             WireMailbox::Other(o) => o.as_ref().to_vec(),
@@ -242,6 +253,9 @@ impl Conn {
         }
         let mut full = reference.clone();
         full.extend_from_slice(pattern);
+        if lsub {
+            return self.lsub(account, tag, &full);
+        }
         let folders = match self.ctx.store.list_folders(&account.address) {
             Ok(f) => f,
             Err(e) => return self.no(tag, &io_no(&e)),
@@ -249,32 +263,29 @@ impl Conn {
         // Maildir++ can hold `.a.b` without `.a`: the levels above an existing folder that
         // are no folder themselves are listed with \Noselect (RFC 3501 §6.3.8: "If these
         // levels of hierarchy are not also selectable mailboxes, they are returned with the
-        // \Noselect mailbox name attribute"), so clients can show the tree. LSUB lists only
-        // subscriptions, not these.
+        // \Noselect mailbox name attribute"), so clients can show the tree.
         let mut entries: Vec<(String, Option<&store::FolderInfo>)> =
             folders.iter().map(|f| (f.name.clone(), Some(f))).collect();
-        if !lsub {
-            let existing: BTreeSet<&str> = folders.iter().map(|f| f.name.as_str()).collect();
-            let mut missing = BTreeSet::new();
-            for f in &folders {
-                for (i, _) in f.name.match_indices('.') {
-                    let parent = &f.name[..i];
-                    if !existing.contains(parent) {
-                        missing.insert(parent.to_owned());
-                    }
+        let existing: BTreeSet<&str> = folders.iter().map(|f| f.name.as_str()).collect();
+        let mut missing = BTreeSet::new();
+        for f in &folders {
+            for (i, _) in f.name.match_indices('.') {
+                let parent = &f.name[..i];
+                if !existing.contains(parent) {
+                    missing.insert(parent.to_owned());
                 }
             }
-            entries.extend(missing.into_iter().map(|n| (n, None)));
-            // INBOX first, then by name, as before.
-            entries[1..].sort_by(|a, b| a.0.cmp(&b.0));
         }
+        entries.extend(missing.into_iter().map(|n| (n, None)));
+        // INBOX first, then by name, as before.
+        entries[1..].sort_by(|a, b| a.0.cmp(&b.0));
         let names: Vec<String> = entries.iter().map(|(n, _)| disk_to_wire(n)).collect();
         let mut out = Vec::new();
         let opts = std::mem::take(&mut self.list_opts);
         for ((name, f), wire_name) in entries.iter().zip(&names) {
             let subscribed = f.is_some_and(|f| f.subscribed);
             let special = f.and_then(|f| f.special_use);
-            if (lsub || opts.subscribed_only) && !subscribed && name != "INBOX" {
+            if opts.subscribed_only && !subscribed && name != "INBOX" {
                 continue;
             }
             if opts.special_use_only && special.is_none() {
@@ -299,17 +310,74 @@ impl Conn {
             if let Some(su) = special {
                 attrs.push(su);
             }
-            out.extend_from_slice(format!("* {cmd} ({}) \"/\" ", attrs.join(" ")).as_bytes());
+            out.extend_from_slice(format!("* LIST ({}) \"/\" ", attrs.join(" ")).as_bytes());
             wire::mailbox(&mut out, wire_name);
             out.extend_from_slice(b"\r\n");
         }
         self.out.extend_from_slice(&out);
-        self.ok(tag, &format!("{cmd} completed"));
+        self.ok(tag, "LIST completed");
+    }
+
+    /// LSUB (RFC 3501 §6.3.9): the subscribed names matching `pattern`, whether or not
+    /// the mailbox exists (the subscription outlives it), and — the special case of `%` —
+    /// a level above a subscribed name that the pattern stops at but that is not subscribed
+    /// itself, flagged \Noselect ("foo/bar" subscribed, "foo" not: `LSUB "" "%"` returns
+    /// "foo" as \Noselect). INBOX first, then by name.
+    fn lsub(&mut self, account: &Account, tag: &str, pattern: &[u8]) {
+        let subs = match self.ctx.store.subscriptions(&account.address) {
+            Ok(s) => s,
+            Err(e) => return self.no(tag, &io_no(&e)),
+        };
+        let wire: BTreeSet<String> = subs.iter().filter(|n| *n != "INBOX").map(|n| disk_to_wire(n)).collect();
+        let mut out = Vec::new();
+        let mut line = |name: &str, noselect: bool| {
+            // RFC 6154 §2: the special-use attribute goes with the mailbox in LSUB too.
+            let special = if noselect {
+                None
+            } else {
+                wire_to_disk(name.as_bytes()).ok().and_then(|n| store::special_use(&n))
+            };
+            match (noselect, special) {
+                (true, _) => out.extend_from_slice(b"* LSUB (\\Noselect) \"/\" "),
+                (false, Some(su)) => out.extend_from_slice(format!("* LSUB ({su}) \"/\" ").as_bytes()),
+                (false, None) => out.extend_from_slice(b"* LSUB () \"/\" "),
+            }
+            wire::mailbox(&mut out, name);
+            out.extend_from_slice(b"\r\n");
+        };
+        // INBOX matches case-insensitively (RFC 3501 §5.1).
+        if subs.contains("INBOX") && (matches(pattern, b"INBOX") || pattern.eq_ignore_ascii_case(b"INBOX")) {
+            line("INBOX", false);
+        }
+        let mut parents = BTreeSet::new();
+        for name in &wire {
+            if matches(pattern, name.as_bytes()) {
+                continue;
+            }
+            for (i, _) in name.match_indices('/') {
+                let parent = &name[..i];
+                if !wire.contains(parent) && matches(pattern, parent.as_bytes()) {
+                    parents.insert(parent.to_owned());
+                }
+            }
+        }
+        let all: BTreeSet<(&str, bool)> = wire
+            .iter()
+            .filter(|n| matches(pattern, n.as_bytes()))
+            .map(|n| (n.as_str(), false))
+            .chain(parents.iter().map(|p| (p.as_str(), true)))
+            .collect();
+        for (name, noselect) in all {
+            line(name, noselect);
+        }
+        self.out.extend_from_slice(&out);
+        self.ok(tag, "LSUB completed");
     }
 
     pub(super) fn status(
         &mut self,
         account: &Account,
+        selected: &mut Selection,
         tag: &str,
         m: &WireMailbox<'_>,
         items: &[StatusDataItemName],
@@ -330,8 +398,16 @@ impl Conn {
         for it in items {
             match it {
                 StatusDataItemName::Messages => parts.push(format!("MESSAGES {}", msgs.len())),
-                // Without claiming, no message is \Recent to us: count the unclaimed ones.
-                StatusDataItemName::Recent => parts.push(format!("RECENT {}", mb.unclaimed_recent())),
+                // Those no session has claimed, and of the mailbox selected here also those
+                // \Recent to this session (RFC 3501 §6.3.10: the messages with \Recent set).
+                StatusDataItemName::Recent => {
+                    // (EXAMINE's \Recent are the unclaimed ones: not counted twice.)
+                    let own = selected
+                        .folder(&name)
+                        .filter(|sel| !sel.read_only)
+                        .map_or(0, |sel| sel.mb.recent_count());
+                    parts.push(format!("RECENT {}", own + mb.unclaimed_recent()))
+                }
                 StatusDataItemName::UidNext => parts.push(format!("UIDNEXT {}", mb.uid_next())),
                 StatusDataItemName::UidValidity => parts.push(format!("UIDVALIDITY {}", mb.uidvalidity())),
                 StatusDataItemName::Unseen => parts.push(format!(
@@ -444,10 +520,9 @@ impl Conn {
             }
         };
         let cmd = if is_move { "MOVE" } else { "COPY" };
-        if is_move && sel.read_only {
-            self.no(tag, "[READ-ONLY] Mailbox is read-only");
-            return Ok(());
-        }
+        // Nothing to copy is done at once; then the destination (RFC 3501 §6.4.7:
+        // [TRYCREATE] tells the client what to do about it), then whether this mailbox
+        // allows the move — the order Dovecot answers in.
         if uids.is_empty() {
             self.ok(tag, &format!("{cmd} completed (no messages)"));
             return Ok(());
@@ -462,6 +537,10 @@ impl Conn {
                 return Ok(());
             }
             Ok(true) => {}
+        }
+        if is_move && sel.read_only {
+            self.no(tag, "[READ-ONLY] Mailbox is read-only");
+            return Ok(());
         }
         if !is_move {
             let size: u64 = uids.iter().filter_map(|u| sel.mb.message(*u)).map(|m| m.size).sum();

@@ -150,10 +150,16 @@ fn content_type(fields: &[(String, String)], default_digest: bool) -> ContentTyp
         params: if default_digest { vec![] } else { vec![("charset".into(), "us-ascii".into())] },
     };
     let Some(v) = field(fields, "Content-Type") else { return default() };
-    let (t, params) = parse_params(v);
+    let (t, mut params) = parse_params(v);
     match t.split_once('/') {
         Some((m, s)) if !m.trim().is_empty() && !s.trim().is_empty() => {
-            ContentType { main: m.trim().to_ascii_lowercase(), sub: s.trim().to_ascii_lowercase(), params }
+            let main = m.trim().to_ascii_lowercase();
+            // RFC 2045 §5.2 / RFC 2046 §4.1.2: text without a charset is US-ASCII; say so,
+            // as for a message without Content-Type.
+            if main == "text" && !params.iter().any(|(k, _)| k.eq_ignore_ascii_case("charset")) {
+                params.push(("charset".into(), "us-ascii".into()));
+            }
+            ContentType { main, sub: s.trim().to_ascii_lowercase(), params }
         }
         _ => default(),
     }
@@ -252,13 +258,11 @@ impl Part {
     }
 }
 
+/// body-fld-lines (RFC 3501 §7.4.2): the line breaks in the body. A part's last line has
+/// none of its own — its CRLF belongs to the boundary after it (RFC 2046 §5.1.1) — and is
+/// not counted, as Dovecot counts.
 fn lines(data: &[u8]) -> usize {
-    let n = data.iter().filter(|&&b| b == b'\n').count();
-    if data.last().is_some_and(|&b| b != b'\n') {
-        n + 1
-    } else {
-        n
-    }
+    memchr::memchr_iter(b'\n', data).count()
 }
 
 fn params_list(out: &mut Vec<u8>, params: &[(String, String)]) {
@@ -416,9 +420,17 @@ fn one_address(out: &mut Vec<u8>, a: &mail_parser::Addr) {
         Some((l, h)) => (l, Some(h)),
         None => (addr, None),
     };
+    // RFC 3501 §7.4.2: the source route (RFC 5322 §4.4 obs-route, `<@a,@b:user@host>`) is
+    // the second field, the at-domain-list; the mailbox name is what follows its colon.
+    let (adl, local) = match local.split_once(':') {
+        Some((route, rest)) if route.starts_with('@') => (Some(route), rest),
+        _ => (None, local),
+    };
     out.push(b'(');
     nstring(out, a.name.as_deref().map(header_text).as_deref());
-    out.extend_from_slice(b" NIL ");
+    out.push(b' ');
+    nstring(out, adl.map(header_text).as_deref());
+    out.push(b' ');
     string(out, &header_text(local));
     out.push(b' ');
     nstring(out, host.map(header_text).as_deref());
@@ -547,7 +559,9 @@ mod tests {
         body_structure(&mut out, MIXED, &p, false);
         let s = String::from_utf8(out).unwrap();
         assert!(
-            s.starts_with("((\"TEXT\" \"PLAIN\" NIL NIL NIL \"7BIT\" 5 1)(\"MESSAGE\" \"RFC822\""),
+            // The charset US-ASCII of text without one (RFC 2045 §5.2); no line break in
+            // "hello" (its CRLF is the boundary's), so 0 lines, as Dovecot counts.
+            s.starts_with("((\"TEXT\" \"PLAIN\" (\"charset\" \"us-ascii\") NIL NIL \"7BIT\" 5 0)(\"MESSAGE\" \"RFC822\""),
             "{s}"
         );
         assert!(s.ends_with(" \"MIXED\")"), "{s}");

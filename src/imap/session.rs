@@ -86,10 +86,17 @@ impl Session {
             if self.conn.reader.buffer().is_empty() {
                 self.conn.flush().await?;
             }
-            let raw = match self.conn.read_command().await? {
+            let authenticated = matches!(self.state, State::Authenticated { .. });
+            let raw = match self.conn.read_command(authenticated).await? {
                 Framed::Command(raw) => raw,
-                Framed::Rejected => continue,
-                Framed::Eof => return Ok(()),
+                Framed::Rejected => {
+                    if self.conn.errors >= MAX_ERRORS {
+                        self.conn.line("* BYE Too many errors");
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Framed::Eof | Framed::Close => return Ok(()),
                 Framed::Timeout => {
                     // RFC 3501 §5.4: the autologout timer.
                     self.conn.line("* BYE Autologout; idle for too long");
@@ -376,7 +383,7 @@ fn dispatch_fs(
         CommandBody::Lsub { reference, mailbox_wildcard } => {
             conn.list(account, tag, &reference, &list_pattern(&mailbox_wildcard), true)
         }
-        CommandBody::Status { mailbox: m, item_names } => conn.status(account, tag, &m, &item_names),
+        CommandBody::Status { mailbox: m, item_names } => conn.status(account, mailbox, tag, &m, &item_names),
         CommandBody::Append { mailbox: m, flags, date, message } => {
             let data: &[u8] = match &message {
                 imap_codec::imap_types::extensions::binary::LiteralOrLiteral8::Literal(l) => l.as_ref(),

@@ -51,6 +51,8 @@ pub(super) struct Selected {
     pub pending_expunge: BTreeSet<u32>,
     /// Keywords announced in FLAGS so far.
     pub keywords: BTreeSet<String>,
+    /// The \Recent count the client was last told (SELECT, RECENT).
+    pub recent_reported: usize,
 }
 
 impl Selected {

@@ -128,6 +128,35 @@ pub struct Mailbox {
     seen_modseq: u64,
 }
 
+/// The folder a session opened was deleted or replaced (another folder now has its name)
+/// since: the UIDs it holds name nothing, or other messages (RFC 3501 §2.3.1.1). Returned by
+/// the methods that act on UIDs instead of acting on the wrong messages; the session must
+/// open the folder again. Test for it with [`is_folder_replaced`].
+#[derive(Debug)]
+pub struct FolderReplaced;
+
+impl std::fmt::Display for FolderReplaced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the mailbox was deleted or replaced since it was selected; select it again")
+    }
+}
+
+impl std::error::Error for FolderReplaced {}
+
+/// Whether `e` is [`FolderReplaced`].
+pub fn is_folder_replaced(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<FolderReplaced>())
+}
+
+/// Err([`FolderReplaced`]) unless the index is still of the UIDVALIDITY the session saw
+/// (`seen`, 0 before its first sync).
+fn same_folder(seen: u32, idx: &Index) -> io::Result<()> {
+    if seen != 0 && idx.uidvalidity() != seen {
+        return Err(io::Error::other(FolderReplaced));
+    }
+    Ok(())
+}
+
 /// A message of the index as a session sees it.
 fn view(e: &Entry, dir: &Path, recent: bool, kw: &DovecotKeywords) -> Message {
     Message {
@@ -225,9 +254,10 @@ impl Mailbox {
         account: Address,
         folder: String,
         dir: PathBuf,
+        id: super::FolderId,
         claim_recent: bool,
     ) -> io::Result<Mailbox> {
-        let shared = store.indexes.get(&dir);
+        let shared = store.indexes.get(&dir, id);
         let mut mb = Mailbox {
             store,
             account,
@@ -250,6 +280,10 @@ impl Mailbox {
 
     pub fn folder(&self) -> &str {
         &self.folder
+    }
+    /// Whether the folder still exists on disk (after a failed sync: was it deleted?).
+    pub fn exists(&self) -> bool {
+        self.dir.join("cur").is_dir()
     }
     pub fn account(&self) -> &Address {
         &self.account
@@ -390,6 +424,11 @@ impl Mailbox {
         s
     }
 
+    /// How many messages are \Recent for this session.
+    pub fn recent_count(&self) -> usize {
+        self.recent.len()
+    }
+
     /// \Recent for this session (RFC 3501 §2.3.2).
     pub fn is_recent(&self, uid: u32) -> bool {
         self.recent.contains(&uid)
@@ -427,6 +466,12 @@ impl Mailbox {
                 }
                 Ok(())
             })?;
+        }
+        if !claim {
+            // RFC 3501 §6.3.2: EXAMINE shows \Recent without taking it (no change of
+            // per-user state): the messages no session has claimed are \Recent here too.
+            let first = idx.first_recent().max(self.recent.last().map_or(0, |u| u + 1));
+            self.recent.extend(idx.entries().range(first..).map(|(u, _)| *u));
         }
         let ch = if self.seen_uidvalidity == 0 {
             // The first sync (open): the caller reads the whole state.
@@ -489,7 +534,9 @@ impl Mailbox {
         unchanged_since: Option<u64>,
     ) -> io::Result<StoreResult> {
         let dir = self.dir.clone();
+        let seen = self.seen_uidvalidity;
         self.index().write(|tx| {
+            same_folder(seen, tx.index())?;
             let mut result = StoreResult::default();
             if op != FlagOp::Remove {
                 let names: Vec<&str> =
@@ -552,7 +599,9 @@ impl Mailbox {
     /// were removed.
     pub fn expunge(&mut self, uids: &[u32]) -> io::Result<Vec<u32>> {
         let dir = self.dir.clone();
+        let seen = self.seen_uidvalidity;
         self.index().write(|tx| {
+            same_folder(seen, tx.index())?;
             let mut done = Vec::new();
             for uid in sorted(uids) {
                 let Some(e) = tx.index().get(uid) else { continue };
@@ -607,14 +656,15 @@ impl Mailbox {
     /// IMAP layer answers [TRYCREATE]).
     pub fn copy_to(&mut self, uids: &[u32], dest: &str) -> io::Result<CopyResult> {
         let dest_dir = self.store.folder_dir(&self.account, dest)?;
-        if !dest_dir.join("cur").is_dir() {
+        let Some(dest_id) = super::FolderId::of(&dest_dir)? else {
             return Err(io::Error::new(io::ErrorKind::NotFound, format!("folder {dest:?} does not exist")));
-        }
+        };
         let src_dir = self.dir.clone();
         // Each message with its system letters and keywords by name: Dovecot's a–z letters
         // index the source folder's keyword list and mean something else in the destination.
         let sources: Vec<(Entry, String, BTreeSet<String>)> = {
             let idx = self.index();
+            same_folder(self.seen_uidvalidity, &idx)?;
             sorted(uids)
                 .into_iter()
                 .filter_map(|u| idx.get(u))
@@ -626,7 +676,7 @@ impl Mailbox {
         };
         // Only the destination is locked: we read the source files (following renames), and
         // holding one lock at a time keeps two opposite copies from deadlocking.
-        let dest_shared = self.store.indexes.get(&dest_dir);
+        let dest_shared = self.store.indexes.get(&dest_dir, dest_id);
         let mut didx = dest_shared.lock().unwrap_or_else(|e| e.into_inner());
         didx.write(|tx| {
             let wanted: BTreeSet<&str> =

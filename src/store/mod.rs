@@ -7,6 +7,7 @@
 //! {root}/{domain}/{localpart}/            INBOX: cur/ new/ tmp/
 //!     subscriptions                       subscribed folder names, one a line
 //!     posthaste-uidlist(.lock)            INBOX's UID index (see `index`)
+//!     posthaste-uidvalidity               the last UIDVALIDITY given to any folder
 //!     .Sent/ .Drafts/ .Junk/ .Trash/ .Archive/
 //!     .Archive.2024/                      folder "Archive.2024": hierarchy by `.`
 //!         cur/ new/ tmp/ maildirfolder posthaste-uidlist(.lock)
@@ -35,7 +36,10 @@ use crate::address::Address;
 use crate::durable::{self, fsync_dir, FileLock};
 
 pub use index::{CachedMessage, Changes};
-pub use mailbox::{CopyResult, FlagOp, Mailbox, Message, MessageRef, StoreResult, Summary, SYSTEM_FLAGS};
+pub use mailbox::{
+    is_folder_replaced, CopyResult, FlagOp, FolderReplaced, Mailbox, Message, MessageRef, StoreResult,
+    Summary, SYSTEM_FLAGS,
+};
 pub use retire::ARCHIVE_DIR;
 
 #[derive(Debug, Clone)]
@@ -55,11 +59,49 @@ pub(crate) type SharedIndex = std::sync::Arc<std::sync::Mutex<index::Index>>;
 
 /// Folder indexes kept between uses; beyond [`IndexCache::CAPACITY`] the ones nobody holds
 /// are dropped.
+///
+/// An entry belongs to one folder *directory*, not to a path: a folder deleted and created
+/// again under the same name (by IMAP DELETE + CREATE, RENAME onto an old name, or another
+/// program removing and remaking it) is another folder with other messages, and its
+/// predecessor's in-memory state (UIDs, expunge tombstones, MODSEQs, cached message data)
+/// must not be taken for its own — that once hid appended mail behind `* 1 EXPUNGE` lines
+/// (tests/it/imap.rs, `deleted_and_recreated_folder_shows_its_appends`). So each entry
+/// remembers the identity of the folder's `cur/` ([`FolderId`]) it was made for, the store
+/// drops entries when it deletes, renames or creates a folder, and `get` replaces an entry
+/// whose directory is no longer the one it describes. Sessions that still hold the old
+/// entry notice at their next sync (the index file they find has another UIDVALIDITY, or
+/// is gone) and end (RFC 3501 §2.3.1.1).
 #[derive(Default)]
 struct IndexCache {
-    map: std::sync::Mutex<std::collections::HashMap<PathBuf, SharedIndex>>,
+    map: std::sync::Mutex<std::collections::HashMap<PathBuf, (SharedIndex, FolderId)>>,
     /// Bytes in the message caches of all folders (see `index::MessageCache`).
     cached_bytes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Which directory a folder's `cur/` is: device, inode and birth time (0 where the file
+/// system does not record one). The inode alone is not enough: a directory made right after
+/// another was removed often gets the freed inode number back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FolderId(u64, u64, i128);
+
+impl FolderId {
+    /// The identity of the folder at `dir`, or None if it has no `cur/` (no such folder).
+    /// One stat, the one callers need anyway to know the folder exists.
+    pub(crate) fn of(dir: &Path) -> io::Result<Option<FolderId>> {
+        match std::fs::metadata(dir.join("cur")) {
+            Ok(m) if m.is_dir() => {
+                let born = m
+                    .created()
+                    .ok()
+                    .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_nanos() as i128);
+                Ok(Some(FolderId(m.dev(), m.ino(), born)))
+            }
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 impl std::fmt::Debug for IndexCache {
@@ -73,19 +115,48 @@ impl IndexCache {
     /// costs one full index read, as before the cache existed).
     const CAPACITY: usize = 256;
 
-    fn get(&self, dir: &Path) -> SharedIndex {
+    /// The shared index of the folder at `dir`, whose `cur/` is `id` (see [`FolderId::of`]).
+    fn get(&self, dir: &Path, id: FolderId) -> SharedIndex {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = map.get(dir) {
-            return i.clone();
+        if let Some((i, known)) = map.get(dir) {
+            if *known == id {
+                return i.clone();
+            }
+            // Another directory under the same name: a new folder, a new index.
         }
         if map.len() >= Self::CAPACITY {
             // Folders an open session holds stay: dropping them would split their state.
-            map.retain(|_, i| std::sync::Arc::strong_count(i) > 1);
+            map.retain(|_, (i, _)| std::sync::Arc::strong_count(i) > 1);
         }
-        let index = index::Index::with_cache_total(dir.to_path_buf(), self.cached_bytes.clone());
+        let mut index = index::Index::with_cache_total(dir.to_path_buf(), self.cached_bytes.clone());
+        index.set_uidvalidity_file(account_dir_of(dir).join(index::UIDVALIDITY_FILE));
         let i = std::sync::Arc::new(std::sync::Mutex::new(index));
-        map.insert(dir.to_path_buf(), i.clone());
+        map.insert(dir.to_path_buf(), (i.clone(), id));
         i
+    }
+
+    /// Forget the folders at `dir` and, with `subfolders`, every folder below it in the
+    /// Maildir++ tree (`dir` + `.name`): they were deleted, renamed or replaced. Sessions
+    /// holding them keep their copy until they notice (see the type's docs).
+    fn forget(&self, dir: &Path, subfolders: bool) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let prefix = format!("{}.", dir.display());
+        map.retain(|p, _| p != dir && !(subfolders && p.to_string_lossy().starts_with(&prefix)));
+    }
+
+    /// Forget every folder of the account at `account_dir` (its mailbox was removed).
+    fn forget_account(&self, account_dir: &Path) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|p, _| !p.starts_with(account_dir));
+    }
+}
+
+/// The account directory (INBOX) a folder directory belongs to: Maildir++ subfolders are
+/// `.name` directories inside it.
+fn account_dir_of(dir: &Path) -> &Path {
+    match (dir.file_name(), dir.parent()) {
+        (Some(n), Some(parent)) if n.to_string_lossy().starts_with('.') => parent,
+        _ => dir,
     }
 }
 
@@ -208,6 +279,10 @@ pub struct Usage {
 const SUBSCRIPTIONS: &str = "subscriptions";
 const FOLDERS_LOCK: &str = "posthaste-folders.lock";
 
+fn not_found(folder: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, format!("folder {folder:?} does not exist"))
+}
+
 fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, msg)
 }
@@ -315,17 +390,21 @@ impl Store {
     /// the user ever logged in).
     pub fn deliver(&self, account: &Address, folder: &str, message: &[u8]) -> io::Result<Delivered> {
         let dir = self.folder_dir(account, folder)?;
-        if !dir.join("cur").is_dir() {
-            self.create_account(account)?;
-            if !dir.join("cur").is_dir() {
-                match self.create_folder(account, folder) {
-                    Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
-                    _ => {}
+        let id = match FolderId::of(&dir)? {
+            Some(id) => id,
+            None => {
+                self.create_account(account)?;
+                if FolderId::of(&dir)?.is_none() {
+                    match self.create_folder(account, folder) {
+                        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+                        _ => {}
+                    }
                 }
+                FolderId::of(&dir)?.ok_or_else(|| not_found(folder))?
             }
-        }
+        };
         let tmp = write_tmp(&dir, message, None)?;
-        self.index_new_message(&dir, tmp, None, message.len() as u64)
+        self.index_new_message(&dir, id, tmp, None, message.len() as u64)
     }
 
     /// Put the message written to tmp/ into new/ or cur/ and give it its UID, both under the
@@ -334,11 +413,12 @@ impl Store {
     fn index_new_message(
         &self,
         dir: &Path,
+        id: FolderId,
         tmp: Tmp,
         cur_flags: Option<&[Flag]>,
         size: u64,
     ) -> io::Result<Delivered> {
-        let cached = self.indexes.get(dir);
+        let cached = self.indexes.get(dir, id);
         // In-process deliveries to one folder queue here; other processes on the index lock.
         let mut idx = cached.lock().unwrap_or_else(|e| e.into_inner());
         let date = tmp.mtime;
@@ -398,11 +478,9 @@ impl Store {
         date: Option<SystemTime>,
     ) -> io::Result<Delivered> {
         let dir = self.folder_dir(account, folder)?;
-        if !dir.join("cur").is_dir() {
-            return Err(io::Error::new(io::ErrorKind::NotFound, format!("folder {folder:?} does not exist")));
-        }
+        let id = FolderId::of(&dir)?.ok_or_else(|| not_found(folder))?;
         let tmp = write_tmp(&dir, message, date)?;
-        self.index_new_message(&dir, tmp, Some(flags), message.len() as u64)
+        self.index_new_message(&dir, id, tmp, Some(flags), message.len() as u64)
     }
 
     /// Open a folder for reading and changing (IMAP SELECT/EXAMINE, a POP3 session). It is
@@ -411,10 +489,8 @@ impl Store {
     pub fn open_mailbox(&self, account: &Address, folder: &str, claim_recent: bool) -> io::Result<Mailbox> {
         let canonical = validate_folder(folder)?;
         let dir = self.folder_dir(account, &canonical)?;
-        if !dir.join("cur").is_dir() {
-            return Err(io::Error::new(io::ErrorKind::NotFound, format!("folder {folder:?} does not exist")));
-        }
-        Mailbox::open(self.clone(), account.clone(), canonical, dir, claim_recent)
+        let id = FolderId::of(&dir)?.ok_or_else(|| not_found(folder))?;
+        Mailbox::open(self.clone(), account.clone(), canonical, dir, id, claim_recent)
     }
 
     /// All folders of the account, INBOX first, with their subscription state.
@@ -509,6 +585,8 @@ impl Store {
         File::create(tmp.join("maildirfolder"))?.sync_all()?;
         fsync_dir(&tmp)?;
         let dest = base.join(format!(".{folder}"));
+        // Whatever the store remembers of an earlier folder of this name is not this one's.
+        self.indexes.forget(&dest, false);
         if dest.exists() {
             std::fs::remove_dir_all(&tmp)?;
             return Err(io::Error::new(
@@ -538,6 +616,7 @@ impl Store {
         // leaves only a directory no client lists).
         let gone = base.join(format!("posthaste-deleted-{}", uuid::Uuid::new_v4().simple()));
         std::fs::rename(&dir, &gone)?;
+        self.indexes.forget(&dir, false);
         fsync_dir(&base)?;
         std::fs::remove_dir_all(&gone)
     }
@@ -590,6 +669,10 @@ impl Store {
         }
         for (src, dest) in &moves {
             std::fs::rename(base.join(src), base.join(dest))?;
+            // The folder is now at `dest`, and nothing is at `src`: both names' entries go
+            // (a session with the folder selected keeps its own until it notices).
+            self.indexes.forget(&base.join(src), false);
+            self.indexes.forget(&base.join(dest), false);
         }
         fsync_dir(&base)?;
         let subs = read_subscriptions(&base)?;

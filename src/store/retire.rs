@@ -47,6 +47,8 @@ impl Store {
                 continue;
             }
             std::fs::rename(&from, &to)?;
+            // A new account of the address starts with new folders, not these in memory.
+            self.indexes.forget_account(&from);
             fsync_dir(&dir)?;
             if let Some(parent) = from.parent() {
                 fsync_dir(parent)?;
@@ -63,6 +65,7 @@ impl Store {
             return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{} exists", to.display())));
         }
         std::fs::rename(archived, &to)?;
+        self.indexes.forget_account(&to);
         if let Some(parent) = to.parent() {
             fsync_dir(parent)?;
         }

@@ -179,6 +179,18 @@ impl Client {
         Client { io: BufReader::new(Box::new(tls)), ca: self.ca }
     }
 
+    /// Every line until the server closes the connection.
+    async fn rest(&mut self) -> String {
+        let mut all = String::new();
+        loop {
+            let l = self.line().await;
+            if l.is_empty() {
+                return all;
+            }
+            all.push_str(&l);
+        }
+    }
+
     async fn closed(&mut self) -> bool {
         let mut line = String::new();
         matches!(
@@ -512,7 +524,8 @@ async fn select_fetch_sections_and_seen() {
     );
     let r = c.ok("d FETCH 2 (BODYSTRUCTURE)").await;
     assert!(
-        r.contains("BODYSTRUCTURE ((\"TEXT\" \"PLAIN\" (\"charset\" \"utf-8\") NIL NIL \"7BIT\" 10 1"),
+        // 0 lines: the part's only CRLF belongs to the boundary (RFC 2046 §5.1.1).
+        r.contains("BODYSTRUCTURE ((\"TEXT\" \"PLAIN\" (\"charset\" \"utf-8\") NIL NIL \"7BIT\" 10 0"),
         "{r}"
     );
     assert!(r.contains("(\"APPLICATION\" \"OCTET-STREAM\" NIL NIL NIL \"BASE64\" 8"), "{r}");
@@ -1019,4 +1032,400 @@ async fn failed_logins_are_counted_by_the_guard() {
     assert!(c.line().await.starts_with("* BYE"), "the ban ends the session");
     let ip: std::net::IpAddr = "192.0.2.7".parse().unwrap();
     assert!(guard.check(ip).is_banned(), "192.0.2.7 must be banned after two failures");
+}
+
+/// Appends `n` messages with subjects `{prefix}1…` to `folder` through the session,
+/// returning every response.
+async fn append_n(c: &mut Client, folder: &str, prefix: &str, n: usize) -> String {
+    let mut all = String::new();
+    for i in 1..=n {
+        let m = msg(&format!("{prefix}{i}"), "body");
+        all.push_str(
+            &c.ok(&format!("ap{i} APPEND {folder} {{{}+}}\r\n{}", m.len(), String::from_utf8_lossy(&m)))
+                .await,
+        );
+    }
+    all
+}
+
+fn uidvalidity_of(r: &str) -> u32 {
+    r.split("[UIDVALIDITY ")
+        .nth(1)
+        .and_then(|s| s.split(']').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no UIDVALIDITY in {r}"))
+}
+
+/// Issue "IMAP as complete and correct as Dovecot", bug 1: after DELETE "box", CREATE
+/// "box", SELECT "box" and a few APPENDs, the selected session got `* 1 EXPUNGE` after each
+/// APPEND and its view shrank to nothing while the Maildir held every message: the
+/// in-memory index of the deleted folder (its expunge tombstones, its UIDVALIDITY) lived on
+/// for the new one. The new folder must get a new, greater UIDVALIDITY (RFC 3501 §2.3.1.1)
+/// even within the same second, and show every message appended to it.
+#[tokio::test]
+async fn deleted_and_recreated_folder_shows_its_appends() {
+    let env = env().await;
+    let mut c = Client::logged_in(&env).await;
+    c.ok("a CREATE box").await;
+    let old = uidvalidity_of(&c.ok("b SELECT box").await);
+    append_n(&mut c, "box", "old", 4).await;
+    c.ok("c STORE 1:2 +FLAGS (\\Deleted)").await;
+    c.ok("d EXPUNGE").await;
+    c.ok("e SELECT INBOX").await;
+    c.ok("f DELETE box").await;
+    c.ok("g CREATE box").await;
+    let r = c.ok("h SELECT box").await;
+    assert!(r.contains("* 0 EXISTS"), "{r}");
+    let new = uidvalidity_of(&r);
+    assert!(new > old, "a re-created folder needs a greater UIDVALIDITY: {old} then {new}");
+    let r = append_n(&mut c, "box", "new", 3).await;
+    assert!(!r.contains("EXPUNGE"), "{r}");
+    assert!(r.contains("* 3 EXISTS"), "{r}");
+    let r = c.ok("i CHECK").await;
+    assert!(!r.contains("EXPUNGE"), "{r}");
+    let r = c.ok("j FETCH 1:* (UID FLAGS)").await;
+    assert_eq!(r.matches(" FETCH (").count(), 3, "{r}");
+    assert!(r.contains("* 3 FETCH (UID 3 "), "{r}");
+    let r = c.ok("k SEARCH ALL").await;
+    assert!(r.contains("* SEARCH 1 2 3\r\n"), "{r}");
+    // A second session agrees, and so does the Maildir.
+    let mut d = Client::logged_in(&env).await;
+    let r = d.ok("a STATUS box (MESSAGES UIDNEXT UIDVALIDITY)").await;
+    assert!(r.contains("MESSAGES 3 UIDNEXT 4 UIDVALIDITY "), "{r}");
+    let dir = env.store.account_dir(&alice()).join(".box");
+    let files = std::fs::read_dir(dir.join("cur")).unwrap().count()
+        + std::fs::read_dir(dir.join("new")).unwrap().count();
+    assert_eq!(files, 3);
+}
+
+/// Bug 1's audit: a session that has the folder selected while another deletes it and
+/// creates it again never takes the new folder's messages for its own (its UIDs are void:
+/// RFC 3501 §2.3.1.1), and cannot change them with its old numbers.
+#[tokio::test]
+async fn deleted_and_recreated_folder_ends_the_stale_selection() {
+    let env = env().await;
+    let mut a = Client::logged_in(&env).await;
+    let mut b = Client::logged_in(&env).await;
+    a.ok("a CREATE box").await;
+    append_n(&mut a, "box", "old", 2).await;
+    b.ok("a SELECT box").await;
+    a.ok("b DELETE box").await;
+    a.ok("c CREATE box").await;
+    append_n(&mut a, "box", "new", 2).await;
+    // b's next command may not touch the new folder's messages with b's old view…
+    let r = b.cmd("b STORE 1 +FLAGS (\\Flagged)").await;
+    assert!(r.lines().last().unwrap().starts_with("b NO"), "{r}");
+    // …and the next sync ends the session: its UIDs are void (RFC 3501 §2.3.1.1).
+    b.send("c NOOP\r\n").await;
+    let r = b.rest().await;
+    assert!(r.starts_with("* BYE"), "{r}");
+    let r = a.ok("d SELECT box").await;
+    assert!(r.contains("* 2 EXISTS"), "{r}");
+    let r = a.ok("e FETCH 1:* (FLAGS)").await;
+    assert!(!r.contains("\\Flagged"), "{r}");
+}
+
+/// Bug 1's audit: RENAME onto the name of a deleted folder, and a folder removed and made
+/// again on disk by another program while posthaste had it in memory.
+#[tokio::test]
+async fn rename_onto_old_name_and_folder_replaced_on_disk() {
+    let env = env().await;
+    let mut c = Client::logged_in(&env).await;
+    c.ok("a CREATE b").await;
+    append_n(&mut c, "b", "b", 3).await;
+    let old_b = uidvalidity_of(&c.ok("c SELECT b").await);
+    c.ok("d STORE 1:3 +FLAGS (\\Deleted)").await;
+    c.ok("e EXPUNGE").await;
+    c.ok("f CREATE a").await;
+    append_n(&mut c, "a", "a", 2).await;
+    let va = uidvalidity_of(&c.ok("g SELECT a").await);
+    c.ok("h SELECT INBOX").await;
+    c.ok("i DELETE b").await;
+    c.ok("j RENAME a b").await;
+    let r = c.ok("k SELECT b").await;
+    assert!(r.contains("* 2 EXISTS"), "{r}");
+    let vb = uidvalidity_of(&r);
+    assert_eq!(vb, va, "RENAME keeps the folder's UIDVALIDITY");
+    assert_ne!(vb, old_b);
+    let r = append_n(&mut c, "b", "more", 2).await;
+    assert!(!r.contains("EXPUNGE") && r.contains("* 4 EXISTS"), "{r}");
+    let r = c.ok("l SEARCH ALL").await;
+    assert!(r.contains("* SEARCH 1 2 3 4\r\n"), "{r}");
+    c.ok("m SELECT INBOX").await;
+
+    // Another program removes "b" and makes an empty Maildir under the same name.
+    let dir = env.store.account_dir(&alice()).join(".b");
+    std::fs::remove_dir_all(&dir).unwrap();
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    let r = c.ok("n SELECT b").await;
+    assert!(r.contains("* 0 EXISTS"), "{r}");
+    assert!(uidvalidity_of(&r) > vb, "{r}");
+    let r = append_n(&mut c, "b", "fresh", 2).await;
+    assert!(!r.contains("EXPUNGE") && r.contains("* 2 EXISTS"), "{r}");
+    let r = c.ok("o FETCH 1:* (UID)").await;
+    assert!(r.contains("* 1 FETCH (UID 1)") && r.contains("* 2 FETCH (UID 2)"), "{r}");
+}
+
+/// Bug 1's audit: RENAME INBOX moves its messages into a new folder (RFC 3501 §6.3.5) and
+/// leaves INBOX empty; a session with INBOX selected hears of the expunges, and both
+/// folders take new mail normally afterwards.
+#[tokio::test]
+async fn rename_inbox_then_both_folders_take_new_mail() {
+    let env = env().await;
+    for i in 1..=3 {
+        env.store.deliver(&alice(), "INBOX", &msg(&format!("m{i}"), "x")).unwrap();
+    }
+    let mut a = Client::logged_in(&env).await;
+    let mut b = Client::logged_in(&env).await;
+    b.ok("a SELECT INBOX").await;
+    a.ok("a RENAME INBOX Old").await;
+    let r = b.ok("b NOOP").await;
+    assert_eq!(r.matches("EXPUNGE").count(), 3, "{r}");
+    env.store.deliver(&alice(), "INBOX", &msg("m4", "x")).unwrap();
+    let r = b.ok("c NOOP").await;
+    assert!(r.contains("* 1 EXISTS"), "{r}");
+    let r = a.ok("b STATUS Old (MESSAGES UIDNEXT)").await;
+    assert!(r.contains("MESSAGES 3 UIDNEXT 4"), "{r}");
+    append_n(&mut a, "Old", "o", 1).await;
+    let r = a.ok("c SELECT Old").await;
+    assert!(r.contains("* 4 EXISTS"), "{r}");
+    // A folder created again under the old name of a renamed one starts empty.
+    a.ok("d RENAME Old Older").await;
+    a.ok("e CREATE Old").await;
+    let r = a.ok("f SELECT Old").await;
+    assert!(r.contains("* 0 EXISTS"), "{r}");
+    let r = append_n(&mut a, "Old", "n", 1).await;
+    assert!(!r.contains("EXPUNGE") && r.contains("* 1 EXISTS"), "{r}");
+}
+
+/// Bug 6 of the same issue: a client library saw BODYSTRUCTURE report a multipart message
+/// as single-part and SEARCH return fewer messages than it had appended, in folders its
+/// suite deletes and creates again. Both are bug 1: pinned on a re-created folder.
+#[tokio::test]
+async fn bodystructure_and_search_counts_in_a_recreated_folder() {
+    let env = env().await;
+    let mut c = Client::logged_in(&env).await;
+    let multi = "From: a@example.test\r\nSubject: multi\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=xx\r\n\r\n--xx\r\nContent-Type: text/plain\r\n\r\none\r\n--xx\r\nContent-Type: text/html\r\n\r\n<b>two</b>\r\n--xx--\r\n";
+    let plain = "From: a@example.test\r\nSubject: plain\r\n\r\njust text\r\n";
+    for round in 0..2 {
+        c.ok("a CREATE box").await;
+        c.ok("b SELECT box").await;
+        for m in [plain, multi, plain, multi] {
+            c.ok(&format!("c APPEND box {{{}+}}\r\n{m}", m.len())).await;
+        }
+        let r = c.ok("d FETCH 1:4 (BODYSTRUCTURE)").await;
+        let lines: Vec<&str> = r.lines().filter(|l| l.contains("BODYSTRUCTURE")).collect();
+        assert_eq!(lines.len(), 4, "round {round}: {r}");
+        for (i, l) in lines.iter().enumerate() {
+            let multipart = l.contains("BODYSTRUCTURE ((");
+            assert_eq!(multipart, i % 2 == 1, "round {round}, message {}: {l}", i + 1);
+        }
+        let r = c.ok("e SEARCH ALL").await;
+        assert!(r.contains("* SEARCH 1 2 3 4\r\n"), "round {round}: {r}");
+        let r = c.ok("f SEARCH SUBJECT multi").await;
+        assert!(r.contains("* SEARCH 2 4\r\n"), "round {round}: {r}");
+        c.ok("g SELECT INBOX").await;
+        c.ok("h DELETE box").await;
+    }
+}
+
+/// Bug 2 of the issue: EXAMINE (and SELECT) said `* 0 RECENT` for messages just APPENDed
+/// while STATUS counted them. RFC 3501 §2.3.2: \Recent belongs to the first session that
+/// is told of the message; EXAMINE reports it without taking it (§6.3.2), SELECT takes
+/// it, and STATUS counts what no session has taken (§6.3.10).
+#[tokio::test]
+async fn recent_of_appended_messages_in_examine_select_and_status() {
+    let env = env().await;
+    let mut a = Client::logged_in(&env).await;
+    a.ok("a CREATE box").await;
+    append_n(&mut a, "box", "m", 2).await;
+    let r = a.ok("b STATUS box (RECENT MESSAGES)").await;
+    assert!(r.contains("(RECENT 2 MESSAGES 2)"), "{r}");
+    let r = a.ok("c EXAMINE box").await;
+    assert!(r.contains("* 2 RECENT"), "EXAMINE: {r}");
+    let r = a.ok("d FETCH 1:* (FLAGS)").await;
+    assert_eq!(r.matches("\\Recent").count(), 2, "{r}");
+    let r = a.ok("e STATUS box (RECENT)").await;
+    assert!(r.contains("(RECENT 2)"), "EXAMINE takes no \\Recent away: {r}");
+    let r = a.ok("f SELECT box").await;
+    assert!(r.contains("* 2 RECENT"), "SELECT: {r}");
+    let mut b = Client::logged_in(&env).await;
+    let r = b.ok("a STATUS box (RECENT)").await;
+    assert!(r.contains("(RECENT 0)"), "{r}");
+    let r = b.ok("b SELECT box").await;
+    assert!(r.contains("* 0 RECENT"), "{r}");
+    // A message appended by the session that has the folder selected is its own \Recent.
+    let r = append_n(&mut a, "box", "n", 1).await;
+    assert!(r.contains("* 3 EXISTS") && r.contains("* 3 RECENT"), "{r}");
+    // One appended while an EXAMINE session looks is \Recent there too.
+    let mut e = Client::logged_in(&env).await;
+    e.ok("a EXAMINE box").await;
+    let m = msg("late", "x");
+    let r = e.ok(&format!("b APPEND box {{{}+}}\r\n{}", m.len(), String::from_utf8_lossy(&m))).await;
+    assert!(r.contains("* 4 EXISTS") && r.contains("* 1 RECENT"), "{r}");
+}
+
+/// Bug 3 of the issue: `LSUB "" "box/%"` left out the unsubscribed parent of a subscribed
+/// child. RFC 3501 §6.3.9: with `%` such a parent is listed, flagged \Noselect.
+#[tokio::test]
+async fn lsub_lists_unsubscribed_parents_of_subscribed_children_as_noselect() {
+    let env = env().await;
+    let mut c = Client::logged_in(&env).await;
+    c.ok("a CREATE box/test1").await;
+    c.ok("b CREATE box/test2/deep").await;
+    c.ok("c SUBSCRIBE box/test1").await;
+    c.ok("d SUBSCRIBE box/test2/deep").await;
+    let r = c.ok("e LSUB \"\" \"box/%\"").await;
+    let lines: Vec<&str> = r.lines().filter(|l| l.starts_with("* LSUB")).collect();
+    assert_eq!(lines, ["* LSUB () \"/\" \"box/test1\"", "* LSUB (\\Noselect) \"/\" \"box/test2\""], "{r}");
+    let r = c.ok("f LSUB \"\" \"box/*\"").await;
+    let lines: Vec<&str> = r.lines().filter(|l| l.starts_with("* LSUB")).collect();
+    assert_eq!(lines, ["* LSUB () \"/\" \"box/test1\"", "* LSUB () \"/\" \"box/test2/deep\""], "{r}");
+    let r = c.ok("g LSUB \"\" \"%\"").await;
+    assert!(r.contains("* LSUB (\\Noselect) \"/\" \"box\"\r\n"), "{r}");
+    // A subscribed parent is listed as itself, not \Noselect.
+    c.ok("h SUBSCRIBE box/test2").await;
+    let r = c.ok("i LSUB \"\" \"box/%\"").await;
+    assert!(r.contains("* LSUB () \"/\" \"box/test2\"\r\n"), "{r}");
+}
+
+/// Bug 4 of the issue: the ENVELOPE of an address with a source route put the route into
+/// the mailbox name. RFC 3501 §7.4.2: the route is the second field (adl).
+#[tokio::test]
+async fn envelope_of_source_routed_address_puts_the_route_in_adl() {
+    let env = env().await;
+    let m = b"From: Joe Q <@route.example:joe@example.test>\r\nTo: <@a.example,@b.example:ann@example.test>\r\nCc: plain@example.test\r\nSubject: routed\r\n\r\nx\r\n";
+    env.store.deliver(&alice(), "INBOX", m).unwrap();
+    let mut c = Client::logged_in(&env).await;
+    c.ok("a SELECT INBOX").await;
+    let r = c.ok("b FETCH 1 (ENVELOPE)").await;
+    assert!(r.contains("((\"Joe Q\" \"@route.example\" \"joe\" \"example.test\"))"), "{r}");
+    assert!(r.contains("((NIL \"@a.example,@b.example\" \"ann\" \"example.test\"))"), "{r}");
+    assert!(r.contains("((NIL NIL \"plain\" \"example.test\"))"), "{r}");
+}
+
+/// Bug 5 of the issue: an empty folder said HIGHESTMODSEQ 1 and the first message appended
+/// to it also got MODSEQ 1, so a client that synced the empty folder never learnt of it
+/// with CHANGEDSINCE 1. RFC 7162 §3.1.1: every change gets a MODSEQ above any the client
+/// has seen.
+#[tokio::test]
+async fn first_message_modseq_is_above_the_empty_folders_highestmodseq() {
+    let env = env().await;
+    let mut c = Client::logged_in(&env).await;
+    c.ok("a ENABLE CONDSTORE").await;
+    c.ok("b CREATE box").await;
+    let r = c.ok("c SELECT box").await;
+    let empty: u64 = r.split("[HIGHESTMODSEQ ").nth(1).unwrap().split(']').next().unwrap().parse().unwrap();
+    assert!(empty >= 1, "{r}");
+    append_n(&mut c, "box", "m", 1).await;
+    let r = c.ok(&format!("d FETCH 1:* (FLAGS) (CHANGEDSINCE {empty})")).await;
+    assert!(r.contains("* 1 FETCH ("), "the new message is a change since {empty}: {r}");
+    let r = c.ok("e STATUS box (HIGHESTMODSEQ)").await;
+    let after: u64 = r.split("HIGHESTMODSEQ ").nth(1).unwrap().split(')').next().unwrap().parse().unwrap();
+    assert!(after > empty, "{r}");
+    // The same for a folder whose index was written before the fix (HIGHESTMODSEQ 0 in
+    // its header).
+    c.ok("f CREATE old").await;
+    let idx = env.store.account_dir(&alice()).join(".old").join("posthaste-uidlist");
+    c.ok("g STATUS old (HIGHESTMODSEQ)").await;
+    let text = std::fs::read_to_string(&idx).unwrap();
+    let mut head: Vec<&str> = text.lines().next().unwrap().split(' ').collect();
+    *head.last_mut().unwrap() = "0";
+    std::fs::write(&idx, format!("{}\n", head.join(" "))).unwrap();
+    let mut d = Client::logged_in(&env).await;
+    d.ok("a ENABLE CONDSTORE").await;
+    let r = d.ok("b SELECT old").await;
+    assert!(r.contains("[HIGHESTMODSEQ 1]"), "{r}");
+    append_n(&mut d, "old", "m", 1).await;
+    let r = d.ok("c FETCH 1:* (FLAGS) (CHANGEDSINCE 1)").await;
+    assert!(r.contains("* 1 FETCH ("), "{r}");
+}
+
+/// Bug 5 (b): SEARCH MODSEQ's answer (RFC 7162 §3.1.5: the highest MODSEQ of the matched
+/// messages) grows after a STORE changes one of them, here in a re-created folder too.
+#[tokio::test]
+async fn search_modseq_grows_after_store() {
+    let env = env().await;
+    let mut c = Client::logged_in(&env).await;
+    for round in 0..2 {
+        c.ok("a CREATE box").await;
+        append_n(&mut c, "box", "m", 3).await;
+        c.ok("b SELECT box (CONDSTORE)").await;
+        let highest = |r: &str| -> u64 {
+            r.split("(MODSEQ ").nth(1).unwrap().split(')').next().unwrap().parse().unwrap()
+        };
+        let r = c.ok("c SEARCH MODSEQ 1").await;
+        assert!(r.contains("* SEARCH 1 2 3 (MODSEQ "), "round {round}: {r}");
+        let before = highest(&r);
+        c.ok("d STORE 2 +FLAGS (\\Seen)").await;
+        let r = c.ok("e SEARCH MODSEQ 1").await;
+        let after = highest(&r);
+        assert!(after > before, "round {round}: {before} then {after}: {r}");
+        let r = c.ok(&format!("f SEARCH MODSEQ {after}")).await;
+        assert!(r.contains(&format!("* SEARCH 2 (MODSEQ {after})")), "round {round}: {r}");
+        c.ok("g SELECT INBOX").await;
+        c.ok("h DELETE box").await;
+    }
+}
+
+/// Hardening issue: before authentication nothing large is buffered. posthaste read and
+/// kept a literal up to `max_literal_size` (50 MiB) from a client that had not logged in;
+/// twenty such connections took the daemon from 54 MB to 1,108 MB. Before login a literal
+/// is at most 8 KiB: a larger synchronizing one is refused before the client sends it, a
+/// larger non-synchronizing one (RFC 7888 §4) ends the connection unread, as Dovecot does.
+#[tokio::test]
+async fn large_literal_before_login_is_never_read() {
+    let env = env().await;
+    // LITERAL+: BYE at once; the 50 MB never need to arrive (the pipe holds 1 MiB, so a
+    // server that read them would wait here for the rest and the test would time out).
+    let (mut c, _) = Client::connect(&env, true).await;
+    c.send("a LOGIN {50000000+}\r\n").await;
+    c.send_bytes(&vec![b'x'; 64 * 1024]).await;
+    let r = c.rest().await;
+    assert_eq!(r, "* BYE Literal size too large\r\n");
+    // Synchronizing: refused without "+", and the session goes on.
+    let (mut c, _) = Client::connect(&env, true).await;
+    c.send("b LOGIN {100000}\r\n").await;
+    let r = c.line().await;
+    assert!(r.starts_with("b NO [TOOBIG]"), "{r}");
+    c.ok("c NOOP").await;
+    // The limit counts the whole command: many small literals add up.
+    let mut cmd = "d ID (".to_owned();
+    for i in 0..12 {
+        cmd.push_str(&format!("\"k{i}\" {{7000+}}\r\n{} ", "v".repeat(7000)));
+    }
+    cmd.push_str(")\r\n");
+    c.send(&cmd).await;
+    let r = c.rest().await;
+    assert!(r.starts_with("* BYE Literal size too large"), "{r}");
+    // What login needs still works with literals, and after login the configured limit
+    // (50 MiB) applies again.
+    let (mut c, _) = Client::connect(&env, true).await;
+    let user = "alice@example.test";
+    c.send(&format!("e LOGIN {{{}+}}\r\n{user} {{{}+}}\r\n{PASSWORD}\r\n", user.len(), PASSWORD.len())).await;
+    assert!(c.until("e").await.contains("e OK"));
+    let m = msg("big", &"y".repeat(100_000));
+    c.ok(&format!("f APPEND INBOX {{{}+}}\r\n{}", m.len(), String::from_utf8_lossy(&m))).await;
+}
+
+/// Hardening issue: on port 143 before STARTTLS, LOGIN is refused anyway, so its literals
+/// are refused without being read: a synchronizing one gets the tagged NO instead of "+",
+/// a non-synchronizing one a BYE (RFC 7888 §4) — the password never crosses in clear.
+#[tokio::test]
+async fn login_literal_before_starttls_is_refused_unread() {
+    let env = env().await;
+    let (mut c, _) = Client::connect(&env, false).await;
+    c.send("a LOGIN {18}\r\n").await;
+    let r = c.line().await;
+    assert!(r.starts_with("a NO [PRIVACYREQUIRED]"), "{r}");
+    c.ok("b NOOP").await;
+    c.send("c login {18+}\r\nalice@example.test {21+}\r\n").await;
+    let r = c.rest().await;
+    assert!(r.starts_with("* BYE"), "{r}");
+    // Other commands' literals before STARTTLS are read as usual (within 8 KiB).
+    let (mut c, _) = Client::connect(&env, false).await;
+    let r = c.cmd("d ID ({4+}\r\nname {4+}\r\ntest)").await;
+    assert!(r.contains("d OK"), "{r}");
 }

@@ -30,7 +30,7 @@ use serde_json::Value;
 const USER: &str = "alice@example.test";
 const PW: &str = "dovecot interop 1";
 const T: Duration = Duration::from_secs(20);
-const OS_USER: &str = "posthaste";
+pub(crate) const OS_USER: &str = "posthaste";
 
 /// Dumps every folder of one account as JSON: folder names (LIST), subscriptions (LSUB),
 /// and per folder the messages (subject, flags without \Recent, RFC822.SIZE, SHA-256 of
@@ -99,15 +99,21 @@ print(json.dumps(result, sort_keys=True))
 "#;
 
 /// A private Dovecot (IMAP on a free loopback port, no TLS) for the account directory of
-/// `USER` in posthaste's data dir.
-struct Dovecot {
+/// `USER` in posthaste's data dir (or, with [`Dovecot::start_with`], for any accounts).
+pub(crate) struct Dovecot {
     conf: PathBuf,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     _guard: ProcessGuard,
 }
 
 impl Dovecot {
     fn start(dir: &TestDir, account_dir: &Path) -> Dovecot {
+        Dovecot::start_with(dir, &[(USER, PW, account_dir)], "")
+    }
+
+    /// Dovecot for `accounts` (address, password, Maildir++ home), with `namespace` added
+    /// to the inbox namespace's block (e.g. `mailbox Sent { special_use = \Sent }`).
+    pub(crate) fn start_with(dir: &TestDir, accounts: &[(&str, &str, &Path)], namespace: &str) -> Dovecot {
         let bin = require("dovecot", "dovecot-core");
         require("doveadm", "dovecot-core");
         assert!(
@@ -117,8 +123,11 @@ impl Dovecot {
         assert!(is_root(), "the Dovecot interop tests run as root (Dovecot switches to the mail user)");
         let home = dir.subdir("dovecot");
         let addr = free_addr();
-        let passwd =
-            dir.write("dovecot/passwd", format!("{USER}:{{PLAIN}}{PW}::::{}::\n", account_dir.display()));
+        let passwd: String = accounts
+            .iter()
+            .map(|(user, pw, home)| format!("{user}:{{PLAIN}}{pw}::::{}::\n", home.display()))
+            .collect();
+        let passwd = dir.write("dovecot/passwd", passwd);
         let conf = dir.write(
             "dovecot/dovecot.conf",
             format!(
@@ -138,6 +147,7 @@ mail_location = maildir:~:LAYOUT=maildir++:UTF-8
 namespace inbox {{
   inbox = yes
   separator = /
+{namespace}
 }}
 passdb {{
   driver = passwd-file
@@ -195,7 +205,7 @@ service anvil {{
     }
 }
 
-fn ensure_os_user() {
+pub(crate) fn ensure_os_user() {
     if !Command::new("id").arg(OS_USER).output().unwrap().status.success() {
         let out = Command::new("useradd")
             .args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", OS_USER])

@@ -289,3 +289,41 @@ fn default_socket_append_does_not_wait_for_a_delayed_ack() {
     let (default, nodelay) = (v["default_ms"].as_f64().unwrap(), v["nodelay_ms"].as_f64().unwrap());
     assert!(default - nodelay < 20.0, "APPEND with a default client socket waits for a delayed ACK: {v}");
 }
+
+/// Hardening issue: "before authentication nothing large is buffered". Twenty clients each
+/// announcing a 50 MB literal in LOGIN (LITERAL+) and sending it, on 143 before STARTTLS
+/// and on 993, took the daemon from 54 MB to 1,108 MB RSS while they stalled. Now each gets
+/// a BYE at the announcement and the literal is never read: the daemon stays near its
+/// baseline while the connections are still open.
+#[test]
+fn preauth_literal_flood_keeps_the_daemon_small() {
+    let dir = TestDir::new("imap-preauth-literal");
+    let p = server(&dir);
+    let pid = p.pid().unwrap().to_string();
+    let ca = p.ca().display().to_string();
+    let baseline = p.rss_kib().unwrap();
+    for (listener, mode) in [("imap", "plain"), ("imaps", "tls")] {
+        let port = p.addr(listener).port().to_string();
+        let out = python("imap_preauth_literal.py", &["127.0.0.1", &port, mode, &ca, "20", "50000000", &pid]);
+        out.assert_success();
+        let v: serde_json::Value =
+            serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", out.all()));
+        let replies = v["replies"].as_array().unwrap();
+        assert_eq!(replies.len(), 20, "{v}");
+        for r in replies {
+            assert!(r.as_str().unwrap().starts_with("* BYE"), "{listener}: {v}");
+        }
+        let rss = v["rss_kib"].as_u64().unwrap();
+        assert!(
+            rss < baseline + 100 * 1024,
+            "{listener}: RSS {rss} KiB with 20 stalled clients, baseline {baseline} KiB: {v}"
+        );
+    }
+    // And the daemon still serves a real client.
+    let out = python(
+        "import imaplib, ssl, sys\nm = imaplib.IMAP4_SSL('127.0.0.1', int(sys.argv[1]), ssl_context=ssl.create_default_context(cafile=sys.argv[2]))\nprint(m.login('alice@example.test', sys.argv[3])[0])",
+        &[&p.addr("imaps").port().to_string(), &ca, PW],
+    );
+    out.assert_success();
+    assert_eq!(out.stdout.trim(), "OK");
+}

@@ -14,6 +14,7 @@ mod front_door;
 mod guard;
 mod harness_selftest;
 mod imap;
+mod imap_diff;
 mod imap_dovecot;
 mod imap_e2e;
 mod install;

@@ -76,6 +76,9 @@ pub const INDEX_FILE: &str = "posthaste-uidlist";
 /// [`Entry::date`] not known yet (written `?` in the index file).
 pub const DATE_UNKNOWN: i64 = i64::MIN;
 pub const LOCK_FILE: &str = "posthaste-uidlist.lock";
+/// In the account directory: the last UIDVALIDITY given to any folder of the account, and
+/// the lock under which the next is chosen (see [`Index::rebuild`]).
+pub const UIDVALIDITY_FILE: &str = "posthaste-uidvalidity";
 const TMP_FILE: &str = "posthaste-uidlist.tmp";
 const CORRUPT_FILE: &str = "posthaste-uidlist.corrupt";
 
@@ -97,15 +100,23 @@ impl IndexLock {
 
     /// The last UIDVALIDITY given in this folder, kept in the lock file (see module docs).
     fn last_uidvalidity(&self) -> u32 {
-        let mut s = String::new();
-        let _ = self.lock.file().read_to_string(&mut s);
-        s.trim().parse().unwrap_or(0)
+        read_last_uidvalidity(&self.lock)
     }
 
     fn set_last_uidvalidity(&self, uv: u32) -> io::Result<()> {
-        self.lock.file().set_len(0)?;
-        self.lock.file().write_all_at(format!("{uv}\n").as_bytes(), 0)
+        write_last_uidvalidity(&self.lock, uv)
     }
+}
+
+fn read_last_uidvalidity(lock: &FileLock) -> u32 {
+    let mut s = String::new();
+    let _ = lock.file().read_to_string(&mut s);
+    s.trim().parse().unwrap_or(0)
+}
+
+fn write_last_uidvalidity(lock: &FileLock, uv: u32) -> io::Result<()> {
+    lock.file().set_len(0)?;
+    lock.file().write_all_at(format!("{uv}\n").as_bytes(), 0)
 }
 
 struct LogHandle {
@@ -135,6 +146,9 @@ pub struct Index {
     cache: MessageCache,
     /// Dovecot's keyword letters of this folder (see [`DovecotKeywords`]).
     keywords: DovecotKeywords,
+    /// The account's [`UIDVALIDITY_FILE`], when the index belongs to a store (see
+    /// [`Index::rebuild`]).
+    uidvalidity_file: Option<PathBuf>,
     /// Test hook: make the next commit fail at this point.
     #[cfg(test)]
     fault: Option<Fault>,
@@ -181,6 +195,7 @@ impl Index {
             soft_stamp: None,
             cache: MessageCache::default(),
             keywords: DovecotKeywords::default(),
+            uidvalidity_file: None,
             #[cfg(test)]
             fault: None,
         }
@@ -195,6 +210,11 @@ impl Index {
         let mut index = Index::new(folder_dir);
         index.cache.total = total;
         index
+    }
+
+    /// Where the account keeps its last UIDVALIDITY ([`UIDVALIDITY_FILE`]).
+    pub fn set_uidvalidity_file(&mut self, path: PathBuf) {
+        self.uidvalidity_file = Some(path);
     }
 
     /// UIDVALIDITY (RFC 3501 §2.3.1.1).
@@ -342,6 +362,15 @@ impl Index {
     }
 
     /// Build a new index from the directories alone, with a new UIDVALIDITY.
+    ///
+    /// RFC 3501 §2.3.1.1: a mailbox deleted and created again under the same name must get
+    /// a UIDVALIDITY greater than any it had, or a client that cached the old one takes
+    /// the new messages for the old. The folder's own lock file and this in-memory index are
+    /// gone with a deleted folder, and the clock may not have moved on (DELETE and CREATE
+    /// in the same second), so the account keeps the last value given to any of its
+    /// folders ([`UIDVALIDITY_FILE`], as Dovecot keeps `dovecot-uidvalidity`) and each new
+    /// one is above it. (Under the folder's lock; nothing takes a folder lock while holding
+    /// the account's, so the order cannot deadlock.)
     fn rebuild(&mut self, lock: &IndexLock, ch: &mut Changes) -> io::Result<()> {
         let path = self.dir.join(INDEX_FILE);
         if path.exists() {
@@ -349,9 +378,20 @@ impl Index {
             std::fs::rename(&path, self.dir.join(CORRUPT_FILE))?;
         }
         let now = (now_ns() / 1_000_000_000) as u32;
-        let uv =
+        let mut uv =
             now.max(lock.last_uidvalidity().saturating_add(1)).max(self.state.uidvalidity.saturating_add(1));
+        let account = match &self.uidvalidity_file {
+            Some(path) => {
+                let account = FileLock::acquire(path)?;
+                uv = uv.max(read_last_uidvalidity(&account).saturating_add(1));
+                Some(account)
+            }
+            None => None,
+        };
         lock.set_last_uidvalidity(uv)?;
+        if let Some(account) = &account {
+            write_last_uidvalidity(account, uv)?;
+        }
         let old = std::mem::replace(&mut self.state, State::new(uv, 1, 0));
         let had_state = self.log.is_some();
         self.log = None;
@@ -362,9 +402,9 @@ impl Index {
         self.state.load_scan(recs, &mut scratch);
         self.compact()?;
         if had_state {
+            // A new UIDVALIDITY: no tombstones to carry (see `carry_tombstones`).
             let mut diff = Changes::default();
             State::diff(&old, &self.state, &mut diff);
-            carry_tombstones(&old, &mut self.state, &diff);
             merge(ch, diff);
         } else {
             ch.added.extend(self.state.entries.keys());

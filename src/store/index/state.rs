@@ -172,11 +172,15 @@ pub(super) struct State {
 const TOMBSTONES: usize = 20_000;
 
 impl State {
+    /// `highest_modseq` is at least 1: RFC 7162 §3.1.1 — an empty mailbox reports
+    /// HIGHESTMODSEQ 1 (mod-sequence-value is positive), and every change must get a MODSEQ
+    /// above any a client has seen, so the first message is 2, never 1. Index files written
+    /// before this rule (header `… 0`) get the same floor when read.
     pub(super) fn new(uidvalidity: u32, next_uid: u32, highest_modseq: u64) -> State {
         State {
             uidvalidity,
             next_uid: next_uid.max(1),
-            highest_modseq,
+            highest_modseq: highest_modseq.max(1),
             first_recent: 1,
             stamp: None,
             entries: BTreeMap::new(),
@@ -332,9 +336,15 @@ impl State {
     }
 }
 
-/// A replaced index file (compaction, rebuild) holds no `-` records: remember the expunges
-/// the comparison found, so sessions that look later still hear of them.
+/// A replaced index file (compaction) holds no `-` records: remember the expunges the
+/// comparison found, so sessions that look later still hear of them. Only within one
+/// UIDVALIDITY: a file of another UIDVALIDITY (a rebuild, or another folder now under this
+/// name) voids every UID sessions hold (RFC 3501 §2.3.1.1), and tombstones of the old UIDs
+/// would expunge the new messages that reuse them (issue bug 1).
 pub(super) fn carry_tombstones(old: &State, new: &mut State, diff: &Changes) {
+    if old.uidvalidity != new.uidvalidity {
+        return;
+    }
     new.tombstones = old.tombstones.clone();
     new.tomb_floor = old.tomb_floor;
     let at = new.highest_modseq.max(old.highest_modseq);

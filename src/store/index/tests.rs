@@ -59,14 +59,15 @@ fn rebuild_takes_cur_over_new_orders_by_delivery_time_and_skips_odd_names() {
     assert_eq!(
         got,
         vec![
-            (1, "no-time-name:2,", false, 1_600_000_000, 1, 1),
-            (2, "1700000001.M9P1.a,W=7", true, 1_700_000_400, 2, 2),
-            (3, "1700000001.M9P1.h", true, 1_700_000_300, 5, 3),
+            // MODSEQs from 2: an empty folder's HIGHESTMODSEQ is 1 (RFC 7162 §3.1.1).
+            (1, "no-time-name:2,", false, 1_600_000_000, 1, 2),
+            (2, "1700000001.M9P1.a,W=7", true, 1_700_000_400, 2, 3),
+            (3, "1700000001.M9P1.h", true, 1_700_000_300, 5, 4),
             // Time and S= in the name: not stat'ed, the date is learnt when asked.
-            (4, "1700000002.M5P1.h,S=99:2,S", false, DATE_UNKNOWN, 99, 4),
+            (4, "1700000002.M5P1.h,S=99:2,S", false, DATE_UNKNOWN, 99, 5),
         ]
     );
-    assert_eq!((idx.state.next_uid, idx.state.highest_modseq), (5, 4));
+    assert_eq!((idx.state.next_uid, idx.state.highest_modseq), (5, 5));
     assert_eq!(idx.state.by_base.get("1700000001.M9P1.h"), Some(&3));
     assert_eq!(idx.state.by_base.len(), 4);
     // The file it wrote reads back as the same state.
@@ -90,7 +91,7 @@ fn rebuild_takes_cur_over_new_orders_by_delivery_time_and_skips_odd_names() {
             Record::Stamp(..) => "D".to_owned(),
         })
         .collect();
-    assert_eq!(kinds[..3], ["=1 5 no-time-name:2,F", "-3 6", "+5 7 1800000000.M1P1.h"]);
+    assert_eq!(kinds[..3], ["=1 6 no-time-name:2,F", "-3 7", "+5 8 1800000000.M1P1.h"]);
 }
 
 #[test]
@@ -237,7 +238,8 @@ fn a_failed_compaction_does_not_fail_the_commit() {
         let lines = std::fs::read_to_string(dir.join(INDEX_FILE)).unwrap().lines().count();
         assert!(lines < 300, "{fault:?}: compacted later: {lines} lines");
     }
-    assert_eq!(idx.highest_modseq(), 1201);
+    // 1 for the empty folder, 2 for the message, then one per update.
+    assert_eq!(idx.highest_modseq(), 1202);
     // Within one transaction: the compaction after the first commit fails after its rename,
     // and the second commit (the scan's) must go to the new file, not the replaced one.
     for i in 0..300 {
