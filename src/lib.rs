@@ -24,3 +24,4 @@ pub mod serve;
 pub mod smtp;
 pub mod store;
 pub mod tls;
+pub mod web;

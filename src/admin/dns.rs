@@ -72,6 +72,9 @@ pub struct Services {
     pub srv: Vec<(&'static str, u16, u16)>,
     /// Why a listener gets no record (it listens on loopback only, or is not configured).
     pub notes: Vec<String>,
+    /// The HTTPS listener is reachable: the client autoconfiguration and MTA-STS names
+    /// point at it, with the policy's id (it changes when the policy does).
+    pub web: Option<String>,
 }
 
 impl Services {
@@ -106,6 +109,17 @@ impl Services {
                 None => out.notes.push(format!("listen.{key} listens on loopback only: no {service} record")),
             }
         }
+        match reachable(&l.https) {
+            Some(_) => {
+                let policy = crate::web::mta_sts_policy(config);
+                out.web = Some(crate::directory::secret::digest("mta-sts", &policy)[..16].to_owned());
+            }
+            None if l.https.is_empty() => {}
+            None => out.notes.push(
+                "listen.https listens on loopback only: no autoconfig, autodiscover or MTA-STS records"
+                    .into(),
+            ),
+        }
         out
     }
 
@@ -123,6 +137,7 @@ impl Services {
                 ("_pop3._tcp", 10, 110),
             ],
             notes: vec![],
+            web: None,
         }
     }
 }
@@ -173,6 +188,22 @@ impl Setup {
                 "SRV",
                 format!("{priority} 1 {port} {hostname}."),
             ));
+        }
+        if let Some(id) = &self.services.web {
+            // Thunderbird asks autoconfig.DOMAIN, Outlook autodiscover.DOMAIN (and the
+            // _autodiscover SRV), MTA-STS senders mta-sts.DOMAIN (RFC 8461 §3.3) after
+            // finding the policy's id at _mta-sts.DOMAIN (§3.1). All served by our HTTPS
+            // listener, so the names point at the hostname (its certificate must cover them).
+            for name in ["autoconfig", "autodiscover", "mta-sts"] {
+                out.push(Record::new(d, format!("{name}.{d}"), "CNAME", format!("{hostname}.")));
+            }
+            out.push(Record::new(
+                d,
+                format!("_autodiscover._tcp.{d}"),
+                "SRV",
+                format!("0 1 443 {hostname}."),
+            ));
+            out.push(Record::txt(d, format!("_mta-sts.{d}"), format!("v=STSv1; id={id}")));
         }
         if let Some(dir) = &self.dkim_dir {
             // RFC 6376 §3.6.2.1: the key of selector S is the TXT record at S._domainkey.DOMAIN.
