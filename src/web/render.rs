@@ -27,6 +27,12 @@ pub const STYLE: &str = include_str!("../../templates/web/style.css");
 
 static TERA: LazyLock<tera::Tera> = LazyLock::new(|| {
     let mut t = tera::Tera::default();
+    // tera's own urlencode comes with its "builtins" feature (and its dependencies); this
+    // one filter is all the pages need.
+    t.register_filter("urlencode", |v: &tera::Value, _: &std::collections::HashMap<String, tera::Value>| {
+        let s = tera::try_get_value!("urlencode", "value", String, v);
+        Ok(tera::Value::String(super::http::encode(&s)))
+    });
     t.add_raw_templates(TEMPLATES.to_vec()).expect("the web templates compile (tested)");
     t
 });

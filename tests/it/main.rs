@@ -22,3 +22,4 @@ mod pop3;
 mod queue;
 mod smtp_session;
 mod store;
+mod web;
