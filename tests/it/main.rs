@@ -23,3 +23,5 @@ mod queue;
 mod smtp_session;
 mod store;
 mod web;
+mod web_browser;
+mod web_directory;
