@@ -52,7 +52,7 @@ nftables = false
 CONF
 ph() { "$BIN" --config "$work/posthaste.toml" "$@"; }
 
-ph domain add example.test >/dev/null
+ph domain add example.test >/dev/null 2>&1
 hash="{SHA512-CRYPT}$(openssl passwd -6 'bench password 1')"
 echo "making $N accounts..."
 start=$(date +%s)

@@ -13,6 +13,8 @@ import tempfile
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as EC
+from selenium.webdriver.support.ui import WebDriverWait
 
 base, hostname, ip, shots, admin, admin_pw, banned = sys.argv[1:8]
 os.makedirs(shots, exist_ok=True)
@@ -49,8 +51,30 @@ def expect(step, cond):
     print("ok " + step)
 
 
+def present(id_):
+    """The element once the page that has it has loaded (a click starts a navigation that
+    may still be under way), or None after 20 s."""
+    try:
+        return WebDriverWait(d, 20).until(EC.presence_of_element_located((By.ID, id_)))
+    except Exception:
+        return None
+
+
+def text_of(id_):
+    e = present(id_)
+    return e.text if e is not None else ""
+
+
+def at(suffix):
+    try:
+        WebDriverWait(d, 20).until(lambda drv: drv.current_url.endswith(suffix))
+        return True
+    except Exception:
+        return False
+
+
 def fill(id_, value):
-    e = d.find_element(By.ID, id_)
+    e = present(id_) or d.find_element(By.ID, id_)
     e.clear()
     e.send_keys(value)
 
@@ -66,13 +90,13 @@ try:
     d.get(base + "/admin/login")
     shot("login")
     login(admin, admin_pw)
-    expect("admin login", d.current_url.endswith("/admin/") and "Dashboard" in d.page_source)
+    expect("admin login", at("/admin/") and present("queue-size") is not None)
     shot("dashboard")
 
     d.get(base + "/admin/domains")
     fill("domain-name", "shop.test")
     d.find_element(By.ID, "add-domain-button").click()
-    expect("domain added", "shop.test" in d.find_element(By.ID, "message").text)
+    expect("domain added", "shop.test" in text_of("message"))
     d.get(base + "/admin/domains")
     expect("domain listed", "shop.test" in d.find_element(By.ID, "domains").text)
     shot("domains")
@@ -85,7 +109,7 @@ try:
     fill("account-password", "bob's first passphrase")
     fill("account-quota", "1G")
     d.find_element(By.ID, "add-account-button").click()
-    expect("account added", "bob@shop.test" in d.find_element(By.ID, "message").text)
+    expect("account added", "bob@shop.test" in text_of("message"))
     d.get(base + "/admin/accounts?domain=shop.test")
     expect("account listed", "bob@shop.test" in d.find_element(By.ID, "accounts").text)
     shot("accounts")
@@ -100,9 +124,9 @@ try:
     expect("ban listed", banned in d.find_element(By.ID, "bans").text)
     shot("bans")
     d.find_element(By.ID, "unban-" + banned.replace(".", "-").replace(":", "-")).click()
-    expect("unbanned", banned in d.find_element(By.ID, "message").text)
+    expect("unbanned", banned in text_of("message"))
     d.get(base + "/admin/bans")
-    expect("ban gone", len(d.find_elements(By.ID, "no-bans")) == 1)
+    expect("ban gone", present("no-bans") is not None)
 
     # Russian, switched by the link in the footer.
     d.get(base + "/admin/?lang=ru")
@@ -117,22 +141,24 @@ try:
     d.set_window_size(1280, 900)
 
     d.find_element(By.CSS_SELECTOR, "form.logout button").click()
+    present("username")
     login("bob@shop.test", "bob's first passphrase")
-    expect("user lands in self-service", d.current_url.endswith("/account/"))
+    expect("user lands in self-service", at("/account/") and present("change-password") is not None)
     fill("current", "bob's first passphrase")
     fill("new", "bob's second passphrase")
     fill("confirm", "bob's second passphrase")
     d.find_element(By.ID, "change-password-button").click()
-    expect("password changed", len(d.find_elements(By.ID, "message")) == 1)
+    expect("password changed", present("message") is not None)
     fill("app-name", "phone")
     d.find_element(By.ID, "add-app-button").click()
-    expect("app password shown", len(d.find_element(By.ID, "app-password").text) == 19)
+    expect("app password shown", len(text_of("app-password")) == 19)
     shot("self-service")
     d.get(base + "/account/setup")
     expect("setup page", "mobileconfig" in d.page_source)
     shot("setup")
     d.find_element(By.CSS_SELECTOR, "form.logout button").click()
+    present("username")
     login("bob@shop.test", "bob's second passphrase")
-    expect("new password works", d.current_url.endswith("/account/"))
+    expect("new password works", at("/account/") and present("change-password") is not None)
 finally:
     d.quit()
