@@ -107,6 +107,133 @@ A rerun with the same answers changes only what differs (see docs/install.md).")
     /// Show, add and lift bans of client addresses (the guard; also in nftables).
     #[command(subcommand)]
     Ban(BanCmd),
+    /// Bearer tokens for the web API (/api/v1/).
+    #[command(subcommand)]
+    Token(TokenCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCmd {
+    /// Make a token for /api/v1/ (printed once; only its digest is kept).
+    #[command(after_help = "Examples:
+  posthaste token create --role admin --name backup-script
+  posthaste token create --role domain-admin --domain example.org --domain example.net
+
+Use it as: curl -H \"Authorization: Bearer TOKEN\" https://HOST/api/v1/accounts")]
+    Create {
+        /// What it may do: admin (everything) or domain-admin (the accounts and aliases of --domain).
+        #[arg(long, value_parser = parse_role)]
+        role: crate::directory::Role,
+        /// A domain a domain-admin token manages (repeat for more).
+        #[arg(long = "domain", value_name = "DOMAIN")]
+        domains: Vec<String>,
+        /// What it is for, shown by `token list`.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Print {id, name, role, domains, created, last_used, secret} as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The tokens (without their secrets).
+    #[command(after_help = "Examples:
+  posthaste token list
+  posthaste token list --json")]
+    List {
+        /// Print [{id, name, role, domains, created, last_used}] as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token: it stops working at once.
+    #[command(after_help = "Examples:
+  posthaste token revoke abcd2345")]
+    Revoke {
+        /// The token's id (from `token list`; the part after ph_ in the token).
+        id: String,
+    },
+}
+
+fn parse_role(s: &str) -> Result<crate::directory::Role, String> {
+    crate::directory::Role::parse(s)
+        .ok_or_else(|| format!("{s:?} is not a role: use admin, domain-admin or user"))
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TwoFaCmd {
+    /// Turn on the second factor of web logins now, and print the secret, its otpauth://
+    /// URI and recovery codes (once). The account password then no longer opens IMAP/POP3/SMTP:
+    /// mail programs need app passwords.
+    #[command(after_help = "Examples:
+  posthaste user 2fa enable alice@example.org
+
+Users can also set it up themselves at https://HOST/account/.")]
+    Enable {
+        /// The account's address.
+        address: String,
+        /// Print {address, secret, uri, recovery_codes} as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Turn the second factor off (a user who lost the phone and the recovery codes).
+    #[command(after_help = "Examples:
+  posthaste user 2fa disable alice@example.org")]
+    Disable {
+        /// The account's address.
+        address: String,
+    },
+    /// Whether the account has a second factor, and how many recovery codes are left.
+    #[command(after_help = "Examples:
+  posthaste user 2fa status alice@example.org --json")]
+    Status {
+        /// The account's address.
+        address: String,
+        /// Print {address, enabled, recovery_codes_left} as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// New recovery codes (printed once; the old ones stop working).
+    #[command(after_help = "Examples:
+  posthaste user 2fa recovery-codes alice@example.org")]
+    RecoveryCodes {
+        /// The account's address.
+        address: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AppPasswordCmd {
+    /// A new password for one mail program or device (IMAP, POP3, SMTP, ManageSieve; never
+    /// the web), printed once.
+    #[command(after_help = "Examples:
+  posthaste user app-password add alice@example.org phone
+  posthaste user app-password add alice@example.org \"Thunderbird at home\" --json")]
+    Add {
+        /// The account's address.
+        address: String,
+        /// What it is for (unique per account): the device or program.
+        name: String,
+        /// Print {id, address, name, created, last_used, password} as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The account's app passwords (names and use, never the passwords).
+    #[command(after_help = "Examples:
+  posthaste user app-password list alice@example.org")]
+    List {
+        /// The account's address.
+        address: String,
+        /// Print [{id, address, name, created, last_used}] as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke one: programs using it can no longer log in.
+    #[command(after_help = "Examples:
+  posthaste user app-password remove alice@example.org phone")]
+    Remove {
+        /// The account's address.
+        address: String,
+        /// Its name or id (from `list`).
+        name: String,
+    },
 }
 
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -294,14 +421,30 @@ Passwords need 8 characters and must not be a common one or the account's name."
     /// Change an account's settings.
     #[command(after_help = "Examples:
   posthaste user set alice@example.org --quota 5G
-  posthaste user set alice@example.org --quota 0      unlimited")]
+  posthaste user set alice@example.org --quota 0      unlimited
+  posthaste user set alice@example.org --role admin   the web admin, every domain
+  posthaste user set bob@example.org --role domain-admin --domains example.org,example.net")]
+    #[command(group(clap::ArgGroup::new("change").required(true).multiple(true).args(["quota", "role"])))]
     Set {
         /// The account's address.
         address: String,
         /// The new mailbox quota, e.g. 2G, 500M or 1.5G (binary units; 0 = unlimited).
-        #[arg(long, value_name = "SIZE", value_parser = admin::user::parse_quota, required = true)]
+        #[arg(long, value_name = "SIZE", value_parser = admin::user::parse_quota)]
         quota: Option<u64>,
+        /// Its web role: admin (everything), domain-admin (the accounts and aliases of
+        /// --domains) or user (self-service only).
+        #[arg(long, value_parser = parse_role)]
+        role: Option<crate::directory::Role>,
+        /// The domains a domain-admin manages, comma-separated.
+        #[arg(long, value_delimiter = ',', requires = "role")]
+        domains: Vec<String>,
     },
+    /// The second factor of web logins (TOTP).
+    #[command(name = "2fa", subcommand)]
+    TwoFa(TwoFaCmd),
+    /// Passwords for mail programs, one per device, revocable.
+    #[command(subcommand)]
+    AppPassword(AppPasswordCmd),
     /// Stop an account from logging in and sending; mail to it is still delivered.
     #[command(after_help = "Examples:
   posthaste user disable alice@example.org            `user enable` undoes it")]
@@ -505,7 +648,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 let store = Store::new(config.mail_dir());
                 match cmd {
                     Command::Domain(c) => domain_cmd(&config, &dir, &store, c).await,
-                    Command::User(c) => user_cmd(&dir, &store, c).await,
+                    Command::User(c) => user_cmd(&dir, &store, &config.hostname, c).await,
+                    Command::Token(c) => token_cmd(&dir, c).await,
                     Command::Alias(c) => alias_cmd(&dir, c).await,
                     Command::Dns { domain, json } => dns_cmd(&config, &dir, domain, json).await,
                     Command::Serve
@@ -543,6 +687,10 @@ fn check_cmd(config: &Config, args: CheckArgs, rt: tokio::runtime::Runtime) -> a
     let prepared = crate::check::prepare(config, credentials);
     crate::serve::become_data_owner(&config.data_dir)?;
     let report = rt.block_on(crate::check::run(config, prepared));
+    // For the web dashboard's "last check" (best effort: the check's result is what counts).
+    if let Ok(text) = serde_json::to_vec_pretty(&report) {
+        let _ = crate::tls::write_atomic(&config.data_dir.join(crate::check::LAST_REPORT), &text, 0o640);
+    }
     if args.json {
         print_json(&report)?;
     } else {
@@ -730,7 +878,141 @@ fn human_quota(quota: u64) -> String {
     }
 }
 
-async fn user_cmd(dir: &Directory, store: &Store, cmd: UserCmd) -> anyhow::Result<()> {
+async fn twofa_cmd(dir: &Directory, issuer: &str, cmd: TwoFaCmd) -> anyhow::Result<()> {
+    match cmd {
+        TwoFaCmd::Enable { address: a, json } => {
+            let t = admin::security::enable_2fa(dir, issuer, &address(&a)?).await?;
+            if json {
+                return print_json(&t);
+            }
+            println!("second factor on for {}", t.address);
+            println!("secret: {}", t.secret);
+            println!("uri: {}", t.uri);
+            println!("recovery codes (each works once; shown only now):");
+            for c in &t.recovery_codes {
+                println!("  {c}");
+            }
+            eprintln!(
+                "note: its mail programs now need app passwords (`posthaste user app-password add {} NAME`)",
+                t.address
+            );
+        }
+        TwoFaCmd::Disable { address: a } => {
+            let addr = address(&a)?;
+            if admin::security::disable_2fa(dir, &addr).await? {
+                println!("second factor off for {addr}: the password alone logs in again");
+            } else {
+                println!("{addr} had no second factor");
+            }
+        }
+        TwoFaCmd::Status { address: a, json } => {
+            let s = admin::security::status_2fa(dir, &address(&a)?).await?;
+            if json {
+                return print_json(&s);
+            }
+            if s.enabled {
+                println!("{}: second factor on, {} recovery codes left", s.address, s.recovery_codes_left);
+            } else {
+                println!("{}: no second factor", s.address);
+            }
+        }
+        TwoFaCmd::RecoveryCodes { address: a } => {
+            let codes = admin::security::new_recovery_codes(dir, &address(&a)?).await?;
+            println!("new recovery codes (the old ones no longer work):");
+            for c in codes {
+                println!("  {c}");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn app_password_cmd(dir: &Directory, cmd: AppPasswordCmd) -> anyhow::Result<()> {
+    match cmd {
+        AppPasswordCmd::Add { address: a, name, json } => {
+            let n = admin::security::add_app_password(dir, &address(&a)?, &name).await?;
+            if json {
+                return print_json(&n);
+            }
+            println!("app password {:?} for {}: {}", n.app_password.name, n.app_password.address, n.password);
+            eprintln!("note: shown only now; it works for IMAP, POP3, SMTP and ManageSieve, not the web");
+        }
+        AppPasswordCmd::List { address: a, json } => {
+            let list = admin::security::list_app_passwords(dir, &address(&a)?).await?;
+            if json {
+                return print_json(&list);
+            }
+            if list.is_empty() {
+                eprintln!("no app passwords (add one with `posthaste user app-password add {a} NAME`)");
+            }
+            let date = |t: i64| {
+                if t == 0 {
+                    "never".to_owned()
+                } else {
+                    chrono::DateTime::from_timestamp(t, 0)
+                        .map(|d| d.format("%Y-%m-%d %H:%M").to_string())
+                        .unwrap_or_default()
+                }
+            };
+            for p in list {
+                println!(
+                    "{}  {}  created {}  last used {}",
+                    p.id,
+                    p.name,
+                    date(p.created),
+                    date(p.last_used)
+                );
+            }
+        }
+        AppPasswordCmd::Remove { address: a, name } => {
+            let p = admin::security::remove_app_password(dir, &address(&a)?, &name).await?;
+            println!("revoked the app password {:?} of {}", p.name, p.address);
+        }
+    }
+    Ok(())
+}
+
+async fn token_cmd(dir: &Directory, cmd: TokenCmd) -> anyhow::Result<()> {
+    match cmd {
+        TokenCmd::Create { role, domains, name, json } => {
+            let c = admin::token::create(dir, role, &domains, &name).await?;
+            if json {
+                return print_json(&c);
+            }
+            let scope = if c.token.domains.is_empty() {
+                String::new()
+            } else {
+                format!(" of {}", c.token.domains.join(", "))
+            };
+            println!("token {} ({}{scope}): {}", c.token.id, c.token.role.as_str(), c.secret);
+            eprintln!("note: shown only now; send it as `Authorization: Bearer TOKEN` to /api/v1/");
+        }
+        TokenCmd::List { json } => {
+            let list = admin::token::list(dir).await?;
+            if json {
+                return print_json(&list);
+            }
+            if list.is_empty() {
+                eprintln!("no tokens (make one with `posthaste token create --role admin`)");
+            }
+            for t in list {
+                let scope = if t.domains.is_empty() {
+                    String::new()
+                } else {
+                    format!(" of {}", t.domains.join(", "))
+                };
+                println!("{}  {}{scope}  {}", t.id, t.role.as_str(), t.name);
+            }
+        }
+        TokenCmd::Revoke { id } => {
+            let t = admin::token::revoke(dir, &id).await?;
+            println!("revoked token {}", t.id);
+        }
+    }
+    Ok(())
+}
+
+async fn user_cmd(dir: &Directory, store: &Store, issuer: &str, cmd: UserCmd) -> anyhow::Result<()> {
     use admin::user::{MailOutcome, OldMail, OldMailOutcome, RemoveMail};
     match cmd {
         UserCmd::Add { address: a, password, quota, allow_weak_password, old_mail } => {
@@ -786,8 +1068,18 @@ async fn user_cmd(dir: &Directory, store: &Store, cmd: UserCmd) -> anyhow::Resul
                 println!("password: {p}");
             }
         }
-        UserCmd::Set { address: a, quota } => {
+        UserCmd::Set { address: a, quota, role, domains } => {
             let addr = address(&a)?;
+            if let Some(role) = role {
+                let c = admin::security::set_role(dir, &addr, role, &domains).await?;
+                let with = |w: &crate::directory::WebAccess| match w.role {
+                    crate::directory::Role::DomainAdmin => {
+                        format!("domain-admin of {}", w.domains.join(", "))
+                    }
+                    r => r.as_str().to_owned(),
+                };
+                println!("web role of {} is now {} (was {})", c.address, with(&c.after), with(&c.before));
+            }
             if let Some(q) = quota {
                 let c = admin::user::set_quota(dir, &addr, q).await?;
                 println!(
@@ -817,6 +1109,8 @@ async fn user_cmd(dir: &Directory, store: &Store, cmd: UserCmd) -> anyhow::Resul
                 println!("enabled {}: it can log in and send again", c.address);
             }
         }
+        UserCmd::TwoFa(c) => twofa_cmd(dir, issuer, c).await?,
+        UserCmd::AppPassword(c) => app_password_cmd(dir, c).await?,
         UserCmd::Remove { address: a, mail } => {
             let addr = address(&a)?;
             let choice = if mail.purge { RemoveMail::Purge } else { RemoveMail::Keep };

@@ -59,6 +59,9 @@ pub struct Config {
     pub imap: ImapConfig,
     #[serde(default)]
     pub mailauth: MailAuthConfig,
+    /// The HTTPS listener's admin panel, self-service, API and autoconfiguration (src/web/).
+    #[serde(default)]
+    pub web: WebConfig,
 }
 
 /// Every listener is a list of addresses; a missing key means that listener is off.
@@ -79,6 +82,13 @@ pub struct Listen {
     pub pop3: Vec<SocketAddr>,
     #[serde(default)]
     pub pop3s: Vec<SocketAddr>,
+    /// The admin panel, self-service, API and autoconfiguration over TLS (src/web/).
+    #[serde(default)]
+    pub https: Vec<SocketAddr>,
+    /// Plain HTTP: a redirect to https, and the ACME HTTP-01 responder when
+    /// `acme.http_listen` is one of these addresses.
+    #[serde(default)]
+    pub http: Vec<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -366,6 +376,47 @@ impl Default for MailAuthConfig {
             temperror_defer: false,
             dns_timeout: Duration::from_secs(5),
             timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// `[web]`: the HTTPS listener (src/web/). See docs/configuration.md and docs/web.md.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// A web login lasts this long (the session cookie's Max-Age); then it must log in again.
+    #[serde(with = "duration_str")]
+    pub session_ttl: Duration,
+    /// A session unused this long ends earlier.
+    #[serde(with = "duration_str")]
+    pub idle_timeout: Duration,
+    /// Largest request body (forms, API JSON), in bytes.
+    pub max_request_size: u64,
+    /// Time a client has to send one request's headers and body, and the server to answer.
+    #[serde(with = "duration_str")]
+    pub request_timeout: Duration,
+    /// Simultaneous HTTPS/HTTP connections from one client IP.
+    pub max_connections_per_ip: usize,
+    /// Simultaneous HTTPS/HTTP connections in all.
+    pub max_connections: usize,
+    /// The MTA-STS policy's mode (RFC 8461 §3.2): `none`, `testing` or `enforce`.
+    pub mta_sts_mode: String,
+    /// The policy's `max_age`.
+    #[serde(with = "duration_str")]
+    pub mta_sts_max_age: Duration,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            session_ttl: Duration::from_secs(8 * 3600),
+            idle_timeout: Duration::from_secs(3600),
+            max_request_size: 1 << 20,
+            request_timeout: Duration::from_secs(30),
+            max_connections_per_ip: 50,
+            max_connections: 1000,
+            mta_sts_mode: "testing".into(),
+            mta_sts_max_age: Duration::from_secs(7 * 86400),
         }
     }
 }
@@ -684,12 +735,13 @@ impl Config {
             && l.imap.is_empty()
             && l.imaps.is_empty()
             && l.pop3.is_empty()
-            && l.pop3s.is_empty());
+            && l.pop3s.is_empty()
+            && l.https.is_empty());
         if tls_needed && self.tls.is_none() {
             p.push("listeners for submission/IMAP/POP3 need TLS: add a [tls] section with cert and key (help: `posthaste install` creates a self-signed pair)".into());
         }
         let mut seen: Vec<(&str, SocketAddr)> = Vec::new();
-        for (name, addrs) in self.listeners() {
+        for (name, addrs) in self.listeners().into_iter().chain(self.web_listeners()) {
             for a in addrs {
                 match seen.iter().find(|(_, b)| listeners_overlap(a, b)) {
                     Some((_, b)) if b == a => {
@@ -701,6 +753,25 @@ impl Config {
                     None => seen.push((name, *a)),
                 }
             }
+        }
+        let w = &self.web;
+        if w.session_ttl < Duration::from_secs(60) || w.idle_timeout < Duration::from_secs(60) {
+            p.push("web.session_ttl and web.idle_timeout must be at least 1m".into());
+        }
+        if w.max_request_size < 4096 {
+            p.push("web.max_request_size must be at least 4096 bytes".into());
+        }
+        if w.request_timeout < Duration::from_secs(1) {
+            p.push("web.request_timeout must be at least 1s".into());
+        }
+        if w.max_connections == 0 || w.max_connections_per_ip == 0 {
+            p.push("web.max_connections and web.max_connections_per_ip must be at least 1".into());
+        }
+        if !matches!(w.mta_sts_mode.as_str(), "none" | "testing" | "enforce") {
+            p.push(format!(
+                "web.mta_sts_mode {:?} must be \"none\", \"testing\" or \"enforce\" (help: RFC 8461 §5 suggests \"testing\" first, then \"enforce\")",
+                w.mta_sts_mode
+            ));
         }
         if let Some(url) = &self.directory.url {
             if !(url.starts_with("sqlite:")
@@ -792,9 +863,11 @@ impl Config {
                     p.push(format!("acme.names: {n:?} is not a fully qualified host name: {e} (help: wildcards need DNS-01, which is not supported)"));
                 }
             }
+            // listen.http may share the address: the web listener then answers the challenges.
             if self
                 .listeners()
                 .iter()
+                .chain(&[("https", &self.listen.https)])
                 .any(|(_, addrs)| addrs.iter().any(|l| listeners_overlap(l, &a.http_listen)))
             {
                 p.push(format!(
@@ -849,6 +922,11 @@ impl Config {
             ("pop3", &l.pop3),
             ("pop3s", &l.pop3s),
         ]
+    }
+
+    /// The web listeners (src/web/), apart from [`Config::listeners`]'s mail listeners.
+    pub fn web_listeners(&self) -> [(&'static str, &Vec<SocketAddr>); 2] {
+        [("https", &self.listen.https), ("http", &self.listen.http)]
     }
 
     pub fn directory_url(&self) -> String {
@@ -1232,6 +1310,29 @@ retry_initial = "0s"
             Path::new("t.toml")
         )
         .is_err());
+    }
+
+    #[test]
+    fn web_section_and_listeners() {
+        let base = "hostname = \"mail.example.test\"\ndata_dir = \"/x\"\n";
+        let c = Config::parse(base, Path::new("t.toml")).unwrap();
+        assert_eq!(c.web.session_ttl, Duration::from_secs(8 * 3600));
+        assert_eq!(c.web.mta_sts_mode, "testing");
+        assert!(c.listen.https.is_empty() && c.listen.http.is_empty());
+        let err = Config::parse(
+            &format!("{base}[listen]\nhttps = [\"0.0.0.0:443\"]\nhttp = [\"0.0.0.0:443\"]\n[web]\nmta_sts_mode = \"on\"\n"),
+            Path::new("t.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        for needle in
+            ["need TLS", "listen.http: 0.0.0.0:443 is used by more than one listener", "web.mta_sts_mode"]
+        {
+            assert!(err.contains(needle), "{needle} missing from {err}");
+        }
+        // The HTTP listener may be the ACME responder's address: it then answers challenges.
+        let shared = format!("{base}[listen]\nhttp = [\"0.0.0.0:80\"]\n[tls]\ncert = \"/c\"\nkey = \"/k\"\n[acme]\nemail = \"a@example.test\"\n");
+        Config::parse(&shared, Path::new("t.toml")).unwrap();
     }
 
     #[test]

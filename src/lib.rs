@@ -25,3 +25,4 @@ pub mod serve;
 pub mod smtp;
 pub mod store;
 pub mod tls;
+pub mod web;

@@ -14,7 +14,7 @@ use crate::directory::Directory;
 use crate::guard::Guard;
 use crate::queue::Queue;
 use crate::store::Store;
-use crate::{imap, net, pop3, smtp};
+use crate::{imap, net, pop3, smtp, web};
 
 /// Runs under `block_on` on the process's main thread (src/cli.rs), not on a runtime worker:
 /// the file I/O here (data dir, pidfile, ban list, SIGHUP's certificate reload) blocks no
@@ -60,11 +60,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             imap_listeners.push((profile, bind(*addr, profile.name()).await?));
         }
     }
+    let mut web_listeners: Vec<(web::Profile, TcpListener)> = Vec::new();
+    for (profile, addrs) in
+        [(web::Profile::Https, &config.listen.https), (web::Profile::Http, &config.listen.http)]
+    {
+        for addr in addrs {
+            web_listeners
+                .push((profile, bind(*addr, <web::Context as net::Protocol>::listener_name(profile)).await?));
+        }
+    }
     // The ACME HTTP-01 responder's port (80) is bound now, while we may, and served for the
     // daemon's lifetime so renewals work unprivileged (see src/tls/acme.rs for why HTTP-01).
+    // When listen.http has its address, the web listener answers the challenges instead.
+    let acme_shared = config.acme.as_ref().is_some_and(|a| config.listen.http.contains(&a.http_listen));
     let acme_http = match &config.acme {
-        Some(a) => Some(crate::tls::acme::bind_http(a.http_listen).await?),
-        None => None,
+        Some(a) if !acme_shared => Some(crate::tls::acme::bind_http(a.http_listen).await?),
+        _ => None,
     };
     if smtp_listeners.is_empty() {
         bail!("no SMTP listener is configured\nhelp: add e.g. smtp = [\"0.0.0.0:25\"] under [listen]");
@@ -101,6 +112,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let pop3_ctx =
         Arc::new(pop3::Context::new(config.clone(), directory.clone(), store, tls.clone(), guard.clone()));
+    let challenges = crate::tls::acme::Challenges::default();
+    let web_ctx = Arc::new(web::Context::new(
+        config.clone(),
+        directory.clone(),
+        Store::new(config.mail_dir()),
+        certs.clone(),
+        guard.clone(),
+        acme_shared.then(|| challenges.clone()),
+    ));
     let smtp_ctx = Arc::new(smtp::Context::new(config.clone(), directory, queue.clone(), tls, guard.clone()));
     // Every listener through the one front door (src/net/door.rs).
     let mut tasks = Vec::new();
@@ -113,12 +133,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     for (profile, listener) in imap_listeners {
         tasks.push(tokio::spawn(net::serve(imap_ctx.clone(), profile, listener, shutdown_rx.clone())));
     }
+    for (profile, listener) in web_listeners {
+        tasks.push(tokio::spawn(net::serve(web_ctx.clone(), profile, listener, shutdown_rx.clone())));
+    }
     // Keep the bans in step with the ban file (`posthaste ban`, edits by hand) and log
     // expiries, off the async workers: the accept path only asks memory (src/guard/mod.rs).
     tasks.push(tokio::spawn(guard.clone().watch(shutdown_rx.clone())));
-    if let (Some(listener), Some(store)) = (acme_http, certs.clone()) {
-        let challenges = crate::tls::acme::Challenges::default();
-        tasks.push(tokio::spawn(challenges.clone().serve(listener, shutdown_rx.clone())));
+    if let (true, Some(store)) = (acme_http.is_some() || acme_shared, certs.clone()) {
+        if let Some(listener) = acme_http {
+            tasks.push(tokio::spawn(challenges.clone().serve(listener, shutdown_rx.clone())));
+        }
         check_writable(&config);
         tasks.push(tokio::spawn(crate::tls::acme::renew_loop(
             config.clone(),

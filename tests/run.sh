@@ -24,6 +24,7 @@ PACKAGES=(
     fetchmail curl openssl python3 libnet-ssleay-perl libio-socket-ssl-perl ca-certificates
     nftables iproute2 mmdebstrap systemd-container python3-dkim python3-nacl pebble
     rspamd redis-server redis-tools clamav-daemon clamav clamdscan clamav-milter
+    chromium chromium-driver python3-pip
 )
 
 installed() {
@@ -110,7 +111,22 @@ help: install the Rust toolchain named in Cargo.toml (rust-version), e.g. with r
       https://rustup.rs, then rerun: bash tests/run.sh"
 }
 
+# The web tests drive Debian's chromium with Python selenium from PyPI (tests/py/web_browser.py).
+install_selenium() {
+    if python3 -c 'import selenium' 2>/dev/null; then
+        say "python selenium: installed"
+        return
+    fi
+    say "installing python selenium (PyPI)"
+    # Debian's own python3 refuses pip installs into it unless told (PEP 668).
+    python3 -m pip install -q selenium 2>/dev/null ||
+        python3 -m pip install -q --break-system-packages selenium ||
+        die "cannot install selenium with pip
+help: python3 -m pip install selenium (the web browser test needs it)"
+}
+
 install_packages
+install_selenium
 stop_system_daemons
 find_cargo
 

@@ -72,6 +72,9 @@ pub struct Services {
     pub srv: Vec<(&'static str, u16, u16)>,
     /// Why a listener gets no record (it listens on loopback only, or is not configured).
     pub notes: Vec<String>,
+    /// The HTTPS listener is reachable: the client autoconfiguration and MTA-STS names
+    /// point at it: the MTA-STS policy's id (it changes when the policy does) and the port.
+    pub web: Option<(String, u16)>,
 }
 
 impl Services {
@@ -106,6 +109,17 @@ impl Services {
                 None => out.notes.push(format!("listen.{key} listens on loopback only: no {service} record")),
             }
         }
+        match reachable(&l.https) {
+            Some(port) => {
+                let policy = crate::web::mta_sts_policy(config);
+                out.web = Some((crate::directory::secret::digest("mta-sts", &policy)[..16].to_owned(), port));
+            }
+            None if l.https.is_empty() => {}
+            None => out.notes.push(
+                "listen.https listens on loopback only: no autoconfig, autodiscover or MTA-STS records"
+                    .into(),
+            ),
+        }
         out
     }
 
@@ -123,6 +137,7 @@ impl Services {
                 ("_pop3._tcp", 10, 110),
             ],
             notes: vec![],
+            web: None,
         }
     }
 }
@@ -177,6 +192,22 @@ impl Setup {
                 "SRV",
                 format!("{priority} 1 {port} {hostname}."),
             ));
+        }
+        if let Some((id, port)) = &self.services.web {
+            // Thunderbird asks autoconfig.DOMAIN, Outlook autodiscover.DOMAIN (and the
+            // _autodiscover SRV), MTA-STS senders mta-sts.DOMAIN (RFC 8461 §3.3) after
+            // finding the policy's id at _mta-sts.DOMAIN (§3.1). All served by our HTTPS
+            // listener, so the names point at the hostname (its certificate must cover them).
+            for name in ["autoconfig", "autodiscover", "mta-sts"] {
+                out.push(Record::new(d, format!("{name}.{d}"), "CNAME", format!("{hostname}.")));
+            }
+            out.push(Record::new(
+                d,
+                format!("_autodiscover._tcp.{d}"),
+                "SRV",
+                format!("0 1 {port} {hostname}."),
+            ));
+            out.push(Record::txt(d, format!("_mta-sts.{d}"), format!("v=STSv1; id={id}")));
         }
         if let Some(dir) = &self.dkim_dir {
             // RFC 6376 §3.6.2.1: the key of selector S is the TXT record at S._domainkey.DOMAIN.
@@ -327,6 +358,34 @@ mod tests {
         assert!(r.contains("rua=mailto:postmaster@b.test"), "{r}");
         assert!(r.contains("; b.test has no DKIM keys yet"), "{r}");
         assert!(r.contains("In a registrar's web form"), "{r}");
+    }
+
+    #[test]
+    fn web_names_when_https_is_reachable() {
+        let base = "hostname = \"mail.example.test\"\ndata_dir = \"/x\"\n[tls]\ncert = \"/c\"\nkey = \"/k\"\n[listen]\nhttps = [\"0.0.0.0:443\"]\n";
+        let config = Config::parse(base, Path::new("t.toml")).unwrap();
+        let services = Services::from_config(&config);
+        let recs = setup(services.clone(), None).domain_records("example.test").unwrap();
+        let find = |name: &str| recs.iter().find(|r| r.name == name).map(|r| (r.rtype, r.value.clone()));
+        for n in ["autoconfig", "autodiscover", "mta-sts"] {
+            assert_eq!(find(&format!("{n}.example.test")), Some(("CNAME", "mail.example.test.".into())));
+        }
+        assert_eq!(
+            find("_autodiscover._tcp.example.test"),
+            Some(("SRV", "0 1 443 mail.example.test.".into()))
+        );
+        let (_, sts) = find("_mta-sts.example.test").unwrap();
+        assert!(sts.starts_with("v=STSv1; id=") && sts.len() == "v=STSv1; id=".len() + 16, "{sts}");
+        // RFC 8461 §3.1: the id changes whenever the policy does.
+        let enforce =
+            Config::parse(&format!("{base}[web]\nmta_sts_mode = \"enforce\"\n"), Path::new("t.toml"))
+                .unwrap();
+        assert_ne!(Services::from_config(&enforce).web, services.web);
+        // Loopback only: no such names, and a note.
+        let local =
+            Config::parse(&base.replace("0.0.0.0:443", "127.0.0.1:443"), Path::new("t.toml")).unwrap();
+        let s = Services::from_config(&local);
+        assert!(s.web.is_none() && s.notes.iter().any(|n| n.contains("listen.https")), "{:?}", s.notes);
     }
 
     #[test]

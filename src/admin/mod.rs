@@ -17,7 +17,9 @@ pub mod dns;
 pub mod domain;
 mod error;
 pub mod queue;
+pub mod security;
 pub mod status;
+pub mod token;
 pub mod user;
 
 pub use error::{Error, Kind};

@@ -27,6 +27,10 @@ use crate::directory::Directory;
 use crate::store::Store;
 use client::Conn;
 
+/// The last report, saved in the data directory by `posthaste check` for the web
+/// dashboard.
+pub const LAST_REPORT: &str = "check-last.json";
+
 /// How long the delivered message may take to show up in the mailbox.
 const DELIVERY_WAIT: Duration = Duration::from_secs(15);
 

@@ -18,6 +18,11 @@
 //! us in the same statement whether the domain exists.
 
 pub mod password;
+pub mod secret;
+pub mod totp;
+mod web;
+
+pub use web::{ApiToken, AppPassword, AuditEntry, Role, TotpState, WebAccess};
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::LazyLock;
@@ -108,36 +113,39 @@ pub enum Target {
 pub const MAX_ALIAS_DEPTH: usize = 10;
 
 /// The schema version this build creates and understands; see [`MIGRATIONS`].
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// `MIGRATIONS[n]` brings the schema from version n to n+1. Statements are idempotent
 /// (`IF NOT EXISTS`) so a half-applied upgrade from a crashed engine without transactional
 /// DDL could be re-run; both engines we support do run DDL inside the transaction.
-const MIGRATIONS: &[&[&str]] = &[&[
-    // `serial` is bumped by every change to the domain's accounts or aliases: see the module
-    // comment (it is our lock), and a cache can compare it to know when to reload.
-    "CREATE TABLE IF NOT EXISTS domains (
+const MIGRATIONS: &[&[&str]] = &[
+    &[
+        // `serial` is bumped by every change to the domain's accounts or aliases: see the module
+        // comment (it is our lock), and a cache can compare it to know when to reload.
+        "CREATE TABLE IF NOT EXISTS domains (
         name TEXT PRIMARY KEY,
         serial BIGINT NOT NULL DEFAULT 0
     )",
-    "CREATE TABLE IF NOT EXISTS accounts (
+        "CREATE TABLE IF NOT EXISTS accounts (
         address TEXT PRIMARY KEY,
         domain TEXT NOT NULL REFERENCES domains (name),
         password_hash TEXT NOT NULL,
         quota BIGINT NOT NULL DEFAULT 0,
         enabled BIGINT NOT NULL DEFAULT 1
     )",
-    "CREATE INDEX IF NOT EXISTS accounts_by_domain ON accounts (domain)",
-    // One row per (source, destination). `domain` is the source's domain, kept as a column
-    // so removing a domain and counting its aliases need no string matching.
-    "CREATE TABLE IF NOT EXISTS aliases (
+        "CREATE INDEX IF NOT EXISTS accounts_by_domain ON accounts (domain)",
+        // One row per (source, destination). `domain` is the source's domain, kept as a column
+        // so removing a domain and counting its aliases need no string matching.
+        "CREATE TABLE IF NOT EXISTS aliases (
         source TEXT NOT NULL,
         domain TEXT NOT NULL REFERENCES domains (name),
         destination TEXT NOT NULL,
         PRIMARY KEY (source, destination)
     )",
-    "CREATE INDEX IF NOT EXISTS aliases_by_domain ON aliases (domain)",
-]];
+        "CREATE INDEX IF NOT EXISTS aliases_by_domain ON aliases (domain)",
+    ],
+    web::MIGRATION,
+];
 
 /// How many password verifications may run at once, process-wide. Each Argon2 verification
 /// holds 32 MiB and a core for ~0.1 s; without a bound, a login flood would fill tokio's
@@ -499,6 +507,10 @@ impl Directory {
                 .execute(&mut *tx)
                 .await?;
         }
+        for account in &what.accounts {
+            web::forget_account(&mut tx, account).await?;
+        }
+        web::forget_domain(&mut tx, name).await?;
         // Children first: the foreign keys (enforced in both engines) would refuse otherwise.
         for statement in [
             "DELETE FROM aliases WHERE domain = $1",
@@ -652,13 +664,18 @@ impl Directory {
     /// Remove the account. Aliases that point to it stay (they may be meant for a successor);
     /// until then `resolve` skips the dangling destination.
     pub async fn remove_account(&self, address: &Address) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query("DELETE FROM accounts WHERE address = $1")
             .bind(address.to_string())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
         if done.rows_affected() == 0 {
             return Err(DirectoryError::NotFound(format!("account {address}")));
         }
+        // Its app passwords, recovery codes and domain-admin rights go with it: a later
+        // account of the same address must not inherit them.
+        web::forget_account(&mut tx, &address.to_string()).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -1028,6 +1045,35 @@ impl Directory {
             Err(_) => None,
         };
         let stored = account.as_ref().map_or(password::dummy_hash(), |a| a.password_hash.as_str()).to_owned();
+        let given = password.to_owned();
+        let matched = {
+            let _slot = HASH_SLOTS.acquire().await.expect("the hashing semaphore is never closed");
+            tokio::task::spawn_blocking(move || password::verify(&stored, &given))
+                .await
+                .map_err(|e| DirectoryError::Other(format!("password verification failed: {e}")))?
+        };
+        let Some(account) = account.filter(|a| a.enabled) else { return Ok(None) };
+        // With a second factor on, the account password alone would skip it: mail clients
+        // (which cannot ask for a code) use app passwords instead.
+        if matched && !self.totp_state(&account.address).await?.enabled {
+            return Ok(Some(account));
+        }
+        if self.use_app_password(&account.address, &password_digest_input(password)).await? {
+            return Ok(Some(account));
+        }
+        Ok(None)
+    }
+
+    /// The enabled account whose *account* password matches, for web logins: app passwords
+    /// are for IMAP/POP3/SMTP/ManageSieve only, never the web. The second factor, if the
+    /// account has one, is the caller's next step. Costs one verification like
+    /// [`Directory::authenticate`].
+    pub async fn authenticate_web(&self, username: &str, password: &str) -> Result<Option<Account>> {
+        let account = match Address::parse(username.trim()) {
+            Ok(address) => self.get_account(&address).await?,
+            Err(_) => None,
+        };
+        let stored = account.as_ref().map_or(password::dummy_hash(), |a| a.password_hash.as_str()).to_owned();
         let password = password.to_owned();
         let matched = {
             let _slot = HASH_SLOTS.acquire().await.expect("the hashing semaphore is never closed");
@@ -1063,6 +1109,12 @@ impl Directory {
         }
         Ok(false)
     }
+}
+
+/// App passwords are compared as typed without the dashes, spaces and case they are
+/// shown with.
+fn password_digest_input(password: &str) -> String {
+    secret::normalize_app_password(password)
 }
 
 #[cfg(test)]

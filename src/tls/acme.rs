@@ -155,7 +155,9 @@ impl Challenges {
     fn remove(&self, token: &str) {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(token);
     }
-    fn get(&self, token: &str) -> Option<String> {
+    /// The key authorization for `token`, if a challenge is open (the web listener's HTTP side
+    /// answers with it when it shares the responder's address).
+    pub fn get(&self, token: &str) -> Option<String> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).get(token).cloned()
     }
 

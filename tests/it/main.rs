@@ -23,3 +23,6 @@ mod pop3;
 mod queue;
 mod smtp_session;
 mod store;
+mod web;
+mod web_browser;
+mod web_directory;
